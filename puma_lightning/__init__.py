@@ -1,0 +1,1 @@
+"""puma_lightning: migrate per-user soft prompts between foundation LLMs with a PUMA adapter."""

@@ -1,0 +1,140 @@
+"""Load, merge and validate experiment configs (YAML files + ``key=value`` overrides).
+
+Order of precedence, lowest first: dataclass defaults, each ``--config`` file in order, the
+command-line dotlist. ``selection=NAME`` is a group override: it loads ``strategies/NAME.yaml``
+(keeping the configured budget) before the other overrides apply, so
+``selection=kmeans_fps selection.n_clusters=20`` works.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from puma_lightning.config import ExperimentConfig
+from puma_lightning.errors import PumaError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STRATEGIES_DIR = REPO_ROOT / "strategies"
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.name": ("synthetic", "movielens-100k"),
+    "data.task": ("rating", "click"),
+    "source.dtype": ("auto", "float32", "bfloat16"),
+    "target.dtype": ("auto", "float32", "bfloat16"),
+    "prompt.init": ("uniform", "scaled"),
+    "adapter.kind": ("puma", "compact"),
+    "model": ("source", "target"),
+    "split": ("valid", "test"),
+}
+
+
+class ConfigError(PumaError):
+    """A config problem, phrased as one line that names the file or key."""
+
+
+def _one_line(exc: OmegaConfBaseException, origin: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
+    msg = str(exc).splitlines()[0]
+    parent = key.rsplit(".", 1)[0] if "." in str(key) else ""
+    if "not in" in msg or "Key '" in msg and "not" in msg:
+        valid = _valid_keys(parent)
+        return ConfigError(f"{origin}: unknown key '{key}'; valid keys{' under ' + repr(parent) if parent else ''}: {', '.join(valid)}")
+    return ConfigError(f"{origin}: bad value for '{key}': {msg}")
+
+
+def _valid_keys(parent: str) -> list[str]:
+    node: Any = OmegaConf.structured(ExperimentConfig)
+    for part in [p for p in parent.split(".") if p]:
+        node = node[part] if part in node else None
+        if node is None:
+            return []
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def strategy_node(name: str) -> DictConfig:
+    """The parameters of one selection strategy from ``strategies/NAME.yaml``."""
+    path = STRATEGIES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in STRATEGIES_DIR.glob("*.yaml"))
+        raise ConfigError(f"selection={name}: no file {path}; available strategies: {', '.join(names)}")
+    node = OmegaConf.load(path)
+    if node.get("name") != name:
+        raise ConfigError(f"{path}: 'name' must be {name!r}, got {node.get('name')!r}")
+    return node
+
+
+def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
+    """Merge defaults, YAML files and dotlist overrides into a validated config."""
+    cfg = OmegaConf.structured(ExperimentConfig)
+    for file in config_files:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml.YAMLError and friends
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        try:
+            cfg = OmegaConf.merge(cfg, loaded)
+        except OmegaConfBaseException as exc:
+            raise _one_line(exc, str(path)) from None
+
+    dotlist: list[str] = []
+    for token in overrides:
+        if "=" not in token:
+            raise ConfigError(f"override {token!r} is not of the form key=value")
+        key, value = token.split("=", 1)
+        if key == "selection":
+            budget = cfg.selection.get("budget")
+            node = strategy_node(value)
+            cfg.selection = OmegaConf.merge(node, {"budget": budget} if budget is not None else {})
+        else:
+            dotlist.append(token)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    except OmegaConfBaseException as exc:
+        raise _one_line(exc, "command line") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check choices and ranges that types alone cannot express."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"'{key}' is {value!r}; expected one of: {', '.join(choices)}")
+    from puma_lightning.data.templates import TEMPLATES
+
+    if cfg.data.template not in TEMPLATES:
+        raise ConfigError(f"'data.template' is {cfg.data.template!r}; expected one of: {', '.join(sorted(TEMPLATES))}")
+    for key in ("prompt.length", "prompt.epochs", "prompt.batch_size", "adapter.hidden", "adapter.epochs", "adapter.batch_size"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise ConfigError(f"'{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
+    for key in ("prompt.lr", "adapter.lr"):
+        if not OmegaConf.select(cfg, key) > 0:
+            raise ConfigError(f"'{key}' must be > 0, got {OmegaConf.select(cfg, key)}")
+    if not isinstance(cfg.selection, DictConfig) or "name" not in cfg.selection:
+        raise ConfigError("'selection' must be a mapping with 'name' and 'budget' (or selection=NAME)")
+    budget = cfg.selection.get("budget")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise ConfigError(f"'selection.budget' must be a positive integer, got {budget!r}")
+    from puma_lightning.selection import build_strategy
+
+    try:
+        build_strategy(OmegaConf.to_container(cfg.selection, resolve=True))
+    except ValueError as exc:
+        raise ConfigError(f"'selection': {exc}") from None
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from puma_lightning.io.atomic import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))

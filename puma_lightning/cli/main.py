@@ -1,0 +1,111 @@
+"""``python -m puma_lightning <command> --config FILE [--config FILE2] [key=value ...]``.
+
+Commands:
+  pretrain  train per-user prompts on one model (``model=source`` or ``model=target``)
+  fit       the whole PUMA experiment: source prompts, selection, adapter, migration, baselines, table
+  migrate   apply a saved adapter to a prompt bank (``bank=... adapter_path=... out=...``)
+  test      evaluate a prompt bank on a model and split (``bank=... model=target split=test``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from puma_lightning.cli.help import describe_config
+from puma_lightning.errors import PumaError
+
+COMMANDS = {
+    "pretrain": "Train per-user soft prompts on one model (the source, or the target for the retraining baseline).",
+    "fit": "Run the whole PUMA experiment and print the comparison table (reuses finished stages in run_dir).",
+    "migrate": "Apply a saved adapter to a prompt bank and write the migrated bank.",
+    "test": "Evaluate a prompt bank on a model and split.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m puma_lightning",
+        description="Migrate per-user soft prompts between foundation LLMs with a PUMA adapter.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Config keys (override any with key=value):\n" + describe_config(),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="Config keys (override any with key=value):\n" + describe_config())
+        p.add_argument("--config", action="append", default=[], metavar="FILE",
+                       help="YAML config file; repeat to merge several (later files win)")
+        p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="OmegaConf dotlist overrides, e.g. trainer.max_epochs=2; selection=NAME loads strategies/NAME.yaml")
+    return parser
+
+
+def run(command: str, config_files: Sequence[str], overrides: Sequence[str], print_config: bool = False) -> int:
+    """Load the config and run one command; returns the process exit code."""
+    from omegaconf import OmegaConf
+
+    from puma_lightning.cli.config_loader import load_config, save_config
+
+    cfg = load_config(config_files, overrides)
+    if print_config:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    _setup_runtime(cfg)
+    run_dir = Path(cfg.run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+
+    from puma_lightning.pipeline.experiment import Experiment
+
+    if command == "fit":
+        Experiment(cfg).fit()
+    elif command == "pretrain":
+        stage = "source" if cfg.model == "source" else "full_retrain"
+        record = Experiment(cfg).pretrain(cfg.model, stage)
+        print(f"{stage}: " + ", ".join(f"{k}={v:.4f}" for k, v in record["metrics"].items()) + f" (bank in {run_dir / stage / 'bank'})")
+    elif command == "migrate":
+        from puma_lightning.pipeline.bank_ops import migrate_bank
+
+        for key in ("bank", "adapter_path", "out"):
+            if not cfg[key]:
+                raise PumaError(f"migrate needs '{key}=PATH'")
+        bank = migrate_bank(cfg.bank, cfg.adapter_path, cfg.out)
+        print(f"migrated {len(bank.user_ids)} prompts to {bank.model_name} (hidden {bank.hidden_size}) -> {cfg.out}")
+    elif command == "test":
+        from puma_lightning.pipeline.bank_ops import evaluate_bank
+
+        if not cfg.bank:
+            raise PumaError("test needs 'bank=PATH'")
+        evaluate_bank(cfg, cfg.bank, cfg.model, cfg.split)
+    return 0
+
+
+def _setup_runtime(cfg) -> None:  # noqa: ANN001 - DictConfig
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+    import lightning as L
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return run(args.command, args.config, args.overrides, args.print_config)
+    except (PumaError, FileNotFoundError) as exc:
+        if os.environ.get("PUMA_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

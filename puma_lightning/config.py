@@ -1,0 +1,163 @@
+"""Experiment configuration: OmegaConf structured configs built from dataclasses.
+
+Every field carries a docstring (shown by ``--help``). A YAML file in ``configs/`` is merged onto
+these defaults, then bare ``key=value`` command-line tokens are merged as an OmegaConf dotlist.
+Unknown keys and wrong types are rejected with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    """Dataset: ``synthetic`` (generated, known noise floor) or ``movielens-100k`` (real, from the recbole wheel)."""
+    task: str = "rating"
+    """``rating`` (1..5 stars, hybrid MSE+CE head) or ``click`` (Yes-token BCE head). Synthetic data supports both."""
+    template: str = "movie"
+    """Prompt template name (see ``puma_lightning.data.templates``)."""
+    max_users: Optional[int] = None
+    """Keep a seeded subset of this many users (None: all)."""
+    max_rows_per_user: Optional[int] = None
+    """Keep only each user's latest rows (None: all)."""
+    valid_ratio: float = 0.1
+    """Fraction of each user's latest history held out for validation (before the test rows)."""
+    test_ratio: float = 0.1
+    """Fraction of each user's latest history held out for testing."""
+    max_item_tokens: int = 48
+    """Item text is cut to this many tokens before it is put into the template."""
+    n_users: int = 200
+    """Synthetic only: number of users."""
+    n_items: int = 300
+    """Synthetic only: number of items."""
+    rows_per_user: int = 40
+    """Synthetic only: interactions per user."""
+    noise_std: float = 0.5
+    """Synthetic only: std of the Gaussian noise added to the latent score (sets the noise floor)."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny-llama"
+    """Packaged name (``smollm2-135m``, ``gemma3-270m``), tiny test model (``tiny-llama``, ``tiny-gemma3``, ``tiny-qwen2``), local folder or hub id."""
+    dtype: str = "auto"
+    """``float32``, ``bfloat16`` or ``auto`` (bf16 for real models, fp32 for tiny ones)."""
+    trust_remote_code: bool = False
+    """Allow custom modelling code from the checkpoint folder. Off unless you trust the source."""
+
+
+@dataclass
+class PromptConfig:
+    length: int = 1
+    """Soft-prompt rows per user (``l``)."""
+    init: str = "uniform"
+    """``uniform`` (U(-0.1, 0.1), as published) or ``scaled`` (uniform scaled to the model's embedding std)."""
+    lr: float = 8e-4
+    """Learning rate of the prompts (AdamW)."""
+    head_lr: Optional[float] = None
+    """Learning rate of the rating/click head (None: same as ``lr``)."""
+    epochs: int = 15
+    """Training epochs; the best epoch by ``val/loss`` is kept."""
+    batch_size: int = 32
+    """Training batch size."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the prompts."""
+
+
+@dataclass
+class AdapterConfig:
+    kind: str = "puma"
+    """``puma`` (4-block residual SiLU MLP, as published) or ``compact`` (2-layer GELU with residual projection)."""
+    hidden: int = 4096
+    """Hidden width of the adapter's MLPs."""
+    dropout: float = 0.1
+    """Dropout inside the adapter's MLPs."""
+    lr: float = 1e-4
+    """Learning rate of the adapter (AdamW)."""
+    epochs: int = 4
+    """Adapter training epochs; the best epoch by ``val/loss`` is kept."""
+    batch_size: int = 32
+    """Adapter training batch size."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on the adapter."""
+    freeze_head: bool = False
+    """Keep the rating head copied from the source run frozen (True) or train it with the adapter."""
+
+
+@dataclass
+class BaselinesConfig:
+    source: bool = True
+    """Evaluate the source prompts on the source model."""
+    random_init: bool = True
+    """Random prompts on the target model, only the head trained."""
+    full_retrain: bool = True
+    """Retrain every user's prompt from scratch on the target model (the expensive reference)."""
+    random_init_epochs: int = 1
+    """Head-training epochs for ``random_init``."""
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    """Lightning accelerator (``cpu``, ``gpu``, ``auto``)."""
+    devices: Any = "auto"
+    """Lightning devices (count, list or ``auto``)."""
+    num_nodes: int = 1
+    """Number of nodes for multi-node training."""
+    strategy: str = "auto"
+    """Lightning strategy (``auto``, ``ddp``, ``fsdp``...)."""
+    precision: Optional[str] = None
+    """Lightning precision; None picks ``bf16-mixed`` on GPU and ``32-true`` on CPU (the backbone dtype is set by ``model.dtype``)."""
+    gradient_clip_val: float = 1.0
+    """Gradient norm clipping."""
+    log_every_n_steps: int = 10
+    """TensorBoard logging interval in steps."""
+    limit_train_batches: Optional[float] = None
+    """Lightning's ``limit_train_batches`` (int batches or float fraction) — for quick runs."""
+    limit_val_batches: Optional[float] = None
+    """Lightning's ``limit_val_batches``."""
+    fast_dev_run: bool = False
+    """Run one batch of each stage only (a wiring check)."""
+    enable_progress_bar: bool = True
+    """Show progress bars."""
+    num_threads: Optional[int] = None
+    """torch CPU threads (None: torch's default)."""
+
+
+@dataclass
+class ExperimentConfig:
+    run_dir: str = "runs/default"
+    """Directory a run writes into (config, banks, adapter, selection, results, TensorBoard logs)."""
+    seed: int = 0
+    """Global seed: data subset, prompt init, selection, shuffling."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Dataset and template."""
+    source: ModelConfig = field(default_factory=ModelConfig)
+    """The old foundation model whose prompts are migrated."""
+    target: ModelConfig = field(default_factory=lambda: ModelConfig(name="tiny-gemma3"))
+    """The new foundation model the prompts are migrated to."""
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    """Per-user prompt tuning (source prompts and the full-retraining baseline)."""
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    """The PUMA migration adapter."""
+    selection: Any = field(default_factory=lambda: {"name": "puma", "budget": 100})
+    """User-selection strategy: ``name``, ``budget`` and that strategy's parameters (``strategies/NAME.yaml``)."""
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    """Which comparison rows ``fit`` computes."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Lightning Trainer settings."""
+    cache_dir: Optional[str] = None
+    """Where converted packaged models live (default ``$PUMA_CACHE`` or ``~/.cache/puma_lightning``)."""
+    bank: Optional[str] = None
+    """``migrate``/``test``: path of the prompt bank to read."""
+    adapter_path: Optional[str] = None
+    """``migrate``: path of the adapter checkpoint to apply."""
+    out: Optional[str] = None
+    """``migrate``: path of the bank to write."""
+    model: str = "target"
+    """``pretrain``/``test``: which model section to use, ``source`` or ``target``."""
+    split: str = "test"
+    """``test``: which split to evaluate (``valid`` or ``test``)."""

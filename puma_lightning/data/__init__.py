@@ -1,0 +1,1 @@
+"""Datasets, splits, templates and tokenised batching for soft-prompt tasks."""

@@ -1,0 +1,82 @@
+"""The canonical interaction table every dataset reader produces and every task consumes.
+
+One row per (user, item) interaction. Users and items are dense integer indices; their external
+ids and the items' texts live beside the arrays. The split column is filled by
+:func:`puma_lightning.data.splits.chronological_split`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+TRAIN, VALID, TEST = 0, 1, 2
+SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
+
+
+@dataclass
+class InteractionTable:
+    """Interactions of one dataset, as parallel numpy arrays of equal length."""
+
+    user: np.ndarray
+    """int64 user index in ``[0, len(user_ids))``."""
+    item: np.ndarray
+    """int64 item index in ``[0, len(item_texts))``."""
+    label: np.ndarray
+    """float32 rating (1..5) for the rating task, 0/1 click for the click task."""
+    timestamp: np.ndarray
+    """int64 seconds (any monotone clock); orders each user's history."""
+    split: np.ndarray
+    """int8: 0 train, 1 valid, 2 test (see :data:`SPLIT_NAMES`)."""
+    user_ids: list[str]
+    """External user id for each user index."""
+    item_texts: list[str]
+    """Human-readable item text for each item index, spliced into the template."""
+    task: str = "rating"
+    """``"rating"`` or ``"click"``."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Provenance: dataset name, generator parameters, how the split was made, ``floor_rmse``."""
+
+    def __post_init__(self) -> None:
+        n = len(self.user)
+        for name in ("item", "label", "timestamp", "split"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"InteractionTable.{name} has {len(getattr(self, name))} rows, expected {n}")
+        if self.task not in ("rating", "click"):
+            raise ValueError(f"InteractionTable.task must be 'rating' or 'click', got {self.task!r}")
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_texts)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def rows(self, split: str, users: np.ndarray | None = None) -> np.ndarray:
+        """Row indices of one split, optionally only for the given user indices."""
+        mask = self.split == SPLIT_NAMES[split]
+        if users is not None:
+            mask &= np.isin(self.user, np.asarray(users))
+        return np.flatnonzero(mask)
+
+    def label_variance(self) -> np.ndarray:
+        """Per-user sample variance (ddof=1) of training labels; 0 for users with < 2 rows."""
+        rows = self.rows("train")
+        u, y = self.user[rows], self.label[rows].astype(np.float64)
+        count = np.bincount(u, minlength=self.n_users).astype(np.float64)
+        s1 = np.bincount(u, weights=y, minlength=self.n_users)
+        s2 = np.bincount(u, weights=y * y, minlength=self.n_users)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = (s2 - s1 * s1 / np.maximum(count, 1)) / (count - 1)
+        var[count < 2] = 0.0
+        return np.clip(var, 0.0, None)
+
+    def train_counts(self) -> np.ndarray:
+        """Number of training rows per user."""
+        return np.bincount(self.user[self.rows("train")], minlength=self.n_users)

@@ -1,0 +1,1 @@
+"""Files: prompt banks and atomic writes."""

@@ -1,0 +1,10 @@
+"""Migration adapters Φ: source prompt rows [.., d_s] → target prompt rows [.., d_t].
+
+Each module in this folder defines one adapter and registers it; importing this package fills
+the registry. To add your own, write a module with ``@register_adapter("name")`` and import it here.
+"""
+
+from puma_lightning.models.adapters import compact, puma  # noqa: F401  (self-registration)
+from puma_lightning.models.adapters.registry import ADAPTERS, adapter_metadata, build_adapter, register_adapter
+
+__all__ = ["ADAPTERS", "adapter_metadata", "build_adapter", "register_adapter"]

@@ -1,0 +1,44 @@
+"""Registry of migration adapters: each module in this folder registers its class by name."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from torch import nn
+
+ADAPTERS: dict[str, type[nn.Module]] = {}
+T = TypeVar("T", bound=type[nn.Module])
+
+
+def register_adapter(name: str) -> Callable[[T], T]:
+    """Class decorator adding an adapter under ``name``; duplicate names are an error."""
+
+    def decorate(cls: T) -> T:
+        if name in ADAPTERS:
+            raise ValueError(f"adapter {name!r} is already registered by {ADAPTERS[name].__qualname__}")
+        ADAPTERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def build_adapter(kind: str, source_dim: int, target_dim: int, hidden: int = 4096, dropout: float = 0.1) -> nn.Module:
+    """Instantiate a registered adapter mapping ``[..., source_dim]`` to ``[..., target_dim]``."""
+    if kind not in ADAPTERS:
+        raise ValueError(f"unknown adapter {kind!r}; choose one of {sorted(ADAPTERS)}")
+    return ADAPTERS[kind](source_dim, target_dim, hidden=hidden, dropout=dropout)
+
+
+def adapter_metadata(acfg: Any, source_bank: Any, target_lm: Any) -> dict[str, str]:
+    """What a saved adapter file records so that ``migrate`` can rebuild and check it alone."""
+    return {
+        "kind": str(acfg.kind),
+        "source_dim": str(source_bank.hidden_size),
+        "target_dim": str(target_lm.hidden_size),
+        "hidden": str(acfg.hidden),
+        "dropout": str(acfg.dropout),
+        "source_model": str(source_bank.model_name),
+        "source_fingerprint": str(source_bank.model_fingerprint),
+        "target_model": str(target_lm.name),
+        "target_fingerprint": str(target_lm.fingerprint),
+    }

@@ -1,0 +1,1 @@
+"""Orchestration: the stages of an experiment (source prompts, selection, migration, baselines)."""

@@ -1,0 +1,247 @@
+"""One PUMA experiment in a run directory: each stage writes its outputs and a ``stage.json``, and
+is reused when it is already on disk for the same configuration.
+
+Layout of ``<run_dir>``::
+
+    config.yaml                 resolved config of the last command
+    source/bank/                source prompts on the source model (+ head.safetensors, stage.json)
+    selection.json              the users the adapter was trained on
+    puma/adapter.safetensors    the trained adapter and head (+ bank/ of migrated prompts, stage.json)
+    random_init/, full_retrain/ baselines (stage.json, full_retrain/bank/)
+    results.json, results.md    the comparison table
+    tb/                         TensorBoard logs, one version per stage
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+
+from puma_lightning.data.table import InteractionTable
+from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
+from puma_lightning.io.bank import PromptBank
+from puma_lightning.models.adapters import adapter_metadata, build_adapter
+from puma_lightning.models.heads import build_head
+from puma_lightning.pipeline.builders import build_datamodule, build_table, load_frozen_lm
+from puma_lightning.pipeline.results import write_results
+from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics
+from puma_lightning.selection import SelectionContext, select_users
+from puma_lightning.tasks import Migration, PromptTuning, init_prompts
+
+log = logging.getLogger(__name__)
+
+
+def _config_key(*nodes: Any) -> str:
+    """A short hash of the config sections a stage depends on (decides whether it can be reused)."""
+    blob = json.dumps([OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n for n in nodes], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Experiment:
+    """Runs and caches the stages of a PUMA experiment described by a config."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._table: InteractionTable | None = None
+        self._backbones: dict[str, Any] = {}
+
+    # -- shared resources ------------------------------------------------------------------------
+    @property
+    def table(self) -> InteractionTable:
+        if self._table is None:
+            self._table = build_table(self.cfg.data, self.cfg.seed)
+        return self._table
+
+    def backbone(self, which: str) -> Any:
+        """The frozen LM for ``source`` or ``target`` (loaded once; only one real model kept at a time)."""
+        mcfg = self.cfg[which]
+        if mcfg.name not in self._backbones:
+            self._backbones.clear()
+            self._backbones[mcfg.name] = load_frozen_lm(mcfg, self.cfg.data, self.cfg.cache_dir)
+        return self._backbones[mcfg.name]
+
+    def _datamodule(self, lm: Any, batch_size: int, train_users: np.ndarray | None = None,
+                    eval_users: np.ndarray | None = None) -> Any:
+        return build_datamodule(self.table, lm.tokenizer, self.cfg, batch_size, train_users, eval_users)
+
+    def _mean_label(self) -> float:
+        return float(self.table.label[self.table.rows("train")].mean())
+
+    def _stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def _read_stage(self, name: str, key: str) -> dict[str, Any] | None:
+        path = self._stage_dir(name) / "stage.json"
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("key") != key:
+            log.warning("stage %s in %s was made with another config: recomputing it", name, self.run_dir)
+            return None
+        return record
+
+    def _write_stage(self, name: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        record = {"key": key, **record}
+        atomic_write_text(self._stage_dir(name) / "stage.json", json.dumps(record, indent=1))
+        return record
+
+    # -- stages ----------------------------------------------------------------------------------
+    def pretrain(self, which: str = "source", stage: str | None = None, *, train_prompts: bool = True,
+                 epochs: int | None = None, save_bank: bool = True) -> dict[str, Any]:
+        """Train per-user prompts (and head) on one model, evaluate on test, save the bank."""
+        stage = stage or ("source" if which == "source" else "full_retrain")
+        cfg = self.cfg
+        epochs = epochs or cfg.prompt.epochs
+        key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, train_prompts, epochs)
+        cached = self._read_stage(stage, key)
+        if cached is not None:
+            log.info("reusing %s from %s", stage, self._stage_dir(stage))
+            return cached
+        lm = self.backbone(which)
+        table = self.table
+        prompts = init_prompts(table.n_users, cfg.prompt.length, lm.hidden_size, cfg.prompt.init,
+                               lm.embedding_std() if cfg.prompt.init == "scaled" else None, seed=cfg.seed)
+        head = build_head(table.task)
+        head.init_bias(self._mean_label())
+        module = PromptTuning(lm, head, table.task, prompts, train_prompts=train_prompts, lr=cfg.prompt.lr,
+                              head_lr=cfg.prompt.head_lr, weight_decay=cfg.prompt.weight_decay)
+        dm = self._datamodule(lm, cfg.prompt.batch_size)
+        stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage))
+        metrics = test_metrics(module, dm, cfg, self.run_dir, stage)
+        if save_bank:
+            PromptBank(module.prompts.detach().cpu(), list(table.user_ids), lm.name, lm.fingerprint,
+                       info=self._bank_info(f"pretrain:{stage}", metrics),
+                       head_state=module.head.state_dict()).save(self._stage_dir(stage) / "bank")
+        return self._write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict()})
+
+    def select(self, bank: PromptBank) -> dict[str, Any]:
+        """Choose the users the adapter trains on; writes ``selection.json``."""
+        table = self.table
+        start = time.perf_counter()
+        ctx = SelectionContext(
+            prompts=bank.rows_for(table.user_ids).reshape(table.n_users, -1).numpy().astype(np.float32),
+            label_variance=table.label_variance(),
+            train_counts=table.train_counts(),
+            seed=self.cfg.seed,
+        )
+        result = select_users(OmegaConf.to_container(self.cfg.selection, resolve=True), ctx)
+        seconds = time.perf_counter() - start
+        record = {
+            "strategy": result.strategy,
+            "params": result.params,
+            "budget": int(self.cfg.selection.budget),
+            "num_selected": int(len(result.users)),
+            "user_ids": [table.user_ids[i] for i in result.users],
+            "seconds": round(seconds, 3),
+            "info": _jsonable(result.info),
+        }
+        atomic_write_text(self.run_dir / "selection.json", json.dumps(record, indent=1))
+        return {"users": result.users, "seconds": seconds, "record": record}
+
+    def migrate_stage(self) -> dict[str, Any]:
+        """PUMA: select users, train the adapter through the target model, map every prompt, test."""
+        cfg = self.cfg
+        source_bank = PromptBank.load(self._stage_dir("source") / "bank")
+        key = _config_key(cfg.data, cfg.source, cfg.target, cfg.prompt, cfg.adapter, cfg.selection, cfg.seed,
+                          source_bank.model_fingerprint)
+        cached = self._read_stage("puma", key)
+        if cached is not None:
+            log.info("reusing puma from %s", self._stage_dir("puma"))
+            return cached
+        table = self.table
+        selection = self.select(source_bank)
+        lm = self.backbone("target")
+        source = source_bank.rows_for(table.user_ids)
+        adapter = build_adapter(cfg.adapter.kind, source_bank.hidden_size, lm.hidden_size, cfg.adapter.hidden, cfg.adapter.dropout)
+        head = build_head(table.task)
+        if source_bank.head_state is not None:
+            head.load_state_dict(source_bank.head_state)
+        else:
+            head.init_bias(self._mean_label())
+        module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, weight_decay=cfg.adapter.weight_decay,
+                           train_head=not cfg.adapter.freeze_head)
+        users = selection["users"]
+        dm = self._datamodule(lm, cfg.adapter.batch_size, train_users=users, eval_users=users)
+        stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"))
+        start = time.perf_counter()
+        migrated = module.migrate_all()
+        migrate_s = time.perf_counter() - start
+        out_dir = self._stage_dir("puma")
+        atomic_write_with(out_dir / "adapter.safetensors",
+                          lambda p: save_file({k: v.contiguous() for k, v in module.trainable_state_dict().items()}, str(p),
+                                              metadata=adapter_metadata(cfg.adapter, source_bank, lm)))
+        evaluator = PromptTuning(lm, module.head, table.task, migrated, train_prompts=False, train_head=False)
+        metrics = test_metrics(evaluator, self._datamodule(lm, cfg.adapter.batch_size), cfg, self.run_dir, "puma_test")
+        PromptBank(migrated, list(table.user_ids), lm.name, lm.fingerprint,
+                   info=self._bank_info("migrate:puma", metrics, source=source_bank),
+                   head_state=module.head.state_dict()).save(out_dir / "bank")
+        total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s, 2), train_samples=stats.train_samples,
+                           trainable_params=stats.trainable_params, epochs=stats.epochs, best_val_loss=stats.best_val_loss)
+        return self._write_stage("puma", key, {"method": "puma", "metrics": metrics, **total.to_dict(),
+                                               "selection": selection["record"]["strategy"],
+                                               "selected_users": selection["record"]["num_selected"],
+                                               "allocation": selection["record"]["params"].get("allocation")})
+
+    def fit(self) -> dict[str, Any]:
+        """The whole experiment: source prompts, PUMA, the enabled baselines, then the results table."""
+        cfg = self.cfg
+        rows: dict[str, dict[str, Any]] = {}
+        source = self.pretrain("source", "source")
+        if cfg.baselines.source:
+            rows["source"] = source
+        if cfg.baselines.random_init:
+            rows["random_init"] = self.pretrain("target", "random_init", train_prompts=False,
+                                                epochs=cfg.baselines.random_init_epochs, save_bank=False)
+        rows["puma"] = self.migrate_stage()
+        if cfg.baselines.full_retrain:
+            rows["full_retrain"] = self.pretrain("target", "full_retrain")
+        return write_results(self.run_dir, self.table, rows)
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def _bank_info(self, made_by: str, metrics: dict[str, float], source: PromptBank | None = None) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "made_by": made_by,
+            "dataset": self.table.meta.get("name", self.cfg.data.name),
+            "template": self.cfg.data.template,
+            "seed": int(self.cfg.seed),
+            "metrics": metrics,
+        }
+        if source is not None:
+            info["source"] = {"model_name": source.model_name, "model_fingerprint": source.model_fingerprint}
+        return info
+
+    def _hparams(self, stage: str) -> dict[str, Any]:
+        flat = {}
+        for section in ("data", "prompt", "adapter", "trainer"):
+            for k, v in OmegaConf.to_container(self.cfg[section], resolve=True).items():
+                flat[f"{section}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+        flat.update({"stage": stage, "source": self.cfg.source.name, "target": self.cfg.target.name, "seed": self.cfg.seed,
+                     "selection": str(self.cfg.selection.name)})
+        return flat
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value

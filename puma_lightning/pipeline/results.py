@@ -1,0 +1,73 @@
+"""The comparison table that ends ``fit``: one row per method, as JSON and markdown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from puma_lightning.data.table import InteractionTable
+from puma_lightning.io.atomic import atomic_write_text
+
+METHOD_ORDER = ("source", "random_init", "full_retrain", "puma")
+DESCRIPTIONS = {
+    "source": "source prompts on the source model",
+    "random_init": "random prompts on the target, head trained",
+    "full_retrain": "every prompt retrained on the target",
+    "puma": "prompts migrated with the PUMA adapter",
+}
+
+
+def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The ``results.json`` document."""
+    metric_names = ("rmse", "mae") if table.task == "rating" else ("auc", "uauc")
+    methods = {}
+    for name in METHOD_ORDER:
+        if name not in rows:
+            continue
+        row = rows[name]
+        entry = {m: row["metrics"].get(m) for m in metric_names}
+        entry.update(wall_s=row["wall_s"], train_samples=row["train_samples"], trainable_params=row["trainable_params"])
+        for extra in ("selection", "selected_users", "allocation"):
+            if extra in row:
+                entry[extra] = row[extra]
+        methods[name] = entry
+    return {
+        "task": table.task,
+        "dataset": table.meta.get("name"),
+        "floor_rmse": table.meta.get("floor_rmse"),
+        "floor_auc": table.meta.get("floor_auc"),
+        "num_users": table.n_users,
+        "num_test_rows": int(len(table.rows("test"))),
+        "methods": methods,
+    }
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    """A markdown table of the results, with the noise floor when known."""
+    metric_names = ("rmse", "mae") if results["task"] == "rating" else ("auc", "uauc")
+    head = ["method", *[m.upper() for m in metric_names], "trainable params", "train samples", "wall s", "what it is"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in results["methods"].items():
+        vals = [f"{row[m]:.4f}" if isinstance(row.get(m), float) else "n/a" for m in metric_names]
+        desc = DESCRIPTIONS[name]
+        if name == "puma":
+            desc += f" ({row.get('selected_users')} users by {row.get('selection')}"
+            desc += f", allocation {row['allocation']})" if row.get("allocation") else ")"
+        lines.append(f"| {name} | " + " | ".join(vals) + f" | {row['trainable_params']:,} | {row['train_samples']:,} | {row['wall_s']:.1f} | {desc} |")
+    notes = [f"dataset {results['dataset']}, {results['num_users']} users, {results['num_test_rows']} test rows"]
+    if results.get("floor_rmse") is not None:
+        notes.append(f"noise floor (best achievable test RMSE): {results['floor_rmse']:.4f}")
+    if results.get("floor_auc") is not None:
+        notes.append(f"best achievable test AUC: {results['floor_auc']:.4f}")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def write_results(run_dir: Path, table: InteractionTable, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Write ``results.json`` and ``results.md`` atomically and print the table."""
+    results = build_results(table, rows)
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    markdown = to_markdown(results)
+    atomic_write_text(run_dir / "results.md", markdown)
+    print(markdown)
+    return results

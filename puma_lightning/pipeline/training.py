@@ -1,0 +1,113 @@
+"""Thin helpers around Lightning's Trainer: one place that builds trainers, keeps the best epoch
+by ``val/loss`` and counts what a stage cost (wall seconds, training samples)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
+
+from puma_lightning.tasks.base import PromptTask
+
+
+@dataclass
+class StageStats:
+    """What one training stage cost."""
+
+    wall_s: float
+    train_samples: int
+    trainable_params: int
+    epochs: int
+    best_val_loss: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SampleCounter(Callback):
+    """Counts training samples processed (summed over ranks only if run distributed)."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.samples += int(batch["label"].shape[0])
+
+
+def default_precision(tcfg: DictConfig) -> str:
+    """bf16-mixed on a GPU, full fp32 on the CPU (the backbone's own dtype is set separately)."""
+    if tcfg.precision:
+        return str(tcfg.precision)
+    on_gpu = tcfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, callbacks: list[Callback] | None = None,
+                 log: bool = True) -> L.Trainer:
+    """A Trainer configured from ``cfg.trainer`` that logs to ``<run_dir>/tb/<stage>``."""
+    t = cfg.trainer
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version=stage, default_hp_metric=False) if log else False
+    kwargs: dict[str, Any] = dict(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=default_precision(t),
+        max_epochs=max_epochs,
+        gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=logger,
+        callbacks=callbacks or [],
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        fast_dev_run=t.fast_dev_run,
+        default_root_dir=str(run_dir),
+    )
+    if t.limit_train_batches is not None:
+        kwargs["limit_train_batches"] = t.limit_train_batches
+    if t.limit_val_batches is not None:
+        kwargs["limit_val_batches"] = t.limit_val_batches
+    return L.Trainer(**kwargs)
+
+
+def fit_best(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path, stage: str,
+             epochs: int, hparams: dict[str, Any] | None = None) -> StageStats:
+    """Train ``module`` and leave it holding the weights of its best epoch by ``val/loss``."""
+    ckpt_dir = run_dir / stage / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                                 save_weights_only=True, enable_version_counter=False)
+    counter = SampleCounter()
+    trainer = make_trainer(cfg, run_dir, stage, epochs, callbacks=[checkpoint, counter])
+    if hparams and trainer.logger is not None:
+        trainer.logger.log_hyperparams(hparams)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    wall = time.perf_counter() - start
+    best = checkpoint.best_model_path
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_trainable_state_dict(state)
+    best_loss = checkpoint.best_model_score
+    return StageStats(
+        wall_s=round(wall, 2),
+        train_samples=counter.samples,
+        trainable_params=module.trainable_parameter_count(),
+        epochs=trainer.current_epoch,
+        best_val_loss=None if best_loss is None else float(best_loss),
+    )
+
+
+def test_metrics(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path, stage: str) -> dict[str, float]:
+    """Evaluate ``module`` on the datamodule's test split; returns ``{"rmse": ..., ...}``."""
+    trainer = make_trainer(cfg, run_dir, stage, max_epochs=1)
+    out = trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics = out[0] if out else {}
+    return {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("test/")}

@@ -1,0 +1,142 @@
+"""Shared LightningModule machinery for every task that feeds soft prompts into a frozen LLM.
+
+Subclasses say where a batch's prompts come from (:meth:`PromptTask.prompts_for`); this class
+runs the frozen backbone, the head, the loss, the metrics and the optimiser. The frozen backbone
+is never written into checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from puma_lightning.tasks.metrics import UserAUC, build_metrics, update_metrics
+
+BACKBONE_PREFIX = "backbone."
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/inf: stops the run with the step and the users involved."""
+
+
+class PromptTask(L.LightningModule):
+    """Frozen LLM + per-user soft prompts (from a subclass) + rating/click head."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        task: str,
+        lr: float,
+        head_lr: float | None = None,
+        weight_decay: float = 0.0,
+        train_head: bool = True,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.task = task
+        self.lr = lr
+        self.head_lr = lr if head_lr is None else head_lr
+        self.weight_decay = weight_decay
+        self.head.requires_grad_(train_head)
+        self.val_metrics = build_metrics(task, "val")
+        self.test_metrics = build_metrics(task, "test")
+        self.val_uauc = UserAUC() if task == "click" else None
+        self.test_uauc = UserAUC() if task == "click" else None
+        self.strict_loading = False  # checkpoints leave the frozen backbone out
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def prompts_for(self, users: torch.Tensor) -> torch.Tensor:
+        """Soft prompts ``[B, l, d]`` for a batch of user indices."""
+        raise NotImplementedError
+
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters other than the head (prompts or adapter)."""
+        raise NotImplementedError
+
+    # -- forward and steps ---------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Answer logits ``[B, A]`` and head output ``[B]`` for a batch."""
+        prompts = self.prompts_for(batch["user"])
+        logits = self.backbone.answer_logits(
+            batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"]
+        )
+        return logits, self.head(logits)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits, output = self(batch)
+        loss = self.head.loss(logits, output, batch["label"])
+        if not torch.isfinite(loss):
+            users = batch["user"].unique().tolist()[:10]
+            raise NonFiniteLossError(
+                f"non-finite training loss {loss.item()} at step {self.global_step} (batch {batch_idx}); users {users}"
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(output))
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        logits, output = self(batch)
+        loss = self.head.loss(logits, output, batch["label"])
+        prediction = self.head.predict(output)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        update_metrics(metrics, self.task, prediction, batch["label"])
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(output), sync_dist=True)
+        self.log_dict(metrics, on_epoch=True, batch_size=len(output))
+        uauc = self.val_uauc if stage == "val" else self.test_uauc
+        if uauc is not None:
+            uauc.update(prediction, batch["label"], batch["user"])
+            self.log(f"{stage}/uauc", uauc, on_epoch=True, batch_size=len(output))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        _, output = self(batch)
+        return {"row": batch["row"], "prediction": self.head.predict(output)}
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        groups = [{"params": [p for p in self.prompt_parameters() if p.requires_grad], "lr": self.lr, "weight_decay": self.weight_decay}]
+        head_params = [p for p in self.head.parameters() if p.requires_grad]
+        if head_params:
+            groups.append({"params": head_params, "lr": self.head_lr, "weight_decay": 0.0})
+        groups = [g for g in groups if g["params"]]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, fused=fused) if fused else torch.optim.AdamW(groups)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def cosine(step: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def trainable_parameter_count(self) -> int:
+        """Number of parameters this task trains (prompts or adapter, plus the head if trained)."""
+        params = [p for p in self.prompt_parameters() if p.requires_grad] + [p for p in self.head.parameters() if p.requires_grad]
+        return int(sum(p.numel() for p in params))
+
+    # -- checkpoints without the frozen model --------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(BACKBONE_PREFIX)]:
+            del state[key]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's state without the frozen backbone."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(BACKBONE_PREFIX)}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a state saved by :meth:`trainable_state_dict` (or a Lightning checkpoint's)."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(BACKBONE_PREFIX)]
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint does not fit this task: missing {missing[:5]}, unexpected {unexpected[:5]}")
