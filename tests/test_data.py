@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -147,7 +148,8 @@ def test_synthetic_shape_text_and_split():
     assert (t.n_users, t.n_items, len(t)) == (200, 300, 8000)
     assert set(np.unique(t.label)) <= {1.0, 2.0, 3.0, 4.0, 5.0} and t.label.dtype == np.float32
     assert len(set(t.item_texts)) == 300
-    assert all("(" in s and "), a " in s for s in t.item_texts)
+    assert all(re.fullmatch(r"[A-Z][a-z]+ [A-Z][a-z]+ \(\d{4}\), an? [a-z]+ [a-z ]+", s) for s in t.item_texts)
+    assert any(", an uplifting " in s for s in t.item_texts) and not any(", a uplifting" in s for s in t.item_texts)
     assert t.meta["generator"]["seed"] == 0 and t.meta["generator"]["noise_std"] == 0.5
     assert "expected_label" not in t.meta
     # timestamps strictly increase per user (rows are stored in time order) and split is chronological
@@ -300,10 +302,12 @@ def test_encoder_item_in_before_text_and_truncation():
     long_item = " ".join(["Midnight Harbor"] * 40)
     enc = TemplateEncoder(tok, template, prompt_length=2, max_item_tokens=5)
     e = enc.encode(7, long_item)
-    n_before = len(tok("Item Midnight Harbor Midnight Harbor Midnight for user", add_special_tokens=False)["input_ids"])
+    cut = "Item Midnight Harbor Midnight Harbor Midnight for user"
+    n_before = len(tok(cut, add_special_tokens=False)["input_ids"])
     assert e.slot_pos == n_before
     assert enc.encode(7, "ignored: cached by index") is e
-    assert TemplateEncoder(tok, template, 1, max_item_tokens=None).encode_text(long_item).slot_pos == 1 + 80 + 2  # "Item" + 40 x 2 + "for user"
+    untruncated = TemplateEncoder(tok, template, 1, max_item_tokens=None).encode_text(long_item)
+    assert untruncated.slot_pos == 1 + 80 + 2  # "Item" + 40 x "Midnight Harbor" + "for user"
 
 
 def test_fill_id_without_pad_token():
@@ -403,5 +407,51 @@ def test_bucket_sampler_sharding_exact_for_eval():
             assert len(got) == len(s)
             seen.extend(i for b in got for i in b)
         assert sorted(seen) == list(range(103))
-        train_counts = {len(list(BucketBatchSampler(lengths, 10, True, num_replicas=replicas, rank=r))) for r in range(replicas)}
+        train_counts = {
+            len(list(BucketBatchSampler(lengths, 10, True, num_replicas=replicas, rank=r))) for r in range(replicas)
+        }
         assert len(train_counts) == 1, "training ranks must run the same number of batches"
+
+
+def test_datamodule_under_lightning_trainer():
+    """The trainer's epoch drives the shuffle; validate/predict see every row once (custom sampler kept)."""
+    import warnings
+
+    import lightning as L
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.train_rows: dict[int, list[int]] = {}
+            self.val_rows: list[int] = []
+
+        def training_step(self, batch, _):
+            self.train_rows.setdefault(self.current_epoch, []).extend(batch["row"].tolist())
+            return (self.w * batch["label"]).mean()
+
+        def validation_step(self, batch, _):
+            self.val_rows.extend(batch["row"].tolist())
+
+        def predict_step(self, batch, _):
+            return batch["row"]
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    dm = _datamodule(batch_size=32, eval_batch_size=16)
+    module = Recorder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = L.Trainer(
+            max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        )
+        trainer.fit(module, datamodule=dm)
+        predicted = torch.cat(trainer.predict(module, datamodule=dm)).tolist()
+    e0, e1 = module.train_rows[0], module.train_rows[1]
+    assert sorted(e0) == sorted(e1) == dm.table.rows("train").tolist()
+    assert e0 != e1, "the shuffle must change with the trainer's epoch"
+    valid = dm.table.rows("valid").tolist()
+    assert sorted(module.val_rows) == sorted(valid * 2)  # validated once per epoch, each row once
+    assert sorted(predicted) == dm.table.rows("test").tolist()

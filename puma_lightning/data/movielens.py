@@ -20,19 +20,23 @@ from .table import InteractionTable
 
 _INSTALL_HINT = "pip install --no-deps recbole==1.2.1"
 _ARTICLES = ("The", "A", "An", "Il", "La", "Le", "Les", "L'", "Das", "Der", "Die", "El", "Lo")
-_TRAILING_ARTICLE = re.compile(r"^(?P<main>.+), (?P<art>" + "|".join(map(re.escape, _ARTICLES)) + r")(?P<rest> \(.*\))?$")
+_TRAILING_ARTICLE = re.compile(
+    r"^(?P<main>.+), (?P<art>" + "|".join(map(re.escape, _ARTICLES)) + r")(?P<rest> \(.*\))?$"
+)
 
 
 def movielens_100k_dir() -> Path:
     """Folder holding ``ml-100k.inter`` / ``.item`` / ``.user`` inside the installed recbole wheel."""
     spec = importlib.util.find_spec("recbole")  # finds the package without running its __init__
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"MovieLens-100k ships in the recbole wheel, which is not installed: {_INSTALL_HINT}")
+        raise FileNotFoundError(
+            f"MovieLens-100k ships in the recbole wheel, which is not installed: {_INSTALL_HINT}"
+        )
     for base in spec.submodule_search_locations:
         folder = Path(base) / "dataset_example" / "ml-100k"
         if (folder / "ml-100k.inter").is_file() and (folder / "ml-100k.item").is_file():
             return folder
-    raise FileNotFoundError(f"recbole is installed but has no dataset_example/ml-100k files; reinstall: {_INSTALL_HINT}")
+    raise FileNotFoundError(f"recbole is installed without dataset_example/ml-100k; reinstall: {_INSTALL_HINT}")
 
 
 def _read_atomic(path: Path) -> dict[str, list[str]]:

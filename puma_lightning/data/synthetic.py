@@ -154,7 +154,10 @@ def make_synthetic_with_truth(
     year = np.asarray(DECADES)[decade] + rng.integers(10, size=n_items)
     item_bias = rng.normal(0.0, ITEM_BIAS_STD, size=n_items)
     titles = _titles(rng, n_items)
-    item_texts = [f"{titles[i]} ({year[i]}), a {MOODS[mood[i]]} {GENRES[genre[i]]}" for i in range(n_items)]
+    item_texts = [
+        f"{titles[i]} ({year[i]}), {'an' if MOODS[mood[i]][0] in 'aeiou' else 'a'} {MOODS[mood[i]]} {GENRES[genre[i]]}"
+        for i in range(n_items)
+    ]
 
     # Users: archetype, bias and tastes over the attributes.
     archetype = rng.integers(N_ARCHETYPES, size=n_users)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,11 +135,19 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or "\\" in name or name.count("/") > 1
 
 
-def _from_pretrained(source: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, Any]:
+def _offline() -> bool:
+    """``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` read now (not at import), to skip network retries."""
+    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _from_pretrained(
+    source: str, dtype: torch.dtype, trust_remote_code: bool, local_files_only: bool = False
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    kw = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
     return model, tokenizer
 
 
@@ -169,7 +178,7 @@ def load_backbone(
         raise FileNotFoundError(f"model folder {name!r} does not exist (or is not a folder)")
     else:
         try:
-            model, tokenizer = _from_pretrained(name, torch_dtype, trust_remote_code)
+            model, tokenizer = _from_pretrained(name, torch_dtype, trust_remote_code, local_files_only=_offline())
         except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise OSError(

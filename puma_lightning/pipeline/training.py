@@ -70,6 +70,9 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, ca
         num_sanity_val_steps=0,
         fast_dev_run=t.fast_dev_run,
         default_root_dir=str(run_dir),
+        # the datamodule's length-bucketed batch sampler shards batches across ranks itself,
+        # exactly (no duplicated evaluation samples), so Lightning must not wrap it
+        use_distributed_sampler=False,
     )
     if t.limit_train_batches is not None:
         kwargs["limit_train_batches"] = t.limit_train_batches

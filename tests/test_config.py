@@ -1,0 +1,75 @@
+"""Configs: every shipped YAML loads and validates; bad keys and values give one-line errors."""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from puma_lightning.cli.config_loader import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+STRATEGIES = sorted((ROOT / "strategies").glob("*.yaml"))
+
+
+def test_there_are_shipped_configs_and_strategies():
+    assert {"smoke", "demo", "synthetic"} <= {p.stem for p in CONFIGS}
+    assert {"random", "puma"} <= {p.stem for p in STRATEGIES}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_starts_with_its_command(path):
+    cfg = load_config([path])
+    assert cfg.run_dir
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#")
+    assert f"--config configs/{path.name}" in path.read_text()
+
+
+@pytest.mark.parametrize("path", STRATEGIES, ids=lambda p: p.name)
+def test_every_strategy_swaps_in_by_name(path):
+    cfg = load_config([ROOT / "configs" / "smoke.yaml"], [f"selection={path.stem}"])
+    assert cfg.selection.name == path.stem
+    assert cfg.selection.budget == 30  # the experiment's budget is kept
+    params = OmegaConf.to_container(OmegaConf.load(path))
+    for key, value in params.items():
+        assert cfg.selection[key] == value
+
+
+def test_overrides_apply_in_order_and_types_are_checked():
+    cfg = load_config([ROOT / "configs" / "smoke.yaml"], ["prompt.epochs=2", "run_dir=/tmp/x", "selection.budget=7"])
+    assert cfg.prompt.epochs == 2 and cfg.run_dir == "/tmp/x" and cfg.selection.budget == 7
+    with pytest.raises(ConfigError, match=r"prompt\.epochs"):
+        load_config([], ["prompt.epochs=many"])
+
+
+def test_unknown_key_names_the_key_and_the_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["prompt.epoch=2"])
+    msg = str(err.value)
+    assert "prompt.epoch" in msg and "epochs" in msg and "\n" not in msg
+
+
+def test_unknown_key_in_a_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  nmae: synthetic\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*data\.nmae"):
+        load_config([bad])
+
+
+def test_bad_choices_and_files_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="adapter.kind.*puma, compact"):
+        load_config([], ["adapter.kind=huge"])
+    with pytest.raises(ConfigError, match="data.template"):
+        load_config([], ["data.template=nope"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config([tmp_path / "missing.yaml"])
+    (tmp_path / "broken.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config([tmp_path / "broken.yaml"])
+    with pytest.raises(ConfigError, match="available strategies"):
+        load_config([], ["selection=nope"])
+    with pytest.raises(ConfigError, match="selection"):
+        load_config([], ["selection.n_clustres=3"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config([], ["justaword"])
