@@ -151,6 +151,8 @@ class ExperimentConfig:
     """Lightning Trainer settings."""
     cache_dir: Optional[str] = None
     """Where converted packaged models live (default ``$PUMA_CACHE`` or ``~/.cache/puma_lightning``)."""
+    source_dir: Optional[str] = None
+    """Reuse the finished source stage (``<dir>/bank``, ``<dir>/stage.json``) of another run instead of ``<run_dir>/source`` (sweeps share one)."""
     bank: Optional[str] = None
     """``migrate``/``test``: path of the prompt bank to read."""
     adapter_path: Optional[str] = None

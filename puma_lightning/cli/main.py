@@ -85,10 +85,26 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
     return 0
 
 
+class _QuietLightning(logging.Filter):
+    """Drops Lightning's per-Trainer hardware summary and product tips."""
+
+    NOISE = ("💡 Tip", "GPU available", "TPU available", "HPU available", "LOCAL_RANK")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.NOISE)
+
+
 def _setup_runtime(cfg) -> None:  # noqa: ANN001 - DictConfig
     import torch
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("puma_lightning")
+    if not ours.handlers:
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    # Lightning repeats hardware and advertising lines for every Trainer; keep the useful ones
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_QuietLightning())
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     import lightning as L

@@ -79,6 +79,8 @@ class Experiment:
         return float(self.table.label[self.table.rows("train")].mean())
 
     def _stage_dir(self, name: str) -> Path:
+        if name == "source" and self.cfg.source_dir:
+            return Path(self.cfg.source_dir)
         return self.run_dir / name
 
     def _read_stage(self, name: str, key: str) -> dict[str, Any] | None:

@@ -1,0 +1,29 @@
+"""User-selection strategies: choose a small representative budget of users to train the adapter on.
+
+Importing this package registers every strategy (each module registers itself on import), so
+``STRATEGIES`` is complete and :func:`select_users` can build any of them from a config node.
+"""
+
+from . import puma, random  # noqa: F401  (imported for their @register_strategy side effect)
+from .kmeans import KMeansResult, kmeans
+from .registry import (
+    STRATEGIES,
+    SelectionContext,
+    SelectionResult,
+    SelectionStrategy,
+    build_strategy,
+    register_strategy,
+    select_users,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "KMeansResult",
+    "SelectionContext",
+    "SelectionResult",
+    "SelectionStrategy",
+    "build_strategy",
+    "kmeans",
+    "register_strategy",
+    "select_users",
+]
