@@ -14,7 +14,7 @@ from typing import Any, Optional
 @dataclass
 class DataConfig:
     name: str = "synthetic"
-    """Dataset: ``synthetic`` (generated, known noise floor) or ``movielens-100k`` (real, from the recbole wheel)."""
+    """Dataset: ``synthetic`` (generated, known noise floor), ``movielens-100k`` (real, from the recbole wheel), or from raw files in ``raw_dir``: ``amazon-movies``, ``amazon-movies-csv``, ``yelp``, ``mind``."""
     task: str = "rating"
     """``rating`` (1..5 stars, hybrid MSE+CE head) or ``click`` (Yes-token BCE head). Synthetic data supports both."""
     template: str = "movie"
@@ -37,6 +37,22 @@ class DataConfig:
     """Synthetic only: interactions per user."""
     noise_std: float = 0.5
     """Synthetic only: std of the Gaussian noise added to the latent score (sets the noise floor)."""
+    raw_dir: Optional[str] = None
+    """Raw-file datasets (``amazon-movies``, ``amazon-movies-csv``, ``yelp``, ``mind``): folder with the downloaded files."""
+    processed_dir: Optional[str] = None
+    """Where ``prepare`` writes the processed dataset (None: ``$PUMA_CACHE`` or ``~/.cache/puma_lightning``, then ``data/<name>-<hash of the preprocessing parameters>``)."""
+    min_item_ratings: int = 0
+    """Raw-file datasets: drop items with fewer interactions than this (Amazon paper setting: 10)."""
+    min_user_ratings: int = 0
+    """Raw-file datasets: then drop users with fewer interactions than this (Amazon 20, Yelp 25)."""
+    kcore: bool = False
+    """Raw-file datasets: repeat the item and user filters until both hold (iterative k-core) instead of one pass each."""
+    max_bad_fraction: float = 0.01
+    """Raw-file datasets: malformed lines are skipped and counted; stop with an error if a file has more than this fraction."""
+    history_titles: int = 5
+    """MIND: at most this many history titles (sampled with the run's seed) fill the template's ``{history}``."""
+    split_by: str = "chronological"
+    """``chronological`` (per user, by time) or ``official`` (the raw files' own split: Amazon benchmark CSVs; MIND train -> train/valid, dev -> test)."""
 
 
 @dataclass

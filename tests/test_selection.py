@@ -37,7 +37,11 @@ def clustered_ctx(sizes, d=8, seed=0, variance=None, counts=None) -> SelectionCo
     n = labels.size
     variance = rng.random(n) if variance is None else variance
     counts = np.full(n, 10) if counts is None else counts
-    return SelectionContext(prompts=prompts, label_variance=variance, train_counts=counts, seed=seed)
+    loss = rng.random(n) + labels  # per-user task loss, for the loss-based strategies
+    ffn = (prompts @ rng.normal(0.0, 1.0, (d, 24)) > 0).astype(np.float32)  # binary "FFN" features
+    ffn /= np.maximum(np.linalg.norm(ffn, axis=1, keepdims=True), 1e-12)
+    return SelectionContext(prompts=prompts, label_variance=variance, train_counts=counts, seed=seed,
+                            loss=loss, ffn_features=ffn)
 
 
 def per_cluster(users: np.ndarray, sizes) -> list[int]:
@@ -131,8 +135,9 @@ def test_unknown_parameter_lists_valid_parameters():
     msg = str(err.value)
     assert "\n" not in msg and "'n_cluster'" in msg
     assert all(f.name in msg for f in fields(STRATEGIES["puma"].Params))
-    with pytest.raises(ValueError, match="unknown parameter 'seed'"):
-        build_strategy({"name": "random", "seed": 1})
+    # 'seed' is reserved (a per-selection seed override), not a parameter; it must be an integer
+    with pytest.raises(ValueError, match="'seed' must be an integer"):
+        build_strategy({"name": "random", "seed": "1"})
 
 
 @pytest.mark.parametrize(
@@ -158,6 +163,7 @@ def test_params_coerced_and_recorded():
 
 def test_context_requires_optional_fields():
     ctx = clustered_ctx([10])
+    ctx.loss = None
     with pytest.raises(ValueError, match="loss"):
         ctx.require("loss", "loss_bucket")
     with pytest.raises(ValueError, match="rows"):
@@ -177,7 +183,7 @@ def test_strategy_yaml_loads_and_builds(path):
 
 
 def test_all_strategy_yaml_present():
-    assert {p.stem for p in STRATEGY_DIR.glob("*.yaml")} >= {"random", "puma"}
+    assert {p.stem for p in STRATEGY_DIR.glob("*.yaml")} >= set(STRATEGIES)
 
 
 # --------------------------------------------------------------------------- puma allocation

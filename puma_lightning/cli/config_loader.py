@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STRATEGIES_DIR = REPO_ROOT / "strategies"
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("synthetic", "movielens-100k"),
+    "data.name": ("synthetic", "movielens-100k", "amazon-movies", "amazon-movies-csv", "yelp", "mind"),
     "data.task": ("rating", "click"),
     "source.dtype": ("auto", "float32", "bfloat16"),
     "target.dtype": ("auto", "float32", "bfloat16"),

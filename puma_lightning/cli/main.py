@@ -1,6 +1,7 @@
 """``python -m puma_lightning <command> --config FILE [--config FILE2] [key=value ...]``.
 
 Commands:
+  prepare   read raw Amazon/Yelp/MIND files and write the processed dataset
   pretrain  train per-user prompts on one model (``model=source`` or ``model=target``)
   fit       the whole PUMA experiment: source prompts, selection, adapter, migration, baselines, table
   migrate   apply a saved adapter to a prompt bank (``bank=... adapter_path=... out=...``)
@@ -13,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +22,7 @@ from puma_lightning.cli.help import describe_config
 from puma_lightning.errors import PumaError
 
 COMMANDS = {
+    "prepare": "Read the raw files in data.raw_dir and write the processed dataset (reused when unchanged).",
     "pretrain": "Train per-user soft prompts on one model (the source, or the target for the retraining baseline).",
     "fit": "Run the whole PUMA experiment and print the comparison table (reuses finished stages in run_dir).",
     "migrate": "Apply a saved adapter to a prompt bank and write the migrated bank.",
@@ -62,7 +65,11 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
 
     from puma_lightning.pipeline.experiment import Experiment
 
-    if command == "fit":
+    if command == "prepare":
+        from puma_lightning.data.prepare import run_prepare
+
+        run_prepare(cfg)
+    elif command == "fit":
         Experiment(cfg).fit()
     elif command == "pretrain":
         stage = "source" if cfg.model == "source" else "full_retrain"
@@ -105,6 +112,9 @@ def _setup_runtime(cfg) -> None:  # noqa: ANN001 - DictConfig
     ours.setLevel(logging.INFO)
     # Lightning repeats hardware and advertising lines for every Trainer; keep the useful ones
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_QuietLightning())
+    # expected here: the frozen backbone stays in eval mode while the prompts/adapter train
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     import lightning as L

@@ -3,7 +3,9 @@
 Each sample's token sequence is ``[BOS?] + ids(before) + [fill] * prompt_length + ids(after)``:
 the ``prompt_length`` fill positions starting at ``slot_pos`` get their input embeddings replaced
 by the user's soft prompt, and the next-token logits at ``answer_pos`` (the last token) are read.
-The text depends only on the item, so each item is tokenised once and cached.
+When the template depends only on the item, each item is tokenised once and cached; when it uses
+``{history}`` (per-row text from ``InteractionTable.row_text``) samples are encoded per row, from
+cached tokenisations of each distinct text before and after the slot.
 
 Batching pads each batch only to its own longest sample. Training batches come from a seeded
 shuffle in which chunks of about 50 batches are sorted by length (similar lengths per batch) and
@@ -26,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from .table import InteractionTable
-from .templates import Template
+from .templates import NO_HISTORY, Template
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class TemplateEncoder:
         self.fill_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         """Placeholder id at the slot; its embedding is replaced by the soft prompt."""
         self._cache: dict[int, EncodedItem] = {}
+        self._truncated: dict[int, str] = {}
+        self._parts: dict[str, list[int]] = {}
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -87,13 +91,41 @@ class TemplateEncoder:
             return item_text
         return self.tokenizer.decode(ids[: self.max_item_tokens], skip_special_tokens=True).strip()
 
-    def encode_text(self, item_text: str) -> EncodedItem:
-        """Encode one item's text (no caching)."""
-        before, after = self.template.render(self.truncate_item(item_text))
+    def encode_text(self, item_text: str, history: str = NO_HISTORY) -> EncodedItem:
+        """Encode one item's text (and a row's history text, if the template uses it); no caching."""
+        before, after = self.template.render(self.truncate_item(item_text), history)
         head = self.prefix + self._ids(before)
         tail = self._ids(after)
         if not tail:
             raise ValueError(f"template {self.template.name!r} has no text after the slot for the answer cue")
+        ids = head + [self.fill_id] * self.prompt_length + tail
+        return EncodedItem(tuple(ids), slot_pos=len(head), answer_pos=len(ids) - 1)
+
+    def _part(self, text: str) -> list[int]:
+        hit = self._parts.get(text)
+        if hit is None:
+            hit = self._parts[text] = self._ids(text)
+        return hit
+
+    def _row_parts(self, item_index: int, item_text: str, history: str) -> tuple[list[int], list[int]]:
+        item_index = int(item_index)
+        item = self._truncated.get(item_index)
+        if item is None:
+            item = self._truncated[item_index] = self.truncate_item(item_text)
+        before, after = self.template.render(item, history)
+        tail = self._part(after)
+        if not tail:
+            raise ValueError(f"template {self.template.name!r} has no text after the slot for the answer cue")
+        return self.prefix + self._part(before), tail
+
+    def row_length(self, item_index: int, item_text: str, history: str) -> int:
+        """Token count of :meth:`encode_row` without building the ids."""
+        head, tail = self._row_parts(item_index, item_text, history)
+        return len(head) + self.prompt_length + len(tail)
+
+    def encode_row(self, item_index: int, item_text: str, history: str) -> EncodedItem:
+        """Encode one row of a template that uses ``{history}`` (the text parts' tokens are cached)."""
+        head, tail = self._row_parts(item_index, item_text, history)
         ids = head + [self.fill_id] * self.prompt_length + tail
         return EncodedItem(tuple(ids), slot_pos=len(head), answer_pos=len(ids) - 1)
 
@@ -124,10 +156,20 @@ class PromptDataset(Dataset):
         self.table = table
         self.rows = np.asarray(rows, dtype=np.int64)
         self.encoder = encoder
+        self.per_row = encoder.template.uses_history
         items = table.item[self.rows]
-        self.lengths = np.fromiter(
-            (len(encoder.encode(i, table.item_texts[i]).input_ids) for i in items), dtype=np.int64, count=len(items)
-        )
+        if self.per_row:
+            self.lengths = np.fromiter(
+                (encoder.row_length(i, table.item_texts[i], self._history(r)) for i, r in zip(items, self.rows)),
+                dtype=np.int64, count=len(items),
+            )
+        else:
+            self.lengths = np.fromiter(
+                (len(encoder.encode(i, table.item_texts[i]).input_ids) for i in items), dtype=np.int64, count=len(items)
+            )
+
+    def _history(self, row: int) -> str:
+        return self.table.row_text[row] if self.table.row_text is not None else NO_HISTORY
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -135,7 +177,10 @@ class PromptDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         row = int(self.rows[index])
         item = int(self.table.item[row])
-        enc = self.encoder.encode(item, self.table.item_texts[item])
+        if self.per_row:
+            enc = self.encoder.encode_row(item, self.table.item_texts[item], self._history(row))
+        else:
+            enc = self.encoder.encode(item, self.table.item_texts[item])
         return {
             "input_ids": enc.input_ids,
             "slot_pos": enc.slot_pos,

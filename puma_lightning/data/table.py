@@ -38,12 +38,17 @@ class InteractionTable:
     """``"rating"`` or ``"click"``."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Provenance: dataset name, generator parameters, how the split was made, ``floor_rmse``."""
+    row_text: list[str] | None = None
+    """Optional per-row context text (MIND: the sampled history titles of that impression), filling a
+    template's ``{history}``; None when the template text depends on the item only."""
 
     def __post_init__(self) -> None:
         n = len(self.user)
         for name in ("item", "label", "timestamp", "split"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"InteractionTable.{name} has {len(getattr(self, name))} rows, expected {n}")
+        if self.row_text is not None and len(self.row_text) != n:
+            raise ValueError(f"InteractionTable.row_text has {len(self.row_text)} rows, expected {n}")
         if self.task not in ("rating", "click"):
             raise ValueError(f"InteractionTable.task must be 'rating' or 'click', got {self.task!r}")
 

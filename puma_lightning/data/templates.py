@@ -1,7 +1,8 @@
 """Prompt templates: the text around the user-prompt slot, one per dataset family.
 
 A template is split at the slot into the text ``before`` and ``after`` it. Both may contain
-``{item}``, replaced by the item's text. The slot itself is ``prompt_length`` placeholder
+``{item}``, replaced by the item's text, and ``{history}``, replaced by per-row context
+(``InteractionTable.row_text``, e.g. MIND's history titles). The slot itself is ``prompt_length`` placeholder
 positions whose input embeddings are replaced by the user's soft prompt. The last token of
 ``after`` is the answer position whose next-token logits are read.
 """
@@ -9,6 +10,10 @@ positions whose input embeddings are replaced by the user's soft prompt. The las
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+NO_HISTORY = "none"
+"""``{history}`` text of a row without history (or a table without ``row_text``)."""
 
 
 @dataclass(frozen=True)
@@ -21,9 +26,14 @@ class Template:
     answers: tuple[str, ...]
     """Answer tokens read at the answer position: "1".."5" for ratings, ("Yes",) for clicks."""
 
-    def render(self, item_text: str) -> tuple[str, str]:
-        """Text before and after the slot for one item."""
-        return self.before.format(item=item_text), self.after.format(item=item_text)
+    def render(self, item_text: str, history: str = NO_HISTORY) -> tuple[str, str]:
+        """Text before and after the slot for one item (and one row's history text)."""
+        return self.before.format(item=item_text, history=history), self.after.format(item=item_text, history=history)
+
+    @property
+    def uses_history(self) -> bool:
+        """True when the text depends on the row (``{history}``), not only on the item."""
+        return "{history}" in self.before or "{history}" in self.after
 
 
 RATING_ANSWERS = ("1", "2", "3", "4", "5")
@@ -49,10 +59,10 @@ register_template(Template("business", _QUESTION, _RATING_TAIL.format(kind="busi
 register_template(
     Template(
         "news_click",
-        "A user has interacted with the following news headlines: {item}. Additionally, we have information "
+        "A user has interacted with the following news headlines: {history}. Additionally, we have information "
         "about the user's preferences encoded in the feature ",
         ". Using all available information, make a prediction about whether the user would enjoy the news "
-        'above? Answer with "Yes" or "No".\n#Answer:',
+        'with title {item}? Answer with "Yes" or "No".\n#Answer:',
         CLICK_ANSWERS,
     )
 )
@@ -72,3 +82,15 @@ def get_template(name: str) -> Template:
         return TEMPLATES[name]
     except KeyError:
         raise KeyError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}") from None
+
+
+# -- item-first template (issue #6): the item text comes before the slot, so everything but the slot
+# and a short answer cue is a per-item prefix whose keys/values the backbone's prefix cache reuses.
+register_template(
+    Template(
+        "item_first",
+        "#Question: A user rates the movie {item}. The user's preferences are encoded in the feature ",
+        ". Predict the user's rating (as an integer between 1 and 5).\n#Answer:",
+        RATING_ANSWERS,
+    )
+)

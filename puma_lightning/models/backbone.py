@@ -11,14 +11,29 @@ the sqrt(d) scaling, so ``embed(ids)`` and ``embedding_std()`` are taken from th
 Padding is on the right: real tokens then sit at positions 0..n-1 exactly as in an unpadded row
 (the default position ids are ``arange(T)``), and causal attention never lets a real token see a
 later pad, so each row's answer logits equal those of the row run alone.
+
+With :meth:`FrozenLM.enable_prefix_cache` the template tokens before the slot are not recomputed:
+their keys/values come from a :class:`~puma_lightning.models.prefix_cache.PrefixKVCache` and only
+the slot and the text after it run (with gradient to the prompts); see ``prefix_cache.py``.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from puma_lightning.models.prefix_cache import (
+    PrefixKVCache,
+    batch_cache,
+    compute_key,
+    compute_prefix_kv,
+    static_support_reason,
+)
+
+log = logging.getLogger(__name__)
 
 SENTENCEPIECE_SPACE = "▁"
 BYTE_LEVEL_SPACE = "Ġ"
@@ -131,6 +146,7 @@ class FrozenLM(nn.Module):
         answers: Sequence[str],
         name: str = "",
         fingerprint: str = "",
+        prefix_cache_mb: float | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -154,6 +170,13 @@ class FrozenLM(nn.Module):
         self._embedding_std: float | None = None
         self.register_state_dict_post_hook(FrozenLM._drop_backbone_keys)
         self.register_load_state_dict_post_hook(FrozenLM._ignore_missing_backbone_keys)
+        self.prefix_cache: PrefixKVCache | None = None
+        """Shared-prefix key/value cache; None runs the plain path (see :meth:`enable_prefix_cache`)."""
+        self.prefix_cache_reason: str | None = None
+        """Why the last :meth:`enable_prefix_cache` fell back to the plain path (None if it did not)."""
+        self._prefix_tag: tuple[str, str] | None = None
+        if prefix_cache_mb is not None:
+            self.enable_prefix_cache(prefix_cache_mb)
 
     # -- checkpoints: the backbone weights are not part of the state ---------------------------
     @staticmethod
@@ -240,8 +263,14 @@ class FrozenLM(nn.Module):
         embeds = self.embed(input_ids)
         start = _as_positions(slot_pos, batch, input_ids.device)
         index = start[:, None] + torch.arange(l, device=input_ids.device)[None, :]  # [B, l]
-        if bool((index < 0).any()) or bool((index >= length).any()):
-            raise ValueError(f"slot positions {start.tolist()} + {l} fall outside sequence length {length}")
+        if isinstance(slot_pos, int):
+            if slot_pos < 0 or slot_pos + l > length:
+                raise ValueError(f"slot position {slot_pos} + {l} falls outside sequence length {length}")
+        elif index.device.type == "cpu":  # reading a CPU tensor costs no device sync
+            if bool((index < 0).any()) or bool((index >= length).any()):
+                raise ValueError(f"slot positions {start.tolist()} + {l} fall outside sequence length {length}")
+        else:  # on an accelerator: checked on the device, without a per-step host sync
+            torch._assert_async(((index >= 0) & (index < length)).all(), "slot positions fall outside the sequence")
         index = index[:, :, None].expand(batch, l, embeds.shape[-1])
         return embeds.scatter(1, index, prompts.to(embeds.dtype))
 
@@ -280,11 +309,173 @@ class FrozenLM(nn.Module):
         Differentiable with respect to ``prompts`` only; inputs are right-padded, ``answer_pos``
         is each row's last real token (the answer cue).
         """
+        if self.prefix_cache is not None:
+            logits = self.cached_answer_logits(input_ids, attention_mask, slot_pos, prompts, answer_pos)
+            if logits is not None:
+                return logits
+        return self.plain_answer_logits(input_ids, attention_mask, slot_pos, prompts, answer_pos)
+
+    forward = answer_logits
+
+    def plain_answer_logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        slot_pos: int | Tensor,
+        prompts: Tensor,
+        answer_pos: int | Tensor,
+    ) -> Tensor:
+        """:meth:`answer_logits` over the whole template, whether or not the prefix cache is on."""
         embeds = self.splice(input_ids, slot_pos, prompts)
         hidden = self.hidden_at(embeds, attention_mask, answer_pos)
         return self.project_answers(hidden)
 
-    forward = answer_logits
+    # -- shared-prefix key/value cache -------------------------------------------------------------
+    def enable_prefix_cache(self, max_mb: float = 1024.0, verify: bool = True) -> bool:
+        """Reuse the keys/values of the template tokens before the slot (LRU within ``max_mb`` MiB).
+
+        Returns True when the cached path is on. It stays off, with the reason logged and kept in
+        :attr:`prefix_cache_reason`, when the architecture rules it out or when ``verify`` runs a
+        small probe batch both ways and the answer logits differ.
+        """
+        reason = static_support_reason(self.model, self.body)
+        if reason is None and verify:
+            reason = self._probe_prefix_cache()
+        if reason is not None:
+            log.warning("prefix KV cache not used for %s: %s; running the plain path",
+                        self.name or type(self.model).__name__, reason)
+            self.prefix_cache, self.prefix_cache_reason = None, reason
+            return False
+        self.prefix_cache, self.prefix_cache_reason = PrefixKVCache(max_mb), None
+        self._prefix_tag = None
+        log.info("prefix KV cache on for %s (%.0f MiB)", self.name or type(self.model).__name__, max_mb)
+        return True
+
+    def disable_prefix_cache(self) -> None:
+        """Back to the plain path; frees the cached keys/values."""
+        self.prefix_cache = None
+        self._prefix_tag = None
+
+    def _prefix_entries(self, prefixes: list[tuple[int, ...]], cache: PrefixKVCache) -> list[Tensor]:
+        """Cached keys/values of each distinct prefix, computing (and storing) the missing ones."""
+        tag = compute_key(self.device, self.dtype)
+        if tag != self._prefix_tag and cache is self.prefix_cache:
+            if self._prefix_tag is not None:
+                cache.clear()  # moved to another device or dtype: old entries cannot be used
+            self._prefix_tag = tag
+        entries: list[Tensor | None] = []
+        missing: list[int] = []
+        for i, ids in enumerate(prefixes):
+            hit = cache.get((tag, ids))
+            entries.append(hit)
+            if hit is None:
+                missing.append(i)
+        cache.stats.hits += len(prefixes) - len(missing)
+        cache.stats.misses += len(missing)
+        if missing:
+            pad = self.tokenizer.pad_token_id if getattr(self.tokenizer, "pad_token_id", None) is not None else 0
+            computed = compute_prefix_kv(self.body, [prefixes[i] for i in missing], self.device, pad_id=pad)
+            for i, kv in zip(missing, computed):
+                cache.put((tag, prefixes[i]), kv)
+                entries[i] = kv
+        return entries  # type: ignore[return-value]
+
+    def cached_answer_logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        slot_pos: int | Tensor,
+        prompts: Tensor,
+        answer_pos: int | Tensor,
+        cache: PrefixKVCache | None = None,
+    ) -> Tensor | None:
+        """:meth:`answer_logits` running only [slot + rest] on cached prefix keys/values.
+
+        Same result as the plain path (rows grouped by their prefix ``input_ids[:slot_pos]``,
+        left-padded in the cache, real positions via ``position_ids``). Returns None when a batch
+        cannot use it (a row without a prefix, or an answer before its slot). Costs one small
+        device-to-host copy per batch (token ids and positions, to key the cache).
+        """
+        cache = cache if cache is not None else self.prefix_cache
+        if cache is None:
+            raise RuntimeError("no prefix cache: call enable_prefix_cache() first")
+        batch, length = input_ids.shape
+        if prompts.dim() == 2:
+            prompts = prompts.unsqueeze(1)
+        if prompts.shape[0] != batch or prompts.shape[2] != self.hidden_size:
+            raise ValueError(f"prompts must be [B={batch}, l, d={self.hidden_size}], got {tuple(prompts.shape)}")
+        l = prompts.shape[1]
+        device = input_ids.device
+        slot = _as_positions(slot_pos, batch, device)
+        answer = _as_positions(answer_pos, batch, device)
+        host = torch.cat([input_ids, slot[:, None], answer[:, None]], dim=1).cpu().tolist()  # the one sync
+        slots = [row[length] for row in host]
+        answers = [row[length + 1] for row in host]
+        if any(s < 0 or s + l > length for s in slots):
+            raise ValueError(f"slot positions {slots} + {l} fall outside sequence length {length}")
+        if min(slots) == 0 or any(a < s + l - 1 for a, s in zip(answers, slots)):
+            return None
+        groups: dict[tuple[int, ...], int] = {}
+        inverse: list[int] = []
+        for row, s in zip(host, slots):
+            inverse.append(groups.setdefault(tuple(row[:s]), len(groups)))
+        prefixes = list(groups)
+        entries = self._prefix_entries(prefixes, cache)
+        lengths = [len(p) for p in prefixes]
+        longest = max(lengths)
+        rows_to_groups = None if len(prefixes) == 1 else torch.tensor(inverse, dtype=torch.long).to(device, non_blocking=True)
+        past = batch_cache(entries, lengths, rows_to_groups, batch)
+
+        width = max(a - s for a, s in zip(answers, slots)) + 1  # slot .. answer of the longest row
+        offsets = torch.arange(width, device=device)
+        positions = slot[:, None] + offsets[None, :]  # real positions, as in the plain path
+        valid = offsets[None, :] <= (answer - slot)[:, None]
+        index = positions.clamp(max=length - 1)
+        suffix_ids = input_ids.gather(1, index)
+        suffix_mask = valid if attention_mask is None else valid & attention_mask.gather(1, index).bool()
+        prefix_mask = torch.arange(longest, device=device)[None, :] >= (longest - slot)[:, None]
+        mask = torch.cat([prefix_mask, suffix_mask], dim=1).long()
+        embeds = self.embed(suffix_ids)
+        embeds = torch.cat([prompts.to(embeds.dtype), embeds[:, l:]], dim=1)
+        out = self.body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                        past_key_values=past, use_cache=True)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        hidden = hidden[torch.arange(batch, device=device), answer - slot]
+        return self.project_answers(hidden)
+
+    @torch.no_grad()
+    def _probe_prefix_cache(self) -> str | None:
+        """Run a small padded batch (shared and distinct prefixes) both ways; the reason if they differ."""
+        vocab = self.model.get_input_embeddings().weight.shape[0]
+        gen = torch.Generator().manual_seed(0)
+        shapes = [(6, 5), (11, 3), (6, 4)]  # (prefix, slot + rest); rows 0 and 2 share a prefix
+        prefix_a = torch.randint(0, vocab, (6,), generator=gen)
+        width = max(p + s for p, s in shapes)
+        ids = torch.zeros(len(shapes), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (p, s) in enumerate(shapes):
+            ids[i, : p + s] = torch.randint(0, vocab, (p + s,), generator=gen)
+            if p == 6:
+                ids[i, :6] = prefix_a
+            mask[i, : p + s] = 1
+        slot = torch.tensor([p for p, _ in shapes])
+        answer = torch.tensor([p + s - 1 for p, s in shapes])
+        device = self.device
+        ids, mask, slot, answer = ids.to(device), mask.to(device), slot.to(device), answer.to(device)
+        prompts = self.embed(torch.randint(0, vocab, (len(shapes), 2), generator=gen).to(device))
+        try:
+            plain = self.plain_answer_logits(ids, mask, slot, prompts, answer)
+            cached = self.cached_answer_logits(ids, mask, slot, prompts, answer, cache=PrefixKVCache(64))
+        except Exception as err:  # an architecture the cached path cannot drive
+            return f"probe batch failed on the cached path ({type(err).__name__}: {err})"
+        assert cached is not None
+        scale = max(1.0, float(plain.abs().max()))
+        tol = 1e-3 if self.dtype == torch.float32 else 0.1
+        diff = float((plain - cached).abs().max()) / scale
+        if not diff <= tol:  # also catches NaN
+            return f"probe batch: cached answer logits differ from the plain path by {diff:.3g} (relative, > {tol})"
+        return None
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, fingerprint={self.fingerprint!r}, answers={self.answers}, answer_ids={self.answer_ids}"
+        cache = f", prefix_cache={self.prefix_cache!r}" if self.prefix_cache is not None else ""
+        return f"name={self.name!r}, fingerprint={self.fingerprint!r}, answers={self.answers}, answer_ids={self.answer_ids}{cache}"

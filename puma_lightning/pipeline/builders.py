@@ -33,6 +33,10 @@ def build_table(dcfg: DictConfig, seed: int) -> InteractionTable:
             raise ValueError("'data.task' must be 'rating' for movielens-100k (it has star ratings, no clicks)")
         return load_movielens_100k(max_users=dcfg.max_users, seed=seed, max_rows_per_user=dcfg.max_rows_per_user,
                                    valid_ratio=dcfg.valid_ratio, test_ratio=dcfg.test_ratio)
+    if dcfg.name in ("amazon-movies", "amazon-movies-csv", "yelp", "mind"):
+        from puma_lightning.data.prepare import load_prepared
+
+        return load_prepared(dcfg, seed)
     raise ValueError(f"unknown dataset {dcfg.name!r}")
 
 

@@ -18,63 +18,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .allocation import apportion, bin_weights, canonical_labels, first_pass, stratified_pick
 from .kmeans import kmeans
 from .registry import SelectionContext, SelectionStrategy, register_strategy
 
-
-def bin_weights(n_bins: int, span: float = 2.0, floor: float = 0.1) -> np.ndarray:
-    """Normalised ``exp(-x^2/2) + floor`` over ``x = linspace(-span, span, n_bins)``.
-
-    With the defaults and 5 bins: [0.079, 0.237, 0.369, 0.237, 0.079], the published weights.
-    """
-    x = np.linspace(-span, span, n_bins)
-    w = np.exp(-(x**2) / 2.0) + floor
-    return w / w.sum()
-
-
-def apportion(total: int, weights: np.ndarray, caps: np.ndarray) -> np.ndarray:
-    """Split the integer ``total`` in proportion to ``weights``, never above ``caps``.
-
-    Water-filling: entries whose proportional share exceeds their cap are capped and the excess is
-    shared again among the others (in proportion to their weights; uniformly if those are all 0).
-    The real-valued shares are then rounded by largest remainder (ties: lower index first), so the
-    result sums to exactly ``total``. Requires ``0 <= total <= caps.sum()``.
-    """
-    weights = np.asarray(weights, dtype=np.float64)
-    caps = np.asarray(caps, dtype=np.int64)
-    total = int(total)
-    if total < 0 or total > int(caps.sum()):
-        raise ValueError(f"cannot apportion {total} over capacities summing to {int(caps.sum())}")
-    share = np.zeros(caps.shape, dtype=np.float64)
-    active = caps > 0
-    remaining = float(total)
-    while remaining > 0 and active.any():
-        w = np.where(active, weights, 0.0)
-        if w.sum() <= 0:
-            w = active.astype(np.float64)
-        prop = remaining * w / w.sum()
-        over = active & (prop >= caps)
-        if not over.any():
-            share[active] = prop[active]
-            break
-        share[over] = caps[over]
-        remaining -= float(caps[over].sum())
-        active &= ~over
-    counts = np.minimum(np.floor(share + 1e-9).astype(np.int64), caps)
-    while (left := total - int(counts.sum())) > 0:
-        frac = np.round(share - counts, 9)
-        room = np.flatnonzero(counts < caps)
-        order = room[np.lexsort((room, -frac[room]))]
-        counts[order[:left]] += 1
-    return counts
-
-
-def first_pass(sizes: np.ndarray, budget: int, min_per_cluster: int) -> np.ndarray:
-    """``min(min_per_cluster, |c|)`` per cluster, scaled down proportionally if over the budget."""
-    floor = np.minimum(np.asarray(sizes, dtype=np.int64), int(min_per_cluster))
-    if floor.sum() <= budget:
-        return floor
-    return apportion(budget, floor, floor)
+__all__ = ["PumaStrategy", "apportion", "bin_weights", "faithful_second_pass", "first_pass", "stratified_pick"]
 
 
 def faithful_second_pass(sizes: np.ndarray, first: np.ndarray, budget: int) -> np.ndarray:
@@ -95,40 +43,6 @@ def faithful_second_pass(sizes: np.ndarray, first: np.ndarray, budget: int) -> n
         remaining -= share  # BUG (published): decremented inside the loop, so later clusters get
         #                     shares of an ever-smaller remainder and `remaining` is never spent.
     return second
-
-
-def stratified_pick(
-    users: np.ndarray, variance: np.ndarray, quota: int, weights: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, list[int] | None]:
-    """Pick ``quota`` of ``users`` from quantile bins of ``variance`` weighted by ``weights``.
-
-    Bins are equal-population quantile bins of the variance rank (ties broken at random), so tied
-    variances never collapse bins. A bin with too few users spills its share onto the other bins
-    (:func:`apportion`). Constant variance carries no information: uniform pick (bins = None).
-    """
-    m = users.size
-    if quota >= m:
-        return users.copy(), None
-    if quota <= 0:
-        return users[:0], None
-    if np.ptp(variance) == 0:
-        return rng.choice(users, size=quota, replace=False), None
-    n_bins = weights.size
-    order = np.lexsort((rng.random(m), variance))
-    rank = np.empty(m, dtype=np.int64)
-    rank[order] = np.arange(m)
-    bins = rank * n_bins // m
-    per_bin = apportion(quota, weights, np.bincount(bins, minlength=n_bins))
-    picks = [rng.choice(users[bins == b], size=int(k), replace=False) for b, k in enumerate(per_bin) if k > 0]
-    return np.concatenate(picks), per_bin.tolist()
-
-
-def _canonical_labels(labels: np.ndarray) -> np.ndarray:
-    """Renumber clusters by their lowest member index, so cluster order does not depend on the backend."""
-    uniq, first_index, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.empty(uniq.size, dtype=np.int64)
-    rank[np.argsort(first_index, kind="stable")] = np.arange(uniq.size)
-    return rank[inverse.reshape(-1)]
 
 
 @register_strategy("puma")
@@ -169,7 +83,7 @@ class PumaStrategy(SelectionStrategy):
         p = self.params
         rng = np.random.default_rng(ctx.seed)
         km = kmeans(ctx.prompts, p.n_clusters, seed=ctx.seed, n_iter=p.kmeans_iters, backend=p.kmeans_backend)
-        labels = _canonical_labels(km.labels)
+        labels = canonical_labels(km.labels)
         members = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
         sizes = np.array([m.size for m in members], dtype=np.int64)
 

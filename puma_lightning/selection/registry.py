@@ -5,11 +5,19 @@ migration adapter on. Strategies register themselves by name with :func:`registe
 config node such as ``{"name": "puma", "budget": 2000, "n_clusters": 15}`` is turned into a
 strategy by :func:`build_strategy` (flat: every key but ``name`` and ``budget`` is a parameter) and
 run by :func:`select_users`, which returns the users together with what was actually done.
+
+Two keys of a node are not parameters: ``seed`` (optional int) overrides the context's seed for
+this selection only (sweeps vary it without touching the experiment seed that also fixes the data
+subset and prompt init), and ``class: module.Class`` names an importable strategy class of the
+user's own, which is imported and registered under the node's ``name`` (see
+``docs/custom_strategy.md``). Each strategy declares the optional per-user statistics it reads in
+its ``needs`` class attribute (``("loss",)``, ``("ffn_features",)``), so callers compute only those.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from collections.abc import Mapping
@@ -20,6 +28,13 @@ import numpy as np
 
 STRATEGIES: dict[str, type[SelectionStrategy]] = {}
 """Registered strategy classes by lowercase name."""
+
+OPTIONAL_STATS: tuple[str, ...] = ("loss", "ffn_features")
+"""Per-user statistics a strategy may declare in ``needs`` (fields of :class:`SelectionContext`
+that are None unless the caller computed them)."""
+
+RESERVED_KEYS: tuple[str, ...] = ("name", "budget", "seed", "class")
+"""Keys of a selection config node that are not strategy parameters."""
 
 
 @dataclass
@@ -97,6 +112,8 @@ class SelectionResult:
     """Budget asked for."""
     info: dict[str, Any] = field(default_factory=dict)
     """Strategy-specific diagnostics (cluster sizes, picks per cluster, allocation, ...)."""
+    seed: int | None = None
+    """Seed the selection ran with (the node's ``seed`` if given, else the context's)."""
 
 
 class SelectionStrategy:
@@ -109,6 +126,8 @@ class SelectionStrategy:
     """
 
     name: ClassVar[str] = ""
+    needs: ClassVar[tuple[str, ...]] = ()
+    """Optional per-user statistics (names in :data:`OPTIONAL_STATS`) this strategy reads."""
 
     @dataclass
     class Params:
@@ -144,6 +163,8 @@ class SelectionStrategy:
             extra = rng.choice(others, size=budget - eligible.size, replace=False)
             info["n_users_without_rows_selected"] = int(extra.size)
             return np.sort(np.concatenate([eligible, extra])).astype(np.int64), info
+        for stat in self.needs:
+            ctx.require(stat, self.name)
         sub = ctx if eligible.size == n else ctx.subset(eligible)
         local, own = self._select(sub, budget)
         local = np.asarray(local, dtype=np.int64)
@@ -170,6 +191,12 @@ def register_strategy(name: str):
             raise TypeError(f"@register_strategy({name!r}) must decorate a SelectionStrategy subclass")
         if not dataclasses.is_dataclass(cls.Params):
             raise TypeError(f"{cls.__qualname__}.Params must be a dataclass")
+        unknown = [s for s in tuple(getattr(cls, "needs", ())) if s not in OPTIONAL_STATS]
+        if unknown:
+            raise ValueError(f"{cls.__qualname__}.needs names unknown statistics {unknown}; valid: {', '.join(OPTIONAL_STATS)}")
+        reserved = [f.name for f in dataclasses.fields(cls.Params) if f.name in RESERVED_KEYS]
+        if reserved:
+            raise ValueError(f"{cls.__qualname__}.Params may not define reserved keys {reserved}")
         cls.name = name
         STRATEGIES[name] = cls
         return cls
@@ -244,22 +271,78 @@ def _plain(node: Mapping[str, Any]) -> dict[str, Any]:
     return dict(node)
 
 
-def build_strategy(node: Mapping[str, Any]) -> SelectionStrategy:
-    """Instantiate the strategy described by a flat config node (``budget`` is ignored here)."""
+def load_strategy_class(path: str, name: str | None = None) -> type[SelectionStrategy]:
+    """Import ``module.Class`` (or ``module:Class``) and make sure it is a registered strategy.
+
+    A class already registered (e.g. by ``@register_strategy`` on import) is returned as is; its
+    registered name must equal ``name`` when one is given. Otherwise it is registered under
+    ``name`` (required then; an existing strategy of that name is a duplicate and rejected).
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"selection 'class' must be 'module.ClassName', got {path!r}")
+    module_name, sep, attr = path.strip().replace(":", ".").rpartition(".")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"selection 'class' must be 'module.ClassName', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"selection class {path!r}: cannot import module {module_name!r} ({exc}); is it on sys.path/PYTHONPATH?") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, SelectionStrategy)):
+        raise ValueError(f"selection class {path!r}: {attr!r} in {module_name!r} is not a SelectionStrategy subclass")
+    registered = cls.name if STRATEGIES.get(cls.name) is cls else None
+    if registered is not None:
+        if name is not None and name.lower() != registered:
+            raise ValueError(f"selection class {path!r} is registered as {registered!r}, not {name!r}")
+        return cls
+    if name is None:
+        raise ValueError(f"selection class {path!r} needs a 'name' to be registered under")
+    register_strategy(name.lower())(cls)
+    return cls
+
+
+def strategy_class(node: Mapping[str, Any]) -> type[SelectionStrategy]:
+    """The strategy class a config node names (imports and registers ``class:`` if given)."""
     values = _plain(node)
-    name = values.pop("name", None)
-    values.pop("budget", None)
+    name, path = values.get("name"), values.get("class")
+    if path is not None:
+        return load_strategy_class(path, name if isinstance(name, str) else None)
     if not isinstance(name, str) or name.lower() not in STRATEGIES:
         raise ValueError(f"unknown selection strategy {name!r}; valid strategies: {', '.join(sorted(STRATEGIES))}")
-    cls = STRATEGIES[name.lower()]
-    return cls(parse_params(cls, values))
+    return STRATEGIES[name.lower()]
+
+
+def _node_seed(values: Mapping[str, Any]) -> int | None:
+    """The node's ``seed`` override (None when absent), checked to be an integer."""
+    seed = values.get("seed")
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"selection 'seed' must be an integer or null, got {seed!r}")
+    return int(seed)
+
+
+def build_strategy(node: Mapping[str, Any]) -> SelectionStrategy:
+    """Instantiate the strategy described by a flat config node (``budget`` and ``seed`` are ignored here)."""
+    values = _plain(node)
+    cls = strategy_class(values)
+    _node_seed(values)
+    params = {k: v for k, v in values.items() if k not in RESERVED_KEYS}
+    return cls(parse_params(cls, params))
 
 
 def select_users(node: Mapping[str, Any], ctx: SelectionContext, budget: int | None = None) -> SelectionResult:
-    """Select users as described by ``node``; ``budget`` (argument) overrides ``node["budget"]``."""
-    strategy = build_strategy(node)
+    """Select users as described by ``node``; ``budget`` (argument) overrides ``node["budget"]``.
+
+    ``node["seed"]``, when set, replaces ``ctx.seed`` for this selection.
+    """
+    values = _plain(node)
+    strategy = build_strategy(values)
+    seed = _node_seed(values)
+    if seed is not None and seed != ctx.seed:
+        ctx = dataclasses.replace(ctx, seed=seed)
     if budget is None:
-        budget = _plain(node).get("budget")
+        budget = values.get("budget")
         if budget is None:
             raise ValueError("selection needs a budget: set 'budget' in the selection config or pass budget=")
     users, info = strategy.select_with_info(ctx, budget)
@@ -269,4 +352,5 @@ def select_users(node: Mapping[str, Any], ctx: SelectionContext, budget: int | N
         params=dataclasses.asdict(strategy.params),
         budget=int(budget),
         info=info,
+        seed=ctx.seed,
     )

@@ -1,0 +1,232 @@
+"""Ablation sweep of user-selection strategies (the paper's Table 4).
+
+    python benchmarks/selection_sweep.py --config configs/X.yaml --budgets 200,600 \
+        --strategies all --seeds 3 [--out DIR] [key=value ...]
+
+One source stage is trained once in ``<out>/source``; every (strategy, budget, seed) cell is an
+:class:`~puma_lightning.pipeline.experiment.Experiment` with ``source_dir=<out>/source`` and
+``run_dir=<out>/cells/<strategy>_b<budget>_s<seed>`` (its TensorBoard logs in ``tb/``) that trains
+the adapter on the selected users and evaluates on test (baselines off). The sweep seed is the
+*selection* seed only (``selection.seed``): the experiment ``seed`` also fixes the data subset and
+the prompt init of the source stage, which must be shared. A cell is finished when its
+``results.json`` exists; an interrupted sweep resumes and skips finished cells. Writes
+``sweep.csv`` (one row per cell), ``sweep.md`` (rows = strategies, columns = budgets,
+mean ± std over seeds, best per budget in bold) and ``sweep.png`` (metric vs budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("selection_sweep")
+
+BASELINES_OFF = ("baselines.source=false", "baselines.random_init=false", "baselines.full_retrain=false")
+CSV_FIELDS = ("strategy", "budget", "seed", "metric", "value", "rmse", "mae", "auc", "uauc",
+              "selected_users", "train_samples", "wall_s", "run_dir")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", required=True, metavar="FILE", help="experiment YAML (repeatable)")
+    p.add_argument("--budgets", required=True, help="comma-separated budgets, e.g. 200,600")
+    p.add_argument("--strategies", default="all", help="comma-separated strategy names, or 'all'")
+    p.add_argument("--seeds", type=int, default=3, help="selection seeds 0..N-1 per (strategy, budget)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/sweep_<config stem>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every cell")
+    return p.parse_args(argv)
+
+
+def resolve_strategies(spec: str) -> list[str]:
+    """Strategy names from ``--strategies`` (``all`` = every strategies/*.yaml, registry order)."""
+    from puma_lightning.cli.config_loader import STRATEGIES_DIR
+    from puma_lightning.selection import STRATEGIES
+
+    available = [n for n in STRATEGIES if (STRATEGIES_DIR / f"{n}.yaml").is_file()]
+    if spec.strip().lower() == "all":
+        return available
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if not (STRATEGIES_DIR / f"{n}.yaml").is_file()]
+    if bad:
+        raise SystemExit(f"unknown strategies {bad}; available: {', '.join(available)}")
+    return names
+
+
+def cell_name(strategy: str, budget: int, seed: int) -> str:
+    return f"{strategy}_b{budget}_s{seed}"
+
+
+def primary_metric(task: str) -> tuple[str, bool]:
+    """(metric name, higher is better) reported in the table for a task."""
+    return ("rmse", False) if task == "rating" else ("auc", True)
+
+
+def _seed_runtime(cfg: Any) -> None:
+    import lightning as L
+    import torch
+
+    if cfg.trainer.get("num_threads"):
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+
+def run_cell(configs: Sequence[str], overrides: Sequence[str], out: Path, strategy: str, budget: int,
+             seed: int) -> dict[str, Any]:
+    """Train and test one cell (or read it back when finished); returns its CSV row."""
+    from puma_lightning.cli.config_loader import load_config, save_config
+    from puma_lightning.pipeline.experiment import Experiment
+
+    run_dir = out / "cells" / cell_name(strategy, budget, seed)
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        cfg = load_config(configs, [*overrides, f"selection={strategy}", f"selection.budget={budget}",
+                                    f"selection.seed={seed}", f"run_dir={run_dir}", f"source_dir={out / 'source'}",
+                                    *BASELINES_OFF])
+        save_config(cfg, run_dir / "config.yaml")
+        _seed_runtime(cfg)
+        log.info("cell %s", run_dir.name)
+        Experiment(cfg).fit()
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    puma = results["methods"]["puma"]
+    metric, _ = primary_metric(results["task"])
+    row = {"strategy": strategy, "budget": budget, "seed": seed, "metric": metric, "value": puma.get(metric),
+           "selected_users": puma.get("selected_users"), "train_samples": puma.get("train_samples"),
+           "wall_s": puma.get("wall_s"), "run_dir": str(run_dir)}
+    for m in ("rmse", "mae", "auc", "uauc"):
+        row[m] = puma.get(m)
+    return row
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    from puma_lightning.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[float, float, int]]:
+    """(strategy, budget) -> (mean, std over seeds (ddof=1; 0 for one seed), number of seeds)."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        if r.get("value") is not None:
+            groups.setdefault((r["strategy"], int(r["budget"])), []).append(float(r["value"]))
+    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
+
+
+def to_markdown(rows: list[dict[str, Any]], strategies: Sequence[str], budgets: Sequence[int], title: str = "") -> str:
+    """Table 4 layout: rows = strategies, columns = budgets, cells mean ± std over seeds."""
+    if not rows:
+        return "(no finished cells)\n"
+    metric = rows[0]["metric"]
+    higher = primary_metric("click" if metric == "auc" else "rating")[1]
+    agg = aggregate(rows)
+    best = {}
+    for b in budgets:
+        vals = [agg[(s, b)][0] for s in strategies if (s, b) in agg]
+        if vals:
+            best[b] = max(vals) if higher else min(vals)
+    lines = [f"# {title}".rstrip() if title else "# Selection sweep", "",
+             f"Test {metric.upper()} of the migrated prompts ({'higher' if higher else 'lower'} is better),"
+             " mean ± std over selection seeds; best per budget in bold.", "",
+             "| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for s in strategies:
+        cells = []
+        for b in budgets:
+            if (s, b) not in agg:
+                cells.append("—")
+                continue
+            mean, std, n = agg[(s, b)]
+            text = f"{mean:.4f} ± {std:.4f}" + (f" (n={n})" if n == 1 else "")
+            cells.append(f"**{text}**" if np.isclose(mean, best[b]) else text)
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, rows: list[dict[str, Any]], strategies: Sequence[str], budgets: Sequence[int]) -> None:
+    """Metric vs budget, one line per strategy, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from puma_lightning.io.atomic import atomic_write_with
+
+    agg = aggregate(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for s in strategies:
+        pts = [(b, *agg[(s, b)][:2]) for b in budgets if (s, b) in agg]
+        if pts:
+            xs, ms, sd = zip(*pts)
+            ax.errorbar(xs, ms, yerr=sd, marker="o", capsize=3, label=s)
+    metric = rows[0]["metric"] if rows else "metric"
+    ax.set_xlabel("budget (users)")
+    ax.set_ylabel(f"test {metric.upper()}")
+    ax.set_xticks(list(budgets))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def write_outputs(out: Path, rows: list[dict[str, Any]], strategies: Sequence[str], budgets: Sequence[int]) -> None:
+    from puma_lightning.io.atomic import atomic_write_text
+
+    write_csv(out / "sweep.csv", rows)
+    atomic_write_text(out / "sweep.md", to_markdown(rows, strategies, budgets, f"Selection sweep ({out.name})"))
+    if rows:
+        plot(out / "sweep.png", rows, strategies, budgets)
+
+
+def run_sweep(configs: Sequence[str], budgets: Sequence[int], strategies: Sequence[str], seeds: int,
+              out: Path, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Train the shared source stage once, then every missing cell; returns all CSV rows."""
+    from puma_lightning.cli.config_loader import load_config
+    from puma_lightning.pipeline.experiment import Experiment
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_config(configs, [*overrides, f"run_dir={out}", f"source_dir={out / 'source'}", *BASELINES_OFF])
+    _seed_runtime(base)
+    start = time.perf_counter()
+    Experiment(base).pretrain("source", "source")  # reused when already there
+    log.info("source stage ready in %.1fs", time.perf_counter() - start)
+    rows: list[dict[str, Any]] = []
+    for strategy in strategies:
+        for budget in budgets:
+            for seed in range(seeds):
+                rows.append(run_cell(configs, overrides, out, strategy, int(budget), seed))
+                write_outputs(out, rows, strategies, budgets)  # partial tables survive interruptions
+    write_outputs(out, rows, strategies, budgets)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
+    strategies = resolve_strategies(args.strategies)
+    out = Path(args.out) if args.out else REPO / "runs" / f"sweep_{Path(args.config[0]).stem}"
+    rows = run_sweep(args.config, budgets, strategies, args.seeds, out, args.overrides)
+    print((out / "sweep.md").read_text(encoding="utf-8"))
+    print(f"{len(rows)} cells; wrote {out / 'sweep.csv'}, {out / 'sweep.md'}, {out / 'sweep.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

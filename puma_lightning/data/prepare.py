@@ -1,0 +1,367 @@
+"""``prepare``: raw files -> filtered, integer-coded processed dataset on disk, and loading it back as
+an :class:`InteractionTable`.
+
+Preprocessing (all counts recorded in the manifest): the reader's own drops (untitled items,
+reviews of unknown businesses, news without title, one sample per (user, news) for MIND), then
+items with ``>= min_item_ratings`` interactions, then users with ``>= min_user_ratings`` (repeated
+until stable with ``kcore``), then each user's ``max_rows_per_user`` latest interactions.
+Users and items are then re-indexed densely.
+
+A processed folder is reused when its manifest has the same preprocessing parameters and, if
+``data.raw_dir`` is set, the same raw files with the same size and mtime (their sha256 is
+recorded but not recomputed for the check). The user subset (``max_users``), the split and the
+MIND history sample depend on the run's seed and are applied at load time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from puma_lightning.errors import PumaError
+
+from .processed import FORMAT_VERSION, read_manifest, read_processed, write_processed
+from .raw.common import FileRecord, RawData
+from .splits import chronological_split, limit_users
+from .table import InteractionTable, SPLIT_NAMES
+from .templates import NO_HISTORY
+
+log = logging.getLogger(__name__)
+
+TASKS = {"amazon-movies": "rating", "amazon-movies-csv": "rating", "yelp": "rating", "mind": "click"}
+EMPTY_HISTORY = NO_HISTORY
+"""``{history}`` text of a MIND sample whose user has no history."""
+
+
+# -- parameters and locations ---------------------------------------------------------------------
+def prepare_params(dcfg: DictConfig) -> dict[str, Any]:
+    """The parameters that decide the processed dataset's content (part of the manifest)."""
+    if dcfg.name not in TASKS:
+        raise PumaError(f"data.name={dcfg.name!r} is not read from raw files; choose one of {', '.join(TASKS)}")
+    for key in ("min_item_ratings", "min_user_ratings"):
+        if dcfg[key] < 0:
+            raise PumaError(f"'data.{key}' must be >= 0, got {dcfg[key]}")
+    if dcfg.max_rows_per_user is not None and dcfg.max_rows_per_user < 1:
+        raise PumaError(f"'data.max_rows_per_user' must be >= 1 or null, got {dcfg.max_rows_per_user}")
+    if not 0.0 <= dcfg.max_bad_fraction <= 1.0:
+        raise PumaError(f"'data.max_bad_fraction' must be in [0, 1], got {dcfg.max_bad_fraction}")
+    return {
+        "format": FORMAT_VERSION,
+        "dataset": str(dcfg.name),
+        "min_item_ratings": int(dcfg.min_item_ratings),
+        "min_user_ratings": int(dcfg.min_user_ratings),
+        "kcore": bool(dcfg.kcore),
+        "max_rows_per_user": None if dcfg.max_rows_per_user is None else int(dcfg.max_rows_per_user),
+    }
+
+
+def processed_path(dcfg: DictConfig) -> Path:
+    """``data.processed_dir``, or ``<cache>/data/<name>-<hash of the parameters>``."""
+    if dcfg.processed_dir:
+        return Path(dcfg.processed_dir).expanduser()
+    from puma_lightning.models.packaged import default_cache_dir
+
+    key = hashlib.sha256(json.dumps(prepare_params(dcfg), sort_keys=True).encode()).hexdigest()[:12]
+    return default_cache_dir() / "data" / f"{dcfg.name}-{key}"
+
+
+def _raw_files(dcfg: DictConfig) -> list[Path]:
+    from .raw import amazon, mind, yelp
+
+    if dcfg.name == "mind":
+        return mind.raw_files(dcfg.raw_dir)
+    if dcfg.name == "yelp":
+        return yelp.raw_files(dcfg.raw_dir)
+    return amazon.raw_files(dcfg.raw_dir, csv=dcfg.name == "amazon-movies-csv")
+
+
+def _read_raw(dcfg: DictConfig) -> RawData:
+    from .raw import amazon, mind, yelp
+
+    readers = {"amazon-movies": amazon.read_amazon_reviews, "amazon-movies-csv": amazon.read_amazon_csv,
+               "yelp": yelp.read_yelp, "mind": mind.read_mind}
+    return readers[dcfg.name](dcfg.raw_dir, dcfg.max_bad_fraction)
+
+
+def manifest_mismatch(manifest: dict[str, Any] | None, dcfg: DictConfig) -> str | None:
+    """Why the processed folder cannot be reused (None: it can)."""
+    if manifest is None:
+        return "no processed dataset yet"
+    if manifest.get("params") != prepare_params(dcfg):
+        return "it was made with other preprocessing parameters"
+    if not dcfg.raw_dir:
+        return None  # nothing to compare with: trust the processed copy
+    if not Path(dcfg.raw_dir).expanduser().is_dir():
+        return None
+    try:
+        now = {str(p.resolve()): FileRecord.stat(p) for p in _raw_files(dcfg)}
+    except PumaError:
+        return None
+    before = {f["path"]: f for f in manifest.get("files", [])}
+    if set(now) != set(before):
+        return "the set of raw files changed"
+    for path, rec in now.items():
+        if rec.size != before[path]["size"] or rec.mtime_ns != before[path]["mtime_ns"]:
+            return f"{Path(path).name} changed (size or modification time)"
+    return None
+
+
+# -- filters --------------------------------------------------------------------------------------
+def _counts(user: np.ndarray, item: np.ndarray) -> dict[str, int]:
+    return {"rows": int(len(user)), "users": int(len(np.unique(user))), "items": int(len(np.unique(item)))}
+
+
+def filter_rows(data: RawData, params: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Boolean mask of the rows that survive the item/user/latest filters, and a record per step."""
+    user, item, ts = data.arrays["user"], data.arrays["item"], data.arrays["timestamp"]
+    keep = np.ones(len(user), dtype=bool)
+    steps: list[dict[str, Any]] = []
+    min_item, min_user = params["min_item_ratings"], params["min_user_ratings"]
+    for round_ in range(1, 1000):
+        before = int(keep.sum())
+        if min_item > 0:
+            per_item = np.bincount(item[keep], minlength=len(data.item_ids))
+            keep &= per_item[item] >= min_item
+            steps.append({"step": f"items_with_>={min_item}", "round": round_, **_counts(user[keep], item[keep])})
+        if min_user > 0:
+            per_user = np.bincount(user[keep], minlength=len(data.user_ids))
+            keep &= per_user[user] >= min_user
+            steps.append({"step": f"users_with_>={min_user}", "round": round_, **_counts(user[keep], item[keep])})
+        if not params["kcore"] or int(keep.sum()) == before or (min_item <= 0 and min_user <= 0):
+            break
+    latest = params["max_rows_per_user"]
+    if latest is not None:
+        rows = np.flatnonzero(keep)
+        order = rows[np.lexsort((rows, ts[rows], user[rows]))]
+        u = user[order]
+        start = np.flatnonzero(np.append(True, u[1:] != u[:-1]))
+        size = np.diff(np.append(start, len(u)))
+        rank_from_end = np.repeat(start + size, size) - np.arange(len(u))  # 1 = the user's latest
+        keep = np.zeros_like(keep)
+        keep[order[rank_from_end <= latest]] = True
+        steps.append({"step": f"latest_{latest}_per_user", **_counts(user[keep], item[keep])})
+    return keep, steps
+
+
+def _reindex(index: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Old index -> new dense index for the ``used`` ones (-1 elsewhere), keeping their order."""
+    new = np.full(len(used), -1, dtype=np.int64)
+    new[used] = np.arange(int(used.sum()))
+    return new[index] if index is not None else new
+
+
+def apply_filters(data: RawData, params: dict[str, Any]) -> RawData:
+    """The filtered data with users and items re-indexed densely (order of first appearance kept)."""
+    keep, steps = filter_rows(data, params)
+    arrays = {k: v[keep] for k, v in data.arrays.items()}
+    user_used = np.zeros(len(data.user_ids), dtype=bool)
+    user_used[arrays["user"]] = True
+    item_used = np.zeros(len(data.item_ids), dtype=bool)
+    item_used[arrays["item"]] = True
+    extra = dict(data.extra)
+    if "history_offsets" in extra:  # MIND: keep histories (and their news) of kept rows / kept users' test lines
+        offsets, hist_items = extra["history_offsets"], extra["history_items"]
+        ul_keep = user_used[extra["unlabeled_user"]] if "unlabeled_user" in extra else np.zeros(0, bool)
+        for k in [k for k in extra if k.startswith("unlabeled_")]:
+            extra[k] = extra[k][ul_keep]
+        hist_used = np.zeros(len(offsets) - 1, dtype=bool)
+        hist_used[arrays["history"]] = True
+        if "unlabeled_history" in extra:
+            hist_used[extra["unlabeled_history"]] = True
+            item_used[extra["unlabeled_item"]] = True
+        lengths = np.diff(offsets)
+        owner = np.repeat(np.arange(len(lengths)), lengths)
+        kept_items = hist_items[hist_used[owner]]
+        item_used[kept_items] = True
+        new_hist = _reindex(None, hist_used)
+        arrays["history"] = new_hist[arrays["history"]]
+        extra["history_offsets"] = np.concatenate([[0], np.cumsum(lengths[hist_used])]).astype(np.int64)
+        new_item = _reindex(None, item_used)
+        extra["history_items"] = new_item[kept_items].astype(np.int32)
+        if "unlabeled_history" in extra:
+            extra["unlabeled_history"] = new_hist[extra["unlabeled_history"]]
+            extra["unlabeled_item"] = new_item[extra["unlabeled_item"]]
+            extra["unlabeled_user"] = _reindex(None, user_used)[extra["unlabeled_user"]]
+    arrays["user"] = _reindex(arrays["user"], user_used)
+    arrays["item"] = _reindex(arrays["item"], item_used)
+    user_ids = [u for u, used in zip(data.user_ids, user_used) if used]
+    item_ids = [i for i, used in zip(data.item_ids, item_used) if used]
+    item_texts = [t for t, used in zip(data.item_texts, item_used) if used]
+    final = {"step": "final", **_counts(arrays["user"], arrays["item"]), "item_texts": len(item_texts)}
+    return RawData(data.dataset, data.task, user_ids, item_ids, item_texts, arrays, data.files,
+                   data.steps + steps + [final], data.bad, extra)
+
+
+# -- prepare --------------------------------------------------------------------------------------
+def prepare_dataset(dcfg: DictConfig, seed: int = 0, force: bool = False) -> Path:
+    """Make sure the processed dataset for ``dcfg`` exists and is current; returns its folder.
+
+    ``seed`` is accepted for symmetry with :func:`load_prepared`: nothing written here depends on it.
+    """
+    path = processed_path(dcfg)
+    params = prepare_params(dcfg)
+    reason = "forced" if force else manifest_mismatch(read_manifest(path), dcfg)
+    if reason is None:
+        log.info("reusing processed %s in %s", dcfg.name, path)
+        return path
+    if not dcfg.raw_dir:
+        raise PumaError(f"{dcfg.name}: no processed dataset in {path} ({reason}); set data.raw_dir=PATH to the downloaded files")
+    log.info("preparing %s from %s into %s (%s)", dcfg.name, dcfg.raw_dir, path, reason)
+    start = time.perf_counter()
+    raw = _read_raw(dcfg)
+    data = apply_filters(raw, params)
+    if len(data) == 0:
+        raise PumaError(f"{dcfg.name}: no interactions left after the filters ({json.dumps(data.steps[-3:])}); "
+                        "lower data.min_item_ratings / data.min_user_ratings")
+    manifest = {
+        "format": FORMAT_VERSION,
+        "dataset": dcfg.name,
+        "task": data.task,
+        "params": params,
+        "raw_dir": str(Path(dcfg.raw_dir).expanduser().resolve()),
+        "files": [f.to_dict() for f in data.files],
+        "steps": data.steps,
+        "bad_lines": data.bad,
+        "counts": {"rows": len(data), "users": len(data.user_ids), "items": len(data.item_ids),
+                   "unlabeled_rows": int(len(data.extra.get("unlabeled_user", ())))},
+        "seconds": round(time.perf_counter() - start, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return write_processed(path, data, manifest)
+
+
+# -- load -----------------------------------------------------------------------------------------
+def history_texts(data: RawData, n_titles: int, seed: int) -> list[str]:
+    """``{history}`` text per history id: up to ``n_titles`` titles sampled (seeded), in history order."""
+    offsets, items = data.extra["history_offsets"], data.extra["history_items"]
+    rng = np.random.default_rng([seed, 3])
+    out: list[str] = []
+    for h in range(len(offsets) - 1):
+        hist = items[offsets[h] : offsets[h + 1]]
+        if len(hist) > n_titles:
+            hist = hist[np.sort(rng.choice(len(hist), size=n_titles, replace=False))]
+        out.append("; ".join(data.item_texts[i] for i in hist) if len(hist) and n_titles > 0 else EMPTY_HISTORY)
+    return out
+
+
+def _official_split(table: InteractionTable, origin: np.ndarray, dcfg: DictConfig) -> np.ndarray:
+    """Split codes from the raw files' own split; rows marked train are split into train/valid by time
+    when the files have no valid part."""
+    if (origin < 0).any():
+        raise PumaError(f"data.split_by=official: {table.meta['name']} has rows without an official split "
+                        "(MIND needs train/ and dev/ folders, Amazon the benchmark CSVs)")
+    split = origin.astype(np.int8).copy()
+    if not (origin == SPLIT_NAMES["valid"]).any():
+        rows = np.flatnonzero(origin == SPLIT_NAMES["train"])
+        sub = InteractionTable(table.user[rows], table.item[rows], table.label[rows], table.timestamp[rows],
+                               np.zeros(len(rows), np.int8), table.user_ids, table.item_texts, table.task)
+        split[rows] = chronological_split(sub, valid_ratio=dcfg.valid_ratio, test_ratio=0.0, min_eval=0).split
+    return split
+
+
+def _subset_users(table: InteractionTable, max_users: int | None, seed: int) -> InteractionTable:
+    """:func:`limit_users`, keeping ``row_text`` aligned with the kept rows."""
+    if max_users is None or max_users >= table.n_users:
+        return table
+    row_text = table.row_text
+    table.row_text = None
+    small = limit_users(table, max_users, seed=seed)
+    if row_text is not None:
+        old = {u: i for i, u in enumerate(table.user_ids)}
+        keep = np.flatnonzero(np.isin(table.user, [old[u] for u in small.user_ids]))
+        small.row_text = [row_text[i] for i in keep]
+        table.row_text = row_text
+    return small
+
+
+def _table(data: RawData, manifest: dict[str, Any], path: Path, rows: str = "") -> InteractionTable:
+    a = data.arrays if not rows else {k[len(rows):]: v for k, v in data.extra.items() if k.startswith(rows)}
+    n = len(a["user"])
+    return InteractionTable(
+        user=a["user"].astype(np.int64), item=a["item"].astype(np.int64),
+        label=a["label"].astype(np.float32) if "label" in a else np.full(n, np.nan, np.float32),
+        timestamp=a["timestamp"].astype(np.int64), split=np.zeros(n, np.int8),
+        user_ids=data.user_ids, item_texts=data.item_texts, task=data.task,
+        meta={"name": data.dataset, "processed_dir": str(path), "prepare": {"params": manifest["params"],
+              "steps": manifest["steps"], "files": manifest["files"]}, "floor_rmse": None},
+    )
+
+
+def _check(dcfg: DictConfig) -> None:
+    if dcfg.task != TASKS[dcfg.name]:
+        raise PumaError(f"'data.task' must be {TASKS[dcfg.name]!r} for {dcfg.name}, got {dcfg.task!r}")
+    if dcfg.split_by not in ("chronological", "official"):
+        raise PumaError(f"'data.split_by' is {dcfg.split_by!r}; expected one of: chronological, official")
+    if dcfg.history_titles < 0:
+        raise PumaError(f"'data.history_titles' must be >= 0, got {dcfg.history_titles}")
+
+
+def load_prepared(dcfg: DictConfig, seed: int = 0) -> InteractionTable:
+    """The split interaction table of a raw-file dataset (preparing it first when needed).
+
+    MIND rows carry ``row_text`` (sampled history titles). ``max_users`` takes a seeded user subset,
+    then rows are split per ``split_by``.
+    """
+    _check(dcfg)
+    path = prepare_dataset(dcfg, seed)
+    data, manifest = read_processed(path)
+    table = _table(data, manifest, path)
+    if "history" in data.arrays:
+        texts = history_texts(data, dcfg.history_titles, seed)
+        table.row_text = [texts[h] for h in data.arrays["history"]]
+        table.meta["history_titles"] = int(dcfg.history_titles)
+    if dcfg.split_by == "official":
+        table.split = _official_split(table, data.arrays.get("origin", np.full(len(table), -1)), dcfg)
+        table.meta["split"] = {"method": "official", "valid_ratio": float(dcfg.valid_ratio),
+                               "counts": {k: int((table.split == c).sum()) for k, c in SPLIT_NAMES.items()}}
+        table = _subset_users(table, dcfg.max_users, seed)
+    else:
+        table = _subset_users(table, dcfg.max_users, seed)
+        row_text = table.row_text
+        table = chronological_split(table, valid_ratio=dcfg.valid_ratio, test_ratio=dcfg.test_ratio)
+        table.row_text = row_text
+    table.meta["counts"] = {"users": table.n_users, "items": table.n_items, "rows": len(table)}
+    return table
+
+
+def load_unlabeled(dcfg: DictConfig, seed: int = 0) -> InteractionTable | None:
+    """MIND's unlabeled test impressions of the kept users (label NaN, split ``test``), for prediction
+    only; None when the dataset has none. User/item indices match :func:`load_prepared` without
+    ``max_users``."""
+    _check(dcfg)
+    path = prepare_dataset(dcfg, seed)
+    data, manifest = read_processed(path)
+    if len(data.extra.get("unlabeled_user", ())) == 0:
+        return None
+    table = _table(data, manifest, path, rows="unlabeled_")
+    table.split[:] = SPLIT_NAMES["test"]
+    texts = history_texts(data, dcfg.history_titles, seed)
+    table.row_text = [texts[h] for h in data.extra["unlabeled_history"]]
+    table.meta["impression"] = data.extra["unlabeled_impression"]
+    return table
+
+
+def run_prepare(cfg: DictConfig) -> None:
+    """The ``prepare`` command: prepare (or reuse) the dataset and print what it holds."""
+    dcfg = cfg.data
+    path = prepare_dataset(dcfg, cfg.seed)
+    manifest = read_manifest(path)
+    assert manifest is not None
+    counts = manifest["counts"]
+    print(f"{dcfg.name}: {counts['rows']:,} interactions, {counts['users']:,} users, {counts['items']:,} items"
+          + (f", {counts['unlabeled_rows']:,} unlabeled test rows" if counts.get("unlabeled_rows") else "")
+          + f" -> {path}")
+    for step in manifest["steps"]:
+        print("  " + ", ".join(f"{k}={v}" for k, v in step.items()))
+    bad = manifest.get("bad_lines", {})
+    for name, c in bad.get("per_file", {}).items():
+        print(f"  {name}: {c['lines']:,} lines, {c['bad']:,} malformed (skipped)")
+    for example in bad.get("examples", []):
+        print(f"    {example}")

@@ -1,0 +1,55 @@
+"""The command line: help lists documented keys, --print-config, one-line errors, exit codes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from puma_lightning.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_module_help_lists_commands_and_documented_keys():
+    out = subprocess.run([sys.executable, "-m", "puma_lightning", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    for word in ("pretrain", "fit", "migrate", "test", "adapter.kind", "selection", "Learning rate of the adapter"):
+        assert word in out.stdout
+
+
+def test_command_help_shows_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out and "--print-config" in out and "prompt.lr" in out
+
+
+def test_print_config_merges_files_and_overrides(capsys, tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("prompt:\n  epochs: 9\n")
+    code = main(["fit", "--config", str(ROOT / "configs" / "smoke.yaml"), "--config", str(extra), "--print-config",
+                 "adapter.hidden=77", "selection=random"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "epochs: 9" in out and "hidden: 77" in out and "name: random" in out and "budget: 30" in out
+    assert not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["fit", "prompt.epochz=3"], "prompt.epochz"),
+    (["fit", "adapter.lr=fast"], "adapter.lr"),
+    (["fit", "--config", "nope.yaml"], "nope.yaml"),
+    (["migrate", "run_dir=RUN"], "bank=PATH"),
+])
+def test_bad_input_is_one_line_on_stderr_with_exit_2(args, needle, capsys, tmp_path):
+    args = [a.replace("RUN", str(tmp_path)) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_no_command_prints_usage(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out

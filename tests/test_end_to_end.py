@@ -1,0 +1,89 @@
+"""``fit`` on the smoke config end to end: the files a run writes, their contents, stage reuse,
+and that migrated prompts beat random prompts (lightning-hydra-template style)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from puma_lightning.cli.main import main
+from puma_lightning.io.bank import PromptBank
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke")
+    assert main(["fit", "--config", SMOKE, f"run_dir={run_dir}"]) == 0
+    return run_dir
+
+
+def test_fit_writes_every_output(smoke_run):
+    for rel in ["config.yaml", "results.json", "results.md", "selection.json", "source/bank/manifest.json",
+                "source/bank/prompts.safetensors", "puma/adapter.safetensors", "puma/bank/manifest.json",
+                "full_retrain/bank/manifest.json", "source/stage.json", "puma/stage.json", "random_init/stage.json"]:
+        assert (smoke_run / rel).is_file(), rel
+    assert list((smoke_run / "tb").glob("*/events.out.tfevents.*")), "TensorBoard logs missing"
+    assert not list(smoke_run.rglob(".*.tmp")), "temporary files left behind"
+
+
+def test_results_have_every_method_and_puma_beats_random_init(smoke_run):
+    results = json.loads((smoke_run / "results.json").read_text())
+    assert results["task"] == "rating"
+    assert set(results["methods"]) == {"source", "random_init", "full_retrain", "puma"}
+    assert 0 < results["floor_rmse"] < 1
+    for name, row in results["methods"].items():
+        assert 0 < row["rmse"] < 4 and 0 < row["mae"] <= row["rmse"] + 1e-9, name
+        assert row["wall_s"] > 0 and row["train_samples"] > 0 and row["trainable_params"] > 0, name
+    methods = results["methods"]
+    assert methods["puma"]["rmse"] < methods["random_init"]["rmse"]
+    assert methods["puma"]["train_samples"] < methods["full_retrain"]["train_samples"]
+    assert methods["puma"]["rmse"] >= results["floor_rmse"]
+    md = (smoke_run / "results.md").read_text()
+    assert "| puma |" in md and "noise floor" in md
+
+
+def test_selection_and_banks_are_consistent(smoke_run):
+    selection = json.loads((smoke_run / "selection.json").read_text())
+    assert selection["strategy"] == "puma" and selection["num_selected"] == 30 == len(set(selection["user_ids"]))
+    source = PromptBank.load(smoke_run / "source" / "bank")
+    migrated = PromptBank.load(smoke_run / "puma" / "bank")
+    assert source.hidden_size == 32 and migrated.hidden_size == 48  # tiny-llama -> tiny-gemma3
+    assert migrated.user_ids == source.user_ids
+    assert migrated.info["source"]["model_fingerprint"] == source.model_fingerprint
+    assert migrated.head_state is not None
+
+
+def test_migrate_and_test_commands_reproduce_the_fit(smoke_run, tmp_path, capsys):
+    out = tmp_path / "migrated"
+    assert main(["migrate", "--config", SMOKE, f"run_dir={tmp_path}", f"bank={smoke_run / 'source' / 'bank'}",
+                 f"adapter_path={smoke_run / 'puma' / 'adapter.safetensors'}", f"out={out}"]) == 0
+    fitted = PromptBank.load(smoke_run / "puma" / "bank")
+    remigrated = PromptBank.load(out)
+    assert remigrated.model_fingerprint == fitted.model_fingerprint
+    assert (remigrated.prompts - fitted.prompts).abs().max() < 1e-5
+    capsys.readouterr()
+    assert main(["test", "--config", SMOKE, f"run_dir={tmp_path}", f"bank={out}", "model=target"]) == 0
+    stdout = capsys.readouterr().out
+    printed = json.loads(stdout[stdout.index("{"):stdout.rindex("}") + 1])
+    results = json.loads((smoke_run / "results.json").read_text())
+    assert printed["split"] == "test"
+    assert printed["rmse"] == pytest.approx(results["methods"]["puma"]["rmse"], abs=1e-4)
+
+
+def test_second_fit_reuses_finished_stages(smoke_run, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(smoke_run, run_dir)
+    before = (run_dir / "source" / "bank" / "manifest.json").stat().st_mtime_ns
+    assert main(["fit", "--config", SMOKE, f"run_dir={run_dir}"]) == 0
+    assert (run_dir / "source" / "bank" / "manifest.json").stat().st_mtime_ns == before
+    assert json.loads((run_dir / "results.json").read_text()) == json.loads((smoke_run / "results.json").read_text())
+
+
+def test_using_a_bank_on_the_wrong_model_is_a_one_line_error(smoke_run, tmp_path, capsys):
+    code = main(["test", "--config", SMOKE, f"run_dir={tmp_path}", f"bank={smoke_run / 'source' / 'bank'}", "model=target"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "hidden size 32" in err and "\n" not in err

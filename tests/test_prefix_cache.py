@@ -1,0 +1,230 @@
+"""Shared-prefix KV cache: the cached path equals the plain path (logits and prompt gradients).
+
+Checked for the three tiny families (LLaMA, Gemma-3 with a sliding window shorter than the test
+sequences, Qwen2), for the paper's template (one constant prefix) and the item-first one (one prefix
+per item, different lengths, left-padded in the cache), on right-padded batches; and for the real
+packaged models (``real_model``). Also: LRU budget, reuse across calls, inference mode, fallbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import puma_lightning.models.backbone as backbone_mod
+from puma_lightning.data.datamodule import PadCollator, TemplateEncoder
+from puma_lightning.data.templates import get_template
+from puma_lightning.models.backbone import FrozenLM
+from puma_lightning.models.loading import load_backbone
+from puma_lightning.models.prefix_cache import PrefixKVCache, static_support_reason
+from puma_lightning.models.tiny import TINY_MODEL_NAMES
+
+RATING = ("1", "2", "3", "4", "5")
+ITEMS = [
+    "dark night tale of the lost king",
+    "funny family comedy",
+    "Zorblax 3000!",
+    "a quiet story",
+    "funny family comedy",  # repeated item: shares its prefix with row 1 under item_first
+    "the city of love and the road home in ten years",
+]
+TEMPLATES = ("movie", "item_first")
+
+
+def make_batch(tokenizer, template: str, items=ITEMS, prompt_length: int = 1) -> dict[str, torch.Tensor]:
+    """A right-padded batch exactly as the datamodule builds it."""
+    enc = TemplateEncoder(tokenizer, get_template(template), prompt_length=prompt_length, max_item_tokens=24)
+    samples = []
+    for i, text in enumerate(items):
+        e = enc.encode_text(text)
+        samples.append({"input_ids": e.input_ids, "slot_pos": e.slot_pos, "answer_pos": e.answer_pos,
+                        "user": i, "label": 3.0, "row": i})
+    return PadCollator(tokenizer.pad_token_id)(samples)
+
+
+def logits_and_grad(lm: FrozenLM, batch: dict[str, torch.Tensor], prompts: torch.Tensor, cached: bool):
+    """Answer logits and d(loss)/d(prompts) through the plain or the cached path."""
+    p = prompts.clone().requires_grad_(True)
+    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"], p, batch["answer_pos"])
+    logits = lm.cached_answer_logits(*args) if cached else lm.plain_answer_logits(*args)
+    assert logits is not None
+    weights = torch.linspace(-1.0, 1.0, logits.numel()).reshape(logits.shape)
+    (logits * weights).sum().backward()
+    return logits.detach(), p.grad
+
+
+def assert_equivalent(lm: FrozenLM, batch: dict[str, torch.Tensor], prompt_length: int, atol: float = 2e-5,
+                      grad_rtol: float = 1e-4) -> None:
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, lm.model.get_input_embeddings().weight.shape[0], (len(batch["user"]), prompt_length),
+                        generator=gen)
+    prompts = lm.embed(ids).detach() + 0.1 * torch.randn(len(batch["user"]), prompt_length, lm.hidden_size, generator=gen)
+    plain, g_plain = logits_and_grad(lm, batch, prompts, cached=False)
+    cached, g_cached = logits_and_grad(lm, batch, prompts, cached=True)
+    scale = max(1.0, float(plain.abs().max()))
+    assert float((plain - cached).abs().max()) <= atol * scale
+    rel = float((g_plain - g_cached).norm() / g_plain.norm())
+    assert rel <= grad_rtol, rel
+
+
+@pytest.fixture(scope="module", params=TINY_MODEL_NAMES)
+def tiny_lm(request) -> FrozenLM:
+    b = load_backbone(request.param)
+    lm = FrozenLM(b.model, b.tokenizer, RATING, name=b.name, prefix_cache_mb=64)
+    assert lm.prefix_cache is not None, lm.prefix_cache_reason
+    return lm
+
+
+# -- equivalence -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+@pytest.mark.parametrize("prompt_length", [1, 3])
+def test_cached_path_equals_plain_path(tiny_lm, template, prompt_length):
+    batch = make_batch(tiny_lm.tokenizer, template, prompt_length=prompt_length)
+    assert len(set(batch["attention_mask"].sum(1).tolist())) > 1  # really padded
+    if template == "item_first":
+        assert len(set(batch["slot_pos"].tolist())) > 1  # prefixes of different lengths
+        if tiny_lm.name == "tiny-gemma3":
+            assert int(batch["slot_pos"].max()) > tiny_lm.model.config.sliding_window  # crosses the window
+    else:
+        assert len(set(batch["slot_pos"].tolist())) == 1
+    assert_equivalent(tiny_lm, batch, prompt_length)
+
+
+def test_answer_logits_dispatches_to_cache_and_shares_prefixes(tiny_lm):
+    cache = tiny_lm.prefix_cache
+    cache.clear()
+    before = (cache.stats.hits, cache.stats.misses)
+    batch = make_batch(tiny_lm.tokenizer, "item_first")
+    prompts = torch.zeros(len(ITEMS), 1, tiny_lm.hidden_size)
+    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"])
+    first = tiny_lm.answer_logits(*args)
+    distinct = len(set(ITEMS))
+    assert len(cache) == distinct and cache.stats.misses - before[1] == distinct
+    second = tiny_lm.answer_logits(*args)  # every prefix from the cache now
+    assert cache.stats.hits - before[0] == distinct and cache.stats.misses - before[1] == distinct
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, tiny_lm.plain_answer_logits(*args), atol=2e-5, rtol=2e-5)
+
+
+def test_prefix_entries_never_require_grad_and_model_gets_none(tiny_lm):
+    batch = make_batch(tiny_lm.tokenizer, "movie")
+    prompts = torch.randn(len(ITEMS), 1, tiny_lm.hidden_size, requires_grad=True)
+    logits = tiny_lm.answer_logits(batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts,
+                                   batch["answer_pos"])
+    logits.sum().backward()
+    assert prompts.grad is not None and float(prompts.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in tiny_lm.model.parameters())
+    assert all(not kv.requires_grad for kv in tiny_lm.prefix_cache._entries.values())
+
+
+def test_entries_made_in_inference_mode_serve_training_steps():
+    b = load_backbone("tiny-llama")
+    lm = FrozenLM(b.model, b.tokenizer, RATING, prefix_cache_mb=8)
+    batch = make_batch(lm.tokenizer, "item_first")
+    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"])
+    with torch.inference_mode():  # as in Lightning's validation loop
+        lm.answer_logits(*args, torch.zeros(len(ITEMS), 1, lm.hidden_size), batch["answer_pos"])
+    prompts = torch.randn(len(ITEMS), 1, lm.hidden_size, requires_grad=True)
+    lm.answer_logits(*args, prompts, batch["answer_pos"]).sum().backward()  # reuses those entries
+    assert lm.prefix_cache.stats.hits == len(set(ITEMS)) and prompts.grad is not None
+
+
+# -- the LRU store ---------------------------------------------------------------------------------
+
+
+def test_lru_budget_and_eviction():
+    cache = PrefixKVCache(max_mb=3 * 4 / 2**20 * 100)  # room for three entries of 100 float32
+    for k in "abc":
+        assert cache.put(k, torch.zeros(100))
+    assert cache.get("a") is not None  # "a" is now the most recent
+    cache.put("d", torch.zeros(100))
+    assert "b" not in cache and {"a", "c", "d"} <= set(cache._entries) and cache.stats.evictions == 1
+    assert not cache.put("huge", torch.zeros(1000)) and cache.stats.uncached == 1
+    assert cache.bytes == 3 * 400
+    cache.clear()
+    assert len(cache) == 0 and cache.bytes == 0
+    with pytest.raises(ValueError):
+        PrefixKVCache(-1)
+
+
+def test_zero_budget_still_computes_the_cached_path():
+    b = load_backbone("tiny-qwen2")
+    lm = FrozenLM(b.model, b.tokenizer, RATING, prefix_cache_mb=0)
+    batch = make_batch(lm.tokenizer, "movie")
+    assert_equivalent(lm, batch, 1)
+    assert len(lm.prefix_cache) == 0 and lm.prefix_cache.stats.uncached > 0
+
+
+# -- fallbacks -------------------------------------------------------------------------------------
+
+
+def test_static_reasons():
+    class NoCacheBody(nn.Module):
+        def forward(self, inputs_embeds=None, attention_mask=None):  # no past_key_values
+            return inputs_embeds
+
+    b = load_backbone("tiny-llama")
+    assert static_support_reason(b.model, b.model.model) is None
+    assert "past_key_values" in static_support_reason(b.model, NoCacheBody())
+    b.model.config.layer_types = ["linear_attention", "full_attention"]
+    assert "linear_attention" in static_support_reason(b.model, b.model.model)
+
+
+def test_probe_mismatch_falls_back_with_a_logged_reason(monkeypatch, caplog):
+    b = load_backbone("tiny-gemma3")
+    real = backbone_mod.batch_cache
+
+    def wrong_positions(entries, lengths, inverse, batch):  # drops the first cached token
+        cache = real(entries, lengths, inverse, batch)
+        for layer in cache.layers:
+            layer.keys = layer.keys.roll(1, dims=2)
+        return cache
+
+    monkeypatch.setattr(backbone_mod, "batch_cache", wrong_positions)
+    with caplog.at_level(logging.WARNING):
+        lm = FrozenLM(b.model, b.tokenizer, RATING, prefix_cache_mb=8)
+    assert lm.prefix_cache is None and "differ" in lm.prefix_cache_reason
+    assert "prefix KV cache not used" in caplog.text
+    batch = make_batch(lm.tokenizer, "movie")
+    prompts = torch.zeros(len(ITEMS), 1, lm.hidden_size)
+    out = lm.answer_logits(batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"])
+    assert out.shape == (len(ITEMS), 5)  # the plain path
+
+
+def test_rows_without_prefix_use_the_plain_path(tiny_lm):
+    ids = torch.randint(5, 50, (2, 6))
+    prompts = torch.randn(2, 1, tiny_lm.hidden_size)
+    slot, answer = torch.tensor([0, 2]), torch.tensor([5, 5])
+    assert tiny_lm.cached_answer_logits(ids, None, slot, prompts, answer) is None
+    out = tiny_lm.answer_logits(ids, None, slot, prompts, answer)
+    torch.testing.assert_close(out, tiny_lm.plain_answer_logits(ids, None, slot, prompts, answer))
+
+
+def test_slot_out_of_range_is_an_error(tiny_lm):
+    ids = torch.randint(5, 50, (2, 6))
+    prompts = torch.randn(2, 2, tiny_lm.hidden_size)
+    with pytest.raises(ValueError, match="outside"):
+        tiny_lm.splice(ids, torch.tensor([1, 5]), prompts)
+    with pytest.raises(ValueError, match="outside"):
+        tiny_lm.splice(ids, 5, prompts)
+    with pytest.raises(ValueError, match="outside"):
+        tiny_lm.cached_answer_logits(ids, None, torch.tensor([1, 5]), prompts, torch.tensor([5, 5]))
+
+
+# -- real models -----------------------------------------------------------------------------------
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_real_model_cached_path_equals_plain_path(name):
+    b = load_backbone(name, dtype="float32")
+    lm = FrozenLM(b.model, b.tokenizer, RATING, name=name, prefix_cache_mb=256)
+    assert lm.prefix_cache is not None, lm.prefix_cache_reason
+    for template in TEMPLATES:
+        batch = make_batch(lm.tokenizer, template, items=ITEMS[:4])
+        assert_equivalent(lm, batch, 1, atol=5e-5, grad_rtol=2e-4)
