@@ -70,7 +70,7 @@ class PromptConfig:
     length: int = 1
     """Soft-prompt rows per user (``l``)."""
     init: str = "uniform"
-    """``uniform`` (U(-0.1, 0.1), as published) or ``scaled`` (uniform scaled to the model's embedding std)."""
+    """``uniform`` (U(-0.1, 0.1) in embedding units, as published) or ``scaled`` (the same, parametrised in units of the model's embedding std, so init and ``lr`` mean the same on every model)."""
     lr: float = 8e-4
     """Learning rate of the prompts (AdamW)."""
     head_lr: Optional[float] = None
@@ -99,6 +99,8 @@ class AdapterConfig:
     """Adapter training batch size."""
     weight_decay: float = 0.01
     """AdamW weight decay on the adapter."""
+    output_scale: str = "none"
+    """``none`` (as published) or ``embedding_std``: multiply the adapter output by the target model's embedding std."""
     freeze_head: bool = False
     """Keep the rating head copied from the source run frozen (True) or train it with the adapter."""
 
@@ -141,6 +143,8 @@ class TrainerConfig:
     """Show progress bars."""
     num_threads: Optional[int] = None
     """torch CPU threads (None: torch's default)."""
+    checkpoint_every_n_steps: int = 50
+    """Training stages write a full-state ``<stage>/checkpoints/last.ckpt`` this often (and after each epoch) to resume from after a crash."""
 
 
 @dataclass
@@ -179,3 +183,5 @@ class ExperimentConfig:
     """``pretrain``/``test``: which model section to use, ``source`` or ``target``."""
     split: str = "test"
     """``test``: which split to evaluate (``valid`` or ``test``)."""
+    resume: Optional[bool] = None
+    """Resume an interrupted training stage from its ``last.ckpt``: null = automatically when the run directory holds an unfinished stage of the same config, true = same (and say so), false = start the stage over."""

@@ -220,11 +220,15 @@ def test_slot_out_of_range_is_an_error(tiny_lm):
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
-def test_real_model_cached_path_equals_plain_path(name):
-    b = load_backbone(name, dtype="float32")
-    lm = FrozenLM(b.model, b.tokenizer, RATING, name=name, prefix_cache_mb=256)
+def test_smollm2_cached_path_equals_plain_path():
+    """SmolLM2-135M (LLaMA family) in fp32, both templates, short padded batches of 3 rows.
+
+    (Gemma-3-270M passes the same check; it is left out here to keep this file under a minute.)
+    """
+    b = load_backbone("smollm2-135m", dtype="float32")
+    lm = FrozenLM(b.model, b.tokenizer, RATING, name="smollm2-135m", prefix_cache_mb=256)
     assert lm.prefix_cache is not None, lm.prefix_cache_reason
+    items = ["funny family comedy", "a quiet story", "funny family comedy tale"]
     for template in TEMPLATES:
-        batch = make_batch(lm.tokenizer, template, items=ITEMS[:4])
+        batch = make_batch(lm.tokenizer, template, items=items)
         assert_equivalent(lm, batch, 1, atol=5e-5, grad_rtol=2e-4)

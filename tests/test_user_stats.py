@@ -17,7 +17,7 @@ from puma_lightning.models.tiny import build_tiny_model
 from puma_lightning.pipeline import user_stats
 from puma_lightning.pipeline.experiment import Experiment
 from puma_lightning.selection import stats
-from puma_lightning.tasks import init_prompts
+from puma_lightning.tasks import embedding_unit, init_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSWERS = ["1", "2", "3", "4", "5"]
@@ -33,7 +33,7 @@ def test_ffn_features_shape_binary_normalised(name):
     lm = frozen(name)
     n_layers = len(lm.body.layers)
     width = lm.model.config.intermediate_size
-    prompts = init_prompts(9, 1, lm.hidden_size, "scaled", lm.embedding_std(), seed=1)
+    prompts = init_prompts(9, 1, lm.hidden_size, seed=1) * embedding_unit(lm.embedding_std())
     feats = stats.ffn_features(lm, prompts, n_layers=3, batch_size=4)
     assert feats.shape == (9, min(3, n_layers) * width) and feats.dtype == np.float32
     for row in feats:

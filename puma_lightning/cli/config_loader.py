@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "target.dtype": ("auto", "float32", "bfloat16"),
     "prompt.init": ("uniform", "scaled"),
     "adapter.kind": ("puma", "compact"),
+    "adapter.output_scale": ("none", "embedding_std"),
     "model": ("source", "target"),
     "split": ("valid", "test"),
 }

@@ -53,7 +53,7 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
     """Load the config and run one command; returns the process exit code."""
     from omegaconf import OmegaConf
 
-    from puma_lightning.cli.config_loader import load_config, save_config
+    from puma_lightning.cli.config_loader import load_config
 
     cfg = load_config(config_files, overrides)
     if print_config:
@@ -61,6 +61,16 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
         return 0
     _setup_runtime(cfg)
     run_dir = Path(cfg.run_dir)
+    from puma_lightning.io.lock import RunLock
+
+    with RunLock(run_dir, command=" ".join([command, *overrides])):
+        return _run_locked(command, cfg, run_dir)
+
+
+def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - DictConfig
+    """Run one command while holding ``<run_dir>/.lock``."""
+    from puma_lightning.cli.config_loader import save_config
+
     save_config(cfg, run_dir / "config.yaml")
 
     from puma_lightning.pipeline.experiment import Experiment
@@ -130,8 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return run(args.command, args.config, args.overrides, args.print_config)
-    except (PumaError, FileNotFoundError) as exc:
-        if os.environ.get("PUMA_DEBUG"):
+    except Exception as exc:
+        from puma_lightning.tasks.base import NonFiniteLossError
+
+        if os.environ.get("PUMA_DEBUG") or not isinstance(exc, (PumaError, FileNotFoundError, NonFiniteLossError)):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2

@@ -251,6 +251,10 @@ class BucketBatchSampler:
         self.rank = rank
         self.epoch_fn = epoch_fn
         self.epoch = 0
+        self.position: dict[str, int] = {"epoch": -1, "yielded": 0}
+        """Epoch of the current pass and how many of its batches were handed out (saved for resume)."""
+        self.resume_at: dict[int, int] = {}
+        """``{epoch: batches to skip}`` for the next pass, set from a checkpoint."""
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose shuffle is drawn (ignored when ``epoch_fn`` is given)."""
@@ -277,14 +281,20 @@ class BucketBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         all_batches = self.batches()
-        if self.num_replicas == 1:
-            yield from all_batches
-            return
-        mine = all_batches[self.rank :: self.num_replicas]
-        if self.shuffle and all_batches:
-            per_rank = math.ceil(len(all_batches) / self.num_replicas)
-            mine = mine + all_batches[: per_rank - len(mine)]
-        yield from mine
+        mine = all_batches
+        if self.num_replicas > 1:
+            mine = all_batches[self.rank :: self.num_replicas]
+            if self.shuffle and all_batches:
+                per_rank = math.ceil(len(all_batches) / self.num_replicas)
+                mine = mine + all_batches[: per_rank - len(mine)]
+        # resume mid-epoch: replay this epoch's deterministic order without the batches already trained on
+        self.position = {"epoch": self._current_epoch(), "yielded": 0}
+        skip = self.resume_at.pop(self.position["epoch"], 0) if self.shuffle else 0
+        self.resume_at.clear()
+        self.position["yielded"] = skip
+        for batch in mine[skip:]:
+            self.position["yielded"] += 1
+            yield batch
 
     def __len__(self) -> int:
         total = math.ceil(len(self.lengths) / self.batch_rows)
@@ -293,6 +303,21 @@ class BucketBatchSampler:
         if self.shuffle:
             return math.ceil(total / self.num_replicas) if total else 0
         return len(range(self.rank, total, self.num_replicas))
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`BucketBatchSampler` whose position Lightning checkpoints.
+
+    Lightning calls ``state_dict`` when it writes a checkpoint and ``load_state_dict`` before the
+    first pass after a resume; the sampler then skips the batches of that epoch already trained on
+    (no prefetching with a sized loader, so "handed out" equals "trained on").
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.batch_sampler.position)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume_at = {int(state["epoch"]): int(state["yielded"])}
 
 
 class PromptDataModule(L.LightningDataModule):
@@ -375,12 +400,15 @@ class PromptDataModule(L.LightningDataModule):
             rank=rank,
             epoch_fn=self._current_epoch if shuffle else None,
         )
-        return DataLoader(
+        return ResumableDataLoader(
             data,
             batch_sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # its own generator: creating a loader's iterator must not draw from the global torch RNG
+            # (the dropout stream), so a resumed run draws the same masks as an uninterrupted one
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -84,13 +84,15 @@ def get_template(name: str) -> Template:
         raise KeyError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}") from None
 
 
-# -- item-first template (issue #6): the item text comes before the slot, so everything but the slot
-# and a short answer cue is a per-item prefix whose keys/values the backbone's prefix cache reuses.
+# -- item-first template (issue #6): the question and the item come before the slot, so everything
+# but the slot and the answer cue (".\n#Answer:", a few tokens) is a per-item prefix whose keys and
+# values the backbone's prefix cache computes once per item and reuses across users and epochs.
 register_template(
     Template(
         "item_first",
-        "#Question: A user rates the movie {item}. The user's preferences are encoded in the feature ",
-        ". Predict the user's rating (as an integer between 1 and 5).\n#Answer:",
+        "#Question: Predict the rating (as an integer between 1 and 5) that a user gives the movie {item}. "
+        "The user's preferences are encoded in the feature ",
+        ".\n#Answer:",
         RATING_ANSWERS,
     )
 )

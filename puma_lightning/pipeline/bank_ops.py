@@ -47,7 +47,8 @@ def migrate_bank(bank_path: str | Path, adapter_path: str | Path, out: str | Pat
         raise PumaError(f"{adapter_path}: trained on prompts of model {meta.get('source_model')} ({meta['source_fingerprint']}) "
                         f"but bank {bank_path} is for {bank.model_name} ({bank.model_fingerprint})")
     with torch.no_grad():
-        migrated = torch.cat([adapter(chunk) for chunk in bank.prompts.split(batch_size)]) if len(bank.user_ids) else bank.prompts
+        scale = float(meta.get("output_scale", 1.0))
+        migrated = torch.cat([adapter(chunk) * scale for chunk in bank.prompts.split(batch_size)]) if len(bank.user_ids) else bank.prompts
     info: dict[str, Any] = {"made_by": "migrate", "adapter": str(adapter_path), "adapter_meta": meta,
                             "source": {"bank": str(bank_path), "model_name": bank.model_name, "model_fingerprint": bank.model_fingerprint},
                             **{k: v for k, v in bank.info.items() if k in ("dataset", "template", "seed")}}

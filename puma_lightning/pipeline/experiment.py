@@ -35,7 +35,7 @@ from puma_lightning.pipeline.builders import build_datamodule, build_table, load
 from puma_lightning.pipeline.results import write_results
 from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics
 from puma_lightning.selection import SelectionContext, select_users
-from puma_lightning.tasks import Migration, PromptTuning, init_prompts
+from puma_lightning.tasks import Migration, PromptTuning, embedding_unit, init_prompts
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +112,17 @@ class Experiment:
             return cached
         lm = self.backbone(which)
         table = self.table
-        prompts = init_prompts(table.n_users, cfg.prompt.length, lm.hidden_size, cfg.prompt.init,
-                               lm.embedding_std() if cfg.prompt.init == "scaled" else None, seed=cfg.seed)
+        scale = embedding_unit(lm.embedding_std()) if cfg.prompt.init == "scaled" else 1.0
+        prompts = init_prompts(table.n_users, cfg.prompt.length, lm.hidden_size, seed=cfg.seed) * scale
         head = build_head(table.task)
         head.init_bias(self._mean_label())
         module = PromptTuning(lm, head, table.task, prompts, train_prompts=train_prompts, lr=cfg.prompt.lr,
-                              head_lr=cfg.prompt.head_lr, weight_decay=cfg.prompt.weight_decay)
+                              head_lr=cfg.prompt.head_lr, weight_decay=cfg.prompt.weight_decay, scale=scale)
         dm = self._datamodule(lm, cfg.prompt.batch_size)
-        stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage))
+        stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage), resume_key=key)
         metrics = test_metrics(module, dm, cfg, self.run_dir, stage)
         if save_bank:
-            PromptBank(module.prompts.detach().cpu(), list(table.user_ids), lm.name, lm.fingerprint,
+            PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                        info=self._bank_info(f"pretrain:{stage}", metrics),
                        head_state=module.head.state_dict()).save(self._stage_dir(stage) / "bank")
         return self._write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict()})
@@ -171,18 +171,19 @@ class Experiment:
             head.load_state_dict(source_bank.head_state)
         else:
             head.init_bias(self._mean_label())
+        output_scale = lm.embedding_std() if cfg.adapter.output_scale == "embedding_std" else 1.0
         module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, weight_decay=cfg.adapter.weight_decay,
-                           train_head=not cfg.adapter.freeze_head)
+                           train_head=not cfg.adapter.freeze_head, output_scale=output_scale)
         users = selection["users"]
         dm = self._datamodule(lm, cfg.adapter.batch_size, train_users=users, eval_users=users)
-        stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"))
+        stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"), resume_key=key)
         start = time.perf_counter()
         migrated = module.migrate_all()
         migrate_s = time.perf_counter() - start
         out_dir = self._stage_dir("puma")
         atomic_write_with(out_dir / "adapter.safetensors",
                           lambda p: save_file({k: v.contiguous() for k, v in module.trainable_state_dict().items()}, str(p),
-                                              metadata=adapter_metadata(cfg.adapter, source_bank, lm)))
+                                              metadata=adapter_metadata(cfg.adapter, source_bank, lm, output_scale)))
         evaluator = PromptTuning(lm, module.head, table.task, migrated, train_prompts=False, train_head=False)
         metrics = test_metrics(evaluator, self._datamodule(lm, cfg.adapter.batch_size), cfg, self.run_dir, "puma_test")
         PromptBank(migrated, list(table.user_ids), lm.name, lm.fingerprint,

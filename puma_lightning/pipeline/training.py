@@ -1,9 +1,12 @@
 """Thin helpers around Lightning's Trainer: one place that builds trainers, keeps the best epoch
-by ``val/loss`` and counts what a stage cost (wall seconds, training samples)."""
+by ``val/loss``, checkpoints and resumes a stage (see :mod:`puma_lightning.pipeline.checkpointing`)
+and counts what a stage cost (wall seconds, training samples, both summed over resumed attempts)."""
 
 from __future__ import annotations
 
-import time
+import hashlib
+import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
+from puma_lightning.pipeline.checkpointing import AtomicModelCheckpoint, LastCheckpoint, ResumeState, resume_checkpoint
 from puma_lightning.tasks.base import PromptTask
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,30 +88,51 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, ca
 
 
 def fit_best(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path, stage: str,
-             epochs: int, hparams: dict[str, Any] | None = None) -> StageStats:
-    """Train ``module`` and leave it holding the weights of its best epoch by ``val/loss``."""
+             epochs: int, hparams: dict[str, Any] | None = None, resume_key: str | None = None) -> StageStats:
+    """Train ``module`` and leave it holding the weights of its best epoch by ``val/loss``.
+
+    A full-state ``<run_dir>/<stage>/checkpoints/last.ckpt`` is written atomically every
+    ``trainer.checkpoint_every_n_steps`` steps and after every validation; a stage that was killed
+    resumes from it (``resume``: null = automatically, true, false = start over) when it was made
+    with the same ``resume_key`` (the stage's config hash). ``best.ckpt`` (by ``val/loss``) and its
+    score survive the resume through the checkpoint callback's saved state.
+    """
     ckpt_dir = run_dir / stage / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-                                 save_weights_only=True, enable_version_counter=False)
-    counter = SampleCounter()
-    trainer = make_trainer(cfg, run_dir, stage, epochs, callbacks=[checkpoint, counter])
-    if hparams and trainer.logger is not None:
+    key = resume_key or hashlib.sha256(json.dumps([hparams, epochs], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    ckpt_path = resume_checkpoint(ckpt_dir, key, cfg.get("resume"))
+    checkpoint = AtomicModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                                       save_weights_only=True, enable_version_counter=False)
+    every = cfg.trainer.get("checkpoint_every_n_steps") or 50
+    last = LastCheckpoint(ckpt_dir, every)
+    state = ResumeState(key)
+    trainer = make_trainer(cfg, run_dir, stage, epochs, callbacks=[checkpoint, last, state])
+    if hparams and trainer.logger is not None and ckpt_path is None:
         trainer.logger.log_hyperparams(hparams)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    wall = time.perf_counter() - start
+    if ckpt_path is not None:
+        log.info("resuming %s from %s", stage, ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    _check_finished(trainer, stage)
     best = checkpoint.best_model_path
     if best:
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_trainable_state_dict(state)
+        loaded = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_trainable_state_dict(loaded)
     best_loss = checkpoint.best_model_score
+    samples = state.samples
+    if trainer.world_size > 1:  # each rank counted its own batches
+        samples = int(trainer.strategy.reduce(torch.tensor(float(samples)), reduce_op="sum").item())
     return StageStats(
-        wall_s=round(wall, 2),
-        train_samples=counter.samples,
+        wall_s=round(state.elapsed(), 2),
+        train_samples=samples,
         trainable_params=module.trainable_parameter_count(),
         epochs=trainer.current_epoch,
         best_val_loss=None if best_loss is None else float(best_loss),
     )
+
+
+def _check_finished(trainer: L.Trainer, stage: str) -> None:
+    """Lightning swallows KeyboardInterrupt/SIGTERM and returns: do not record a stopped stage as done."""
+    if trainer.interrupted:
+        raise KeyboardInterrupt(f"stage {stage} was interrupted; rerun the command to resume it")
 
 
 def test_metrics(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path, stage: str) -> dict[str, float]:

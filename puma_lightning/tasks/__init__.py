@@ -2,6 +2,6 @@
 
 from puma_lightning.tasks.base import NonFiniteLossError, PromptTask
 from puma_lightning.tasks.migration import Migration
-from puma_lightning.tasks.prompt_tuning import PromptTuning, init_prompts
+from puma_lightning.tasks.prompt_tuning import PromptTuning, embedding_unit, init_prompts
 
-__all__ = ["Migration", "NonFiniteLossError", "PromptTask", "PromptTuning", "init_prompts"]
+__all__ = ["Migration", "NonFiniteLossError", "PromptTask", "PromptTuning", "embedding_unit", "init_prompts"]

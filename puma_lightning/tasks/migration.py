@@ -18,14 +18,17 @@ class Migration(PromptTask):
 
     def __init__(self, backbone: nn.Module, head: nn.Module, task: str, source_prompts: torch.Tensor,
                  adapter: nn.Module, *, lr: float = 1e-4, head_lr: float | None = None,
-                 weight_decay: float = 0.01, train_head: bool = True) -> None:
+                 weight_decay: float = 0.01, train_head: bool = True, output_scale: float = 1.0) -> None:
+        """``output_scale`` multiplies the adapter's output (e.g. the target's embedding std, so an
+        adapter whose last layer starts near unit scale lands in the target's embedding range)."""
         super().__init__(backbone, head, task, lr=lr, head_lr=head_lr, weight_decay=weight_decay, train_head=train_head)
+        self.output_scale = float(output_scale)
         # not persistent: checkpoints hold only the adapter and head; the bank lives in its own file
         self.register_buffer("source_prompts", source_prompts.detach().float(), persistent=False)
         self.adapter = adapter
 
     def prompts_for(self, users: torch.Tensor) -> torch.Tensor:
-        return self.adapter(self.source_prompts[users])
+        return self.adapter(self.source_prompts[users]) * self.output_scale
 
     def prompt_parameters(self) -> list[nn.Parameter]:
         return list(self.adapter.parameters())
@@ -35,6 +38,6 @@ class Migration(PromptTask):
         """Map every source prompt through the adapter (eval mode): ``[N, l, d_t]`` float32 on CPU."""
         was_training = self.adapter.training
         self.adapter.eval()
-        out = [self.adapter(chunk).float().cpu() for chunk in self.source_prompts.split(batch_size)]
+        out = [(self.adapter(chunk) * self.output_scale).float().cpu() for chunk in self.source_prompts.split(batch_size)]
         self.adapter.train(was_training)
         return torch.cat(out) if out else self.source_prompts.new_zeros(0)

@@ -29,7 +29,7 @@ def build_adapter(kind: str, source_dim: int, target_dim: int, hidden: int = 409
     return ADAPTERS[kind](source_dim, target_dim, hidden=hidden, dropout=dropout)
 
 
-def adapter_metadata(acfg: Any, source_bank: Any, target_lm: Any) -> dict[str, str]:
+def adapter_metadata(acfg: Any, source_bank: Any, target_lm: Any, output_scale: float = 1.0) -> dict[str, str]:
     """What a saved adapter file records so that ``migrate`` can rebuild and check it alone."""
     return {
         "kind": str(acfg.kind),
@@ -37,6 +37,7 @@ def adapter_metadata(acfg: Any, source_bank: Any, target_lm: Any) -> dict[str, s
         "target_dim": str(target_lm.hidden_size),
         "hidden": str(acfg.hidden),
         "dropout": str(acfg.dropout),
+        "output_scale": repr(float(output_scale)),
         "source_model": str(source_bank.model_name),
         "source_fingerprint": str(source_bank.model_fingerprint),
         "target_model": str(target_lm.name),
