@@ -96,7 +96,10 @@ def mutate_file(path: Path, rng: random.Random) -> None:
         if rng.random() < 0.3:
             path.write_bytes(raw[: rng.randrange(len(raw))])  # truncated gzip
             return
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError):  # already truncated by an earlier mutation
+            pass
     if rng.random() < 0.08:
         path.write_bytes(b"")  # empty file
         return

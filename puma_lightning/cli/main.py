@@ -4,6 +4,7 @@ Commands:
   prepare   read raw Amazon/Yelp/MIND files and write the processed dataset
   pretrain  train per-user prompts on one model (``model=source`` or ``model=target``)
   fit       the whole PUMA experiment: source prompts, selection, adapter, migration, baselines, table
+  select    choose the adapter's training users and write a summary and a picture
   migrate   apply a saved adapter to a prompt bank (``bank=... adapter_path=... out=...``)
   test      evaluate a prompt bank on a model and split (``bank=... model=target split=test``)
 """
@@ -25,6 +26,7 @@ COMMANDS = {
     "prepare": "Read the raw files in data.raw_dir and write the processed dataset (reused when unchanged).",
     "pretrain": "Train per-user soft prompts on one model (the source, or the target for the retraining baseline).",
     "fit": "Run the whole PUMA experiment and print the comparison table (reuses finished stages in run_dir).",
+    "select": "Select the adapter's training users only; write selection.json, selection_summary.md, selection.png.",
     "migrate": "Apply a saved adapter to a prompt bank and write the migrated bank.",
     "test": "Evaluate a prompt bank on a model and split.",
 }
@@ -85,6 +87,10 @@ def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - Dict
         stage = "source" if cfg.model == "source" else "full_retrain"
         record = Experiment(cfg).pretrain(cfg.model, stage)
         print(f"{stage}: " + ", ".join(f"{k}={v:.4f}" for k, v in record["metrics"].items()) + f" (bank in {run_dir / stage / 'bank'})")
+    elif command == "select":
+        from puma_lightning.pipeline.select_cmd import run_select
+
+        run_select(cfg)
     elif command == "migrate":
         from puma_lightning.pipeline.bank_ops import migrate_bank
 

@@ -34,7 +34,8 @@ from puma_lightning.models.heads import build_head
 from puma_lightning.pipeline.builders import build_datamodule, build_table, load_frozen_lm
 from puma_lightning.pipeline.results import write_results
 from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics
-from puma_lightning.selection import SelectionContext, select_users
+from puma_lightning.pipeline.user_stats import build_selection_context
+from puma_lightning.selection import select_users
 from puma_lightning.tasks import Migration, PromptTuning, embedding_unit, init_prompts
 
 log = logging.getLogger(__name__)
@@ -131,18 +132,14 @@ class Experiment:
         """Choose the users the adapter trains on; writes ``selection.json``."""
         table = self.table
         start = time.perf_counter()
-        ctx = SelectionContext(
-            prompts=bank.rows_for(table.user_ids).reshape(table.n_users, -1).numpy().astype(np.float32),
-            label_variance=table.label_variance(),
-            train_counts=table.train_counts(),
-            seed=self.cfg.seed,
-        )
+        ctx = build_selection_context(self, bank)  # loss / FFN features only when the strategy needs them
         result = select_users(OmegaConf.to_container(self.cfg.selection, resolve=True), ctx)
         seconds = time.perf_counter() - start
         record = {
             "strategy": result.strategy,
             "params": result.params,
             "budget": int(self.cfg.selection.budget),
+            "seed": result.seed,
             "num_selected": int(len(result.users)),
             "user_ids": [table.user_ids[i] for i in result.users],
             "seconds": round(seconds, 3),
