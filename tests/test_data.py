@@ -217,16 +217,8 @@ def test_synthetic_valid_test_ratio_passthrough():
 
 
 
-def _movielens_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("recbole") is not None
 
 
-needs_movielens = pytest.mark.skipif(not _movielens_available(), reason="recbole wheel (MovieLens-100k) missing")
-
-
-@needs_movielens
 def test_movielens_full_counts_and_text():
     from puma_lightning.data.movielens import load_movielens_100k
 
@@ -247,7 +239,6 @@ def test_movielens_full_counts_and_text():
     assert hit.sum() == 1 and t.label[hit][0] == 3.0
 
 
-@needs_movielens
 def test_movielens_subset():
     from puma_lightning.data.movielens import load_movielens_100k
 

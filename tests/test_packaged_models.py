@@ -26,7 +26,7 @@ ITEMS = ["The Dark Knight", "Pride and Prejudice", "Planet Earth II", "Toy Story
 
 def _need(package: str, pip: str) -> None:
     if importlib.util.find_spec(package) is None:
-        pytest.skip(f"{package} not installed ({pip})")
+        pytest.fail(f"{package} not installed ({pip}); the test install (.ci/run) provides it")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import inspect
 import json
 from pathlib import Path
 
@@ -88,9 +87,6 @@ def test_run_select_outputs(sweep, tmp_path):
     assert (tmp_path / "selection.png").stat().st_size > 1000
 
 
-@pytest.mark.skipif("build_selection_context" not in inspect.getsource(Experiment.select)
-                    and "ensure_user_stats" not in inspect.getsource(Experiment.select),
-                    reason="Experiment.select does not compute user statistics yet (wiring snippet not applied)")
 def test_run_select_with_loss_strategy(sweep, tmp_path):
     _, out = sweep
     from puma_lightning.pipeline.select_cmd import run_select

@@ -46,7 +46,7 @@ def selection_summary(record: dict[str, Any], users: np.ndarray, variance: np.nd
         f"- budget {record['budget']}, selected {record['num_selected']} of {len(variance)} users"
         f" ({int((train_counts > 0).sum())} with training rows), seed {record.get('seed', 'n/a')}",
         f"- training rows of the selected users: {int(train_counts[users].sum())} of {int(train_counts.sum())}",
-        f"- parameters: " + ", ".join(f"{k}={v}" for k, v in record.get("params", {}).items()) if record.get("params") else "- parameters: none",
+        "- parameters: " + ", ".join(f"{k}={v}" for k, v in record.get("params", {}).items()) if record.get("params") else "- parameters: none",
         f"- seconds: {record.get('seconds', 'n/a')}",
     ]
     if "allocation" in info:
