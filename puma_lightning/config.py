@@ -63,6 +63,8 @@ class ModelConfig:
     """``float32``, ``bfloat16`` or ``auto`` (bf16 for real models, fp32 for tiny ones)."""
     trust_remote_code: bool = False
     """Allow custom modelling code from the checkpoint folder. Off unless you trust the source."""
+    prefix_cache_mb: Optional[float] = 1024.0
+    """Shared-prefix key/value cache budget in MiB: template tokens before the user slot are computed once per distinct prefix (per item with the ``item_first`` template) and reused, never backpropagated. None: plain path."""
 
 
 @dataclass
@@ -148,6 +150,32 @@ class TrainerConfig:
 
 
 @dataclass
+class ChainConfig:
+    models: list[str] = field(default_factory=list)
+    """``chain``: models in hop order ``[A, B, C, ...]``; prompts are trained on A only, each later model gets the previous hop's migrated bank."""
+
+
+@dataclass
+class AggregateConfig:
+    sources: list[str] = field(default_factory=list)
+    """``aggregate``: source models ``[A, B, ...]`` whose prompts are concatenated along the feature axis and mapped to ``target`` by one adapter."""
+    banks: list[str] = field(default_factory=list)
+    """``aggregate``: existing source bank folders (same order as ``sources``, or alone); empty = train each source's prompts."""
+    missing: str = "error"
+    """Users missing from a source bank: ``error`` (stop, naming them), ``drop`` (keep only users in every bank) or ``zero_fill`` (zeros for the missing block, plus one present/absent indicator feature per source)."""
+
+
+@dataclass
+class ColdStartConfig:
+    new_fraction: float = 0.2
+    """``cold-start``: seeded fraction of users held out of the source bank and the adapter (the new users)."""
+    new_users: list[str] = field(default_factory=list)
+    """``cold-start``: explicit new user ids (overrides ``new_fraction``)."""
+    finetune_epochs: int = 2
+    """``cold-start``: target fine-tuning epochs after initialising new users' prompts through the adapter."""
+
+
+@dataclass
 class ExperimentConfig:
     run_dir: str = "runs/default"
     """Directory a run writes into (config, banks, adapter, selection, results, TensorBoard logs)."""
@@ -183,5 +211,11 @@ class ExperimentConfig:
     """``pretrain``/``test``: which model section to use, ``source`` or ``target``."""
     split: str = "test"
     """``test``: which split to evaluate (``valid`` or ``test``)."""
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    """Chained migration A -> B -> C (``chain`` command)."""
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    """Aggregated migration [A, B] -> target (``aggregate`` command)."""
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
+    """Users new on the target (``cold-start`` command)."""
     resume: Optional[bool] = None
     """Resume an interrupted training stage from its ``last.ckpt``: null = automatically when the run directory holds an unfinished stage of the same config, true = same (and say so), false = start the stage over."""

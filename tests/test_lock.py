@@ -47,7 +47,16 @@ def test_lock_of_a_live_process_or_other_host_is_respected(tmp_path):
         RunLock(tmp_path).acquire()
 
 
-def test_cli_refuses_a_locked_run_dir_with_one_line(tmp_path, capsys):
+@pytest.fixture
+def fresh_cli_log():
+    """The CLI binds its log handler to the current stderr (capsys's): drop it after the test."""
+    import logging
+
+    yield
+    logging.getLogger("puma_lightning").handlers.clear()
+
+
+def test_cli_refuses_a_locked_run_dir_with_one_line(tmp_path, capsys, fresh_cli_log):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (tmp_path / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),

@@ -30,6 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "adapter.output_scale": ("none", "embedding_std"),
     "model": ("source", "target"),
     "split": ("valid", "test"),
+    "aggregate.missing": ("error", "drop", "zero_fill"),
 }
 
 

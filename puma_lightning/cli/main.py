@@ -7,6 +7,10 @@ Commands:
   select    choose the adapter's training users and write a summary and a picture
   migrate   apply a saved adapter to a prompt bank (``bank=... adapter_path=... out=...``)
   test      evaluate a prompt bank on a model and split (``bank=... model=target split=test``)
+  chain     chained migration over ``chain.models`` [A, B, C, ...] with full retraining per hop
+  aggregate aggregated migration ``aggregate.sources`` [A, B, ...] -> target
+  cold-start users new on the target: map their source prompt, or initialise through the adapter
+  bank      ``bank info PATH``, ``bank diff A B``, ``bank export-peft PATH --user ID --out DIR``
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ COMMANDS = {
     "select": "Select the adapter's training users only; write selection.json, selection_summary.md, selection.png.",
     "migrate": "Apply a saved adapter to a prompt bank and write the migrated bank.",
     "test": "Evaluate a prompt bank on a model and split.",
+    "chain": "Chained migration over chain.models [A, B, C, ...]: table and plot of the metric per hop vs full retraining.",
+    "aggregate": "Aggregated migration of aggregate.sources [A, B, ...] to target: single-source vs aggregated table and chart.",
+    "cold-start": "Users new on the target: source prompt + adapter, adapter init + fine-tuning, vs training from scratch.",
 }
 
 
@@ -105,6 +112,18 @@ def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - Dict
         if not cfg.bank:
             raise PumaError("test needs 'bank=PATH'")
         evaluate_bank(cfg, cfg.bank, cfg.model, cfg.split)
+    elif command == "chain":
+        from puma_lightning.pipeline.chain import run_chain
+
+        run_chain(cfg)
+    elif command == "aggregate":
+        from puma_lightning.pipeline.aggregate import run_aggregate
+
+        run_aggregate(cfg)
+    elif command == "cold-start":
+        from puma_lightning.pipeline.cold_start import run_cold_start
+
+        run_cold_start(cfg)
     return 0
 
 
@@ -139,6 +158,11 @@ def _setup_runtime(cfg) -> None:  # noqa: ANN001 - DictConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bank":  # bank tools take paths, not a config
+        from puma_lightning.cli.bank_cmd import main as bank_main
+
+        return bank_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

@@ -5,6 +5,13 @@ A bank is a folder holding ``prompts.safetensors`` (one float32 tensor ``[N, l, 
 order, dataset, template, how the bank was made, and the tensor file's sha256). The folder is
 written atomically; loading checks the hash, and using a bank on a model of another width or
 fingerprint is refused with a clear message.
+
+Banks for millions of users are sharded: ``prompts-00000-of-000NN.safetensors`` files of at most
+``rows_per_shard`` rows each, listed in the manifest (``shards``: file, rows, sha256). A bank with
+a single ``prompts.safetensors`` is the same format with one implicit shard. ``PromptBank.load``
+reads every shard (existing callers see no difference); ``PromptBank.open`` returns a
+:class:`LazyPromptBank` that reads only the manifest and fetches rows on demand, opening (and
+hash-checking) only the shards that hold them, through memory-mapped ``safe_open``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from puma_lightning.errors import PumaError
@@ -26,6 +34,58 @@ TENSOR_FILE = "prompts.safetensors"
 HEAD_FILE = "head.safetensors"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
+SHARDED_FORMAT_VERSION = 2
+DEFAULT_ROWS_PER_SHARD = 1_000_000
+"""Banks with more rows than this are written as shards unless ``save`` is told otherwise."""
+
+
+def shard_name(index: int, count: int) -> str:
+    """File name of shard ``index`` of ``count`` (``prompts-00000-of-00004.safetensors``)."""
+    return f"prompts-{index:05d}-of-{count:05d}.safetensors"
+
+
+def content_hash(manifest: dict[str, Any]) -> str:
+    """Identity of a bank's content from its manifest: tensor hashes, head hash, model, users.
+
+    Independent of ``info`` (so lineage notes can be added without changing it) and of how the
+    rows are sharded only through the per-shard hashes; cheap (the manifest alone is read).
+    """
+    tensors = [s["sha256"] for s in manifest["shards"]] if "shards" in manifest else [manifest.get("sha256")]
+    blob = json.dumps([tensors, manifest.get("head_sha256"), manifest.get("model_fingerprint"),
+                       list(manifest.get("user_ids", []))])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The parsed ``manifest.json`` of a bank folder, with its required keys checked."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BankError(f"{path}: not a prompt bank (expected {MANIFEST_FILE} and {TENSOR_FILE} or shards)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BankError(f"{manifest_path}: not valid JSON ({exc})") from None
+    for key in ("model_name", "model_fingerprint", "user_ids", "sha256"):
+        if key not in manifest:
+            raise BankError(f"{manifest_path}: missing key {key!r}")
+    return manifest
+
+
+def _shards(path: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[{file, rows, sha256}]`` of a bank (one implicit shard for the single-file format)."""
+    if "shards" in manifest:
+        return list(manifest["shards"])
+    return [{"file": TENSOR_FILE, "rows": len(manifest["user_ids"]), "sha256": manifest["sha256"]}]
+
+
+def _check_shard(path: Path, shard: dict[str, Any]) -> Path:
+    file = path / shard["file"]
+    if not file.is_file():
+        raise BankError(f"{path}: not a prompt bank (expected {MANIFEST_FILE} and {shard['file']})")
+    if _sha256(file) != shard["sha256"]:
+        raise BankError(f"{file}: content hash does not match the manifest (file changed or corrupted)")
+    return file
 
 
 class BankError(PumaError):
@@ -81,48 +141,62 @@ class PromptBank:
             "info": self.info,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write the bank folder atomically; returns its path."""
+    def save(self, path: str | Path, rows_per_shard: int | None = None) -> Path:
+        """Write the bank folder atomically; returns its path.
+
+        More than ``rows_per_shard`` rows (default :data:`DEFAULT_ROWS_PER_SHARD`) are written as
+        shards with a per-shard sha256 in the manifest; otherwise one ``prompts.safetensors``.
+        """
         path = Path(path)
+        rows_per_shard = int(rows_per_shard or DEFAULT_ROWS_PER_SHARD)
+        if rows_per_shard < 1:
+            raise BankError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+        prompts = self.prompts.detach().float().cpu().contiguous()
         with atomic_dir(path) as tmp:
-            tensor_path = tmp / TENSOR_FILE
-            save_file({"prompts": self.prompts.detach().float().cpu().contiguous()}, str(tensor_path))
             manifest = self.manifest()
-            manifest["sha256"] = _sha256(tensor_path)
+            if len(self.user_ids) <= rows_per_shard:
+                tensor_path = tmp / TENSOR_FILE
+                save_file({"prompts": prompts}, str(tensor_path))
+                manifest["sha256"] = _sha256(tensor_path)
+            else:
+                count = -(-len(self.user_ids) // rows_per_shard)
+                shards = []
+                for i in range(count):
+                    name = shard_name(i, count)
+                    chunk = prompts[i * rows_per_shard:(i + 1) * rows_per_shard].contiguous()
+                    save_file({"prompts": chunk}, str(tmp / name))
+                    shards.append({"file": name, "rows": int(chunk.shape[0]), "sha256": _sha256(tmp / name)})
+                manifest["format_version"] = SHARDED_FORMAT_VERSION
+                manifest["shards"] = shards
+                manifest["rows_per_shard"] = rows_per_shard
+                manifest["sha256"] = hashlib.sha256("".join(sh["sha256"] for sh in shards).encode()).hexdigest()
             if self.head_state is not None:
                 save_file({k: v.detach().float().cpu().contiguous() for k, v in self.head_state.items()}, str(tmp / HEAD_FILE))
                 manifest["head_sha256"] = _sha256(tmp / HEAD_FILE)
+            manifest["content_hash"] = content_hash(manifest)
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "PromptBank":
-        """Read a bank folder, verifying its manifest and tensor hash."""
+        """Read a bank folder (every shard), verifying its manifest and tensor hashes."""
         path = Path(path)
-        manifest_path, tensor_path = path / MANIFEST_FILE, path / TENSOR_FILE
-        if not manifest_path.is_file() or not tensor_path.is_file():
-            raise BankError(f"{path}: not a prompt bank (expected {MANIFEST_FILE} and {TENSOR_FILE})")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BankError(f"{manifest_path}: not valid JSON ({exc})") from None
-        for key in ("model_name", "model_fingerprint", "user_ids", "sha256"):
-            if key not in manifest:
-                raise BankError(f"{manifest_path}: missing key {key!r}")
-        if _sha256(tensor_path) != manifest["sha256"]:
-            raise BankError(f"{tensor_path}: content hash does not match the manifest (file changed or corrupted)")
-        try:
-            prompts = load_file(str(tensor_path))["prompts"]
-        except Exception as exc:  # safetensors raises its own error types
-            raise BankError(f"{tensor_path}: cannot read tensor ({exc})") from None
-        head_state = None
-        if "head_sha256" in manifest:
-            head_path = path / HEAD_FILE
-            if not head_path.is_file() or _sha256(head_path) != manifest["head_sha256"]:
-                raise BankError(f"{head_path}: missing or its hash does not match the manifest")
-            head_state = load_file(str(head_path))
+        manifest = read_manifest(path)
+        parts = []
+        for shard in _shards(path, manifest):
+            file = _check_shard(path, shard)
+            try:
+                parts.append(load_file(str(file))["prompts"])
+            except Exception as exc:  # safetensors raises its own error types
+                raise BankError(f"{file}: cannot read tensor ({exc})") from None
+        prompts = parts[0] if len(parts) == 1 else torch.cat(parts)
         return cls(prompts, list(manifest["user_ids"]), manifest["model_name"], manifest["model_fingerprint"],
-                   manifest.get("info", {}), head_state)
+                   manifest.get("info", {}), _load_head(path, manifest))
+
+    @staticmethod
+    def open(path: str | Path, verify: bool = True) -> "LazyPromptBank":
+        """A lazy view of a bank folder: only the manifest is read now (see :class:`LazyPromptBank`)."""
+        return LazyPromptBank(path, verify=verify)
 
     def check_model(self, hidden_size: int, fingerprint: str | None = None, *, where: str = "bank") -> None:
         """Refuse a model of another width or (when given) another fingerprint."""
@@ -145,3 +219,104 @@ class PromptBank:
             raise BankError(f"{len(missing)} users are not in the bank (first: {missing[:3]})")
         rows = torch.as_tensor(np.fromiter((index[u] for u in user_ids), dtype=np.int64, count=len(user_ids)))
         return self.prompts.index_select(0, rows)
+
+
+def _load_head(path: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    if "head_sha256" not in manifest:
+        return None
+    head_path = path / HEAD_FILE
+    if not head_path.is_file() or _sha256(head_path) != manifest["head_sha256"]:
+        raise BankError(f"{head_path}: missing or its hash does not match the manifest")
+    return load_file(str(head_path))
+
+
+class LazyPromptBank:
+    """A bank on disk whose rows are fetched on demand, shard by shard, memory-mapped.
+
+    Only ``manifest.json`` is read at construction. :meth:`rows_for` opens (with ``safe_open``) just
+    the shards holding the requested users, checks each one's sha256 the first time it is opened
+    (``verify``), and slices the rows out without reading the rest of the shard into memory.
+    ``shards_opened`` records which shard files were opened. :attr:`prompts` and
+    :meth:`materialize` read everything (for callers that need a :class:`PromptBank`).
+    """
+
+    def __init__(self, path: str | Path, verify: bool = True) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.verify = verify
+        self.shards = _shards(self.path, self.manifest)
+        self.user_ids: list[str] = list(self.manifest["user_ids"])
+        self.model_name: str = self.manifest["model_name"]
+        self.model_fingerprint: str = self.manifest["model_fingerprint"]
+        self.info: dict[str, Any] = self.manifest.get("info", {})
+        self._starts = np.cumsum([0] + [int(sh["rows"]) for sh in self.shards])
+        if int(self._starts[-1]) != len(self.user_ids):
+            raise BankError(f"{self.path}: shards hold {int(self._starts[-1])} rows but the manifest lists {len(self.user_ids)} users")
+        self._index: dict[str, int] | None = None
+        self._verified: set[str] = set()
+        self.shards_opened: list[str] = []
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.manifest["hidden_size"])
+
+    @property
+    def prompt_length(self) -> int:
+        return int(self.manifest["prompt_length"])
+
+    @property
+    def head_state(self) -> dict[str, torch.Tensor] | None:
+        return _load_head(self.path, self.manifest)
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def index_of(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Row numbers of ``user_ids``; every id must be present."""
+        if self._index is None:
+            self._index = {u: i for i, u in enumerate(self.user_ids)}
+        missing = [u for u in user_ids if u not in self._index]
+        if missing:
+            raise BankError(f"{len(missing)} users are not in the bank (first: {missing[:3]})")
+        return np.fromiter((self._index[u] for u in user_ids), dtype=np.int64, count=len(user_ids))
+
+    def rows(self, rows: np.ndarray) -> torch.Tensor:
+        """Prompts ``[len(rows), l, d]`` of bank rows ``rows`` (any order), opening only their shards."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = torch.empty(len(rows), self.prompt_length, self.hidden_size)
+        shard_of = np.searchsorted(self._starts, rows, side="right") - 1
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            local = rows[where] - int(self._starts[shard])
+            out[torch.as_tensor(where)] = self._read(int(shard), local)
+        return out
+
+    def rows_for(self, user_ids: Sequence[str]) -> torch.Tensor:
+        """Prompts ``[len(user_ids), l, d]`` in the order of ``user_ids``; every id must be present."""
+        return self.rows(self.index_of(user_ids))
+
+    def _read(self, shard: int, local: np.ndarray) -> torch.Tensor:
+        info = self.shards[shard]
+        file = self.path / info["file"]
+        if self.verify and info["file"] not in self._verified:
+            _check_shard(self.path, info)
+            self._verified.add(info["file"])
+        self.shards_opened.append(info["file"])
+        lo, hi = int(local.min()), int(local.max()) + 1
+        with safe_open(str(file), framework="pt") as fh:
+            block = fh.get_slice("prompts")[lo:hi]  # only this row range is copied out of the mapping
+        return block[torch.as_tensor(local - lo)]
+
+    @property
+    def prompts(self) -> torch.Tensor:
+        """Every row (reads every shard)."""
+        return self.rows(np.arange(len(self.user_ids)))
+
+    def materialize(self) -> PromptBank:
+        """The whole bank in memory."""
+        return PromptBank(self.prompts, list(self.user_ids), self.model_name, self.model_fingerprint, dict(self.info),
+                          self.head_state)
+
+    def check_model(self, hidden_size: int, fingerprint: str | None = None, *, where: str = "bank") -> None:
+        """As :meth:`PromptBank.check_model`."""
+        PromptBank.check_model(self, hidden_size, fingerprint, where=where)  # type: ignore[arg-type]

@@ -47,7 +47,10 @@ def load_frozen_lm(mcfg: DictConfig, dcfg: DictConfig, cache_dir: str | None) ->
 
     loaded = load_backbone(mcfg.name, dtype=mcfg.dtype, cache_dir=cache_dir, trust_remote_code=mcfg.trust_remote_code)
     template = get_template(dcfg.template)
-    return FrozenLM(loaded.model, loaded.tokenizer, template.answers, name=loaded.name, fingerprint=loaded.fingerprint)
+    lm = FrozenLM(loaded.model, loaded.tokenizer, template.answers, name=loaded.name, fingerprint=loaded.fingerprint)
+    if mcfg.get("prefix_cache_mb") is not None:
+        lm.enable_prefix_cache(float(mcfg.prefix_cache_mb))  # probes once; falls back with a logged reason
+    return lm
 
 
 def build_datamodule(table: InteractionTable, tokenizer: Any, cfg: DictConfig, batch_size: int,

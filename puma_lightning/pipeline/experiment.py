@@ -219,6 +219,9 @@ class Experiment:
         }
         if source is not None:
             info["source"] = {"model_name": source.model_name, "model_fingerprint": source.model_fingerprint}
+        from puma_lightning.io.lineage import experiment_lineage
+
+        info["lineage"] = experiment_lineage(self, made_by, metrics, source)  # full history, see io/lineage.py
         return info
 
     def _hparams(self, stage: str) -> dict[str, Any]:
