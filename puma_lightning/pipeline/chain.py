@@ -93,7 +93,7 @@ def write_chain(run_dir: Path, task: str, hops: list[dict[str, Any]]) -> dict[st
               "gain", "adapter train samples", "full retrain samples", "migrate s", "full retrain s"]
     rows = [[h["hop"], h["model"], h["hidden_size"], *[(h["migrated"] or {}).get(m) for m in names],
              *[(h["full_retrain"] or {}).get(m) for m in names], h["gain"], h["migrate_train_samples"], h["full_train_samples"],
-             h["migrate_wall_s"], h["full_wall_s"]] for h in hops]
+             _secs(h["migrate_wall_s"]), _secs(h["full_wall_s"])] for h in hops]
     note = ("\n- hop 0 is the first model's own prompts (trained there; migrated = full retraining). Each later hop's adapter "
             "trains on the previous hop's migrated bank, never on the first model's data.\n"
             f"- gain = {'RMSE(full retraining) / RMSE(migrated)' if task == 'rating' else 'AUC(migrated) / AUC(full retraining)'}; > 1: migration wins.\n")
@@ -106,3 +106,7 @@ def write_chain(run_dir: Path, task: str, hops: list[dict[str, Any]]) -> dict[st
               main_metric.upper(), f"chained migration {label}")
     print(md)
     return doc
+
+
+def _secs(value: float | None) -> str | None:
+    return None if value is None else f"{float(value):.1f}"
