@@ -52,6 +52,12 @@ def migrate_bank(bank_path: str | Path, adapter_path: str | Path, out: str | Pat
     info: dict[str, Any] = {"made_by": "migrate", "adapter": str(adapter_path), "adapter_meta": meta,
                             "source": {"bank": str(bank_path), "model_name": bank.model_name, "model_fingerprint": bank.model_fingerprint},
                             **{k: v for k, v in bank.info.items() if k in ("dataset", "template", "seed")}}
+    from puma_lightning.io.lineage import adapter_ref, make_lineage, source_ref
+
+    info["lineage"] = make_lineage("migrate", model={"name": meta.get("target_model"), "fingerprint": meta.get("target_fingerprint"),
+                                                     "hidden_size": int(meta["target_dim"])},
+                                   dataset={k: bank.info.get(k) for k in ("dataset", "template", "seed")},
+                                   sources=[source_ref(bank_path)], adapter=adapter_ref(adapter_path))
     new = PromptBank(migrated, bank.user_ids, meta.get("target_model", "unknown"), meta.get("target_fingerprint", "unknown"),
                      info=info, head_state=head)
     new.save(out)
