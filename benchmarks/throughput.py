@@ -27,7 +27,6 @@ backward) per second over the peak.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import statistics
 import sys

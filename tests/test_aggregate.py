@@ -4,7 +4,6 @@ user missing from one source, end to end."""
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
