@@ -79,8 +79,10 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
 def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - DictConfig
     """Run one command while holding ``<run_dir>/.lock``."""
     from puma_lightning.cli.config_loader import save_config
+    from puma_lightning.pipeline.distributed import is_global_zero
 
-    save_config(cfg, run_dir / "config.yaml")
+    if is_global_zero():  # DDP re-runs the command on every rank: one writer
+        save_config(cfg, run_dir / "config.yaml")
 
     from puma_lightning.pipeline.experiment import Experiment
 

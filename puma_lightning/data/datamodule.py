@@ -222,9 +222,9 @@ class BucketBatchSampler:
     ``shuffle=True`` (training): a permutation seeded by ``(seed, epoch)`` is cut into chunks of
     ``bucket_batches`` batches, each chunk is sorted by length and cut into batches, then the batch
     order is shuffled. ``shuffle=False`` (evaluation): indices sorted by length, deterministic.
-    With ``num_replicas > 1`` each rank gets every ``num_replicas``-th batch; for evaluation the
-    ranks' batches are disjoint and cover each index once, for training ranks are padded to the
-    same batch count by repeating batches (so gradient synchronisation never waits).
+    With ``num_replicas > 1`` each rank gets every ``num_replicas``-th batch; for training ranks are
+    padded to the same batch count by repeating batches (so gradient synchronisation never waits);
+    for evaluation see :meth:`eval_shards` (disjoint, each index once, equal batch counts).
 
     Not a ``torch.utils.data.BatchSampler`` subclass on purpose: Lightning must not replace it.
     """
@@ -279,7 +279,21 @@ class BucketBatchSampler:
             out.extend(part[i : i + size].tolist() for i in range(0, len(part), size))
         return [out[i] for i in rng.permutation(len(out))]
 
+    def eval_shards(self) -> list[list[list[int]]]:
+        """Evaluation batches of every rank: the length-sorted indices cut into ``num_replicas`` times
+        ``ceil(ceil(n / batch) / num_replicas)`` near-equal batches (none larger than the batch size),
+        dealt round-robin. Every index is in exactly one batch (no padding duplicates) and every rank
+        gets the same number of batches (one fewer only when there are fewer rows than batches)."""
+        n, world = len(self.lengths), self.num_replicas
+        per_rank = math.ceil(math.ceil(n / self.batch_rows) / world) if n else 0
+        order = np.argsort(self.lengths, kind="stable")
+        pieces = [p.tolist() for p in np.array_split(order, per_rank * world)] if per_rank else []
+        return [[p for p in pieces[r::world] if p] for r in range(world)]
+
     def __iter__(self) -> Iterator[list[int]]:
+        if self.num_replicas > 1 and not self.shuffle:
+            yield from self.eval_shards()[self.rank]
+            return
         all_batches = self.batches()
         mine = all_batches
         if self.num_replicas > 1:
@@ -302,7 +316,7 @@ class BucketBatchSampler:
             return total
         if self.shuffle:
             return math.ceil(total / self.num_replicas) if total else 0
-        return len(range(self.rank, total, self.num_replicas))
+        return len(self.eval_shards()[self.rank])
 
 
 class ResumableDataLoader(DataLoader):

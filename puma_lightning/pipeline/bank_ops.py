@@ -85,5 +85,8 @@ def evaluate_bank(cfg: DictConfig, bank_path: str | Path, which: str, split: str
     out = trainer.test(module, datamodule=dm, verbose=False) if split == "test" else trainer.validate(module, datamodule=dm, verbose=False)
     prefix = "test/" if split == "test" else "val/"
     metrics = {k[len(prefix):]: float(v) for k, v in (out[0] if out else {}).items() if k.startswith(prefix)}
-    print(json.dumps({"bank": str(bank_path), "model": lm.name, "split": split, **metrics}, indent=1))
+    from puma_lightning.pipeline.distributed import is_global_zero
+
+    if is_global_zero():  # the metrics are synced across ranks; print them once
+        print(json.dumps({"bank": str(bank_path), "model": lm.name, "split": split, **metrics}, indent=1))
     return metrics

@@ -32,6 +32,7 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.adapters import adapter_metadata, build_adapter
 from puma_lightning.models.heads import build_head
 from puma_lightning.pipeline.builders import build_datamodule, build_table, load_frozen_lm
+from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
 from puma_lightning.pipeline.results import write_results
 from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics
 from puma_lightning.pipeline.user_stats import build_selection_context
@@ -95,8 +96,9 @@ class Experiment:
         return record
 
     def _write_stage(self, name: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Write ``stage.json`` (global rank 0 only; every rank returns the record)."""
         record = {"key": key, **record}
-        atomic_write_text(self._stage_dir(name) / "stage.json", json.dumps(record, indent=1))
+        on_rank_zero(lambda: atomic_write_text(self._stage_dir(name) / "stage.json", json.dumps(record, indent=1)))
         return record
 
     # -- stages ----------------------------------------------------------------------------------
@@ -122,10 +124,10 @@ class Experiment:
         dm = self._datamodule(lm, cfg.prompt.batch_size)
         stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage), resume_key=key)
         metrics = test_metrics(module, dm, cfg, self.run_dir, stage)
-        if save_bank:
-            PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
-                       info=self._bank_info(f"pretrain:{stage}", metrics),
-                       head_state=module.head.state_dict()).save(self._stage_dir(stage) / "bank")
+        if save_bank:  # rank 0 writes; the others wait so that later stages can read it
+            on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
+                                            info=self._bank_info(f"pretrain:{stage}", metrics),
+                                            head_state=module.head.state_dict()).save(self._stage_dir(stage) / "bank"))
         return self._write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict()})
 
     def select(self, bank: PromptBank) -> dict[str, Any]:
@@ -145,7 +147,9 @@ class Experiment:
             "seconds": round(seconds, 3),
             "info": _jsonable(result.info),
         }
-        atomic_write_text(self.run_dir / "selection.json", json.dumps(record, indent=1))
+        # every rank selects (same seed, same inputs); the adapter's data must match across ranks
+        check_same_on_all_ranks(record["user_ids"], "selection")
+        on_rank_zero(lambda: atomic_write_text(self.run_dir / "selection.json", json.dumps(record, indent=1)))
         return {"users": result.users, "seconds": seconds, "record": record}
 
     def migrate_stage(self) -> dict[str, Any]:
@@ -178,14 +182,15 @@ class Experiment:
         migrated = module.migrate_all()
         migrate_s = time.perf_counter() - start
         out_dir = self._stage_dir("puma")
-        atomic_write_with(out_dir / "adapter.safetensors",
-                          lambda p: save_file({k: v.contiguous() for k, v in module.trainable_state_dict().items()}, str(p),
-                                              metadata=adapter_metadata(cfg.adapter, source_bank, lm, output_scale)))
+        on_rank_zero(lambda: atomic_write_with(
+            out_dir / "adapter.safetensors",
+            lambda p: save_file({k: v.contiguous() for k, v in module.trainable_state_dict().items()}, str(p),
+                                metadata=adapter_metadata(cfg.adapter, source_bank, lm, output_scale))))
         evaluator = PromptTuning(lm, module.head, table.task, migrated, train_prompts=False, train_head=False)
         metrics = test_metrics(evaluator, self._datamodule(lm, cfg.adapter.batch_size), cfg, self.run_dir, "puma_test")
-        PromptBank(migrated, list(table.user_ids), lm.name, lm.fingerprint,
-                   info=self._bank_info("migrate:puma", metrics, source=source_bank),
-                   head_state=module.head.state_dict()).save(out_dir / "bank")
+        on_rank_zero(lambda: PromptBank(migrated, list(table.user_ids), lm.name, lm.fingerprint,
+                                        info=self._bank_info("migrate:puma", metrics, source=source_bank),
+                                        head_state=module.head.state_dict()).save(out_dir / "bank"))
         total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s, 2), train_samples=stats.train_samples,
                            trainable_params=stats.trainable_params, epochs=stats.epochs, best_val_loss=stats.best_val_loss)
         return self._write_stage("puma", key, {"method": "puma", "metrics": metrics, **total.to_dict(),

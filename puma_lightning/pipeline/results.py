@@ -64,8 +64,13 @@ def to_markdown(results: dict[str, Any]) -> str:
 
 
 def write_results(run_dir: Path, table: InteractionTable, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Write ``results.json`` and ``results.md`` atomically and print the table."""
+    """Write ``results.json`` and ``results.md`` atomically and print the table (global rank 0
+    only under DDP; every rank returns the results)."""
+    from puma_lightning.pipeline.distributed import is_global_zero
+
     results = build_results(table, rows)
+    if not is_global_zero():
+        return results
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
     markdown = to_markdown(results)
     atomic_write_text(run_dir / "results.md", markdown)

@@ -136,7 +136,11 @@ def _check_finished(trainer: L.Trainer, stage: str) -> None:
 
 
 def test_metrics(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path, stage: str) -> dict[str, float]:
-    """Evaluate ``module`` on the datamodule's test split; returns ``{"rmse": ..., ...}``."""
+    """Evaluate ``module`` on the datamodule's test split; returns ``{"rmse": ..., ...}``.
+
+    Under DDP each rank evaluates a disjoint share of the rows (see ``BucketBatchSampler.eval_shards``)
+    and the metrics are synced (torchmetrics states, ``sync_dist`` loss), so every rank returns the
+    global values, equal to a single-process evaluation."""
     trainer = make_trainer(cfg, run_dir, stage, max_epochs=1)
     out = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = out[0] if out else {}

@@ -1,0 +1,93 @@
+"""Distributed exactness (issue #7 item 5): under Lightning's DDP on the CPU (2 gloo processes)
+evaluation covers every test row exactly once, so a bank's test metrics equal the single-process
+ones; every rank selects the same users; only rank 0 writes the run's files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from puma_lightning.data.datamodule import BucketBatchSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+SMALL = ["prompt.epochs=1", "adapter.epochs=1", "baselines.full_retrain=false", "trainer.enable_progress_bar=false",
+         "trainer.num_threads=1"]
+DDP = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m puma_lightning ARGS`` (DDP re-launches this command on every rank)."""
+    proc = subprocess.run([sys.executable, "-m", "puma_lightning", *args], cwd=ROOT, capture_output=True, text=True, check=False,
+                          env={**os.environ, **(env or {})}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _metrics(stdout: str) -> dict[str, float]:
+    """The JSON document the ``test`` command prints."""
+    return json.loads(stdout[stdout.index("{"):stdout.rindex("}") + 1])
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 31, 32, 33, 65, 120, 257])
+@pytest.mark.parametrize("batch", [1, 7, 32])
+@pytest.mark.parametrize("world", [2, 3])
+def test_eval_shards_cover_each_row_once_with_equal_batch_counts(n: int, batch: int, world: int) -> None:
+    lengths = np.random.default_rng(n).integers(5, 30, n)
+    samplers = [BucketBatchSampler(lengths, batch, shuffle=False, num_replicas=world, rank=r) for r in range(world)]
+    shards = [list(s) for s in samplers]
+    assert sorted(i for shard in shards for b in shard for i in b) == list(range(n))  # no padding duplicates
+    assert [len(s) for s in samplers] == [len(shard) for shard in shards]
+    assert all(0 < len(b) <= batch for shard in shards for b in shard)
+    if n >= world * max(len(s) for s in shards):
+        assert len({len(s) for s in shards}) == 1  # every rank runs the same number of eval steps
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("single")
+    _cli("fit", "--config", SMOKE, *SMALL, f"run_dir={run_dir}")
+    return run_dir
+
+
+@pytest.mark.slow
+def test_ddp_fit_writes_once_and_selects_the_same_users_on_every_rank(single_run: Path, tmp_path: Path) -> None:
+    run_dir, dump = tmp_path / "ddp", tmp_path / "ranks"
+    _cli("fit", "--config", SMOKE, *SMALL, *DDP, f"run_dir={run_dir}", env={"PUMA_RANK_DUMP_DIR": str(dump)})
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["methods"]) == {"source", "random_init", "puma"}
+    single = json.loads((single_run / "results.json").read_text())
+    assert results["num_test_rows"] == single["num_test_rows"]
+    for name, row in results["methods"].items():
+        assert 0 < row["rmse"] < 4 and 0 < row["mae"] <= row["rmse"] + 1e-9, name
+        # training samples are summed over the ranks (the training sampler pads ranks to equal length)
+        assert row["train_samples"] >= single["methods"][name]["train_samples"], name
+    per_rank = [json.loads((dump / f"selection.rank{r}.json").read_text()) for r in range(2)]
+    assert per_rank[0] == per_rank[1]
+    assert json.loads((run_dir / "selection.json").read_text())["user_ids"] == per_rank[0]
+    for rel in ["config.yaml", "source/bank/manifest.json", "puma/adapter.safetensors", "puma/bank/manifest.json",
+                "source/stage.json", "puma/stage.json", "random_init/stage.json"]:
+        assert (run_dir / rel).is_file(), rel
+    assert not list(run_dir.rglob(".*.tmp")), "temporary files left behind"
+    assert not (run_dir / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_ddp_test_metrics_equal_single_process(single_run: Path, tmp_path: Path) -> None:
+    bank = single_run / "puma" / "bank"
+    args = ["test", "--config", SMOKE, *SMALL, f"bank={bank}", "model=target", "split=test"]
+    one = _metrics(_cli(*args, f"run_dir={tmp_path / 'one'}").stdout)
+    two = _metrics(_cli(*args, *DDP, f"run_dir={tmp_path / 'two'}").stdout)
+    assert set(one) == set(two) and {"rmse", "mae", "loss"} <= set(one)
+    for key in ("rmse", "mae", "loss"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+    # and the same numbers the fit recorded for this bank (single process, same evaluation)
+    recorded = json.loads((single_run / "results.json").read_text())["methods"]["puma"]
+    assert one["rmse"] == pytest.approx(recorded["rmse"], abs=1e-6)
+    assert one["mae"] == pytest.approx(recorded["mae"], abs=1e-6)
