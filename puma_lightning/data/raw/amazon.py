@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import BadLines, Columns, FileRecord, IdMap, RawData, find_file, open_lines, parse_rating, require_dir
+from .common import (BadLines, Columns, FileRecord, IdMap, RawData, find_file, open_lines, parse_rating, read_json_ratings,
+                     require_dir)
 
 CATEGORY = "Movies_and_TV"
 REVIEW_NAMES = (f"{CATEGORY}.jsonl", f"{CATEGORY}.jsonl.gz")
@@ -80,25 +81,8 @@ def read_amazon_reviews(raw_dir: str | Path | None, max_bad_fraction: float = 0.
     bad = BadLines(max_bad_fraction)
     titles, meta_record, meta_counts = read_meta_titles(meta_path, bad)
     record = FileRecord.stat(review_path)
-    users, items = IdMap(), IdMap()
-    cols = Columns(user="i", item="i", label="f", timestamp="q")
-    read = no_title = 0
-    for lineno, line in open_lines(review_path, record, bad):
-        try:
-            obj = json.loads(line)
-            user, asin = obj["user_id"], obj["parent_asin"]
-            if not (isinstance(user, str) and user and isinstance(asin, str) and asin):
-                raise ValueError("user_id or parent_asin missing")
-            rating = parse_rating(obj["rating"])
-            ts = to_seconds(obj["timestamp"])
-        except (ValueError, KeyError, TypeError) as exc:
-            bad.bad(lineno, f"{type(exc).__name__}: {str(exc)[:80]}")
-            continue
-        read += 1
-        if asin not in titles:
-            no_title += 1
-            continue
-        cols.append(user=users.get(user), item=items.get(asin), label=rating, timestamp=ts)
+    users, items, cols, read, no_title = read_json_ratings(
+        review_path, record, bad, ("user_id", "parent_asin", "rating", "timestamp"), to_seconds, titles)
     return _finish("amazon-movies", cols, users, items, titles, [meta_record, record], bad, read, no_title, meta_counts)
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,34 @@ def parse_rating(value: Any) -> float:
 
 def file_size_text(path: Path) -> str:
     return f"{os.path.getsize(path) / 1e6:.1f} MB"
+
+
+def read_json_ratings(path: Path, record: "FileRecord", bad: "BadLines", keys: tuple[str, str, str, str],
+                      parse_time: Callable[[Any], int], known: Container[str]) -> tuple["IdMap", "IdMap", "Columns", int, int]:
+    """Stream a JSON Lines review file into (user, item, rating, time) columns.
+
+    ``keys`` names the user, item, rating and time fields. Malformed lines are counted in ``bad``;
+    rows whose item is not in ``known`` (no usable item text) are dropped and counted. Returns the
+    user and item id maps, the columns, the rows read and the rows dropped for an unknown item.
+    """
+    user_key, item_key, rating_key, time_key = keys
+    users, items = IdMap(), IdMap()
+    cols = Columns(user="i", item="i", label="f", timestamp="q")
+    read = unknown = 0
+    for lineno, line in open_lines(path, record, bad):
+        try:
+            obj = json.loads(line)
+            user, item = obj[user_key], obj[item_key]
+            if not (isinstance(user, str) and user and isinstance(item, str) and item):
+                raise ValueError(f"{user_key} or {item_key} missing")
+            rating = parse_rating(obj[rating_key])
+            ts = parse_time(obj[time_key])
+        except (ValueError, KeyError, TypeError) as exc:
+            bad.bad(lineno, f"{type(exc).__name__}: {str(exc)[:80]}")
+            continue
+        read += 1
+        if item not in known:
+            unknown += 1
+            continue
+        cols.append(user=users.get(user), item=items.get(item), label=rating, timestamp=ts)
+    return users, items, cols, read, unknown

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .common import BadLines, Columns, FileRecord, IdMap, RawData, find_file, open_lines, parse_rating, require_dir
+from .common import BadLines, FileRecord, RawData, find_file, open_lines, read_json_ratings, require_dir
 
 REVIEW_NAMES = ("yelp_academic_dataset_review.json", "yelp_academic_dataset_review.json.gz")
 BUSINESS_NAMES = ("yelp_academic_dataset_business.json", "yelp_academic_dataset_business.json.gz")
@@ -75,25 +75,8 @@ def read_yelp(raw_dir: str | Path | None, max_bad_fraction: float = 0.01) -> Raw
     bad = BadLines(max_bad_fraction)
     texts, business_record, unnamed = read_businesses(business_path, bad)
     record = FileRecord.stat(review_path)
-    users, items = IdMap(), IdMap()
-    cols = Columns(user="i", item="i", label="f", timestamp="q")
-    read = unknown = 0
-    for lineno, line in open_lines(review_path, record, bad):
-        try:
-            obj = json.loads(line)
-            user, bid = obj["user_id"], obj["business_id"]
-            if not (isinstance(user, str) and user and isinstance(bid, str) and bid):
-                raise ValueError("user_id or business_id missing")
-            rating = parse_rating(obj["stars"])
-            ts = parse_date(obj["date"])
-        except (ValueError, KeyError, TypeError) as exc:
-            bad.bad(lineno, f"{type(exc).__name__}: {str(exc)[:80]}")
-            continue
-        read += 1
-        if bid not in texts:
-            unknown += 1
-            continue
-        cols.append(user=users.get(user), item=items.get(bid), label=rating, timestamp=ts)
+    users, items, cols, read, unknown = read_json_ratings(
+        review_path, record, bad, ("user_id", "business_id", "stars", "date"), parse_date, texts)
     steps = [
         {"step": "businesses", "named": len(texts), "unnamed": unnamed},
         {"step": "read", "rows": read},
