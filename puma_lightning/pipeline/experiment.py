@@ -194,6 +194,7 @@ class Experiment:
         total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s, 2), train_samples=stats.train_samples,
                            trainable_params=stats.trainable_params, epochs=stats.epochs, best_val_loss=stats.best_val_loss)
         return self._write_stage("puma", key, {"method": "puma", "metrics": metrics, **total.to_dict(),
+                                               "selection_s": round(selection["seconds"], 2), "migrate_s": round(migrate_s, 2),
                                                "selection": selection["record"]["strategy"],
                                                "selected_users": selection["record"]["num_selected"],
                                                "allocation": selection["record"]["params"].get("allocation")})
