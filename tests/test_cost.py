@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from benchmark_loader import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 FAST = ["prompt.epochs=1", "adapter.epochs=1", "data.n_users=30", "data.rows_per_user=10", "selection.budget=10"]
 
 
-def _load_cost():
-    spec = importlib.util.spec_from_file_location("cost", ROOT / "benchmarks" / "cost.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def cost_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cost")
-    module = _load_cost()
+    module = load_benchmark("cost")
     assert module.main(["--config", SMOKE, "--out", str(out), "--project", "300,3000", *FAST]) == 0
     return module, out
 
@@ -55,7 +49,7 @@ def test_cost_rerun_reuses_stages(cost_run):
 
 
 def test_project_ratio_by_hand():
-    module = _load_cost()
+    module = load_benchmark("cost")
     puma = {"wall_s": 12.0, "selection_s": 1.0, "migrate_s": 1.0}  # adapter training 10 s, fixed
     # 100 users: full 40 s; at 1000 users: full 400 s, PUMA 10 + 2 * 10 = 30 s
     assert module.project_ratio(40.0, puma, 100, 1000) == pytest.approx(400.0 / 30.0)
@@ -63,7 +57,7 @@ def test_project_ratio_by_hand():
 
 
 def test_meets_bar_directions():
-    module = _load_cost()
+    module = load_benchmark("cost")
     assert module.meets_bar("rating", 1.00, 1.01, 0.0) is True
     assert module.meets_bar("rating", 1.02, 1.01, 0.0) is False
     assert module.meets_bar("rating", 1.02, 1.01, 0.02) is True
@@ -73,7 +67,7 @@ def test_meets_bar_directions():
 
 
 def test_bad_config_is_one_line(capsys):
-    module = _load_cost()
+    module = load_benchmark("cost")
     assert module.main(["--config", SMOKE, "--out", "/nonexistent/never", "prompt.epochs=abc"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "prompt.epochs" in err[0]

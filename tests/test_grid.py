@@ -1,15 +1,13 @@
 """Architecture grid on 2 x 2 tiny models: gain matrix as CSV, markdown and heatmap."""
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
+from benchmark_loader import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("architecture_grid", ROOT / "benchmarks" / "architecture_grid.py")
-grid = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(grid)
+grid = load_benchmark("architecture_grid")
 
 
 def test_two_by_two_grid(tmp_path):

@@ -4,11 +4,11 @@ on the smoke config: one shared source stage, cells resumed, Table-4 layout writ
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from benchmark_loader import load_benchmark
 
 from puma_lightning.cli.config_loader import load_config
 from puma_lightning.pipeline.experiment import Experiment
@@ -18,17 +18,11 @@ SMOKE = str(ROOT / "configs" / "smoke.yaml")
 FAST = ["prompt.epochs=1", "adapter.epochs=1", "data.n_users=30", "data.rows_per_user=10"]  # small and quick
 
 
-def _load_sweep():
-    spec = importlib.util.spec_from_file_location("selection_sweep", ROOT / "benchmarks" / "selection_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    module = _load_sweep()
+    module = load_benchmark("selection_sweep")
     rc = module.main(["--config", SMOKE, "--budgets", "12", "--strategies", "random,kmeans_fps", "--seeds", "1",
                       "--out", str(out), *FAST])
     assert rc == 0
@@ -65,7 +59,7 @@ def test_sweep_resumes_skipping_finished_cells(sweep, monkeypatch):
 
 
 def test_markdown_layout_mean_std():
-    module = _load_sweep()
+    module = load_benchmark("selection_sweep")
     rows = [{"strategy": s, "budget": b, "seed": k, "metric": "rmse", "value": v}
             for s, b, k, v in [("a", 10, 0, 1.0), ("a", 10, 1, 1.2), ("b", 10, 0, 0.9), ("b", 10, 1, 0.9), ("a", 30, 0, 0.8)]]
     md = module.to_markdown(rows, ["a", "b"], [10, 30])

@@ -16,8 +16,6 @@ from torch import nn
 
 from puma_lightning.tasks.metrics import UserAUC, build_metrics, update_metrics
 
-BACKBONE_PREFIX = "backbone."
-
 
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf: stops the run with the step and the users involved."""
@@ -125,18 +123,14 @@ class PromptTask(L.LightningModule):
         return int(sum(p.numel() for p in params))
 
     # -- checkpoints without the frozen model --------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith(BACKBONE_PREFIX)]:
-            del state[key]
-
+    # FrozenLM drops its weights from every state dict and ignores them when loading (its own
+    # state-dict hooks), so Lightning checkpoints and these helpers hold only what the task trains.
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The module's state without the frozen backbone."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(BACKBONE_PREFIX)}
+        """The module's state: prompts or adapter, and the head (never the frozen backbone)."""
+        return self.state_dict()
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load a state saved by :meth:`trainable_state_dict` (or a Lightning checkpoint's)."""
         missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(BACKBONE_PREFIX)]
         if missing or unexpected:
             raise RuntimeError(f"checkpoint does not fit this task: missing {missing[:5]}, unexpected {unexpected[:5]}")
