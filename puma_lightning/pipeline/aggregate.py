@@ -36,6 +36,7 @@ from puma_lightning.errors import PumaError
 from puma_lightning.io.atomic import atomic_write_text
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import make_lineage, source_ref
+from puma_lightning.pipeline.distributed import on_rank_zero
 from puma_lightning.pipeline.figures import bar_chart, markdown_table, write_text
 from puma_lightning.pipeline.sub_runs import (experiment_on, metric_names, primary_metric, safe_name, sub_config,
                                               subset_users, users_hash)
@@ -109,13 +110,17 @@ def aggregated_bank(aligned: Aligned, banks: Sequence[Any], paths: Sequence[Path
 
 def _expose_bank(bank_path: Path, stage_dir: Path, record: dict[str, Any]) -> Path:
     """Make ``stage_dir`` a source stage (``bank/`` + ``stage.json``) pointing at an existing bank."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    link = stage_dir / "bank"
-    if link.is_symlink() and link.resolve() != bank_path.resolve():
-        link.unlink()
-    if not link.exists():
-        os.symlink(bank_path.resolve(), link, target_is_directory=True)  # no copy: banks can be large
-    atomic_write_text(stage_dir / "stage.json", json.dumps({"key": "external", **record}, indent=1))
+
+    def write() -> None:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        link = stage_dir / "bank"
+        if link.is_symlink() and link.resolve() != bank_path.resolve():
+            link.unlink()
+        if not link.exists():
+            os.symlink(bank_path.resolve(), link, target_is_directory=True)  # no copy: banks can be large
+        atomic_write_text(stage_dir / "stage.json", json.dumps({"key": "external", **record}, indent=1))
+
+    on_rank_zero(write)
     return stage_dir
 
 
@@ -161,11 +166,15 @@ def run_aggregate(cfg: DictConfig) -> dict[str, Any]:
                "seed": int(cfg.seed), "num_users": len(aligned.user_ids)}
     agg_stage = run_dir / f"aggregated_source{suffix}"
     bank = aggregated_bank(aligned, banks, [d / "bank" for d in stage_dirs], dataset)
-    existing = agg_stage / "bank" / "manifest.json"
-    if not existing.is_file() or json.loads(existing.read_text())["model_fingerprint"] != bank.model_fingerprint:
-        bank.save(agg_stage / "bank")
-        atomic_write_text(agg_stage / "stage.json", json.dumps({"key": bank.model_fingerprint, "method": "aggregate",
-                                                                 "aggregate": bank.info["aggregate"]}, indent=1))
+
+    def save_aggregated() -> None:  # every rank calls this (same barrier sequence); rank 0 decides and writes
+        existing = agg_stage / "bank" / "manifest.json"
+        if not existing.is_file() or json.loads(existing.read_text())["model_fingerprint"] != bank.model_fingerprint:
+            bank.save(agg_stage / "bank")
+            atomic_write_text(agg_stage / "stage.json", json.dumps({"key": bank.model_fingerprint, "method": "aggregate",
+                                                                     "aggregate": bank.info["aggregate"]}, indent=1))
+
+    on_rank_zero(save_aggregated)
     # 3. migrations: aggregated, then each source alone; full retraining on the target as reference
     rows: list[dict[str, Any]] = []
     agg_exp = experiment_on(sub_config(cfg, run_dir / f"aggregated{suffix}",

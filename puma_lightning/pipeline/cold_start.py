@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 from puma_lightning.errors import PumaError
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import adapter_ref, make_lineage, source_ref
+from puma_lightning.pipeline.distributed import on_rank_zero
 from puma_lightning.pipeline.figures import bar_chart, markdown_table, write_text
 from puma_lightning.pipeline.sub_runs import experiment_on, metric_names, primary_metric, sub_config, subset_users, users_hash
 
@@ -98,9 +99,9 @@ class _NewUsers:
             stats = {"wall_s": st.wall_s, "train_samples": st.train_samples, "trainable_params": st.trainable_params}
         metrics = test_metrics(module, dm, cfg, exp.run_dir, f"{stage}_test")
         lineage = {**lineage, "metrics": metrics, "model": {"name": lm.name, "fingerprint": lm.fingerprint, "hidden_size": lm.hidden_size}}
-        PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
-                   info={"made_by": f"cold_start:{stage}", "metrics": metrics, "lineage": lineage},
-                   head_state=module.head.state_dict()).save(exp._stage_dir(stage) / "bank")
+        on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
+                                        info={"made_by": f"cold_start:{stage}", "metrics": metrics, "lineage": lineage},
+                                        head_state=module.head.state_dict()).save(exp._stage_dir(stage) / "bank"))
         return exp._write_stage(stage, key, {"method": stage, "model": which, "metrics": metrics, **stats})
 
 

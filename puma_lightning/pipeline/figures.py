@@ -1,6 +1,6 @@
 """Tables and figures of the topology commands: markdown tables, line plots, bar charts, heatmaps.
 
-Matplotlib runs headless (``Agg``); every file is written atomically.
+Matplotlib runs headless (``Agg``); every file is written atomically, by global rank 0 only under DDP.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
+from puma_lightning.pipeline.distributed import on_rank_zero
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -39,7 +40,7 @@ def _pyplot() -> Any:
 def _save(fig: Any, path: Path) -> None:
     plt = _pyplot()
     fig.tight_layout()
-    atomic_write_with(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    on_rank_zero(lambda: atomic_write_with(path, lambda p: fig.savefig(p, dpi=120, format="png")))
     plt.close(fig)
 
 
@@ -101,5 +102,5 @@ def heatmap(path: Path, rows: Sequence[str], cols: Sequence[str], values: Sequen
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically."""
-    atomic_write_text(path, text)
+    """Write a text file atomically (global rank 0 only under DDP; the others wait)."""
+    on_rank_zero(lambda: atomic_write_text(path, text))

@@ -17,6 +17,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
+from puma_lightning.pipeline.distributed import on_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def plot_selection(path: Path, prompts: np.ndarray, users: np.ndarray, title: st
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    on_rank_zero(lambda: atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png")))
     plt.close(fig)
 
 
@@ -114,7 +115,7 @@ def run_select(cfg: DictConfig) -> None:
     if loss is None and "loss" in _cached_names(exp, bank):  # shown when already cached; never computed just for this
         loss = ensure_user_stats(exp, bank, ("loss",)).get("loss")
     summary = selection_summary(record, users, table.label_variance(), table.train_counts(), loss)
-    atomic_write_text(run_dir / "selection_summary.md", summary)
+    on_rank_zero(lambda: atomic_write_text(run_dir / "selection_summary.md", summary))
     prompts = bank.rows_for(table.user_ids).reshape(table.n_users, -1).numpy()
     plot_selection(run_dir / "selection.png", prompts, users,
                    f"{record['strategy']}: {len(users)} of {table.n_users} users")
