@@ -91,3 +91,18 @@ def test_ddp_test_metrics_equal_single_process(single_run: Path, tmp_path: Path)
     recorded = json.loads((single_run / "results.json").read_text())["methods"]["puma"]
     assert one["rmse"] == pytest.approx(recorded["rmse"], abs=1e-6)
     assert one["mae"] == pytest.approx(recorded["mae"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_chain_writes_each_file_once(tmp_path: Path) -> None:
+    run_dir = tmp_path / "chain"
+    _cli("chain", "--config", str(ROOT / "configs" / "chain.yaml"), *SMALL, *DDP, f"run_dir={run_dir}",
+         "chain.models=[tiny-llama,tiny-qwen2]", "data.n_users=24", "data.rows_per_user=8", "selection.budget=12")
+    doc = json.loads((run_dir / "chain.json").read_text())
+    assert [h["model"] for h in doc["hops"]] == ["tiny-llama", "tiny-qwen2"]
+    assert 0 < doc["hops"][1]["migrated"]["rmse"] < 4
+    for rel in ["chain.md", "chain.png", "hop0_tiny-llama/source/bank/manifest.json", "hop1_tiny-qwen2/puma/bank/manifest.json",
+                "hop1_tiny-qwen2/puma/adapter.safetensors"]:
+        assert (run_dir / rel).is_file(), rel
+    assert not list(run_dir.rglob(".*.tmp")), "temporary files left behind"
+    assert not (run_dir / ".lock").exists()

@@ -37,6 +37,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def _wrap(title: str, fig: Any) -> str:
+    """The title broken into lines that fit the figure's width (long model paths would be cut off)."""
+    import textwrap
+
+    return textwrap.fill(title, width=max(30, int(fig.get_figwidth() * 11)))
+
+
 def _save(fig: Any, path: Path) -> None:
     plt = _pyplot()
     fig.tight_layout()
@@ -53,7 +60,7 @@ def line_plot(path: Path, x_labels: Sequence[str], series: dict[str, Sequence[fl
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
     ax.set_xticks(range(len(x_labels)), list(x_labels), rotation=20)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(_wrap(title, fig), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
@@ -74,7 +81,7 @@ def bar_chart(path: Path, labels: Sequence[str], values: Sequence[float | None],
         lo, hi = min(finite), max(finite)
         ax.set_ylim(max(0.0, lo - 0.15 * (hi - lo + 1e-3) - 0.05), hi + 0.2 * (hi - lo + 1e-3) + 0.02)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(_wrap(title, fig), fontsize=10)
     _save(fig, path)
 
 
@@ -96,7 +103,7 @@ def heatmap(path: Path, rows: Sequence[str], cols: Sequence[str], values: Sequen
     ax.set_yticks(range(len(rows)), list(rows))
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
-    ax.set_title(title)
+    ax.set_title(_wrap(title, fig), fontsize=10)
     fig.colorbar(im, ax=ax)
     _save(fig, path)
 
