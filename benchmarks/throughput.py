@@ -136,7 +136,7 @@ def run_steps(module: Any, optimizer: torch.optim.Optimizer, lm: FrozenLM, way: 
               device: torch.device, autocast: bool, measure_memory: bool, params: set[int]) -> tuple[float, int]:
     """One pass of training steps over ``batches``; (seconds, peak bytes)."""
     peak = 0
-    set_compiled(lm, way.compiled)
+    lm.set_compiled(way.compiled)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -169,23 +169,6 @@ def nonembedding_params(lm: FrozenLM) -> int:
     head = lm.model.get_output_embeddings().weight
     skip = {emb.data_ptr(), head.data_ptr()}
     return sum(p.numel() for p in lm.model.parameters() if p.data_ptr() not in skip)
-
-
-_COMPILED: dict[int, Any] = {}
-
-
-def set_compiled(lm: FrozenLM, on: bool) -> None:
-    """Switch ``torch.compile`` of each decoder layer on or off (compiled once, dynamic shapes).
-
-    Layers, not the whole body: the ``DynamicCache`` object and the mask building stay eager,
-    so only tensor code is traced. ``nn.Module.compile`` keeps the compiled call in
-    ``_compiled_call_impl``; switching it off restores the eager call for the other ways.
-    """
-    for layer in getattr(lm.body, "layers", []):
-        if on and id(layer) not in _COMPILED:
-            layer.compile(dynamic=True)
-            _COMPILED[id(layer)] = layer._compiled_call_impl
-        layer._compiled_call_impl = _COMPILED.get(id(layer)) if on else None
 
 
 # -- main ---------------------------------------------------------------------------------------

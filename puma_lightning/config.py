@@ -65,6 +65,8 @@ class ModelConfig:
     """Allow custom modelling code from the checkpoint folder. Off unless you trust the source."""
     prefix_cache_mb: Optional[float] = 1024.0
     """Shared-prefix key/value cache budget in MiB: template tokens before the user slot are computed once per distinct prefix (per item with the ``item_first`` template) and reused, never backpropagated. None: plain path."""
+    compile: bool = False
+    """``torch.compile`` each decoder layer (dynamic shapes). Off by default: on a CPU it did not pay (see ``benchmarks/throughput.py --compile``); try it on a GPU."""
 
 
 @dataclass

@@ -232,3 +232,34 @@ def test_smollm2_cached_path_equals_plain_path():
     for template in TEMPLATES:
         batch = make_batch(lm.tokenizer, template, items=items)
         assert_equivalent(lm, batch, 1, atol=5e-5, grad_rtol=2e-4)
+
+
+@pytest.mark.slow
+def test_compiled_layers_match_eager_on_both_paths() -> None:
+    """``model.compile``: compiled decoder layers give the eager logits and prompt gradients, on the
+    plain and the cached path, and switching off restores the eager call."""
+    b = load_backbone("tiny-llama")
+    eager_lm = FrozenLM(b.model, b.tokenizer, RATING, name=b.name, prefix_cache_mb=64)
+    batch = make_batch(b.tokenizer, "item_first")
+    prompts = torch.randn(len(ITEMS), 1, eager_lm.hidden_size, generator=torch.Generator().manual_seed(3)) * 0.1
+    expected = {cached: logits_and_grad(eager_lm, batch, prompts, cached) for cached in (False, True)}
+    eager_lm.set_compiled(True)
+    assert eager_lm.compiled
+    for cached in (False, True):
+        eager_lm.prefix_cache.clear()
+        logits, grad = logits_and_grad(eager_lm, batch, prompts, cached)
+        torch.testing.assert_close(logits, expected[cached][0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(grad, expected[cached][1], atol=1e-5, rtol=1e-3)
+    eager_lm.set_compiled(False)
+    assert not eager_lm.compiled
+
+
+def test_compile_key_reaches_the_backbone() -> None:
+    from puma_lightning.cli.config_loader import load_config
+    from puma_lightning.pipeline.builders import load_frozen_lm
+
+    cfg = load_config([], ["target.name=tiny-qwen2", "target.compile=true", "target.prefix_cache_mb=null"])
+    lm = load_frozen_lm(cfg.target, cfg.data, None)
+    assert lm.compiled and lm.prefix_cache is None
+    cfg = load_config([], ["target.name=tiny-qwen2"])
+    assert not load_frozen_lm(cfg.target, cfg.data, None).compiled

@@ -330,6 +330,25 @@ class FrozenLM(nn.Module):
         hidden = self.hidden_at(embeds, attention_mask, answer_pos)
         return self.project_answers(hidden)
 
+    # -- torch.compile ---------------------------------------------------------------------------
+    def set_compiled(self, on: bool = True) -> None:
+        """Run each decoder layer through ``torch.compile`` (dynamic shapes), or back to eager.
+
+        Layers rather than the whole body: the key/value cache object and the mask building stay
+        eager, so only tensor code is traced and the prefix cache keeps working. Each layer is
+        compiled once, on its first call; switching off keeps the compiled code for a later switch on.
+        """
+        for layer in getattr(self.body, "layers", []):
+            if on and getattr(layer, "_puma_compiled", None) is None:
+                layer.compile(dynamic=True)  # nn.Module.compile stores the compiled call in _compiled_call_impl
+                layer._puma_compiled = layer._compiled_call_impl
+            layer._compiled_call_impl = getattr(layer, "_puma_compiled", None) if on else None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the decoder layers currently run compiled."""
+        return any(getattr(layer, "_compiled_call_impl", None) is not None for layer in getattr(self.body, "layers", []))
+
     # -- shared-prefix key/value cache -------------------------------------------------------------
     def enable_prefix_cache(self, max_mb: float = 1024.0, verify: bool = True) -> bool:
         """Reuse the keys/values of the template tokens before the slot (LRU within ``max_mb`` MiB).

@@ -50,6 +50,8 @@ def load_frozen_lm(mcfg: DictConfig, dcfg: DictConfig, cache_dir: str | None) ->
     lm = FrozenLM(loaded.model, loaded.tokenizer, template.answers, name=loaded.name, fingerprint=loaded.fingerprint)
     if mcfg.get("prefix_cache_mb") is not None:
         lm.enable_prefix_cache(float(mcfg.prefix_cache_mb))  # probes once; falls back with a logged reason
+    if mcfg.get("compile"):
+        lm.set_compiled(True)
     return lm
 
 
