@@ -338,7 +338,14 @@ class FrozenLM(nn.Module):
         eager, so only tensor code is traced and the prefix cache keeps working. Each layer is
         compiled once, on its first call; switching off keeps the compiled code for a later switch on.
         """
-        for layer in getattr(self.body, "layers", []):
+        layers = list(getattr(self.body, "layers", []))
+        if on:  # the cached path specialises each layer on its index (key/value cache lookup): one graph per layer
+            import torch._dynamo
+
+            limit = 2 * len(layers) + 8
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+            torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+        for layer in layers:
             if on and getattr(layer, "_puma_compiled", None) is None:
                 layer.compile(dynamic=True)  # nn.Module.compile stores the compiled call in _compiled_call_impl
                 layer._puma_compiled = layer._compiled_call_impl
@@ -393,7 +400,14 @@ class FrozenLM(nn.Module):
         cache.stats.misses += len(missing)
         if missing:
             pad = self.tokenizer.pad_token_id if getattr(self.tokenizer, "pad_token_id", None) is not None else 0
-            computed = compute_prefix_kv(self.body, [prefixes[i] for i in missing], self.device, pad_id=pad)
+            compiled = self.compiled
+            if compiled:  # prefixes grow their cache layer by layer: eager, or every layer would recompile
+                self.set_compiled(False)
+            try:
+                computed = compute_prefix_kv(self.body, [prefixes[i] for i in missing], self.device, pad_id=pad)
+            finally:
+                if compiled:
+                    self.set_compiled(True)
             for i, kv in zip(missing, computed):
                 cache.put((tag, prefixes[i]), kv)
                 entries[i] = kv
