@@ -82,9 +82,9 @@ def cost_table(task: str, n_users: int, full: dict[str, Any], puma: dict[str, An
     wall_ratio = full["wall_s"] / puma["wall_s"] if puma["wall_s"] else None
     sample_ratio = full["train_samples"] / puma["train_samples"] if puma["train_samples"] else None
     ok = meets_bar(task, puma["metrics"].get(main), full["metrics"].get(main), tolerance)
-    rows = [["full retraining", *[full["metrics"].get(m) for m in names], full["wall_s"], full["train_samples"],
+    rows = [["full retraining", *[full["metrics"].get(m) for m in names], f"{full['wall_s']:.1f}", full["train_samples"],
              full["trainable_params"], "all " + f"{n_users:,}"],
-            ["PUMA", *[puma["metrics"].get(m) for m in names], puma["wall_s"], puma["train_samples"],
+            ["PUMA", *[puma["metrics"].get(m) for m in names], f"{puma['wall_s']:.1f}", puma["train_samples"],
              puma["trainable_params"], f"{puma.get('selected_users', '?')} selected"]]
     md = markdown_table(["method", *[m.upper() for m in names], "wall s", "train samples", "trainable params", "users trained on"], rows)
     md += (f"\nwall-time ratio (full / PUMA): {wall_ratio:.2f}x; training-sample ratio: {sample_ratio:.2f}x\n"
