@@ -66,7 +66,7 @@ class ModelConfig:
     prefix_cache_mb: Optional[float] = 1024.0
     """Shared-prefix key/value cache budget in MiB: template tokens before the user slot are computed once per distinct prefix (per item with the ``item_first`` template) and reused, never backpropagated. None: plain path."""
     compile: bool = False
-    """``torch.compile`` each decoder layer (dynamic shapes). Off by default: on a CPU it did not pay (see ``benchmarks/throughput.py --compile``); try it on a GPU."""
+    """``torch.compile`` each decoder layer (dynamic shapes). Off by default: on a 2-core CPU it gave 1.07x warm samples/s after ~290 s of compilation (``benchmarks/throughput.py --compile``), so it pays only on long runs; measure it on your GPU."""
 
 
 @dataclass
