@@ -104,14 +104,10 @@ def cost_table(task: str, n_users: int, full: dict[str, Any], puma: dict[str, An
 
 def run_cost(cfg: Any, out: Path, tolerance: float, project: Sequence[int]) -> dict[str, Any]:
     """Train (or reuse) source, full retraining and PUMA in ``out`` and write the cost table."""
-    from omegaconf import OmegaConf
-
     from puma_lightning.pipeline.experiment import Experiment
     from puma_lightning.pipeline.sub_runs import sub_config
 
-    cfg = sub_config(cfg, out)
-    OmegaConf.update(cfg, "source_dir", None, merge=False)
-    exp = Experiment(cfg)
+    exp = Experiment(sub_config(cfg, out, source_dir=None))  # source trained here, in the same run
     exp.pretrain("source", "source")
     full = exp.pretrain("target", "full_retrain")
     puma = exp.migrate_stage()

@@ -8,17 +8,7 @@ import pytest
 from puma_lightning.cli.main import main
 from puma_lightning.io.bank import PromptBank
 
-ROOT = Path(__file__).resolve().parents[1]
-CHAIN = str(ROOT / "configs" / "chain.yaml")
-TINY = ["trainer.num_threads=1", "data.n_users=24", "data.rows_per_user=10", "prompt.epochs=2", "adapter.epochs=2",
-        "selection.budget=12"]
-
-
-@pytest.fixture(scope="module")
-def chain_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("chain")
-    assert main(["chain", "--config", CHAIN, f"run_dir={run_dir}", *TINY]) == 0
-    return run_dir
+from conftest import CHAIN, CHAIN_TINY as TINY  # the chain_run fixture lives in conftest.py
 
 
 def test_every_hop_saves_adapter_bank_and_reference(chain_run):

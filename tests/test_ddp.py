@@ -94,7 +94,7 @@ def test_ddp_test_metrics_equal_single_process(single_run: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_ddp_chain_writes_each_file_once(tmp_path: Path) -> None:
+def test_ddp_chain_finishes_with_complete_outputs(tmp_path: Path) -> None:
     run_dir = tmp_path / "chain"
     _cli("chain", "--config", str(ROOT / "configs" / "chain.yaml"), *SMALL, *DDP, f"run_dir={run_dir}",
          "chain.models=[tiny-llama,tiny-qwen2]", "data.n_users=24", "data.rows_per_user=8", "selection.budget=12")
@@ -106,3 +106,22 @@ def test_ddp_chain_writes_each_file_once(tmp_path: Path) -> None:
         assert (run_dir / rel).is_file(), rel
     assert not list(run_dir.rglob(".*.tmp")), "temporary files left behind"
     assert not (run_dir / ".lock").exists()
+
+
+def test_topology_tables_and_plots_are_written_by_rank_zero_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What makes chain/aggregate/cold-start rank-safe: figures' writers skip every rank but 0."""
+    from puma_lightning.pipeline.figures import bar_chart, line_plot, write_text
+
+    def write_all(folder: Path) -> None:
+        write_text(folder / "t.md", "x")
+        line_plot(folder / "l.png", ["a", "b"], {"s": [1.0, 2.0]}, "rmse", "title")
+        bar_chart(folder / "b.png", ["a", "b"], [1.0, 2.0], "rmse", "title")
+
+    monkeypatch.setenv("RANK", "1")  # no process group: the rank comes from the environment
+    (tmp_path / "r1").mkdir()
+    write_all(tmp_path / "r1")
+    assert list((tmp_path / "r1").iterdir()) == []
+    monkeypatch.setenv("RANK", "0")
+    (tmp_path / "r0").mkdir()
+    write_all(tmp_path / "r0")
+    assert sorted(p.name for p in (tmp_path / "r0").iterdir()) == ["b.png", "l.png", "t.md"]

@@ -1,7 +1,6 @@
 """Bank lineage through a chain, the ``bank`` commands, and the PEFT export round trip."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,17 +9,7 @@ from puma_lightning.cli.main import main
 from puma_lightning.io.bank import PromptBank, read_manifest
 from puma_lightning.io.lineage import ancestor_hashes, bank_content_hash, file_sha256, stamp_lineage
 
-ROOT = Path(__file__).resolve().parents[1]
-CHAIN = str(ROOT / "configs" / "chain.yaml")
-TINY = ["trainer.num_threads=1", "data.n_users=16", "data.rows_per_user=8", "prompt.epochs=1", "adapter.epochs=1",
-        "selection.budget=8", "baselines.full_retrain=false"]
-
-
-@pytest.fixture(scope="module")
-def chain_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("lineage")
-    assert main(["chain", "--config", CHAIN, f"run_dir={run_dir}", *TINY]) == 0
-    return run_dir
+# chain_run (tiny-llama -> tiny-qwen2 -> tiny-gemma3) is the session fixture in conftest.py
 
 
 def test_lineage_and_hashes_survive_a_chain(chain_run):
