@@ -170,9 +170,69 @@ def test_static_reasons():
 
     b = load_backbone("tiny-llama")
     assert static_support_reason(b.model, b.model.model) is None
-    assert "past_key_values" in static_support_reason(b.model, NoCacheBody())
+    assert "no key/value cache argument" in static_support_reason(b.model, NoCacheBody())
     b.model.config.layer_types = ["linear_attention", "full_attention"]
     assert "linear_attention" in static_support_reason(b.model, b.model.model)
+
+
+class _ForwardingBody(nn.Module):
+    """Wraps a real decoder body; subclasses name the cache argument as one transformers API does."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        from puma_lightning.models.prefix_cache import cache_argument
+
+        self.body, self.real_argument = body, cache_argument(body)
+        self.calls = 0
+
+    def run(self, cache, kw, **args):
+        assert not {"cache", "past_key_values"} & set(kw), f"cache passed under both names: {sorted(kw)}"
+        self.calls += 1
+        return self.body(**args, **kw, **{self.real_argument: cache})
+
+
+class NewApiBody(_ForwardingBody):  # transformers >= 5.24
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                use_cache=None, **kw):
+        return self.run(cache, kw, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        inputs_embeds=inputs_embeds, use_cache=use_cache)
+
+
+class OldApiBody(_ForwardingBody):  # transformers < 5.24
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+                use_cache=None, **kw):
+        return self.run(past_key_values, kw, input_ids=input_ids, attention_mask=attention_mask,
+                        position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=use_cache)
+
+
+@pytest.mark.parametrize("wrapper,argument", [(NewApiBody, "cache"), (OldApiBody, "past_key_values")])
+def test_both_decoder_cache_argument_names(wrapper, argument, monkeypatch):
+    """Decoders that take ``cache=`` (transformers >= 5.24) and ``past_key_values=`` (older) both run cached."""
+    from puma_lightning.models.prefix_cache import cache_argument
+
+    b = load_backbone("tiny-llama")
+    body = wrapper(b.model.model)
+    assert cache_argument(body) == argument
+    assert static_support_reason(b.model, body) is None
+    monkeypatch.setattr(type(b.model), "get_decoder", lambda self: body)
+    lm = FrozenLM(b.model, b.tokenizer, RATING, prefix_cache_mb=8)
+    assert lm.prefix_cache is not None, lm.prefix_cache_reason
+    for template in TEMPLATES:
+        assert_equivalent(lm, make_batch(lm.tokenizer, template), 1)
+    assert body.calls > 2  # probe + prefixes + suffixes went through the wrapper, under its own argument name
+
+
+def test_cached_path_raises_no_warning(tiny_lm):
+    """Our calls into the decoder use its current argument names: no deprecation or other warning."""
+    import warnings
+
+    tiny_lm.prefix_cache.clear()
+    batch = make_batch(tiny_lm.tokenizer, "item_first")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_equivalent(tiny_lm, batch, 1)
+        tiny_lm.enable_prefix_cache(8)
+    assert not [str(w.message) for w in caught]
 
 
 def test_probe_mismatch_falls_back_with_a_logged_reason(monkeypatch, caplog):

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from puma_lightning.models.prefix_cache import (
     PrefixKVCache,
     batch_cache,
+    cache_argument,
     compute_key,
     compute_prefix_kv,
     static_support_reason,
@@ -168,6 +169,8 @@ class FrozenLM(nn.Module):
         cap = getattr(cfg, "final_logit_softcapping", None)
         self.final_logit_softcapping: float | None = float(cap) if cap else None
         self._embedding_std: float | None = None
+        self._cache_arg: str = cache_argument(self.body) or "past_key_values"
+        """The decoder's key/value cache argument name (``cache`` from transformers 5.24, else ``past_key_values``)."""
         self.register_state_dict_post_hook(FrozenLM._drop_backbone_keys)
         self.register_load_state_dict_post_hook(FrozenLM._ignore_missing_backbone_keys)
         self.prefix_cache: PrefixKVCache | None = None
@@ -404,7 +407,8 @@ class FrozenLM(nn.Module):
             if compiled:  # prefixes grow their cache layer by layer: eager, or every layer would recompile
                 self.set_compiled(False)
             try:
-                computed = compute_prefix_kv(self.body, [prefixes[i] for i in missing], self.device, pad_id=pad)
+                computed = compute_prefix_kv(self.body, [prefixes[i] for i in missing], self.device, pad_id=pad,
+                                             cache_arg=self._cache_arg)
             finally:
                 if compiled:
                     self.set_compiled(True)
@@ -471,7 +475,7 @@ class FrozenLM(nn.Module):
         embeds = self.embed(suffix_ids)
         embeds = torch.cat([prompts.to(embeds.dtype), embeds[:, l:]], dim=1)
         out = self.body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                        past_key_values=past, use_cache=True)
+                        use_cache=True, **{self._cache_arg: past})
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         hidden = hidden[torch.arange(batch, device=device), answer - slot]
         return self.project_answers(hidden)

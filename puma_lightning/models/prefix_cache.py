@@ -38,6 +38,9 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 SUPPORTED_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
+CACHE_ARGUMENTS: tuple[str, ...] = ("cache", "past_key_values")
+"""Names a decoder ``forward`` may give its key/value cache argument, newest first: transformers 5.24
+renamed ``past_key_values`` to ``cache`` (the old name is a deprecated alias until 5.40)."""
 SUPPORTED_ATTENTION = frozenset({"eager", "sdpa"})
 
 
@@ -120,11 +123,24 @@ def _text_config(model: nn.Module) -> Any:
     return getter() if callable(getter) else cfg
 
 
+def cache_argument(body: nn.Module) -> str | None:
+    """The name under which ``body.forward`` takes a key/value cache (``cache`` or ``past_key_values``).
+
+    Read from the signature (which ``inspect`` follows through deprecation wrappers), never from a
+    version string; None when it takes neither.
+    """
+    try:
+        params = inspect.signature(body.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return None
+    return next((name for name in CACHE_ARGUMENTS if name in params), None)
+
+
 def static_support_reason(model: nn.Module, body: nn.Module) -> str | None:
     """Why the cached path cannot be used with ``model`` (None when nothing rules it out).
 
-    Checks what the numerical probe cannot: the decoder body accepts ``past_key_values`` and
-    ``position_ids``; every layer is full or sliding-window softmax attention (no linear-attention
+    Checks what the numerical probe cannot: the decoder body accepts a key/value cache (under either
+    of :data:`CACHE_ARGUMENTS`) and ``position_ids``; every layer is full or sliding-window softmax attention (no linear-attention
     / recurrent / chunked layers, whose state is not a key/value list); the attention kernel builds
     its mask from the 2-D attention mask (``eager``/``sdpa``; flash kernels window by positions).
     """
@@ -133,7 +149,9 @@ def static_support_reason(model: nn.Module, body: nn.Module) -> str | None:
     except (TypeError, ValueError):  # pragma: no cover - builtins
         return f"cannot inspect {type(body).__name__}.forward"
     has_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    for name in ("past_key_values", "position_ids", "inputs_embeds", "attention_mask"):
+    if cache_argument(body) is None:
+        return f"{type(body).__name__}.forward takes no key/value cache argument (none of {list(CACHE_ARGUMENTS)})"
+    for name in ("position_ids", "inputs_embeds", "attention_mask"):
         if name not in params and not (has_kwargs and name == "position_ids"):
             return f"{type(body).__name__}.forward takes no {name!r}"
     cfg = _text_config(model)
@@ -151,14 +169,18 @@ def static_support_reason(model: nn.Module, body: nn.Module) -> str | None:
 
 
 def compute_prefix_kv(body: nn.Module, prefixes: Sequence[Sequence[int]], device: torch.device,
-                      pad_id: int = 0, chunk: int = 64) -> list[Tensor]:
+                      pad_id: int = 0, chunk: int = 64, cache_arg: str | None = None) -> list[Tensor]:
     """Keys/values ``[L, 2, H, n_i, hd]`` of each prefix (token ids), no gradient, full length.
 
     Prefixes run right-padded in chunks (causal attention: a real token never sees a later pad, so
     its keys/values equal those of the unpadded prefix). A cache without a config gives every layer
     a plain ``DynamicLayer``, so sliding-window layers keep all prefix tokens too. Runs outside
     inference mode, so entries computed during validation can be reused in training steps.
+    ``cache_arg`` is the body's cache argument name (default: read with :func:`cache_argument`).
     """
+    cache_arg = cache_arg or cache_argument(body)
+    if cache_arg is None:
+        raise TypeError(f"{type(body).__name__}.forward takes no key/value cache argument")
     out: list[Tensor] = []
     from transformers import DynamicCache
 
@@ -174,8 +196,7 @@ def compute_prefix_kv(body: nn.Module, prefixes: Sequence[Sequence[int]], device
             full = all(len(p) == width for p in part)  # decided on the host: no device sync
             ids, mask = ids.to(device), mask.to(device)
             cache = DynamicCache()
-            body(input_ids=ids, attention_mask=None if full else mask,
-                 past_key_values=cache, use_cache=True)
+            body(input_ids=ids, attention_mask=None if full else mask, use_cache=True, **{cache_arg: cache})
             kv = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])  # [L,2,G,H,T,hd]
             for i, p in enumerate(part):
                 out.append(kv[:, :, i, :, : len(p)].clone())
