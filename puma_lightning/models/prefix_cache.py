@@ -29,6 +29,7 @@ import inspect
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Hashable, Sequence
 
 import torch
@@ -222,10 +223,26 @@ def batch_cache(entries: Sequence[Tensor], lengths: Sequence[int], inverse: Tens
     for layer_kv in kv.unbind(0):
         layer = DynamicLayer()
         keys, values = layer_kv.unbind(0)
-        layer.lazy_initialization(keys, values)  # sets dtype/device like a first update would
-        layer.keys, layer.values = keys, values  # ... without copying the prefix into an empty tensor
+        _initialise_layer(layer, keys, values)
         cache.layers.append(layer)
     return cache
+
+
+@lru_cache(maxsize=None)
+def _lazy_init_takes_values(layer_type: type) -> bool:
+    """Whether ``layer_type.lazy_initialization`` takes (keys, values) (transformers 5.x) or keys only (4.5x)."""
+    params = [p for p in inspect.signature(layer_type.lazy_initialization).parameters if p != "self"]
+    return len(params) >= 2
+
+
+def _initialise_layer(layer: Any, keys: Tensor, values: Tensor) -> None:
+    """Give an empty cache layer ``keys``/``values`` as its content, setting dtype/device/flags as a first
+    ``update`` would, without copying the prefix into an empty tensor."""
+    if _lazy_init_takes_values(type(layer)):
+        layer.lazy_initialization(keys, values)
+    else:
+        layer.lazy_initialization(keys)
+    layer.keys, layer.values = keys, values
 
 
 def compute_key(device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
