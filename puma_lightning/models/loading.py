@@ -24,20 +24,11 @@ from typing import Any
 
 import torch
 
-from puma_lightning.models.packaged import ensure_packaged_model, is_packaged_model
+from puma_lightning.models.dtype_choice import DTYPES, DtypeChoice, choose_dtype
+from puma_lightning.models.packaged import default_cache_dir, ensure_packaged_model, is_packaged_model
 from puma_lightning.models.tiny import build_tiny_model, is_tiny_model
 
 log = logging.getLogger(__name__)
-
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-AUTO_REAL_DTYPE: torch.dtype = torch.bfloat16
-"""What ``dtype="auto"`` means for real models on the CPU.
-
-Measured on a 2-core CPU (batch 32 x ~50 tokens, forward + backward to the prompts only, median
-s/step): SmolLM2-135M fp32 5.2 / bf16 3.4, Gemma-3-270M fp32 5.2 / bf16 2.9. Answer logits differ
-by at most 0.38 (SmolLM2) and 0.19 (Gemma) on logits of about 8-14, with the same argmax on every
-row. Tiny models always use float32."""
 
 # config keys that describe how a checkpoint was loaded, not what it is
 _VOLATILE_CONFIG_KEYS = {
@@ -70,6 +61,8 @@ class LoadedBackbone:
     """Short sha256 of the config and the first embedding rows: differs between checkpoints."""
     hidden_size: int
     """Width of the input embeddings (``d`` of a soft prompt)."""
+    dtype_choice: DtypeChoice
+    """The compute dtype and why it was chosen (``dtype: auto`` measures; see :mod:`.dtype_choice`)."""
 
 
 def _clean_config(obj: Any) -> Any:
@@ -123,12 +116,16 @@ def freeze_model(model: Any) -> Any:
     return model
 
 
-def _resolve_dtype(dtype: str, tiny: bool) -> torch.dtype:
-    if dtype == "auto":
-        return torch.float32 if tiny else AUTO_REAL_DTYPE
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of 'auto', {', '.join(map(repr, DTYPES))}; got {dtype!r}")
-    return DTYPES[dtype]
+def _mlp_shape(source: str, trust_remote_code: bool, local_files_only: bool = False) -> tuple[int, int]:
+    """(hidden, intermediate) width of a checkpoint, read from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_files_only)
+    getter = getattr(cfg, "get_text_config", None)
+    text = getter() if callable(getter) else cfg
+    hidden = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0) or 1024)
+    intermediate = int(getattr(text, "intermediate_size", 0) or getattr(text, "n_inner", 0) or 4 * hidden)
+    return hidden, intermediate
 
 
 def _looks_like_path(name: str) -> bool:
@@ -156,40 +153,57 @@ def load_backbone(
     dtype: str = "auto",
     cache_dir: str | Path | None = None,
     trust_remote_code: bool = False,
+    device: str = "cpu",
 ) -> LoadedBackbone:
     """Load a frozen causal LM and its tokenizer (tiny name, packaged name, local folder or hub id).
 
-    ``dtype``: "float32", "bfloat16" or "auto" (float32 for tiny models, :data:`AUTO_REAL_DTYPE`
-    for real ones). ``cache_dir`` is where packaged models are converted (default ``$PUMA_CACHE``
-    or ``~/.cache/puma_lightning``).
+    ``dtype``: "float32", "bfloat16" or "auto" (float32 for tiny models; for real ones bf16 on a GPU
+    that supports it, and on a CPU only where a measured micro-benchmark shows bf16 faster — see
+    :mod:`puma_lightning.models.dtype_choice`). ``device``: where the model will run ("cpu" or
+    "cuda"), which is what ``auto`` decides for. ``cache_dir`` is where packaged models are converted
+    and the dtype measurement is cached (default ``$PUMA_CACHE`` or ``~/.cache/puma_lightning``).
     """
     name = str(name_or_path)
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of 'auto', {', '.join(map(repr, DTYPES))}; got {dtype!r}")
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     tiny = is_tiny_model(name)
-    torch_dtype = _resolve_dtype(dtype, tiny)
+    hub = False
     if tiny:
-        model, tokenizer = build_tiny_model(name)
-        model = model.to(torch_dtype)
+        source = name
     elif is_packaged_model(name):
-        folder = ensure_packaged_model(name, cache_dir)
-        model, tokenizer = _from_pretrained(str(folder), torch_dtype, trust_remote_code)
+        source = str(ensure_packaged_model(name, cache_dir))
     elif Path(name).expanduser().is_dir():
-        model, tokenizer = _from_pretrained(str(Path(name).expanduser()), torch_dtype, trust_remote_code)
+        source = str(Path(name).expanduser())
     elif _looks_like_path(name) or Path(name).expanduser().exists():
         raise FileNotFoundError(f"model folder {name!r} does not exist (or is not a folder)")
     else:
-        try:
-            model, tokenizer = _from_pretrained(name, torch_dtype, trust_remote_code, local_files_only=_offline())
-        except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise OSError(
-                f"could not load model {name!r} from the hub (offline or not found: {first}); "
-                f"pass a local folder with a transformers checkpoint, or a packaged name "
-                f"(smollm2-135m, gemma3-270m)"
-            ) from err
+        source, hub = name, True
+    local_only = hub and _offline()
+    try:
+        shape = (0, 0) if tiny or dtype != "auto" else _mlp_shape(source, trust_remote_code, local_only)
+        choice = choose_dtype(dtype, tiny=tiny, device=device, hidden=shape[0], intermediate=shape[1], cache_dir=cache)
+        if tiny:
+            model, tokenizer = build_tiny_model(name)
+            model = model.to(choice.dtype)
+        else:
+            model, tokenizer = _from_pretrained(source, choice.dtype, trust_remote_code, local_files_only=local_only)
+    except (OSError, ValueError) as err:
+        if not hub:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(
+            f"could not load model {name!r} from the hub (offline or not found: {first}); "
+            f"pass a local folder with a transformers checkpoint, or a packaged name "
+            f"(smollm2-135m, gemma3-270m)"
+        ) from err
     freeze_model(model)
     ensure_pad_token(tokenizer)
     fp = model_fingerprint(model)
-    log.info("loaded backbone %s (%s, %s, fingerprint %s)", name, type(model).__name__, torch_dtype, fp)
+    log.info("loaded backbone %s (%s, %s, fingerprint %s)", name, type(model).__name__, choice.dtype, fp)
+    if dtype == "auto" and not tiny:
+        log.info("dtype auto -> %s for %s: %s", str(choice.dtype).replace("torch.", ""), name, choice.reason)
     return LoadedBackbone(
-        model=model, tokenizer=tokenizer, name=name, fingerprint=fp, hidden_size=hidden_size_of(model)
+        model=model, tokenizer=tokenizer, name=name, fingerprint=fp, hidden_size=hidden_size_of(model),
+        dtype_choice=choice,
     )

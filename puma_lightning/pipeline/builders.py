@@ -40,12 +40,15 @@ def build_table(dcfg: DictConfig, seed: int) -> InteractionTable:
     raise ValueError(f"unknown dataset {dcfg.name!r}")
 
 
-def load_frozen_lm(mcfg: DictConfig, dcfg: DictConfig, cache_dir: str | None) -> Any:
-    """Load a model by name/folder/hub id and wrap it as a frozen LM reading the template's answers."""
+def load_frozen_lm(mcfg: DictConfig, dcfg: DictConfig, cache_dir: str | None, on_gpu: bool = False) -> Any:
+    """Load a model by name/folder/hub id and wrap it as a frozen LM reading the template's answers.
+
+    ``on_gpu``: whether it will run on a CUDA GPU (what ``dtype: auto`` decides for)."""
     from puma_lightning.models.backbone import FrozenLM
     from puma_lightning.models.loading import load_backbone
 
-    loaded = load_backbone(mcfg.name, dtype=mcfg.dtype, cache_dir=cache_dir, trust_remote_code=mcfg.trust_remote_code)
+    loaded = load_backbone(mcfg.name, dtype=mcfg.dtype, cache_dir=cache_dir, trust_remote_code=mcfg.trust_remote_code,
+                           device="cuda" if on_gpu else "cpu")
     template = get_template(dcfg.template)
     lm = FrozenLM(loaded.model, loaded.tokenizer, template.answers, name=loaded.name, fingerprint=loaded.fingerprint)
     if mcfg.get("prefix_cache_mb") is not None:

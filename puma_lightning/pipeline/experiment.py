@@ -34,7 +34,7 @@ from puma_lightning.models.heads import build_head
 from puma_lightning.pipeline.builders import build_datamodule, build_table, load_frozen_lm
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
 from puma_lightning.pipeline.results import write_results
-from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics
+from puma_lightning.pipeline.training import StageStats, fit_best, runs_on_gpu, test_metrics
 from puma_lightning.pipeline.user_stats import build_selection_context
 from puma_lightning.selection import select_users
 from puma_lightning.tasks import Migration, PromptTuning, embedding_unit, init_prompts
@@ -70,7 +70,8 @@ class Experiment:
         mcfg = self.cfg[which]
         if mcfg.name not in self._backbones:
             self._backbones.clear()
-            self._backbones[mcfg.name] = load_frozen_lm(mcfg, self.cfg.data, self.cfg.cache_dir)
+            self._backbones[mcfg.name] = load_frozen_lm(mcfg, self.cfg.data, self.cfg.cache_dir,
+                                                        on_gpu=runs_on_gpu(self.cfg.trainer))
         return self._backbones[mcfg.name]
 
     def _datamodule(self, lm: Any, batch_size: int, train_users: np.ndarray | None = None,

@@ -47,12 +47,16 @@ class SampleCounter(Callback):
         self.samples += int(batch["label"].shape[0])
 
 
+def runs_on_gpu(tcfg: DictConfig) -> bool:
+    """Whether the trainer settings put the work on a CUDA GPU."""
+    return tcfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+
+
 def default_precision(tcfg: DictConfig) -> str:
-    """bf16-mixed on a GPU, full fp32 on the CPU (the backbone's own dtype is set separately)."""
+    """bf16-mixed on a GPU that supports it, full fp32 on the CPU (the backbone's own dtype is set separately)."""
     if tcfg.precision:
         return str(tcfg.precision)
-    on_gpu = tcfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu else "32-true"
+    return "bf16-mixed" if runs_on_gpu(tcfg) and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, callbacks: list[Callback] | None = None,
