@@ -141,6 +141,18 @@ def test_packaged_model_missing_package_and_unknown(tmp_path, monkeypatch):
         ensure_packaged_model("fake-m", tmp_path)
 
 
+def test_converted_folders_are_per_transformers_major_version(tmp_path, monkeypatch):
+    """A folder saved by transformers 5 must not be reused by 4.x (it would load with default RoPE settings)."""
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "5.24.0")
+    v5 = packaged_model_dir("smollm2-135m", tmp_path)
+    monkeypatch.setattr(transformers, "__version__", "4.56.2")
+    v4 = packaged_model_dir("smollm2-135m", tmp_path)
+    assert v4 != v5 and v5.name == v4.name == "smollm2-135m"
+    assert v5.parent.name == "transformers-5" and v4.parent.name == "transformers-4"
+
+
 def test_half_written_folder_is_not_taken_as_done(tmp_path):
     folder = packaged_model_dir("smollm2-135m", tmp_path)
     folder.mkdir(parents=True)

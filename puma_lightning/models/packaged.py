@@ -120,10 +120,21 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "puma_lightning"
 
 
+def _cache_root(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
 def packaged_model_dir(name: str, cache_dir: str | Path | None = None) -> Path:
-    """Where the converted folder of packaged model ``name`` lives (it may not exist yet)."""
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return cache / "models" / name
+    """Where the converted folder of packaged model ``name`` lives (it may not exist yet).
+
+    One folder per transformers major version: a config saved by transformers 5 (``rope_parameters``)
+    loads without error in 4.x but with default RoPE settings (SmolLM2's theta 1e5 becomes 1e4), so a
+    folder is only reused by the major version that wrote it.
+    """
+    import transformers
+
+    major = transformers.__version__.split(".", 1)[0]
+    return _cache_root(cache_dir) / "models" / f"transformers-{major}" / name
 
 
 def is_converted(folder: Path) -> bool:
@@ -199,7 +210,7 @@ def ensure_packaged_model(name: str, cache_dir: str | Path | None = None) -> Pat
             return out
         t0 = time.perf_counter()
         log.info("converting packaged model %s (%s) into %s; this runs once", name, spec.description, out)
-        gguf = spec.gguf_locator(out.parent.parent)
+        gguf = spec.gguf_locator(_cache_root(cache_dir))
         with atomic_dir(out) as tmp:
             convert_gguf_to_folder(gguf, tmp)
             (tmp / COMPLETE_MARKER).write_text(f"{name}\nsource={gguf.name}\n", encoding="utf-8")
