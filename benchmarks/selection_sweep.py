@@ -51,14 +51,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def resolve_strategies(spec: str) -> list[str]:
     """Strategy names from ``--strategies`` (``all`` = every strategies/*.yaml, registry order)."""
-    from puma_lightning.cli.config_loader import STRATEGIES_DIR
+    from puma_lightning.cli.config_loader import strategy_names
     from puma_lightning.selection import STRATEGIES
 
-    available = [n for n in STRATEGIES if (STRATEGIES_DIR / f"{n}.yaml").is_file()]
+    presets = set(strategy_names())
+    available = [n for n in STRATEGIES if n in presets]
     if spec.strip().lower() == "all":
         return available
     names = [s.strip() for s in spec.split(",") if s.strip()]
-    bad = [n for n in names if not (STRATEGIES_DIR / f"{n}.yaml").is_file()]
+    bad = [n for n in names if n not in presets]
     if bad:
         raise SystemExit(f"unknown strategies {bad}; available: {', '.join(available)}")
     return names

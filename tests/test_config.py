@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from puma_lightning.cli.config_loader import ConfigError, load_config
+from puma_lightning.cli.config_loader import ConfigError, load_config, strategies_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-STRATEGIES = sorted((ROOT / "strategies").glob("*.yaml"))
+STRATEGIES = sorted(Path(str(strategies_dir())).glob("*.yaml"))  # the packaged presets (= top-level strategies/)
 
 
 def test_there_are_shipped_configs_and_strategies():

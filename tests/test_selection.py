@@ -12,6 +12,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
+from puma_lightning.cli.config_loader import strategies_dir
 from puma_lightning.selection import (
     STRATEGIES,
     SelectionContext,
@@ -24,7 +25,7 @@ from puma_lightning.selection import (
 from puma_lightning.selection.kmeans import _faiss
 from puma_lightning.selection.puma import apportion, bin_weights
 
-STRATEGY_DIR = Path(__file__).resolve().parents[1] / "strategies"
+STRATEGY_DIR = Path(str(strategies_dir()))  # the packaged presets (= top-level strategies/)
 KMEANS_BACKENDS = ["sklearn"] + (["faiss-cpu"] if _faiss() is not None else [])
 
 

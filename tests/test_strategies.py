@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from puma_lightning.cli.config_loader import load_config
+from puma_lightning.cli.config_loader import load_config, strategies_dir
 from puma_lightning.selection import (
     STRATEGIES,
     SelectionContext,
@@ -24,7 +24,7 @@ from puma_lightning.selection import (
 from puma_lightning.selection.allocation import allocate, bin_weights, farthest_point_pick, pca, stratified_pick
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGY_DIR = ROOT / "strategies"
+STRATEGY_DIR = Path(str(strategies_dir()))  # the packaged presets (= top-level strategies/)
 ALL = sorted(STRATEGIES)
 NEW = ["variance_bucket", "loss_bucket", "kmeans_stratified", "kmeans_pca", "kmeans_fps", "kmeans_loss",
        "ffn_kmeans", "ffn_kmeans_loss", "ffn_kmeans_variance"]

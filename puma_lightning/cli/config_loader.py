@@ -3,13 +3,16 @@
 Order of precedence, lowest first: dataclass defaults, each ``--config`` file in order, the
 command-line dotlist. ``selection=NAME`` is a group override: it loads ``strategies/NAME.yaml``
 (keeping the configured budget) before the other overrides apply, so
-``selection=kmeans_fps selection.n_clusters=20`` works.
+``selection=kmeans_fps selection.n_clusters=20`` works. The strategy presets are package data of
+:mod:`puma_lightning.presets`, read through ``importlib.resources`` so that an installed wheel
+finds them (the repository's top-level ``strategies/`` is a symlink to that folder).
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -17,8 +20,11 @@ from omegaconf.errors import OmegaConfBaseException
 from puma_lightning.config import ExperimentConfig
 from puma_lightning.errors import PumaError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STRATEGIES_DIR = REPO_ROOT / "strategies"
+if TYPE_CHECKING:  # importlib.resources.abc from Python 3.11; importlib.abc before
+    from importlib.resources.abc import Traversable
+
+STRATEGIES_PACKAGE = "puma_lightning.presets"
+"""The package whose ``strategies/`` folder holds one ``NAME.yaml`` preset per selection strategy."""
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("synthetic", "movielens-100k", "amazon-movies", "amazon-movies-csv", "yelp", "mind"),
@@ -57,15 +63,28 @@ def _valid_keys(parent: str) -> list[str]:
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
+def strategies_dir() -> Traversable:
+    """The packaged folder of strategy presets (``puma_lightning/presets/strategies``)."""
+    return files(STRATEGIES_PACKAGE) / "strategies"
+
+
+def strategy_names() -> list[str]:
+    """Names of the packaged strategy presets (``strategies/NAME.yaml``), sorted."""
+    return sorted(f.name[: -len(".yaml")] for f in strategies_dir().iterdir()
+                  if f.name.endswith(".yaml") and f.is_file())
+
+
 def strategy_node(name: str) -> DictConfig:
-    """The parameters of one selection strategy from ``strategies/NAME.yaml``."""
-    path = STRATEGIES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        names = sorted(p.stem for p in STRATEGIES_DIR.glob("*.yaml"))
-        raise ConfigError(f"selection={name}: no file {path}; available strategies: {', '.join(names)}")
-    node = OmegaConf.load(path)
-    if node.get("name") != name:
-        raise ConfigError(f"{path}: 'name' must be {name!r}, got {node.get('name')!r}")
+    """The parameters of one selection strategy from the packaged ``strategies/NAME.yaml``."""
+    names = strategy_names()
+    where = f"{STRATEGIES_PACKAGE}:strategies/{name}.yaml"
+    if name not in names:  # also rejects path-like names (../x) and case mismatches
+        raise ConfigError(f"selection={name}: no preset {where}; available strategies: {', '.join(names)}")
+    with (strategies_dir() / f"{name}.yaml").open("r", encoding="utf-8") as fh:
+        node = OmegaConf.load(fh)
+    if not isinstance(node, DictConfig) or node.get("name") != name:
+        got = node.get("name") if isinstance(node, DictConfig) else node
+        raise ConfigError(f"{where}: 'name' must be {name!r}, got {got!r}")
     return node
 
 
