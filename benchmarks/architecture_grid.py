@@ -10,6 +10,7 @@ with ``source_dir`` at the source model's stage: adapter training through the ta
 test. Finished stages are reused. Writes ``grid.csv`` (one row per pair), ``grid.md`` and
 ``grid.png`` (heatmap) of the generalisation gain = RMSE(full retraining on the target) /
 RMSE(migrated prompts) (> 1: migration beats retraining); for click data AUC(migrated) / AUC(full).
+``grid.md`` and ``grid.json`` (``machine`` key) name the machine and the backbones' compute dtype.
 
 Works with tiny random models on a CPU, the packaged small models (``smollm2-135m``, ``gemma3-270m``)
 and any local folder or hub id (set ``trainer.accelerator=gpu`` on a GPU).
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks._machine import BackboneDtypes, describe_machine, machine_record  # noqa: E402
 from puma_lightning.pipeline.chain import gain  # noqa: E402
 from puma_lightning.pipeline.figures import heatmap, markdown_table, write_text  # noqa: E402
 from puma_lightning.pipeline.sub_runs import metric_names, primary_metric, safe_name, sub_config  # noqa: E402
@@ -56,8 +58,9 @@ def run_grid(cfg: Any, models: list[str], out: Path, diagonal: bool = True) -> d
     own: dict[str, dict[str, Any]] = {}
     stage_dirs: dict[str, Path] = {}
     task = "rating"
+    dtypes = BackboneDtypes()
     for m in models:
-        exp = Experiment(sub_config(cfg, out / "models" / safe_name(m), **{"source.name": m, "source_dir": None}))
+        exp = dtypes.watch(Experiment(sub_config(cfg, out / "models" / safe_name(m), **{"source.name": m, "source_dir": None})))
         task = exp.table.task
         own[m] = exp.pretrain("source", "source")
         stage_dirs[m] = exp._stage_dir("source")
@@ -67,18 +70,19 @@ def run_grid(cfg: Any, models: list[str], out: Path, diagonal: bool = True) -> d
         for t in models:
             if s == t and not diagonal:
                 continue
-            exp = Experiment(sub_config(cfg, out / "pairs" / f"{safe_name(s)}__{safe_name(t)}",
-                                        **{"source.name": s, "target.name": t, "source_dir": str(stage_dirs[s])}))
+            exp = dtypes.watch(Experiment(sub_config(cfg, out / "pairs" / f"{safe_name(s)}__{safe_name(t)}",
+                                                     **{"source.name": s, "target.name": t, "source_dir": str(stage_dirs[s])})))
             rec = exp.migrate_stage()
             del exp
             pairs.append({"source": s, "target": t, "migrated": rec["metrics"], "full_retrain": own[t]["metrics"],
                           "adapter_train_samples": rec["train_samples"], "full_train_samples": own[t]["train_samples"],
                           "migrate_wall_s": rec["wall_s"], "full_wall_s": own[t]["wall_s"]})
-    return write_grid(out, task, models, pairs)
+    return write_grid(out, task, models, pairs, dtypes.text())
 
 
-def write_grid(out: Path, task: str, models: list[str], pairs: list[dict[str, Any]]) -> dict[str, Any]:
-    """``grid.csv``, ``grid.md`` and ``grid.png``."""
+def write_grid(out: Path, task: str, models: list[str], pairs: list[dict[str, Any]],
+               dtype: str | None = None) -> dict[str, Any]:
+    """``grid.csv``, ``grid.md``, ``grid.json`` and ``grid.png`` (``dtype``: the backbones' compute dtype)."""
     main_metric, _ = primary_metric(task)
     names = metric_names(task)
     for p in pairs:
@@ -97,14 +101,15 @@ def write_grid(out: Path, task: str, models: list[str], pairs: list[dict[str, An
     lookup = {(p["source"], p["target"]): p["gain"] for p in pairs}
     matrix = [[lookup.get((s, t)) for t in models] for s in models]
     what = "RMSE(full retraining on target) / RMSE(migrated)" if task == "rating" else "AUC(migrated) / AUC(full retraining)"
-    md = ("Generalisation gain (rows: source, columns: target): " + what + "\n\n"
+    md = (describe_machine(dtype) + "\n\n"
+          + "Generalisation gain (rows: source, columns: target): " + what + "\n\n"
           + markdown_table(["source \\ target", *models], [[s, *row] for s, row in zip(models, matrix)])
           + "\n" + markdown_table(["source", "target", f"migrated {main_metric.upper()}", f"full retrain {main_metric.upper()}", "gain"],
                                   [[p["source"], p["target"], p["migrated"].get(main_metric), p["full_retrain"].get(main_metric), p["gain"]]
                                    for p in pairs]))
     write_text(out / "grid.md", md)
     heatmap(out / "grid.png", models, models, matrix, f"generalisation gain ({main_metric.upper()})")
-    doc = {"task": task, "models": models, "gain_matrix": matrix, "pairs": pairs}
+    doc = {"task": task, "models": models, "gain_matrix": matrix, "pairs": pairs, "machine": machine_record(dtype)}
     write_text(out / "grid.json", json.dumps(doc, indent=1))
     print(md)
     return doc

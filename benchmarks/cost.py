@@ -22,7 +22,8 @@ grows linearly, so the ratio depends on the user count. ``--project`` prints the
 measured costs give at other user counts (full retraining and the selection/migration parts scaled
 by N, the adapter training kept fixed); it is a projection from one measurement, labelled as such.
 
-Writes ``<out>/cost.json`` and ``<out>/cost.md``; stages are reused when rerun (``stage.json``).
+Writes ``<out>/cost.json`` and ``<out>/cost.md``; stages are reused when rerun (``stage.json``). Both
+name the machine and the backbones' compute dtype (``machine`` key; the ``machine: ...`` line).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks._machine import BackboneDtypes, describe_machine, machine_record  # noqa: E402
 from puma_lightning.pipeline.figures import markdown_table, write_text  # noqa: E402
 from puma_lightning.pipeline.sub_runs import metric_names, primary_metric  # noqa: E402
 
@@ -75,8 +77,9 @@ def project_ratio(full_wall_s: float, puma: dict[str, Any], n_users: int, n_targ
 
 
 def cost_table(task: str, n_users: int, full: dict[str, Any], puma: dict[str, Any], tolerance: float,
-               project: Sequence[int]) -> dict[str, Any]:
-    """The comparison as a dict (``cost.json``) plus its markdown (``markdown``)."""
+               project: Sequence[int], dtype: str | None = None) -> dict[str, Any]:
+    """The comparison as a dict (``cost.json``) plus its markdown (``markdown``), both naming the machine
+    and ``dtype`` (the backbones' compute dtype)."""
     main, _ = primary_metric(task)
     names = metric_names(task)
     wall_ratio = full["wall_s"] / puma["wall_s"] if puma["wall_s"] else None
@@ -86,7 +89,8 @@ def cost_table(task: str, n_users: int, full: dict[str, Any], puma: dict[str, An
              full["trainable_params"], "all " + f"{n_users:,}"],
             ["PUMA", *[puma["metrics"].get(m) for m in names], f"{puma['wall_s']:.1f}", puma["train_samples"],
              puma["trainable_params"], f"{puma.get('selected_users', '?')} selected"]]
-    md = markdown_table(["method", *[m.upper() for m in names], "wall s", "train samples", "trainable params", "users trained on"], rows)
+    md = describe_machine(dtype) + "\n\n"
+    md += markdown_table(["method", *[m.upper() for m in names], "wall s", "train samples", "trainable params", "users trained on"], rows)
     md += (f"\nwall-time ratio (full / PUMA): {wall_ratio:.2f}x; training-sample ratio: {sample_ratio:.2f}x\n"
            f"PUMA {main.upper()} {'meets' if ok else 'does NOT meet'} the bar of full retraining "
            f"(tolerance {tolerance}): {puma['metrics'].get(main):.4f} vs {full['metrics'].get(main):.4f}\n"
@@ -99,7 +103,8 @@ def cost_table(task: str, n_users: int, full: dict[str, Any], puma: dict[str, An
                + markdown_table(["users", "full / PUMA"], [[f"{n:,}", f"{r:.1f}x"] for n, r in projected.items()]))
     return {"task": task, "users": n_users, "full_retrain": full, "puma": puma, "wall_ratio": wall_ratio,
             "sample_ratio": sample_ratio, "meets_bar": ok, "tolerance": tolerance,
-            "projected_wall_ratio": {str(n): r for n, r in projected.items()}, "markdown": md}
+            "projected_wall_ratio": {str(n): r for n, r in projected.items()}, "machine": machine_record(dtype),
+            "markdown": md}
 
 
 def run_cost(cfg: Any, out: Path, tolerance: float, project: Sequence[int]) -> dict[str, Any]:
@@ -107,11 +112,12 @@ def run_cost(cfg: Any, out: Path, tolerance: float, project: Sequence[int]) -> d
     from puma_lightning.pipeline.experiment import Experiment
     from puma_lightning.pipeline.sub_runs import sub_config
 
-    exp = Experiment(sub_config(cfg, out, source_dir=None))  # source trained here, in the same run
+    dtypes = BackboneDtypes()
+    exp = dtypes.watch(Experiment(sub_config(cfg, out, source_dir=None)))  # source trained here, in the same run
     exp.pretrain("source", "source")
     full = exp.pretrain("target", "full_retrain")
     puma = exp.migrate_stage()
-    doc = cost_table(exp.table.task, exp.table.n_users, full, puma, tolerance, project)
+    doc = cost_table(exp.table.task, exp.table.n_users, full, puma, tolerance, project, dtypes.text())
     write_text(out / "cost.md", doc["markdown"])
     write_text(out / "cost.json", json.dumps({k: v for k, v in doc.items() if k != "markdown"}, indent=1))
     print(doc["markdown"])

@@ -1,7 +1,8 @@
 """Fault benchmark: run a small ``pretrain`` (or ``fit``) N times, SIGKILL it at random moments,
 resume each time until it finishes, then report kills survived, runs finished, outputs corrupted
 (every bank must load and verify its hash, every JSON must parse) and metric drift against an
-uninterrupted run.
+uninterrupted run. The JSON report is printed under a ``machine: ...`` line and carries the same
+machine under its ``machine`` key.
 
     python benchmarks/faults.py --runs 3 --kills 3 [--command fit]
 """
@@ -22,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._machine import describe_machine, machine_record  # noqa: E402
+
 TINY = ["data.n_users=12", "data.rows_per_user=10", "prompt.batch_size=8", "prompt.epochs=3", "adapter.batch_size=8",
         "adapter.epochs=2", "baselines.random_init_epochs=1", "baselines.full_retrain=false", "selection.budget=6",
         "selection.n_clusters=2", "selection.min_per_cluster=1", "trainer.checkpoint_every_n_steps=5",
@@ -104,7 +108,9 @@ def main() -> None:
             got = metrics(run_dir, args.command)
             drift = max([drift] + [abs(got.get(k, float("inf")) - v) for k, v in reference.items()])
         report = {"command": args.command, "runs": args.runs, "kills_survived": kills, "runs_finished": finished,
-                  "outputs_corrupted": corrupted, "max_metric_drift": drift, "uninterrupted_s": round(ref_s, 1)}
+                  "outputs_corrupted": corrupted, "max_metric_drift": drift, "uninterrupted_s": round(ref_s, 1),
+                  "machine": machine_record(None)}
+        print(describe_machine(None))
         print(json.dumps(report, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -11,6 +11,8 @@ Datasets: 50,000 x 576 (SmolLM2-135M prompt width) and 200,000 x 2,048 (Llama-3.
   (greedy k-means++ seeds, every point, no subsampling), seconds include the seeding;
 * ``faiss.Kmeans defaults`` — FAISS as usually called (random init, subsampling to 256 points per
   centroid), to show what the project's wrapper fixes.
+
+The table is printed under a ``machine: ...`` line naming the CPU, threads, GPU and library versions.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks._machine import describe_machine  # noqa: E402
 
 DATASETS = ((50_000, 576), (200_000, 2_048))
 
@@ -99,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ref = rows[0][2]
         for name, secs, inert in rows:
             lines.append(f"| {n:,} x {d:,} | {args.k} | {name} | {secs:.2f} | {inert:.6g} | {inert / ref:.4f} |")
+    print(describe_machine(None))
     print("\n".join(lines))
     return 0
 

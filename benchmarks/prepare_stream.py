@@ -5,7 +5,7 @@
 Writes a synthetic raw dataset in the chosen format (``yelp``, ``amazon`` or ``mind``; review/behavior
 lines of realistic size, a few malformed ones), then runs :func:`prepare_dataset` on it and reports
 lines/s, MB/s and peak memory: ``tracemalloc`` peak of Python allocations during prepare, and the
-process's peak RSS (``resource.getrusage``) beside the raw file size and the kept arrays' size.
+process's peak RSS (``resource.getrusage``) beside the raw file size and the kept arrays' size, under a ``machine: ...`` line naming the machine.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._machine import describe_machine  # noqa: E402
 from puma_lightning.config import DataConfig  # noqa: E402
 from puma_lightning.data.prepare import prepare_dataset  # noqa: E402
 
@@ -87,14 +88,14 @@ WRITERS = {"yelp": write_yelp, "amazon": write_amazon, "mind": write_mind}
 NAMES = {"yelp": "yelp", "amazon": "amazon-movies", "mind": "mind"}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--format", choices=sorted(WRITERS), default="yelp")
     ap.add_argument("--lines", type=int, default=2_000_000, help="lines of the big file (reviews / behaviors)")
     ap.add_argument("--workdir", default=None, help="where to write (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--no-tracemalloc", action="store_true", help="skip tracemalloc (it slows Python ~2x)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="puma_prepare_bench_"))
     raw = work / "raw"
@@ -116,6 +117,7 @@ def main() -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     manifest = json.loads((path / "manifest.json").read_text())
     kept_mb = sum(p.stat().st_size for p in path.iterdir()) / 1e6
+    print(describe_machine(None))
     print(f"format={args.format} lines={args.lines:,} file={size_mb:,.1f} MB (generated in {gen_s:.1f} s)")
     print(f"prepare: {seconds:.1f} s, {args.lines / seconds:,.0f} lines/s, {size_mb / seconds:.1f} MB/s"
           + (" (under tracemalloc)" if not args.no_tracemalloc else ""))

@@ -11,7 +11,8 @@ the adapter on the selected users and evaluates on test (baselines off). The swe
 the prompt init of the source stage, which must be shared. A cell is finished when its
 ``results.json`` exists; an interrupted sweep resumes and skips finished cells. Writes
 ``sweep.csv`` (one row per cell), ``sweep.md`` (rows = strategies, columns = budgets,
-mean ± std over seeds, best per budget in bold) and ``sweep.png`` (metric vs budget).
+mean ± std over seeds, best per budget in bold, under a ``machine: ...`` line naming the machine and
+the compute dtype of the backbones this run loaded) and ``sweep.png`` (metric vs budget).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks._machine import BackboneDtypes, describe_machine  # noqa: E402
 
 log = logging.getLogger("selection_sweep")
 
@@ -84,8 +87,10 @@ def _seed_runtime(cfg: Any) -> None:
 
 
 def run_cell(configs: Sequence[str], overrides: Sequence[str], out: Path, strategy: str, budget: int,
-             seed: int) -> dict[str, Any]:
-    """Train and test one cell (or read it back when finished); returns its CSV row."""
+             seed: int, dtypes: BackboneDtypes | None = None) -> dict[str, Any]:
+    """Train and test one cell (or read it back when finished); returns its CSV row.
+
+    ``dtypes`` records the compute dtype of the backbones the cell loads."""
     from puma_lightning.cli.config_loader import load_config, save_config
     from puma_lightning.pipeline.experiment import Experiment
 
@@ -98,7 +103,10 @@ def run_cell(configs: Sequence[str], overrides: Sequence[str], out: Path, strate
         save_config(cfg, run_dir / "config.yaml")
         _seed_runtime(cfg)
         log.info("cell %s", run_dir.name)
-        Experiment(cfg).fit()
+        exp = Experiment(cfg)
+        if dtypes is not None:
+            dtypes.watch(exp)
+        exp.fit()
     results = json.loads(results_path.read_text(encoding="utf-8"))
     puma = results["methods"]["puma"]
     metric, _ = primary_metric(results["task"])
@@ -129,8 +137,10 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[float, 
     return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
 
 
-def to_markdown(rows: list[dict[str, Any]], strategies: Sequence[str], budgets: Sequence[int], title: str = "") -> str:
-    """Table 4 layout: rows = strategies, columns = budgets, cells mean ± std over seeds."""
+def to_markdown(rows: list[dict[str, Any]], strategies: Sequence[str], budgets: Sequence[int], title: str = "",
+                machine: str = "") -> str:
+    """Table 4 layout: rows = strategies, columns = budgets, cells mean ± std over seeds (``machine``: a
+    line naming the machine, put under the title)."""
     if not rows:
         return "(no finished cells)\n"
     metric = rows[0]["metric"]
@@ -141,7 +151,7 @@ def to_markdown(rows: list[dict[str, Any]], strategies: Sequence[str], budgets: 
         vals = [agg[(s, b)][0] for s in strategies if (s, b) in agg]
         if vals:
             best[b] = max(vals) if higher else min(vals)
-    lines = [f"# {title}".rstrip() if title else "# Selection sweep", "",
+    lines = [f"# {title}".rstrip() if title else "# Selection sweep", "", *([machine, ""] if machine else []),
              f"Test {metric.upper()} of the migrated prompts ({'higher' if higher else 'lower'} is better),"
              " mean ± std over selection seeds; best per budget in bold.", "",
              "| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
@@ -185,11 +195,13 @@ def plot(path: Path, rows: list[dict[str, Any]], strategies: Sequence[str], budg
     plt.close(fig)
 
 
-def write_outputs(out: Path, rows: list[dict[str, Any]], strategies: Sequence[str], budgets: Sequence[int]) -> None:
+def write_outputs(out: Path, rows: list[dict[str, Any]], strategies: Sequence[str], budgets: Sequence[int],
+                  dtype: str | None = None) -> None:
     from puma_lightning.io.atomic import atomic_write_text
 
     write_csv(out / "sweep.csv", rows)
-    atomic_write_text(out / "sweep.md", to_markdown(rows, strategies, budgets, f"Selection sweep ({out.name})"))
+    atomic_write_text(out / "sweep.md", to_markdown(rows, strategies, budgets, f"Selection sweep ({out.name})",
+                                                    describe_machine(dtype)))
     if rows:
         plot(out / "sweep.png", rows, strategies, budgets)
 
@@ -204,16 +216,17 @@ def run_sweep(configs: Sequence[str], budgets: Sequence[int], strategies: Sequen
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(configs, [*overrides, f"run_dir={out}", f"source_dir={out / 'source'}", *BASELINES_OFF])
     _seed_runtime(base)
+    dtypes = BackboneDtypes()
     start = time.perf_counter()
-    Experiment(base).pretrain("source", "source")  # reused when already there
+    dtypes.watch(Experiment(base)).pretrain("source", "source")  # reused when already there
     log.info("source stage ready in %.1fs", time.perf_counter() - start)
     rows: list[dict[str, Any]] = []
     for strategy in strategies:
         for budget in budgets:
             for seed in range(seeds):
-                rows.append(run_cell(configs, overrides, out, strategy, int(budget), seed))
-                write_outputs(out, rows, strategies, budgets)  # partial tables survive interruptions
-    write_outputs(out, rows, strategies, budgets)
+                rows.append(run_cell(configs, overrides, out, strategy, int(budget), seed, dtypes))
+                write_outputs(out, rows, strategies, budgets, dtypes.text())  # partial tables survive interruptions
+    write_outputs(out, rows, strategies, budgets, dtypes.text())
     return rows
 
 

@@ -16,7 +16,8 @@ ways alternated inside each repeat (the order rotates), so that machine noise hi
                     the second epoch on); its cold first pass is timed separately;
 - ``prefix-cache+compile`` (``--compile``) the same with each decoder layer ``torch.compile``-d.
 
-Printed per way: samples/s, template tokens/s (real tokens of the rows, the same numerator for
+Printed first: the machine (CPU, ISA capability, threads, GPU, the backbone's compute dtype, library
+versions). Printed per way: samples/s, template tokens/s (real tokens of the rows, the same numerator for
 every way), peak memory (GPU: ``max_memory_allocated``; CPU: bytes of activations saved for
 backward, excluding weights, plus the prefix cache) and speed-ups over ``plain`` and ``naive``.
 On a GPU (or with ``--peak-tflops``) also model FLOPs utilisation: executed matmul FLOPs (2 x
@@ -39,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._machine import describe_machine, dtype_name  # noqa: E402
 from puma_lightning.cli.config_loader import load_config  # noqa: E402
 from puma_lightning.data.templates import get_template  # noqa: E402
 from puma_lightning.models.adapters import build_adapter  # noqa: E402
@@ -205,12 +207,14 @@ def main(argv: list[str] | None = None) -> None:
     mcfg = cfg[args.model]
     batch_size = args.batch_size or int(cfg.prompt.batch_size)
     table = build_table(cfg.data, cfg.seed)
-    loaded = load_backbone(mcfg.name, dtype=mcfg.dtype, cache_dir=cfg.cache_dir, trust_remote_code=mcfg.trust_remote_code)
+    loaded = load_backbone(mcfg.name, dtype=mcfg.dtype, cache_dir=cfg.cache_dir, trust_remote_code=mcfg.trust_remote_code,
+                           device=device.type)
     peak_tflops = args.peak_tflops
     if peak_tflops is None and device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak_tflops = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
     n_params = None
+    print(describe_machine(dtype_name(loaded.model.dtype)))
     print(f"# model {mcfg.name} ({loaded.model.dtype}, {device}, {precision}), {torch.get_num_threads()} threads, "
           f"batch {batch_size} x {args.batches} batches, {args.repeats} repeats")
     names = [w for w in args.ways.split(",") if w] + (["prefix-cache+compile"] if args.compile else [])

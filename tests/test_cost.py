@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import pytest
-from benchmark_loader import load_benchmark
+from benchmark_loader import check_machine_record, load_benchmark, machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -18,12 +20,14 @@ FAST = ["prompt.epochs=1", "adapter.epochs=1", "data.n_users=30", "data.rows_per
 def cost_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cost")
     module = load_benchmark("cost")
-    assert module.main(["--config", SMOKE, "--out", str(out), "--project", "300,3000", *FAST]) == 0
-    return module, out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert module.main(["--config", SMOKE, "--out", str(out), "--project", "300,3000", *FAST]) == 0
+    return module, out, printed.getvalue()
 
 
 def test_cost_writes_consistent_table(cost_run):
-    _, out = cost_run
+    _, out, _ = cost_run
     doc = json.loads((out / "cost.json").read_text())
     full, puma = doc["full_retrain"], doc["puma"]
     assert doc["users"] == 30 and puma["selected_users"] == 10
@@ -39,11 +43,23 @@ def test_cost_writes_consistent_table(cost_run):
     assert not list(out.glob("*.tmp*"))
 
 
+def test_cost_names_the_machine(cost_run):
+    _, out, printed = cost_run
+    line = machine_line(printed)
+    assert "; dtype float32;" in line  # tiny source and target models
+    assert line in (out / "cost.md").read_text().splitlines()
+    check_machine_record(json.loads((out / "cost.json").read_text())["machine"], "float32")
+
+
 def test_cost_rerun_reuses_stages(cost_run):
-    module, out = cost_run
+    module, out, _ = cost_run
     before = json.loads((out / "cost.json").read_text())
-    assert module.main(["--config", SMOKE, "--out", str(out), "--project", "300,3000", *FAST]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert module.main(["--config", SMOKE, "--out", str(out), "--project", "300,3000", *FAST]) == 0
+    machine_line(printed.getvalue())
     after = json.loads((out / "cost.json").read_text())
+    assert after["machine"]["torch"] == before["machine"]["torch"]
     assert after["full_retrain"]["wall_s"] == before["full_retrain"]["wall_s"]  # stage.json reused, not retrained
     assert after["puma"]["wall_s"] == before["puma"]["wall_s"]
 

@@ -3,12 +3,14 @@ on the smoke config: one shared source stage, cells resumed, Table-4 layout writ
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 from pathlib import Path
 
 import pytest
-from benchmark_loader import load_benchmark
+from benchmark_loader import load_benchmark, machine_line
 
 from puma_lightning.cli.config_loader import load_config
 from puma_lightning.pipeline.experiment import Experiment
@@ -23,19 +25,23 @@ FAST = ["prompt.epochs=1", "adapter.epochs=1", "data.n_users=30", "data.rows_per
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     module = load_benchmark("selection_sweep")
-    rc = module.main(["--config", SMOKE, "--budgets", "12", "--strategies", "random,kmeans_fps", "--seeds", "1",
-                      "--out", str(out), *FAST])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = module.main(["--config", SMOKE, "--budgets", "12", "--strategies", "random,kmeans_fps", "--seeds", "1",
+                          "--out", str(out), *FAST])
     assert rc == 0
-    return module, out
+    return module, out, printed.getvalue()
 
 
 def test_sweep_writes_table(sweep):
-    _, out = sweep
+    _, out, printed = sweep
     rows = list(csv.DictReader(open(out / "sweep.csv", encoding="utf-8")))
     assert [(r["strategy"], r["budget"], r["seed"]) for r in rows] == [("random", "12", "0"), ("kmeans_fps", "12", "0")]
     assert all(r["metric"] == "rmse" and float(r["value"]) > 0 and r["selected_users"] == "12" for r in rows)
     md = (out / "sweep.md").read_text(encoding="utf-8")
     assert "| strategy | B = 12 |" in md and "| random |" in md and "| kmeans_fps |" in md and "±" in md
+    line = machine_line(printed)
+    assert "; dtype float32;" in line and line in md.splitlines()  # sweep.md (printed) names the machine
     assert (out / "sweep.png").stat().st_size > 1000
     for name in ("random_b12_s0", "kmeans_fps_b12_s0"):
         cell = out / "cells" / name
@@ -47,7 +53,7 @@ def test_sweep_writes_table(sweep):
 
 
 def test_sweep_resumes_skipping_finished_cells(sweep, monkeypatch):
-    module, out = sweep
+    module, out, _ = sweep
 
     def no_training(self):
         raise AssertionError("a finished cell was trained again")
@@ -68,7 +74,7 @@ def test_markdown_layout_mean_std():
 
 
 def test_run_select_outputs(sweep, tmp_path):
-    _, out = sweep
+    _, out, _ = sweep
     from puma_lightning.pipeline.select_cmd import run_select
 
     cfg = load_config([SMOKE], [f"run_dir={tmp_path}", f"source_dir={out / 'source'}", *FAST,
@@ -82,7 +88,7 @@ def test_run_select_outputs(sweep, tmp_path):
 
 
 def test_run_select_with_loss_strategy(sweep, tmp_path):
-    _, out = sweep
+    _, out, _ = sweep
     from puma_lightning.pipeline.select_cmd import run_select
 
     cfg = load_config([SMOKE], [f"run_dir={tmp_path}", f"source_dir={out / 'source'}", *FAST,
