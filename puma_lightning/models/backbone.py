@@ -20,6 +20,7 @@ the slot and the text after it run (with gradient to the prompts); see ``prefix_
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Sequence
 
 import torch
@@ -406,10 +407,12 @@ class FrozenLM(nn.Module):
             compiled = self.compiled
             if compiled:  # prefixes grow their cache layer by layer: eager, or every layer would recompile
                 self.set_compiled(False)
+            start = time.perf_counter()
             try:
                 computed = compute_prefix_kv(self.body, [prefixes[i] for i in missing], self.device, pad_id=pad,
                                              cache_arg=self._cache_arg)
             finally:
+                cache.stats.compute_s += time.perf_counter() - start
                 if compiled:
                     self.set_compiled(True)
             for i, kv in zip(missing, computed):

@@ -141,7 +141,7 @@ def choose_dtype(requested: str, *, tiny: bool, device: str, hidden: int, interm
     speedup, cached = cpu_bf16_speedup(hidden, intermediate, cache_dir)
     where = "cached measurement" if cached else "measured now"
     verdict = "at least" if speedup >= BF16_MIN_SPEEDUP else "below"
-    reason = (f"bf16 matmul {speedup:.2f}x the speed of fp32 on this CPU ({where}, {hidden}x{intermediate}, "
+    reason = (f"bf16 matmul {speedup:.3g}x the speed of fp32 on this CPU ({where}, {hidden}x{intermediate}, "
               f"{verdict} the {BF16_MIN_SPEEDUP}x needed for bf16)")
     dtype = torch.bfloat16 if speedup >= BF16_MIN_SPEEDUP else torch.float32
     return DtypeChoice(dtype, reason, speedup)

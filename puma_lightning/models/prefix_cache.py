@@ -54,6 +54,8 @@ class PrefixCacheStats:
     evictions: int = 0
     uncached: int = 0
     """Prefixes computed but not stored because they alone exceed the budget."""
+    compute_s: float = 0.0
+    """Wall seconds spent computing missing prefixes (the prefix pass), summed."""
 
 
 class PrefixKVCache:
