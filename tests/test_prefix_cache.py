@@ -152,6 +152,42 @@ def test_lru_budget_and_eviction():
         PrefixKVCache(-1)
 
 
+def test_constant_head_is_a_function_of_the_template(tiny_lm):
+    item_first = TemplateEncoder(tiny_lm.tokenizer, get_template("item_first"), max_item_tokens=24)
+    head = item_first.constant_head()
+    prefixes = [item_first.encode_text(t) for t in ITEMS]
+    assert 0 < len(head) < min(e.slot_pos for e in prefixes)
+    assert all(e.input_ids[: len(head)] == head for e in prefixes)
+    movie = TemplateEncoder(tiny_lm.tokenizer, get_template("movie"), max_item_tokens=24)
+    assert movie.constant_head() == movie.encode_text(ITEMS[0]).input_ids[: movie.encode_text(ITEMS[0]).slot_pos]
+
+
+def test_template_head_is_computed_once_and_prefixes_continue_it(tiny_lm, monkeypatch):
+    """With the stem set, missing prefixes run only their item part on top of the cached head: same results."""
+    calls = []
+    real = backbone_mod.compute_prefix_kv
+
+    def spy(body, prefixes, device, **kw):
+        calls.append((len(prefixes), [len(p) for p in prefixes], kw.get("stem_kv") is not None))
+        return real(body, prefixes, device, **kw)
+
+    monkeypatch.setattr(backbone_mod, "compute_prefix_kv", spy)
+    encoder = TemplateEncoder(tiny_lm.tokenizer, get_template("item_first"), max_item_tokens=24)
+    head = encoder.constant_head()
+    tiny_lm.prefix_cache.clear()
+    tiny_lm.set_prefix_stem(head)
+    try:
+        batch = make_batch(tiny_lm.tokenizer, "item_first")
+        assert_equivalent(tiny_lm, batch, 1)
+    finally:
+        tiny_lm.set_prefix_stem(None)
+    assert calls[0] == (1, [len(head)], False)  # the head, once
+    assert all(with_stem for _, _, with_stem in calls[1:]) and len(calls) >= 2
+    rests = [n for _, lengths, _ in calls[1:] for n in lengths]
+    slots = sorted({e.slot_pos for e in (encoder.encode_text(t) for t in ITEMS)})
+    assert sorted(set(rests)) == [s - len(head) for s in slots]  # only the tokens after the head ran
+
+
 def test_zero_budget_still_computes_the_cached_path():
     b = load_backbone("tiny-qwen2")
     lm = FrozenLM(b.model, b.tokenizer, RATING, prefix_cache_mb=0)
@@ -261,8 +297,10 @@ def test_rows_without_prefix_use_the_plain_path(tiny_lm):
     prompts = torch.randn(2, 1, tiny_lm.hidden_size)
     slot, answer = torch.tensor([0, 2]), torch.tensor([5, 5])
     assert tiny_lm.cached_answer_logits(ids, None, slot, prompts, answer) is None
+    before = tiny_lm.prefix_cache.stats.plain_batches
     out = tiny_lm.answer_logits(ids, None, slot, prompts, answer)
     torch.testing.assert_close(out, tiny_lm.plain_answer_logits(ids, None, slot, prompts, answer))
+    assert tiny_lm.prefix_cache.stats.plain_batches == before + 1  # counted, never silent
 
 
 def test_slot_out_of_range_is_an_error(tiny_lm):
@@ -292,6 +330,10 @@ def test_smollm2_cached_path_equals_plain_path():
     for template in TEMPLATES:
         batch = make_batch(lm.tokenizer, template, items=items)
         assert_equivalent(lm, batch, 1, atol=5e-5, grad_rtol=2e-4)
+    # item prefixes computed on top of the template's constant head
+    lm.prefix_cache.clear()
+    lm.set_prefix_stem(TemplateEncoder(lm.tokenizer, get_template("item_first"), max_item_tokens=24).constant_head())
+    assert_equivalent(lm, make_batch(lm.tokenizer, "item_first", items=items), 1, atol=5e-5, grad_rtol=2e-4)
 
 
 @pytest.mark.slow

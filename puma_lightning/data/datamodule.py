@@ -101,6 +101,20 @@ class TemplateEncoder:
         ids = head + [self.fill_id] * self.prompt_length + tail
         return EncodedItem(tuple(ids), slot_pos=len(head), answer_pos=len(ids) - 1)
 
+    def constant_head(self) -> tuple[int, ...]:
+        """Tokens that every row's text before the slot starts with, whatever its item and history.
+
+        The common start of two renderings with unrelated placeholder texts: a function of the
+        template and tokenizer alone (not of the data), so every stage and split agrees on it. A real
+        item whose first characters merge with the head's last token simply does not start with it.
+        """
+        a = self.prefix + self._ids(self.template.render("x", "x")[0])
+        b = self.prefix + self._ids(self.template.render("Q9", "Q9")[0])
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return tuple(a[:n])
+
     def _part(self, text: str) -> list[int]:
         hit = self._parts.get(text)
         if hit is None:

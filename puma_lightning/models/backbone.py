@@ -174,11 +174,15 @@ class FrozenLM(nn.Module):
         """The decoder's key/value cache argument name (``cache`` from transformers 5.24, else ``past_key_values``)."""
         self.register_state_dict_post_hook(FrozenLM._drop_backbone_keys)
         self.register_load_state_dict_post_hook(FrozenLM._ignore_missing_backbone_keys)
+        self.dtype_choice: Any = None
+        """How the compute dtype was chosen (a ``DtypeChoice`` from the loader), when known."""
         self.prefix_cache: PrefixKVCache | None = None
         """Shared-prefix key/value cache; None runs the plain path (see :meth:`enable_prefix_cache`)."""
         self.prefix_cache_reason: str | None = None
         """Why the last :meth:`enable_prefix_cache` fell back to the plain path (None if it did not)."""
         self._prefix_tag: tuple[str, str] | None = None
+        self._prefix_stem: tuple[int, ...] | None = None
+        self._stem_kv: tuple[tuple[str, str], Tensor] | None = None
         if prefix_cache_mb is not None:
             self.enable_prefix_cache(prefix_cache_mb)
 
@@ -317,6 +321,10 @@ class FrozenLM(nn.Module):
             logits = self.cached_answer_logits(input_ids, attention_mask, slot_pos, prompts, answer_pos)
             if logits is not None:
                 return logits
+            if self.prefix_cache.stats.plain_batches == 0:
+                log.warning("%s: a batch has a row with no text before the slot; such batches run the plain path "
+                            "(counted in prefix_cache.stats.plain_batches)", self.name or type(self.model).__name__)
+            self.prefix_cache.stats.plain_batches += 1
         return self.plain_answer_logits(input_ids, attention_mask, slot_pos, prompts, answer_pos)
 
     forward = answer_logits
@@ -385,6 +393,7 @@ class FrozenLM(nn.Module):
         """Back to the plain path; frees the cached keys/values."""
         self.prefix_cache = None
         self._prefix_tag = None
+        self._stem_kv = None
 
     def _prefix_entries(self, prefixes: list[tuple[int, ...]], cache: PrefixKVCache) -> list[Tensor]:
         """Cached keys/values of each distinct prefix, computing (and storing) the missing ones."""
@@ -403,14 +412,12 @@ class FrozenLM(nn.Module):
         cache.stats.hits += len(prefixes) - len(missing)
         cache.stats.misses += len(missing)
         if missing:
-            pad = self.tokenizer.pad_token_id if getattr(self.tokenizer, "pad_token_id", None) is not None else 0
             compiled = self.compiled
             if compiled:  # prefixes grow their cache layer by layer: eager, or every layer would recompile
                 self.set_compiled(False)
             start = time.perf_counter()
             try:
-                computed = compute_prefix_kv(self.body, [prefixes[i] for i in missing], self.device, pad_id=pad,
-                                             cache_arg=self._cache_arg)
+                computed = self._compute_prefixes([prefixes[i] for i in missing], tag)
             finally:
                 cache.stats.compute_s += time.perf_counter() - start
                 if compiled:
@@ -419,6 +426,35 @@ class FrozenLM(nn.Module):
                 cache.put((tag, prefixes[i]), kv)
                 entries[i] = kv
         return entries  # type: ignore[return-value]
+
+    def set_prefix_stem(self, stem: Sequence[int] | None) -> None:
+        """Tokens that every prefix of the current data starts with (the template's constant head), or None.
+
+        Their keys/values are computed once and each missing prefix runs only the tokens after them,
+        on top (the result is the same as computing the whole prefix, up to float rounding). A prefix
+        that does not start with the stem is computed whole. Set by the tasks from the datamodule.
+        """
+        stem = tuple(int(t) for t in stem) if stem else None
+        if stem != self._prefix_stem:
+            self._prefix_stem, self._stem_kv = stem, None
+
+    def _compute_prefixes(self, prefixes: list[tuple[int, ...]], tag: tuple[str, str]) -> list[Tensor]:
+        """Keys/values of ``prefixes``, those continuing the stem (if any) on top of its cached keys/values."""
+        pad = self.tokenizer.pad_token_id if getattr(self.tokenizer, "pad_token_id", None) is not None else 0
+        stem = self._prefix_stem
+        run = lambda ps, **kw: compute_prefix_kv(self.body, ps, self.device, pad_id=pad, cache_arg=self._cache_arg, **kw)
+        on_stem = [i for i, p in enumerate(prefixes) if stem and len(p) > len(stem) and p[: len(stem)] == stem]
+        if not on_stem:
+            return run(prefixes)
+        if self._stem_kv is None or self._stem_kv[0] != tag:
+            self._stem_kv = (tag, run([stem])[0])
+        out: list[Tensor | None] = [None] * len(prefixes)
+        for i, kv in zip(on_stem, run([prefixes[i][len(stem):] for i in on_stem], stem_kv=self._stem_kv[1])):
+            out[i] = kv
+        rest = [i for i in range(len(prefixes)) if out[i] is None]
+        for i, kv in zip(rest, run([prefixes[i] for i in rest]) if rest else []):
+            out[i] = kv
+        return out  # type: ignore[return-value]
 
     def cached_answer_logits(
         self,

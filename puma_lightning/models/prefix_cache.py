@@ -56,6 +56,8 @@ class PrefixCacheStats:
     """Prefixes computed but not stored because they alone exceed the budget."""
     compute_s: float = 0.0
     """Wall seconds spent computing missing prefixes (the prefix pass), summed."""
+    plain_batches: int = 0
+    """Batches that could not use the cache (a row without a prefix) and ran the plain path."""
 
 
 class PrefixKVCache:
@@ -172,38 +174,51 @@ def static_support_reason(model: nn.Module, body: nn.Module) -> str | None:
 
 
 def compute_prefix_kv(body: nn.Module, prefixes: Sequence[Sequence[int]], device: torch.device,
-                      pad_id: int = 0, chunk: int = 64, cache_arg: str | None = None) -> list[Tensor]:
+                      pad_id: int = 0, chunk: int = 64, cache_arg: str | None = None,
+                      stem_kv: Tensor | None = None) -> list[Tensor]:
     """Keys/values ``[L, 2, H, n_i, hd]`` of each prefix (token ids), no gradient, full length.
 
-    Prefixes run right-padded in chunks (causal attention: a real token never sees a later pad, so
-    its keys/values equal those of the unpadded prefix). A cache without a config gives every layer
-    a plain ``DynamicLayer``, so sliding-window layers keep all prefix tokens too. Runs outside
-    inference mode, so entries computed during validation can be reused in training steps.
+    Prefixes run right-padded in chunks of similar length (causal attention: a real token never sees
+    a later pad, so its keys/values equal those of the unpadded prefix). A cache without a config
+    gives every layer a plain ``DynamicLayer``, so sliding-window layers keep all prefix tokens too.
+    Runs outside inference mode, so entries computed during validation can be reused in training.
+
+    ``stem_kv`` ``[L, 2, H, s, hd]``: the keys/values of a stem of ``s`` tokens that every prefix
+    continues (the template's constant head); ``prefixes`` then hold only the tokens after it, they
+    run at positions ``s..`` on top of the stem, and each returned entry is the whole stem + rest.
     ``cache_arg`` is the body's cache argument name (default: read with :func:`cache_argument`).
     """
     cache_arg = cache_arg or cache_argument(body)
     if cache_arg is None:
         raise TypeError(f"{type(body).__name__}.forward takes no key/value cache argument")
-    out: list[Tensor] = []
     from transformers import DynamicCache
 
+    stem = 0 if stem_kv is None else int(stem_kv.shape[-2])
+    order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))  # similar lengths together: less padding
+    out: list[Tensor | None] = [None] * len(prefixes)
     with torch.inference_mode(False), torch.no_grad():
-        for start in range(0, len(prefixes), chunk):
-            part = prefixes[start : start + chunk]
+        for start in range(0, len(order), chunk):
+            members = order[start : start + chunk]
+            part = [prefixes[i] for i in members]
             width = max(len(p) for p in part)
             ids = torch.full((len(part), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(part), width), dtype=torch.long)
+            mask = torch.zeros((len(part), stem + width), dtype=torch.long)
+            mask[:, :stem] = 1
             for i, p in enumerate(part):
                 ids[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
-                mask[i, : len(p)] = 1
+                mask[i, stem : stem + len(p)] = 1
             full = all(len(p) == width for p in part)  # decided on the host: no device sync
             ids, mask = ids.to(device), mask.to(device)
-            cache = DynamicCache()
-            body(input_ids=ids, attention_mask=None if full else mask, use_cache=True, **{cache_arg: cache})
+            if stem_kv is None:
+                cache, extra = DynamicCache(), {}
+            else:
+                cache = batch_cache([stem_kv], [stem], None, len(part))
+                extra = {"position_ids": torch.arange(stem, stem + width, device=device)[None, :].expand(len(part), -1)}
+            body(input_ids=ids, attention_mask=None if full else mask, use_cache=True, **extra, **{cache_arg: cache})
             kv = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])  # [L,2,G,H,T,hd]
-            for i, p in enumerate(part):
-                out.append(kv[:, :, i, :, : len(p)].clone())
-    return out
+            for row, (i, p) in enumerate(zip(members, part)):
+                out[i] = kv[:, :, row, :, : stem + len(p)].clone()
+    return out  # type: ignore[return-value]
 
 
 def batch_cache(entries: Sequence[Tensor], lengths: Sequence[int], inverse: Tensor | None, batch: int) -> Any:

@@ -51,6 +51,7 @@ def load_frozen_lm(mcfg: DictConfig, dcfg: DictConfig, cache_dir: str | None, on
                            device="cuda" if on_gpu else "cpu")
     template = get_template(dcfg.template)
     lm = FrozenLM(loaded.model, loaded.tokenizer, template.answers, name=loaded.name, fingerprint=loaded.fingerprint)
+    lm.dtype_choice = loaded.dtype_choice
     if mcfg.get("prefix_cache_mb") is not None:
         lm.enable_prefix_cache(float(mcfg.prefix_cache_mb))  # probes once; falls back with a logged reason
     if mcfg.get("compile"):

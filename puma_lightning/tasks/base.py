@@ -100,6 +100,26 @@ class PromptTask(L.LightningModule):
         _, output = self(batch)
         return {"row": batch["row"], "prediction": self.head.predict(output)}
 
+    # -- the template's constant head, computed once by the prefix cache ----------------------
+    def _share_template_head(self) -> None:
+        """Tell the backbone which tokens every prefix of the datamodule's template starts with."""
+        encoder = getattr(getattr(self.trainer, "datamodule", None), "encoder", None)
+        setter = getattr(self.backbone, "set_prefix_stem", None)
+        if encoder is not None and callable(setter):
+            setter(encoder.constant_head())
+
+    def on_fit_start(self) -> None:
+        self._share_template_head()
+
+    def on_validation_start(self) -> None:
+        self._share_template_head()
+
+    def on_test_start(self) -> None:
+        self._share_template_head()
+
+    def on_predict_start(self) -> None:
+        self._share_template_head()
+
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         groups = [{"params": [p for p in self.prompt_parameters() if p.requires_grad], "lr": self.lr, "weight_decay": self.weight_decay}]
