@@ -46,6 +46,19 @@ def test_results_have_every_method_and_puma_beats_random_init(smoke_run):
     assert "| puma |" in md and "noise floor" in md
 
 
+def test_results_say_how_and_where_each_stage_computed(smoke_run):
+    import torch
+
+    results = json.loads((smoke_run / "results.json").read_text())
+    for name, row in results["methods"].items():
+        assert row["dtype"] == "float32" and row["prefix_cache"] is True, name  # tiny models: fp32, cache on
+        assert row["prefix_s"] > 0, name  # every stage computed some prefixes (its own test split at least)
+    assert results["machine"]["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert results["machine"]["torch"] == torch.__version__
+    md = (smoke_run / "results.md").read_text()
+    assert "of it prefix s" in md and f"({results['machine']['capability']}," in md and "machine: CPU" in md
+
+
 def test_selection_and_banks_are_consistent(smoke_run):
     selection = json.loads((smoke_run / "selection.json").read_text())
     assert selection["strategy"] == "puma" and selection["num_selected"] == 30 == len(set(selection["user_ids"]))

@@ -123,13 +123,15 @@ class Experiment:
         module = PromptTuning(lm, head, table.task, prompts, train_prompts=train_prompts, lr=cfg.prompt.lr,
                               head_lr=cfg.prompt.head_lr, weight_decay=cfg.prompt.weight_decay, scale=scale)
         dm = self._datamodule(lm, cfg.prompt.batch_size)
+        prefix_before = prefix_seconds(lm)
         stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage), resume_key=key)
         metrics = test_metrics(module, dm, cfg, self.run_dir, stage)
+        cost = {"prefix_s": round(prefix_seconds(lm) - prefix_before, 2), **compute_record(lm)}
         if save_bank:  # rank 0 writes; the others wait so that later stages can read it
             on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                             info=self._bank_info(f"pretrain:{stage}", metrics),
                                             head_state=module.head.state_dict()).save(self._stage_dir(stage) / "bank"))
-        return self._write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict()})
+        return self._write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict(), **cost})
 
     def select(self, bank: PromptBank) -> dict[str, Any]:
         """Choose the users the adapter trains on; writes ``selection.json``."""
@@ -178,6 +180,7 @@ class Experiment:
                            train_head=not cfg.adapter.freeze_head, output_scale=output_scale)
         users = selection["users"]
         dm = self._datamodule(lm, cfg.adapter.batch_size, train_users=users, eval_users=users)
+        prefix_before = prefix_seconds(lm)
         stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"), resume_key=key)
         start = time.perf_counter()
         migrated = module.migrate_all()
@@ -189,6 +192,7 @@ class Experiment:
                                 metadata=adapter_metadata(cfg.adapter, source_bank, lm, output_scale))))
         evaluator = PromptTuning(lm, module.head, table.task, migrated, train_prompts=False, train_head=False)
         metrics = test_metrics(evaluator, self._datamodule(lm, cfg.adapter.batch_size), cfg, self.run_dir, "puma_test")
+        cost = {"prefix_s": round(prefix_seconds(lm) - prefix_before, 2), **compute_record(lm)}
         on_rank_zero(lambda: PromptBank(migrated, list(table.user_ids), lm.name, lm.fingerprint,
                                         info=self._bank_info("migrate:puma", metrics, source=source_bank),
                                         head_state=module.head.state_dict()).save(out_dir / "bank"))
@@ -198,7 +202,7 @@ class Experiment:
                                                "selection_s": round(selection["seconds"], 2), "migrate_s": round(migrate_s, 2),
                                                "selection": selection["record"]["strategy"],
                                                "selected_users": selection["record"]["num_selected"],
-                                               "allocation": selection["record"]["params"].get("allocation")})
+                                               "allocation": selection["record"]["params"].get("allocation"), **cost})
 
     def fit(self) -> dict[str, Any]:
         """The whole experiment: source prompts, PUMA, the enabled baselines, then the results table."""
@@ -255,3 +259,18 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     return value
+
+
+def prefix_seconds(lm: Any) -> float:
+    """Seconds the backbone's prefix cache has spent computing prefixes so far (0 without a cache)."""
+    cache = getattr(lm, "prefix_cache", None)
+    return float(cache.stats.compute_s) if cache is not None else 0.0
+
+
+def compute_record(lm: Any) -> dict[str, Any]:
+    """How a stage computed: backbone dtype (and why), prefix cache on or off, and the machine."""
+    from puma_lightning.machine import machine_info
+
+    choice = getattr(lm, "dtype_choice", None)
+    return {"dtype": str(lm.dtype).replace("torch.", ""), "dtype_reason": getattr(choice, "reason", None),
+            "prefix_cache": getattr(lm, "prefix_cache", None) is not None, "machine": machine_info()}

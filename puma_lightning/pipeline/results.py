@@ -28,7 +28,7 @@ def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]]) -> d
         row = rows[name]
         entry = {m: row["metrics"].get(m) for m in metric_names}
         entry.update(wall_s=row["wall_s"], train_samples=row["train_samples"], trainable_params=row["trainable_params"])
-        for extra in ("selection", "selected_users", "allocation"):
+        for extra in ("selection", "selected_users", "allocation", "prefix_s", "dtype", "dtype_reason", "prefix_cache"):
             if extra in row:
                 entry[extra] = row[extra]
         methods[name] = entry
@@ -40,13 +40,15 @@ def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]]) -> d
         "num_users": table.n_users,
         "num_test_rows": int(len(table.rows("test"))),
         "methods": methods,
+        "machine": next((r["machine"] for r in rows.values() if r.get("machine")), None),
     }
 
 
 def to_markdown(results: dict[str, Any]) -> str:
     """A markdown table of the results, with the noise floor when known."""
     metric_names = ("rmse", "mae") if results["task"] == "rating" else ("auc", "uauc")
-    head = ["method", *[m.upper() for m in metric_names], "trainable params", "train samples", "wall s", "what it is"]
+    head = ["method", *[m.upper() for m in metric_names], "trainable params", "train samples", "wall s", "of it prefix s",
+            "dtype", "what it is"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in results["methods"].items():
         vals = [f"{row[m]:.4f}" if isinstance(row.get(m), float) else "n/a" for m in metric_names]
@@ -54,12 +56,22 @@ def to_markdown(results: dict[str, Any]) -> str:
         if name == "puma":
             desc += f" ({row.get('selected_users')} users by {row.get('selection')}"
             desc += f", allocation {row['allocation']})" if row.get("allocation") else ")"
-        lines.append(f"| {name} | " + " | ".join(vals) + f" | {row['trainable_params']:,} | {row['train_samples']:,} | {row['wall_s']:.1f} | {desc} |")
+        prefix = f"{row['prefix_s']:.1f}" if isinstance(row.get("prefix_s"), (int, float)) else "n/a"
+        lines.append(f"| {name} | " + " | ".join(vals) + f" | {row['trainable_params']:,} | {row['train_samples']:,} | "
+                     f"{row['wall_s']:.1f} | {prefix} | {row.get('dtype') or 'n/a'} | {desc} |")
     notes = [f"dataset {results['dataset']}, {results['num_users']} users, {results['num_test_rows']} test rows"]
     if results.get("floor_rmse") is not None:
         notes.append(f"noise floor (best achievable test RMSE): {results['floor_rmse']:.4f}")
     if results.get("floor_auc") is not None:
         notes.append(f"best achievable test AUC: {results['floor_auc']:.4f}")
+    notes.append("wall s: the stage's training (puma: + selection and mapping); prefix s: seconds of the stage, its "
+                 "test included, spent computing template prefixes for the cache (shared across stages on one model)")
+    if results.get("machine"):
+        m = results["machine"]
+        notes.append(f"machine: CPU {m['cpu']} ({m['capability']}, {m['threads']} threads), GPU {m['gpu']}, "
+                     f"torch {m['torch']}, transformers {m['transformers']}")
+    reasons = {r.get("dtype_reason") for r in results["methods"].values() if r.get("dtype_reason")}
+    notes += [f"dtype: {r}" for r in sorted(reasons)]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
