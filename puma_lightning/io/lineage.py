@@ -110,7 +110,7 @@ def experiment_lineage(exp: Any, made_by: str, metrics: dict[str, Any], source: 
     """
     cfg = exp.cfg
     which = "source" if made_by == "pretrain:source" else "target"
-    lm = exp._backbones.get(cfg[which].name)
+    lm = exp.loaded_backbone(which)
     model = {"name": str(cfg[which].name), "fingerprint": getattr(lm, "fingerprint", None),
              "hidden_size": getattr(lm, "hidden_size", None)}
     table = exp.table

@@ -389,6 +389,12 @@ class FrozenLM(nn.Module):
         log.info("prefix KV cache on for %s (%.0f MiB)", self.name or type(self.model).__name__, max_mb)
         return True
 
+    def clear_prefix_cache(self) -> None:
+        """Drop every cached prefix (and the stem's keys/values); the counters are kept."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+        self._stem_kv = None
+
     def disable_prefix_cache(self) -> None:
         """Back to the plain path; frees the cached keys/values."""
         self.prefix_cache = None

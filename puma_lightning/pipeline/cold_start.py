@@ -71,17 +71,18 @@ class _NewUsers:
             lineage: dict[str, Any]) -> dict[str, Any]:
         """Tune (``epochs`` > 0) or only evaluate prompts on ``which``; save the bank; cache by config."""
         from puma_lightning.models.heads import build_head
-        from puma_lightning.pipeline.experiment import _config_key
+        from puma_lightning.pipeline.experiment import _config_key, seed_stage, trainer_key
         from puma_lightning.pipeline.training import fit_best, test_metrics
         from puma_lightning.tasks import PromptTuning, embedding_unit, init_prompts
 
         exp, cfg = self.exp, self.exp.cfg
-        key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, stage, epochs, extra_key)
+        key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, stage, epochs, extra_key, trainer_key(cfg.trainer))
         cached = exp._read_stage(stage, key)
         if cached is not None:
             return cached
         lm = exp.backbone(which)
         table = exp.table
+        seed_stage(cfg.seed, stage)
         scale = embedding_unit(lm.embedding_std()) if cfg.prompt.init == "scaled" else 1.0
         if init is None:
             init = init_prompts(table.n_users, cfg.prompt.length, lm.hidden_size, seed=cfg.seed) * scale

@@ -48,6 +48,32 @@ def _config_key(*nodes: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+COSMETIC_TRAINER_KEYS = frozenset({"enable_progress_bar", "log_every_n_steps", "checkpoint_every_n_steps", "num_threads"})
+"""Trainer settings that do not change a stage's result (everything else in ``trainer`` is part of its key)."""
+
+
+def trainer_key(tcfg: DictConfig) -> dict[str, Any]:
+    """The trainer settings a stage's result depends on: limits, fast_dev_run, precision, devices, clipping..."""
+    return {k: v for k, v in OmegaConf.to_container(tcfg, resolve=True).items() if k not in COSMETIC_TRAINER_KEYS}
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The seed of one stage's random streams, derived from the run's seed and the stage's name."""
+    return int(hashlib.sha256(f"{int(seed)}:{stage}".encode()).hexdigest()[:8], 16) % (2**31 - 1)
+
+
+def seed_stage(seed: int, stage: str) -> None:
+    """Seed torch, numpy and Python's RNGs for one stage, so its numbers do not depend on what ran before it."""
+    import lightning as L
+
+    L.seed_everything(stage_seed(seed, stage), workers=True, verbose=False)
+
+
+def _backbone_key(mcfg: DictConfig) -> str:
+    """Loaded backbones are shared by their whole load config (name, dtype, cache budget, compile...)."""
+    return json.dumps(OmegaConf.to_container(mcfg, resolve=True), sort_keys=True)
+
+
 class Experiment:
     """Runs and caches the stages of a PUMA experiment described by a config."""
 
@@ -68,11 +94,16 @@ class Experiment:
     def backbone(self, which: str) -> Any:
         """The frozen LM for ``source`` or ``target`` (loaded once; only one real model kept at a time)."""
         mcfg = self.cfg[which]
-        if mcfg.name not in self._backbones:
+        key = _backbone_key(mcfg)
+        if key not in self._backbones:
             self._backbones.clear()
-            self._backbones[mcfg.name] = load_frozen_lm(mcfg, self.cfg.data, self.cfg.cache_dir,
-                                                        on_gpu=runs_on_gpu(self.cfg.trainer))
-        return self._backbones[mcfg.name]
+            self._backbones[key] = load_frozen_lm(mcfg, self.cfg.data, self.cfg.cache_dir,
+                                                  on_gpu=runs_on_gpu(self.cfg.trainer))
+        return self._backbones[key]
+
+    def loaded_backbone(self, which: str) -> Any | None:
+        """The frozen LM for ``source`` or ``target`` if it is loaded now (None otherwise; never loads)."""
+        return self._backbones.get(_backbone_key(self.cfg[which]))
 
     def _datamodule(self, lm: Any, batch_size: int, train_users: np.ndarray | None = None,
                     eval_users: np.ndarray | None = None) -> Any:
@@ -109,13 +140,14 @@ class Experiment:
         stage = stage or ("source" if which == "source" else "full_retrain")
         cfg = self.cfg
         epochs = epochs or cfg.prompt.epochs
-        key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, train_prompts, epochs)
+        key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, train_prompts, epochs, trainer_key(cfg.trainer))
         cached = self._read_stage(stage, key)
         if cached is not None:
             log.info("reusing %s from %s", stage, self._stage_dir(stage))
             return cached
         lm = self.backbone(which)
         table = self.table
+        seed_stage(cfg.seed, stage)  # head init, dropout, anything drawn from the global streams: this stage's own
         scale = embedding_unit(lm.embedding_std()) if cfg.prompt.init == "scaled" else 1.0
         prompts = init_prompts(table.n_users, cfg.prompt.length, lm.hidden_size, seed=cfg.seed) * scale
         head = build_head(table.task)
@@ -123,10 +155,10 @@ class Experiment:
         module = PromptTuning(lm, head, table.task, prompts, train_prompts=train_prompts, lr=cfg.prompt.lr,
                               head_lr=cfg.prompt.head_lr, weight_decay=cfg.prompt.weight_decay, scale=scale)
         dm = self._datamodule(lm, cfg.prompt.batch_size)
-        prefix_before = prefix_seconds(lm)
+        before = start_stage_costs(lm)
         stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage), resume_key=key)
         metrics = test_metrics(module, dm, cfg, self.run_dir, stage)
-        cost = {"prefix_s": round(prefix_seconds(lm) - prefix_before, 2), **compute_record(lm)}
+        cost = stage_costs(lm, before)
         if save_bank:  # rank 0 writes; the others wait so that later stages can read it
             on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                             info=self._bank_info(f"pretrain:{stage}", metrics),
@@ -160,7 +192,7 @@ class Experiment:
         cfg = self.cfg
         source_bank = PromptBank.load(self._stage_dir("source") / "bank")
         key = _config_key(cfg.data, cfg.source, cfg.target, cfg.prompt, cfg.adapter, cfg.selection, cfg.seed,
-                          source_bank.model_fingerprint)
+                          source_bank.model_fingerprint, trainer_key(cfg.trainer))
         cached = self._read_stage("puma", key)
         if cached is not None:
             log.info("reusing puma from %s", self._stage_dir("puma"))
@@ -169,6 +201,7 @@ class Experiment:
         selection = self.select(source_bank)
         lm = self.backbone("target")
         source = source_bank.rows_for(table.user_ids)
+        seed_stage(cfg.seed, "puma")  # adapter init and its dropout masks: this stage's own streams
         adapter = build_adapter(cfg.adapter.kind, source_bank.hidden_size, lm.hidden_size, cfg.adapter.hidden, cfg.adapter.dropout)
         head = build_head(table.task)
         if source_bank.head_state is not None:
@@ -180,7 +213,7 @@ class Experiment:
                            train_head=not cfg.adapter.freeze_head, output_scale=output_scale)
         users = selection["users"]
         dm = self._datamodule(lm, cfg.adapter.batch_size, train_users=users, eval_users=users)
-        prefix_before = prefix_seconds(lm)
+        before = start_stage_costs(lm)
         stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"), resume_key=key)
         start = time.perf_counter()
         migrated = module.migrate_all()
@@ -192,7 +225,7 @@ class Experiment:
                                 metadata=adapter_metadata(cfg.adapter, source_bank, lm, output_scale))))
         evaluator = PromptTuning(lm, module.head, table.task, migrated, train_prompts=False, train_head=False)
         metrics = test_metrics(evaluator, self._datamodule(lm, cfg.adapter.batch_size), cfg, self.run_dir, "puma_test")
-        cost = {"prefix_s": round(prefix_seconds(lm) - prefix_before, 2), **compute_record(lm)}
+        cost = stage_costs(lm, before)
         on_rank_zero(lambda: PromptBank(migrated, list(table.user_ids), lm.name, lm.fingerprint,
                                         info=self._bank_info("migrate:puma", metrics, source=source_bank),
                                         head_state=module.head.state_dict()).save(out_dir / "bank"))
@@ -261,10 +294,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def prefix_seconds(lm: Any) -> float:
-    """Seconds the backbone's prefix cache has spent computing prefixes so far (0 without a cache)."""
+def start_stage_costs(lm: Any) -> tuple[float, int]:
+    """Empty the backbone's prefix cache, so that the stage pays for its own prefix pass (its wall time is then
+    what running that method alone costs, and its numbers cannot depend on what an earlier stage cached);
+    returns the cache's (seconds, prefixes computed) counters to subtract at the end."""
     cache = getattr(lm, "prefix_cache", None)
-    return float(cache.stats.compute_s) if cache is not None else 0.0
+    if cache is None:
+        return 0.0, 0
+    lm.clear_prefix_cache()
+    return float(cache.stats.compute_s), int(cache.stats.misses)
+
+
+def stage_costs(lm: Any, before: tuple[float, int]) -> dict[str, Any]:
+    """The stage's prefix seconds and prefixes computed (since :func:`start_stage_costs`), plus :func:`compute_record`."""
+    cache = getattr(lm, "prefix_cache", None)
+    seconds, computed = (float(cache.stats.compute_s), int(cache.stats.misses)) if cache is not None else before
+    return {"prefix_s": round(seconds - before[0], 2), "prefixes_computed": computed - before[1], **compute_record(lm)}
 
 
 def compute_record(lm: Any) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]]) -> d
         row = rows[name]
         entry = {m: row["metrics"].get(m) for m in metric_names}
         entry.update(wall_s=row["wall_s"], train_samples=row["train_samples"], trainable_params=row["trainable_params"])
-        for extra in ("selection", "selected_users", "allocation", "prefix_s", "dtype", "dtype_reason", "prefix_cache"):
+        for extra in ("selection", "selected_users", "allocation", "prefix_s", "prefixes_computed", "dtype", "dtype_reason", "prefix_cache"):
             if extra in row:
                 entry[extra] = row[extra]
         methods[name] = entry
@@ -65,7 +65,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     if results.get("floor_auc") is not None:
         notes.append(f"best achievable test AUC: {results['floor_auc']:.4f}")
     notes.append("wall s: the stage's training (puma: + selection and mapping); prefix s: seconds of the stage, its "
-                 "test included, spent computing template prefixes for the cache (shared across stages on one model)")
+                 "test included, spent computing template prefixes (each stage starts with an empty prefix cache)")
     if results.get("machine"):
         m = results["machine"]
         notes.append(f"machine: CPU {m['cpu']} ({m['capability']}, {m['threads']} threads), GPU {m['gpu']}, "
