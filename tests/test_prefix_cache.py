@@ -365,3 +365,44 @@ def test_compile_key_reaches_the_backbone() -> None:
     assert lm.compiled and lm.prefix_cache is None
     cfg = load_config([], ["target.name=tiny-qwen2"])
     assert not load_frozen_lm(cfg.target, cfg.data, None).compiled
+
+
+def test_fixed_groups_make_prefixes_independent_of_cache_state(monkeypatch):
+    """With fixed groups, a prefix is always computed with the same group-mates: cold, warm (other
+    batches cached first) and evicted caches give bit-identical answer logits, in bf16."""
+    monkeypatch.setattr(backbone_mod, "PREFIX_GROUP", 2)
+    b = load_backbone("tiny-gemma3", dtype="bfloat16")
+    lm = FrozenLM(b.model, b.tokenizer, RATING, prefix_cache_mb=64)
+    enc = TemplateEncoder(lm.tokenizer, get_template("item_first"), max_item_tokens=24)
+    lm.set_prefix_stem(enc.constant_head())
+    lm.set_prefix_groups([e.input_ids[: e.slot_pos] for e in map(enc.encode_text, ITEMS)])
+    full, part = make_batch(lm.tokenizer, "item_first"), make_batch(lm.tokenizer, "item_first", items=ITEMS[2:5])
+    prompts = torch.randn(len(ITEMS), 1, lm.hidden_size, generator=torch.Generator().manual_seed(0)).bfloat16()
+
+    def logits(batch):
+        n = len(batch["user"])
+        return lm.answer_logits(batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts[:n],
+                                batch["answer_pos"])
+
+    cold = logits(full)
+    lm.clear_prefix_cache()
+    logits(part)  # other batch-mates first
+    warm = logits(full)
+    lm.clear_prefix_cache()
+    lm.prefix_cache.max_bytes = 1  # nothing fits: every prefix recomputed, every time
+    evicted = logits(full)
+    assert torch.equal(cold, warm) and torch.equal(cold, evicted)
+    plain = lm.plain_answer_logits(full["input_ids"], full["attention_mask"], full["slot_pos"], prompts, full["answer_pos"])
+    assert float((plain - cold).abs().max()) < 0.1 * max(1.0, float(plain.abs().max()))  # and still the same function
+
+
+def test_datamodule_lists_every_item_prefix():
+    from puma_lightning.data.datamodule import PromptDataModule
+    from puma_lightning.data.synthetic import make_synthetic
+
+    b = load_backbone("tiny-llama")
+    table = make_synthetic(seed=0, n_users=6, n_items=9, rows_per_user=6)
+    dm = PromptDataModule(table, b.tokenizer, get_template("item_first"), max_item_tokens=24)
+    universe = dm.prefix_universe()
+    assert len(universe) == table.n_items
+    assert all(p[: len(dm.encoder.constant_head())] == dm.encoder.constant_head() for p in universe)

@@ -386,6 +386,7 @@ class PromptDataModule(L.LightningDataModule):
         self.collate = PadCollator(pad if pad is not None else self.encoder.fill_id)
         self._datasets: dict[str, PromptDataset] = {}
         self._epoch = 0
+        self._universe: list[tuple[int, ...]] | None = None
 
     def dataset(self, split: str) -> PromptDataset:
         """The encoded dataset of one split (``"train"``, ``"valid"``, ``"test"``), built on first use."""
@@ -399,6 +400,17 @@ class PromptDataModule(L.LightningDataModule):
         needed = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",), "predict": ("test",)}
         for split in needed.get(stage or "", ("train", "valid", "test")):
             self.dataset(split)
+
+    def prefix_universe(self) -> list[tuple[int, ...]] | None:
+        """The text before the slot of every item of the table (all splits and users), or None when the
+        template's prefix depends on the row (``{history}``). Lets the prefix cache fix, from the data
+        alone, which prefixes are computed together (see ``FrozenLM.set_prefix_groups``)."""
+        if self.template.uses_history:
+            return None
+        if self._universe is None:
+            encoded = (self.encoder.encode(i, text) for i, text in enumerate(self.table.item_texts))
+            self._universe = [e.input_ids[: e.slot_pos] for e in encoded]
+        return self._universe
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch for the training shuffle when no trainer is attached (the trainer's epoch wins)."""

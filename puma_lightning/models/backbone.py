@@ -37,6 +37,9 @@ from puma_lightning.models.prefix_cache import (
 
 log = logging.getLogger(__name__)
 
+PREFIX_GROUP = 64
+"""Prefixes computed together in one forward pass when fixed groups are set (``set_prefix_groups``)."""
+
 SENTENCEPIECE_SPACE = "▁"
 BYTE_LEVEL_SPACE = "Ġ"
 
@@ -182,6 +185,8 @@ class FrozenLM(nn.Module):
         """Why the last :meth:`enable_prefix_cache` fell back to the plain path (None if it did not)."""
         self._prefix_tag: tuple[str, str] | None = None
         self._prefix_stem: tuple[int, ...] | None = None
+        self._prefix_groups: list[list[tuple[int, ...]]] = []
+        self._group_of: dict[tuple[int, ...], int] = {}
         self._stem_kv: tuple[tuple[str, str], Tensor] | None = None
         if prefix_cache_mb is not None:
             self.enable_prefix_cache(prefix_cache_mb)
@@ -423,14 +428,17 @@ class FrozenLM(nn.Module):
                 self.set_compiled(False)
             start = time.perf_counter()
             try:
-                computed = self._compute_prefixes([prefixes[i] for i in missing], tag)
+                computed = self._compute_missing([prefixes[i] for i in missing], tag)
             finally:
                 cache.stats.compute_s += time.perf_counter() - start
                 if compiled:
                     self.set_compiled(True)
-            for i, kv in zip(missing, computed):
-                cache.put((tag, prefixes[i]), kv)
-                entries[i] = kv
+            wanted = {prefixes[i] for i in missing}
+            for ids, kv in computed.items():  # group-mates computed alongside are stored too
+                if ids in wanted or (tag, ids) not in cache:
+                    cache.put((tag, ids), kv)
+            for i in missing:
+                entries[i] = computed[prefixes[i]]
         return entries  # type: ignore[return-value]
 
     def set_prefix_stem(self, stem: Sequence[int] | None) -> None:
@@ -443,6 +451,32 @@ class FrozenLM(nn.Module):
         stem = tuple(int(t) for t in stem) if stem else None
         if stem != self._prefix_stem:
             self._prefix_stem, self._stem_kv = stem, None
+
+    def set_prefix_groups(self, prefixes: Sequence[Sequence[int]] | None) -> None:
+        """Fix which prefixes are computed together: all of them, sorted by (length, tokens), in groups of
+        :data:`PREFIX_GROUP`. A missing prefix is then always computed with the same group-mates, padded
+        the same way, so its keys/values are a function of the data alone: a cold, warm or evicted cache
+        gives bit-identical numbers, in bf16 too. Prefixes outside the set are computed with the other
+        misses of their batch. None: no fixed groups."""
+        if not prefixes:
+            self._prefix_groups, self._group_of = [], {}
+            return
+        canonical = sorted({tuple(int(t) for t in p) for p in prefixes}, key=lambda p: (len(p), p))
+        groups = [canonical[i : i + PREFIX_GROUP] for i in range(0, len(canonical), PREFIX_GROUP)]
+        if groups != self._prefix_groups:
+            self._prefix_groups = groups
+            self._group_of = {p: g for g, members in enumerate(groups) for p in members}
+
+    def _compute_missing(self, missing: list[tuple[int, ...]], tag: tuple[str, str]) -> dict[tuple[int, ...], Tensor]:
+        """Keys/values of the missing prefixes, each computed with its whole fixed group where it has one."""
+        out: dict[tuple[int, ...], Tensor] = {}
+        loose = [p for p in missing if p not in self._group_of]
+        for g in sorted({self._group_of[p] for p in missing if p in self._group_of}):
+            members = self._prefix_groups[g]
+            out.update(zip(members, self._compute_prefixes(members, tag)))
+        if loose:
+            out.update(zip(loose, self._compute_prefixes(loose, tag)))
+        return out
 
     def _compute_prefixes(self, prefixes: list[tuple[int, ...]], tag: tuple[str, str]) -> list[Tensor]:
         """Keys/values of ``prefixes``, those continuing the stem (if any) on top of its cached keys/values."""

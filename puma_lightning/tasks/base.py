@@ -102,11 +102,17 @@ class PromptTask(L.LightningModule):
 
     # -- the template's constant head, computed once by the prefix cache ----------------------
     def _share_template_head(self) -> None:
-        """Tell the backbone which tokens every prefix of the datamodule's template starts with."""
-        encoder = getattr(getattr(self.trainer, "datamodule", None), "encoder", None)
-        setter = getattr(self.backbone, "set_prefix_stem", None)
-        if encoder is not None and callable(setter):
-            setter(encoder.constant_head())
+        """Tell the backbone's prefix cache what the datamodule's prefixes are: the constant head every one
+        starts with (computed once), and all of them (so each is computed in a fixed group)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        encoder = getattr(datamodule, "encoder", None)
+        set_stem = getattr(self.backbone, "set_prefix_stem", None)
+        if encoder is not None and callable(set_stem):
+            set_stem(encoder.constant_head())
+        universe = getattr(datamodule, "prefix_universe", None)
+        set_groups = getattr(self.backbone, "set_prefix_groups", None)
+        if callable(universe) and callable(set_groups):
+            set_groups(universe())
 
     def on_fit_start(self) -> None:
         self._share_template_head()
