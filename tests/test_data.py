@@ -446,3 +446,32 @@ def test_datamodule_under_lightning_trainer():
     valid = dm.table.rows("valid").tolist()
     assert sorted(module.val_rows) == sorted(valid * 2)  # validated once per epoch, each row once
     assert sorted(predicted) == dm.table.rows("test").tolist()
+
+
+def test_synthetic_is_cut_then_split_and_the_floor_is_over_the_evaluated_rows():
+    """max_users / max_rows_per_user cut the generated data first, so the split ratios apply to what is kept
+    (6 rows a user at 1/6 + 1/6 -> 4/1/1, never 0 training rows), and the floor is over the final test rows."""
+    t, truth = make_synthetic_with_truth(seed=2, n_users=30, n_items=80, rows_per_user=40, valid_ratio=1 / 6,
+                                         test_ratio=1 / 6, max_users=12, max_rows_per_user=6)
+    assert t.n_users == 12 and len(t) == 12 * 6 and len(truth.label_variance) == len(t)
+    for split, n in (("train", 4), ("valid", 1), ("test", 1)):
+        assert len(t.rows(split)) == 12 * n, split
+    test = t.rows("test")
+    assert t.meta["floor_rmse"] == pytest.approx(float(np.sqrt(truth.label_variance[test].mean())))
+    full, full_truth = make_synthetic_with_truth(seed=2, n_users=30, n_items=80, rows_per_user=40)
+    kept = {(u, float(y)) for u, y in zip(np.asarray(t.user_ids)[t.user], t.label)}
+    assert kept <= {(u, float(y)) for u, y in zip(np.asarray(full.user_ids)[full.user], full.label)}  # same generated rows
+    assert make_synthetic(seed=2, n_users=30, n_items=80, rows_per_user=40).meta["floor_rmse"] != t.meta["floor_rmse"]
+
+
+def test_configured_synthetic_data_is_cut_before_the_split():
+    from omegaconf import OmegaConf
+
+    from puma_lightning.config import DataConfig
+    from puma_lightning.pipeline.builders import build_table
+
+    dcfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {"name": "synthetic", "n_users": 20, "n_items": 60,
+                           "rows_per_user": 40, "max_users": 8, "max_rows_per_user": 6, "valid_ratio": 1 / 6,
+                           "test_ratio": 1 / 6})
+    t = build_table(dcfg, seed=0)
+    assert t.n_users == 8 and [len(t.rows(s)) for s in ("train", "valid", "test")] == [32, 8, 8]

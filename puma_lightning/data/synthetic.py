@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .splits import chronological_split
+from .splits import chronological_split, keep_latest, limit_users
 from .table import InteractionTable
 
 GENRES = (
@@ -138,6 +138,8 @@ def make_synthetic_with_truth(
     task: str = "rating",
     valid_ratio: float = 0.1,
     test_ratio: float = 0.1,
+    max_users: int | None = None,
+    max_rows_per_user: int | None = None,
 ) -> tuple[InteractionTable, SyntheticTruth]:
     """As :func:`make_synthetic`, also returning the per-row ground truth (for tests and analysis)."""
     if task not in ("rating", "click"):
@@ -212,8 +214,20 @@ def make_synthetic_with_truth(
         task=task,
         meta={"name": f"synthetic_{task}", "source": "generated", "generator": params},
     )
+    keep = np.ones(len(user), dtype=bool)  # cut first (users, then each one's latest rows), split after
+    if max_users is not None and max_users < n_users:
+        table = limit_users(table, max_users, seed)
+        keep &= np.isin(user, [int(u.removeprefix("synth_u")) for u in table.user_ids])
+    if max_rows_per_user is not None and max_rows_per_user < rows_per_user:
+        table = keep_latest(table, max_rows_per_user)
+        keep &= np.tile(np.arange(rows_per_user), n_users) >= rows_per_user - max_rows_per_user  # rows are in time order
+    if len(table) != int(keep.sum()):  # pragma: no cover - the cut helpers keep row order
+        raise AssertionError("synthetic cut: kept rows do not line up with the ground truth")
+    score, expected, variance = score[keep], expected[keep], variance[keep]
+    if task == "click":
+        prob = prob[keep]
     table = chronological_split(table, valid_ratio=valid_ratio, test_ratio=test_ratio)
-    test = table.rows("test")
+    test = table.rows("test")  # the floor is over exactly the rows that are evaluated
     if task == "rating":
         table.meta["floor_rmse"] = float(np.sqrt(variance[test].mean())) if len(test) else None
         table.meta["floor_note"] = "sqrt(mean over test rows of Var[y | user, item]): Bayes-optimal RMSE"
@@ -240,12 +254,15 @@ def make_synthetic(
     task: str = "rating",
     valid_ratio: float = 0.1,
     test_ratio: float = 0.1,
+    max_users: int | None = None,
+    max_rows_per_user: int | None = None,
 ) -> InteractionTable:
-    """Generate the synthetic dataset, already split chronologically per user.
+    """Generate the synthetic dataset, cut to ``max_users`` users and their ``max_rows_per_user`` latest
+    rows, then split chronologically per user (so the split ratios apply to the rows kept).
 
     ``meta`` holds the generator parameters, the split record and the floor: ``floor_rmse`` for
     ratings (exact Bayes-optimal RMSE on the test rows), ``floor_auc`` / ``floor_bce`` for clicks.
     """
     return make_synthetic_with_truth(
-        seed, n_users, n_items, rows_per_user, noise_std, task, valid_ratio, test_ratio
+        seed, n_users, n_items, rows_per_user, noise_std, task, valid_ratio, test_ratio, max_users, max_rows_per_user
     )[0]

@@ -14,18 +14,12 @@ from puma_lightning.data.templates import get_template
 
 def build_table(dcfg: DictConfig, seed: int) -> InteractionTable:
     """The split interaction table of the configured dataset."""
-    from puma_lightning.data.splits import keep_latest, limit_users
-
     if dcfg.name == "synthetic":
         from puma_lightning.data.synthetic import make_synthetic
 
-        table = make_synthetic(seed=seed, n_users=dcfg.n_users, n_items=dcfg.n_items, rows_per_user=dcfg.rows_per_user,
-                               noise_std=dcfg.noise_std, task=dcfg.task, valid_ratio=dcfg.valid_ratio, test_ratio=dcfg.test_ratio)
-        if dcfg.max_users is not None and dcfg.max_users < table.n_users:
-            table = limit_users(table, dcfg.max_users, seed)
-        if dcfg.max_rows_per_user is not None:
-            table = keep_latest(table, dcfg.max_rows_per_user)
-        return table
+        return make_synthetic(seed=seed, n_users=dcfg.n_users, n_items=dcfg.n_items, rows_per_user=dcfg.rows_per_user,
+                              noise_std=dcfg.noise_std, task=dcfg.task, valid_ratio=dcfg.valid_ratio,
+                              test_ratio=dcfg.test_ratio, max_users=dcfg.max_users, max_rows_per_user=dcfg.max_rows_per_user)
     if dcfg.name == "movielens-100k":
         from puma_lightning.data.movielens import load_movielens_100k
 
