@@ -315,3 +315,18 @@ def test_state_dict_excludes_backbone(frozen):
     assert set(state) == {"head.weight", "head.bias"}
     result = parent.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", "tiny-qwen2"])
+def test_tiny_weights_do_not_depend_on_the_transformers_init_code(name, monkeypatch):
+    """Tiny models draw their own weights: the same on every transformers release (whose init differs)."""
+    from transformers import PreTrainedModel
+
+    from puma_lightning.models.tiny import build_tiny_model
+
+    reference, _ = build_tiny_model(name)
+    monkeypatch.setattr(PreTrainedModel, "_init_weights", lambda self, module: None)  # another release's init
+    torch.manual_seed(123)
+    other, _ = build_tiny_model(name)
+    for (key, a), (_, b) in zip(reference.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), key

@@ -206,6 +206,27 @@ def build_tiny_tokenizer(name: str) -> PreTrainedTokenizerFast:
     return _BUILDERS[name][0]()
 
 
+def redraw_weights(model: PreTrainedModel, seed: int) -> None:
+    """Draw every weight matrix (and embedding) from N(0, initializer_range) with our own generator, in
+    parameter-name order, so a tiny model is the same on every transformers release (their init code
+    differs between releases): biases zero, norm weights the identity (0 for Gemma's 1 + w, else 1), padding
+    rows zero."""
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    gen = torch.Generator().manual_seed(seed)
+    unit_norm = 0.0 if "gemma" in str(getattr(model.config, "model_type", "")) else 1.0
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32) * std)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:  # norm weights: Gemma's norms scale by (1 + w), the others by w
+                param.fill_(unit_norm)
+        for module in model.modules():  # as transformers does: the padding row of an embedding is zero
+            if isinstance(module, torch.nn.Embedding) and module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+
+
 def build_tiny_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Build tiny model ``name`` with weights fixed by ``seed``, plus its tokenizer.
 
@@ -218,6 +239,7 @@ def build_tiny_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrai
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = make_model(tok)
+    redraw_weights(model, seed)
     model.config.name_or_path = name
     model.eval()
     return model, tok
