@@ -8,7 +8,7 @@ Unknown keys and wrong types are rejected with one line naming the key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 
 @dataclass
@@ -183,6 +183,8 @@ class ExperimentConfig:
     """Directory a run writes into (config, banks, adapter, selection, results, TensorBoard logs)."""
     seed: int = 0
     """Global seed: data subset, prompt init, selection, shuffling."""
+    seeds: Optional[List[int]] = None
+    """``fit``: run the whole experiment once per seed (each its own data subset, source prompts, selection and adapter) in ``<run_dir>/seed_<s>/``, then write one table of mean ± std over seeds with paired bootstrap intervals against ``full_retrain`` and ``random_init`` (e.g. ``seeds=[0,1,2]``). None: one run with ``seed``."""
     data: DataConfig = field(default_factory=DataConfig)
     """Dataset and template."""
     source: ModelConfig = field(default_factory=ModelConfig)

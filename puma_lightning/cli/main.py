@@ -91,7 +91,12 @@ def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - Dict
 
         run_prepare(cfg)
     elif command == "fit":
-        Experiment(cfg).fit()
+        if cfg.seeds:
+            from puma_lightning.pipeline.seeds import run_seeds
+
+            run_seeds(cfg)
+        else:
+            Experiment(cfg).fit()
     elif command == "pretrain":
         stage = "source" if cfg.model == "source" else "full_retrain"
         record = Experiment(cfg).pretrain(cfg.model, stage)

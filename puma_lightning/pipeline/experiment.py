@@ -48,6 +48,8 @@ def _config_key(*nodes: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+PREDICTIONS_FILE = "test_predictions.npz"
+
 COSMETIC_TRAINER_KEYS = frozenset({"enable_progress_bar", "log_every_n_steps", "checkpoint_every_n_steps", "num_threads"})
 """Trainer settings that do not change a stage's result (everything else in ``trainer`` is part of its key)."""
 
@@ -127,6 +129,19 @@ class Experiment:
             return None
         return record
 
+    def save_test_predictions(self, stage: str, predictions: dict[str, np.ndarray]) -> None:
+        """``<stage>/test_predictions.npz``: each test row's prediction and label, for paired comparisons."""
+        path = self._stage_dir(stage) / PREDICTIONS_FILE
+        on_rank_zero(lambda: atomic_write_with(path, lambda tmp: _write_npz(tmp, predictions)))
+
+    def test_predictions(self, stage: str) -> dict[str, np.ndarray] | None:
+        """What :meth:`save_test_predictions` wrote for ``stage`` (None if that stage has none)."""
+        path = self._stage_dir(stage) / PREDICTIONS_FILE
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+
     def _write_stage(self, name: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
         """Write ``stage.json`` (global rank 0 only; every rank returns the record)."""
         record = {"key": key, **record}
@@ -159,6 +174,7 @@ class Experiment:
         stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage), resume_key=key)
         metrics = test_metrics(module, dm, cfg, self.run_dir, stage)
         cost = stage_costs(lm, before)
+        self.save_test_predictions(stage, module.test_predictions())
         if save_bank:  # rank 0 writes; the others wait so that later stages can read it
             on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                             info=self._bank_info(f"pretrain:{stage}", metrics),
@@ -226,6 +242,7 @@ class Experiment:
         evaluator = PromptTuning(lm, module.head, table.task, migrated, train_prompts=False, train_head=False)
         metrics = test_metrics(evaluator, self._datamodule(lm, cfg.adapter.batch_size), cfg, self.run_dir, "puma_test")
         cost = stage_costs(lm, before)
+        self.save_test_predictions("puma", evaluator.test_predictions())
         on_rank_zero(lambda: PromptBank(migrated, list(table.user_ids), lm.name, lm.fingerprint,
                                         info=self._bank_info("migrate:puma", metrics, source=source_bank),
                                         head_state=module.head.state_dict()).save(out_dir / "bank"))
@@ -276,6 +293,11 @@ class Experiment:
         flat.update({"stage": stage, "source": self.cfg.source.name, "target": self.cfg.target.name, "seed": self.cfg.seed,
                      "selection": str(self.cfg.selection.name)})
         return flat
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def _jsonable(value: Any) -> Any:

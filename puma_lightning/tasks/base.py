@@ -47,6 +47,7 @@ class PromptTask(L.LightningModule):
         self.val_uauc = UserAUC() if task == "click" else None
         self.test_uauc = UserAUC() if task == "click" else None
         self.strict_loading = False  # checkpoints leave the frozen backbone out
+        self._test_rows: list[torch.Tensor] = []
 
     # -- what subclasses provide -------------------------------------------------------------
     def prompts_for(self, users: torch.Tensor) -> torch.Tensor:
@@ -85,6 +86,9 @@ class PromptTask(L.LightningModule):
         update_metrics(metrics, self.task, prediction, batch["label"])
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(output), sync_dist=True)
         self.log_dict(metrics, on_epoch=True, batch_size=len(output))
+        if stage == "test":  # kept per row, for paired comparisons between methods on the same rows
+            self._test_rows.append(torch.stack([batch["row"].double(), batch["user"].double(), prediction.detach().double(),
+                                                batch["label"].double()]).cpu())
         uauc = self.val_uauc if stage == "val" else self.test_uauc
         if uauc is not None:
             uauc.update(prediction, batch["label"], batch["user"])
@@ -116,6 +120,24 @@ class PromptTask(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._share_template_head()
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def test_predictions(self) -> dict[str, "np.ndarray"]:
+        """The last test run's ``row``, ``user``, ``prediction`` and ``label`` per test row, sorted by row
+        (every rank's rows under DDP)."""
+        import numpy as np
+
+        parts = [t.numpy() for t in self._test_rows]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, parts)
+            parts = [p for rank in gathered for p in rank]
+        table = np.concatenate(parts, axis=1) if parts else np.zeros((4, 0))
+        table = table[:, np.argsort(table[0], kind="stable")]
+        return {"row": table[0].astype(np.int64), "user": table[1].astype(np.int64), "prediction": table[2],
+                "label": table[3]}
 
     def on_validation_start(self) -> None:
         self._share_template_head()
