@@ -119,6 +119,8 @@ class BaselinesConfig:
     """Retrain every user's prompt from scratch on the target model (the expensive reference)."""
     random_init_epochs: int = 1
     """Head-training epochs for ``random_init``."""
+    classic: bool = True
+    """Rating tasks: also fit the references that need no LLM on the same training rows (global mean, user + item biases, biased matrix factorisation; seconds)."""
 
 
 @dataclass

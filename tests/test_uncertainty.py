@@ -61,7 +61,7 @@ def test_fit_over_seeds_writes_mean_std_and_paired_intervals(seeds_run):
     results = json.loads((seeds_run / "results.json").read_text())
     assert results["seeds"] == [0, 1]
     methods = results["methods"]
-    assert set(methods) == {"source", "random_init", "full_retrain", "puma"}
+    assert set(methods) == {"source", "random_init", "full_retrain", "puma", "global_mean", "user_item_bias", "biased_mf"}
     for name, row in methods.items():
         values = [row["per_seed"][s]["rmse"] for s in ("0", "1")]
         assert row["n_seeds"] == 2 and row["rmse"]["mean"] == pytest.approx(np.mean(values))

@@ -402,13 +402,14 @@ class PromptDataModule(L.LightningDataModule):
             self.dataset(split)
 
     def prefix_universe(self) -> list[tuple[int, ...]] | None:
-        """The text before the slot of every item of the table (all splits and users), or None when the
+        """The text before the slot of every item in the table's rows (all splits and users), or None when the
         template's prefix depends on the row (``{history}``). Lets the prefix cache fix, from the data
         alone, which prefixes are computed together (see ``FrozenLM.set_prefix_groups``)."""
         if self.template.uses_history:
             return None
-        if self._universe is None:
-            encoded = (self.encoder.encode(i, text) for i, text in enumerate(self.table.item_texts))
+        if self._universe is None:  # the items of the table's rows (a table may keep texts of items nobody rated)
+            items = np.unique(self.table.item)
+            encoded = (self.encoder.encode(int(i), self.table.item_texts[int(i)]) for i in items)
             self._universe = [e.input_ids[: e.slot_pos] for e in encoded]
         return self._universe
 

@@ -134,8 +134,11 @@ class Experiment:
         path = self._stage_dir(stage) / PREDICTIONS_FILE
         on_rank_zero(lambda: atomic_write_with(path, lambda tmp: _write_npz(tmp, predictions)))
 
-    def test_predictions(self, stage: str) -> dict[str, np.ndarray] | None:
-        """What :meth:`save_test_predictions` wrote for ``stage`` (None if that stage has none)."""
+    def test_predictions(self, method: str) -> dict[str, np.ndarray] | None:
+        """What :meth:`save_test_predictions` wrote for a method's stage (None if it has none)."""
+        from puma_lightning.pipeline.classic import REFERENCES
+
+        stage = f"classic/{method}" if method in REFERENCES else method
         path = self._stage_dir(stage) / PREDICTIONS_FILE
         if not path.is_file():
             return None
@@ -267,7 +270,35 @@ class Experiment:
         rows["puma"] = self.migrate_stage()
         if cfg.baselines.full_retrain:
             rows["full_retrain"] = self.pretrain("target", "full_retrain")
+        if cfg.baselines.classic and self.table.task == "rating":
+            rows.update(self.classic_references())
         return write_results(self.run_dir, self.table, rows)
+
+    def classic_references(self) -> dict[str, dict[str, Any]]:
+        """The no-LLM references fitted on the training split (tuned on valid), tested on the same rows."""
+        from puma_lightning.pipeline.classic import REFERENCES
+        from puma_lightning.tasks.uncertainty import metric_on_rows
+
+        table, out = self.table, {}
+        test = table.rows("test")
+        for name, ref in REFERENCES.items():
+            stage = f"classic/{name}"
+            key = _config_key(self.cfg.data, self.cfg.seed, name)
+            cached = self._read_stage(stage, key)
+            if cached is not None:
+                out[name] = cached
+                continue
+            start = time.perf_counter()
+            prediction, params = ref.fit(table, int(self.cfg.seed))
+            wall = time.perf_counter() - start
+            label = table.label[test].astype(np.float64)
+            metrics = {m: metric_on_rows(m, prediction[test], label) for m in ("rmse", "mae")}
+            self.save_test_predictions(stage, {"row": test.astype(np.int64), "user": table.user[test].astype(np.int64),
+                                               "prediction": prediction[test], "label": label})
+            out[name] = self._write_stage(stage, key, {"method": name, "metrics": metrics, "wall_s": round(wall, 2),
+                                                       "train_samples": int(len(table.rows("train"))),
+                                                       "trainable_params": 0, "params": params})
+        return out
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def _bank_info(self, made_by: str, metrics: dict[str, float], source: PromptBank | None = None) -> dict[str, Any]:

@@ -9,12 +9,15 @@ from typing import Any
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.io.atomic import atomic_write_text
 
-METHOD_ORDER = ("source", "random_init", "full_retrain", "puma")
+from puma_lightning.pipeline.classic import REFERENCES
+
+METHOD_ORDER = ("source", "random_init", "full_retrain", "puma", *REFERENCES)
 DESCRIPTIONS = {
     "source": "source prompts on the source model",
     "random_init": "random prompts on the target, head trained",
     "full_retrain": "every prompt retrained on the target",
     "puma": "prompts migrated with the PUMA adapter",
+    **{name: ref.description for name, ref in REFERENCES.items()},
 }
 
 
