@@ -42,6 +42,8 @@ def test_print_config_merges_files_and_overrides(capsys, tmp_path):
     (["fit", "adapter.lr=fast"], "adapter.lr"),
     (["fit", "--config", "nope.yaml"], "nope.yaml"),
     (["migrate", "run_dir=RUN"], "bank=PATH"),
+    (["fit", "seeds=[0,0]"], "seeds"),
+    (["fit", "seeds=[]"], "seeds"),
 ])
 def test_bad_input_is_one_line_on_stderr_with_exit_2(args, needle, capsys, tmp_path):
     args = [a.replace("RUN", str(tmp_path)) for a in args]

@@ -141,6 +141,9 @@ def validate(cfg: DictConfig) -> None:
     for key in ("prompt.lr", "adapter.lr"):
         if not OmegaConf.select(cfg, key) > 0:
             raise ConfigError(f"'{key}' must be > 0, got {OmegaConf.select(cfg, key)}")
+    seeds = cfg.get("seeds")
+    if seeds is not None and (not len(seeds) or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"'seeds' must be a non-empty list of distinct integers, got {list(seeds)}")
     if not isinstance(cfg.selection, DictConfig) or "name" not in cfg.selection:
         raise ConfigError("'selection' must be a mapping with 'name' and 'budget' (or selection=NAME)")
     budget = cfg.selection.get("budget")
