@@ -187,6 +187,7 @@ class FrozenLM(nn.Module):
         self._prefix_stem: tuple[int, ...] | None = None
         self._prefix_groups: list[list[tuple[int, ...]]] = []
         self._group_of: dict[tuple[int, ...], int] = {}
+        self._groups_from: Sequence[Sequence[int]] | None = None
         self._stem_kv: tuple[tuple[str, str], Tensor] | None = None
         if prefix_cache_mb is not None:
             self.enable_prefix_cache(prefix_cache_mb)
@@ -458,6 +459,9 @@ class FrozenLM(nn.Module):
         the same way, so its keys/values are a function of the data alone: a cold, warm or evicted cache
         gives bit-identical numbers, in bf16 too. Prefixes outside the set are computed with the other
         misses of their batch. None: no fixed groups."""
+        if prefixes is self._groups_from:  # the same list again (every fit/validation/test start): nothing to do
+            return
+        self._groups_from = prefixes
         if not prefixes:
             self._prefix_groups, self._group_of = [], {}
             return
