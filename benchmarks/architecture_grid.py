@@ -63,7 +63,7 @@ def run_grid(cfg: Any, models: list[str], out: Path, diagonal: bool = True) -> d
         exp = dtypes.watch(Experiment(sub_config(cfg, out / "models" / safe_name(m), **{"source.name": m, "source_dir": None})))
         task = exp.table.task
         own[m] = exp.pretrain("source", "source")
-        stage_dirs[m] = exp._stage_dir("source")
+        stage_dirs[m] = exp.stage_dir("source")
         del exp
     pairs = []
     for s in models:

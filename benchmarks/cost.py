@@ -1,7 +1,7 @@
 """Cost of PUMA vs full retraining on the target model (the paper's Table 3).
 
     python benchmarks/cost.py --config configs/demo.yaml [--out DIR] [--tolerance 0.0] \
-        [--project 10000,100000,1000000] [key=value ...]
+        [--project 10000,100000,1000000] [seeds=[0,1,2]] [key=value ...]
 
 Both methods start from the same deployed system: every user's prompt trained on the source model
 (the ``source`` stage, trained once and not counted). Then, in one process on the same data:
@@ -21,6 +21,10 @@ At a fixed budget the adapter's cost does not grow with the number of users, whi
 grows linearly, so the ratio depends on the user count. ``--project`` prints the ratio this run's
 measured costs give at other user counts (full retraining and the selection/migration parts scaled
 by N, the adapter training kept fixed); it is a projection from one measurement, labelled as such.
+
+With ``seeds=[0,1,2]`` each seed is a whole run in ``<out>/seed_<s>`` (its own source prompts,
+selection and adapter) and ``<out>/cost_seeds.md`` gives mean ± std over seeds, the paired 95 %
+interval of PUMA's metric minus full retraining's on the same test rows, and the ratios' mean ± std.
 
 Writes ``<out>/cost.json`` and ``<out>/cost.md``; stages are reused when rerun (``stage.json``). Both
 name the machine and the backbones' compute dtype (``machine`` key; the ``machine: ...`` line).
@@ -124,6 +128,34 @@ def run_cost(cfg: Any, out: Path, tolerance: float, project: Sequence[int]) -> d
     return doc
 
 
+def run_cost_seeds(cfg: Any, out: Path, tolerance: float, project: Sequence[int]) -> dict[str, Any]:
+    """:func:`run_cost` once per seed of ``cfg.seeds`` (``<out>/seed_<s>``), then mean ± std and the paired
+    interval of PUMA against full retraining on the same test rows (``cost_seeds.json`` / ``.md``)."""
+    from puma_lightning.pipeline.seeds import SeededCommand, SeedRow, SeedRun, run_over_seeds
+
+    def one(scfg: Any) -> SeedRun:
+        seed_out = Path(scfg.run_dir)
+        doc = run_cost(scfg, seed_out, tolerance, project)
+        values = {name: {**doc[name]["metrics"], "wall_s": doc[name]["wall_s"], "train_samples": doc[name]["train_samples"]}
+                  for name in ("full_retrain", "puma")}
+        values["puma"].update(wall_ratio=doc["wall_ratio"], sample_ratio=doc["sample_ratio"])
+        rows = {"full_retrain": SeedRow(values["full_retrain"], seed_out / "full_retrain"),
+                "puma": SeedRow(values["puma"], seed_out / "puma", ["full_retrain"])}
+        return SeedRun(doc["task"], rows, {"machine": doc["machine"]})
+
+    from puma_lightning.pipeline.sub_runs import sub_config
+
+    results = run_over_seeds(sub_config(cfg, out), SeededCommand("cost_seeds", one, ("wall_s", "train_samples", "wall_ratio",
+                                                                                       "sample_ratio")))
+    puma = results["methods"]["puma"]
+    ratio, samples = puma["wall_ratio"], puma["sample_ratio"]
+    line = (f"wall-time ratio (full / PUMA) over {puma['n_seeds']} seeds: {ratio['mean']:.2f}x ± {ratio['std']:.2f}; "
+            f"training-sample ratio {samples['mean']:.2f}x ± {samples['std']:.2f}\n")
+    write_text(out / "cost_seeds.md", (out / "cost_seeds.md").read_text(encoding="utf-8") + "\n" + line)
+    print(line)
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from puma_lightning.cli.config_loader import load_config
@@ -139,7 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_runtime(cfg)
     logging.getLogger("puma_lightning").setLevel(logging.WARNING)
     out = Path(args.out or f"runs/cost_{Path(args.config[-1]).stem}")
-    run_cost(cfg, out, args.tolerance, project)
+    if cfg.seeds:
+        run_cost_seeds(cfg, out, args.tolerance, project)
+    else:
+        run_cost(cfg, out, args.tolerance, project)
     return 0
 
 

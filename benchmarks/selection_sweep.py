@@ -3,16 +3,21 @@
     python benchmarks/selection_sweep.py --config configs/X.yaml --budgets 200,600 \
         --strategies all --seeds 3 [--out DIR] [key=value ...]
 
-One source stage is trained once in ``<out>/source``; every (strategy, budget, seed) cell is an
-:class:`~puma_lightning.pipeline.experiment.Experiment` with ``source_dir=<out>/source`` and
-``run_dir=<out>/cells/<strategy>_b<budget>_s<seed>`` (its TensorBoard logs in ``tb/``) that trains
-the adapter on the selected users and evaluates on test (baselines off). The sweep seed is the
-*selection* seed only (``selection.seed``): the experiment ``seed`` also fixes the data subset and
-the prompt init of the source stage, which must be shared. A cell is finished when its
-``results.json`` exists; an interrupted sweep resumes and skips finished cells. Writes
-``sweep.csv`` (one row per cell), ``sweep.md`` (rows = strategies, columns = budgets,
-mean ± std over seeds, best per budget in bold, under a ``machine: ...`` line naming the machine and
-the compute dtype of the backbones this run loaded) and ``sweep.png`` (metric vs budget).
+Each seed is a whole independent run by default (``--seed-scope whole``): seed ``s`` trains its
+own source stage in ``<out>/source_s<s>`` with ``seed=s`` (its own data subset where the dataset
+samples users, its own prompt init) and selects with ``selection.seed=s``. ``--seed-scope
+selection`` shares one source stage (``<out>/source``, the config's ``seed``) and varies only the
+selection seed: cheaper, but its spread leaves out the source prompts' variation. Every (strategy,
+budget, seed) cell is an :class:`~puma_lightning.pipeline.experiment.Experiment` with its seed's
+``source_dir`` and ``run_dir=<out>/cells/<strategy>_b<budget>_s<seed>`` (``_sel<seed>`` under the
+selection scope; TensorBoard logs in ``tb/``) that trains the adapter on the selected users and
+evaluates on test (baselines off). A cell is finished when its ``results.json`` exists; an
+interrupted sweep resumes and skips finished cells. Writes ``sweep.csv`` (one row per cell),
+``sweep.md`` (rows = strategies, columns = budgets, mean ± std over seeds, best per budget in bold,
+then each strategy's paired difference against ``random`` at the same budget on the same test rows,
+pooled over seeds, with its 95 % bootstrap interval and verdict, under a ``machine: ...`` line naming
+the machine and the compute dtype of the backbones this run loaded) and ``sweep.png`` (metric vs
+budget).
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ from benchmarks._machine import BackboneDtypes, describe_machine  # noqa: E402
 log = logging.getLogger("selection_sweep")
 
 BASELINES_OFF = ("baselines.source=false", "baselines.random_init=false", "baselines.full_retrain=false")
+SEED_SCOPES = ("whole", "selection")
+PAIRED_REFERENCE = "random"
+"""Strategy every other one is compared with, paired on the same test rows, at the same budget."""
 CSV_FIELDS = ("strategy", "budget", "seed", "metric", "value", "rmse", "mae", "auc", "uauc",
               "selected_users", "train_samples", "wall_s", "run_dir")
 
@@ -46,7 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", action="append", required=True, metavar="FILE", help="experiment YAML (repeatable)")
     p.add_argument("--budgets", required=True, help="comma-separated budgets, e.g. 200,600")
     p.add_argument("--strategies", default="all", help="comma-separated strategy names, or 'all'")
-    p.add_argument("--seeds", type=int, default=3, help="selection seeds 0..N-1 per (strategy, budget)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per (strategy, budget)")
+    p.add_argument("--seed-scope", choices=SEED_SCOPES, default="whole",
+                   help="whole: each seed its own source prompts and selection; selection: one shared source, selection seed only")
     p.add_argument("--out", default=None, help="output folder (default: runs/sweep_<config stem>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every cell")
     return p.parse_args(argv)
@@ -68,8 +78,18 @@ def resolve_strategies(spec: str) -> list[str]:
     return names
 
 
-def cell_name(strategy: str, budget: int, seed: int) -> str:
-    return f"{strategy}_b{budget}_s{seed}"
+def cell_name(strategy: str, budget: int, seed: int, scope: str = "whole") -> str:
+    return f"{strategy}_b{budget}_{'s' if scope == 'whole' else 'sel'}{seed}"
+
+
+def source_dir(out: Path, seed: int, scope: str = "whole") -> Path:
+    """The source stage a seed's cells migrate from (one per seed, or one shared)."""
+    return out / (f"source_s{seed}" if scope == "whole" else "source")
+
+
+def seed_overrides(seed: int, scope: str) -> list[str]:
+    """Overrides that make a cell (or its source stage) the given seed's."""
+    return [f"seed={seed}", f"selection.seed={seed}"] if scope == "whole" else [f"selection.seed={seed}"]
 
 
 def primary_metric(task: str) -> tuple[str, bool]:
@@ -87,19 +107,19 @@ def _seed_runtime(cfg: Any) -> None:
 
 
 def run_cell(configs: Sequence[str], overrides: Sequence[str], out: Path, strategy: str, budget: int,
-             seed: int, dtypes: BackboneDtypes | None = None) -> dict[str, Any]:
+             seed: int, dtypes: BackboneDtypes | None = None, scope: str = "whole") -> dict[str, Any]:
     """Train and test one cell (or read it back when finished); returns its CSV row.
 
     ``dtypes`` records the compute dtype of the backbones the cell loads."""
     from puma_lightning.cli.config_loader import load_config, save_config
     from puma_lightning.pipeline.experiment import Experiment
 
-    run_dir = out / "cells" / cell_name(strategy, budget, seed)
+    run_dir = out / "cells" / cell_name(strategy, budget, seed, scope)
     results_path = run_dir / "results.json"
     if not results_path.is_file():
         cfg = load_config(configs, [*overrides, f"selection={strategy}", f"selection.budget={budget}",
-                                    f"selection.seed={seed}", f"run_dir={run_dir}", f"source_dir={out / 'source'}",
-                                    *BASELINES_OFF])
+                                    *seed_overrides(seed, scope), f"run_dir={run_dir}",
+                                    f"source_dir={source_dir(out, seed, scope)}", *BASELINES_OFF])
         save_config(cfg, run_dir / "config.yaml")
         _seed_runtime(cfg)
         log.info("cell %s", run_dir.name)
@@ -153,7 +173,7 @@ def to_markdown(rows: list[dict[str, Any]], strategies: Sequence[str], budgets: 
             best[b] = max(vals) if higher else min(vals)
     lines = [f"# {title}".rstrip() if title else "# Selection sweep", "", *([machine, ""] if machine else []),
              f"Test {metric.upper()} of the migrated prompts ({'higher' if higher else 'lower'} is better),"
-             " mean ± std over selection seeds; best per budget in bold.", "",
+             " mean ± std over seeds; best per budget in bold.", "",
              "| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for s in strategies:
         cells = []
@@ -165,6 +185,48 @@ def to_markdown(rows: list[dict[str, Any]], strategies: Sequence[str], budgets: 
             text = f"{mean:.4f} ± {std:.4f}" + (f" (n={n})" if n == 1 else "")
             cells.append(f"**{text}**" if np.isclose(mean, best[b]) else text)
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_against(rows: list[dict[str, Any]], reference: str = PAIRED_REFERENCE) -> list[dict[str, Any]]:
+    """Each strategy minus ``reference`` at the same budget, paired on the same test rows of the same seed and
+    pooled over seeds: the difference of the primary metric, its 95 % bootstrap interval and verdict."""
+    from puma_lightning.pipeline.seeds import load_predictions
+    from puma_lightning.tasks.uncertainty import paired_bootstrap, verdict
+
+    by_cell = {(r["strategy"], int(r["budget"]), int(r["seed"])): r for r in rows}
+    out = []
+    for (strategy, budget), _ in aggregate(rows).items():
+        if strategy == reference:
+            continue
+        parts = []
+        for (s, b, seed), r in by_cell.items():
+            if (s, b) != (strategy, budget) or (reference, budget, seed) not in by_cell:
+                continue
+            a = load_predictions(Path(r["run_dir"]) / "puma")
+            ref = load_predictions(Path(by_cell[(reference, budget, seed)]["run_dir"]) / "puma")
+            if a is None or ref is None or not np.array_equal(a["row"], ref["row"]):
+                continue
+            parts.append((a["prediction"], ref["prediction"], a["label"], a["user"] + 10**9 * seed))
+        if not parts:
+            continue
+        pred, ref_pred, label, user = (np.concatenate(x) for x in zip(*parts))
+        metric = rows[0]["metric"]
+        c = paired_bootstrap(metric, pred, ref_pred, label, user=user)
+        out.append({"strategy": strategy, "budget": budget, "seeds": len(parts), "metric": metric, **c,
+                    "verdict": verdict(metric, c["low"], c["high"])})
+    return out
+
+
+def paired_markdown(pairs: list[dict[str, Any]], reference: str = PAIRED_REFERENCE) -> str:
+    """The paired comparisons as a markdown table (empty when there are none)."""
+    if not pairs:
+        return ""
+    lines = ["", f"Paired difference against {reference} at the same budget (strategy - {reference}, same test rows, pooled "
+             "over seeds, 95 % bootstrap interval):", "",
+             "| strategy | budget | seeds | difference | 95 % interval | verdict |", "|---|---|---|---|---|---|"]
+    lines += [f"| {p['strategy']} | {p['budget']} | {p['seeds']} | {p['diff']:+.4f} | [{p['low']:+.4f}, {p['high']:+.4f}] | "
+              f"{p['verdict']} |" for p in pairs]
     return "\n".join(lines) + "\n"
 
 
@@ -201,30 +263,35 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], strategies: Sequence[st
 
     write_csv(out / "sweep.csv", rows)
     atomic_write_text(out / "sweep.md", to_markdown(rows, strategies, budgets, f"Selection sweep ({out.name})",
-                                                    describe_machine(dtype)))
+                                                    describe_machine(dtype)) + paired_markdown(paired_against(rows)))
     if rows:
         plot(out / "sweep.png", rows, strategies, budgets)
 
 
 def run_sweep(configs: Sequence[str], budgets: Sequence[int], strategies: Sequence[str], seeds: int,
-              out: Path, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Train the shared source stage once, then every missing cell; returns all CSV rows."""
+              out: Path, overrides: Sequence[str] = (), scope: str = "whole") -> list[dict[str, Any]]:
+    """Train each seed's source stage (or the shared one), then every missing cell; returns all CSV rows."""
     from puma_lightning.cli.config_loader import load_config
     from puma_lightning.pipeline.experiment import Experiment
 
+    if scope not in SEED_SCOPES:
+        raise SystemExit(f"--seed-scope is {scope!r}; expected one of {', '.join(SEED_SCOPES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = load_config(configs, [*overrides, f"run_dir={out}", f"source_dir={out / 'source'}", *BASELINES_OFF])
-    _seed_runtime(base)
     dtypes = BackboneDtypes()
-    start = time.perf_counter()
-    dtypes.watch(Experiment(base)).pretrain("source", "source")  # reused when already there
-    log.info("source stage ready in %.1fs", time.perf_counter() - start)
+    for seed in (range(seeds) if scope == "whole" else [None]):
+        extra = [] if seed is None else seed_overrides(seed, scope)
+        base = load_config(configs, [*overrides, *extra, f"run_dir={out}", f"source_dir={source_dir(out, seed or 0, scope)}",
+                                     *BASELINES_OFF])
+        _seed_runtime(base)
+        start = time.perf_counter()
+        dtypes.watch(Experiment(base)).pretrain("source", "source")  # reused when already there
+        log.info("source stage %s ready in %.1fs", base.source_dir, time.perf_counter() - start)
     rows: list[dict[str, Any]] = []
     for strategy in strategies:
         for budget in budgets:
             for seed in range(seeds):
-                rows.append(run_cell(configs, overrides, out, strategy, int(budget), seed, dtypes))
+                rows.append(run_cell(configs, overrides, out, strategy, int(budget), seed, dtypes, scope))
                 write_outputs(out, rows, strategies, budgets, dtypes.text())  # partial tables survive interruptions
     write_outputs(out, rows, strategies, budgets, dtypes.text())
     return rows
@@ -236,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     strategies = resolve_strategies(args.strategies)
     out = Path(args.out) if args.out else REPO / "runs" / f"sweep_{Path(args.config[0]).stem}"
-    rows = run_sweep(args.config, budgets, strategies, args.seeds, out, args.overrides)
+    rows = run_sweep(args.config, budgets, strategies, args.seeds, out, args.overrides, args.seed_scope)
     print((out / "sweep.md").read_text(encoding="utf-8"))
     print(f"{len(rows)} cells; wrote {out / 'sweep.csv'}, {out / 'sweep.md'}, {out / 'sweep.png'}")
     return 0

@@ -186,7 +186,7 @@ class ExperimentConfig:
     seed: int = 0
     """Global seed: data subset, prompt init, selection, shuffling."""
     seeds: Optional[List[int]] = None
-    """``fit``: run the whole experiment once per seed (each its own data subset, source prompts, selection and adapter) in ``<run_dir>/seed_<s>/``, then write one table of mean ± std over seeds with paired bootstrap intervals against ``full_retrain`` and ``random_init`` (e.g. ``seeds=[0,1,2]``). None: one run with ``seed``."""
+    """``fit``, ``chain``, ``aggregate``, ``cold-start``: run the whole command once per seed (each its own data subset, source prompts, selection and adapter) in ``<run_dir>/seed_<s>/``, then write one table of mean ± std over seeds with paired bootstrap intervals on the same test rows (``fit``: against ``full_retrain`` and ``random_init``; ``chain``: each hop against its full retraining; ``aggregate``: against full retraining; ``cold-start``: against ``scratch``), e.g. ``seeds=[0,1,2]``. None: one run with ``seed``."""
     data: DataConfig = field(default_factory=DataConfig)
     """Dataset and template."""
     source: ModelConfig = field(default_factory=ModelConfig)

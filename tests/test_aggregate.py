@@ -55,7 +55,7 @@ def source_banks(tmp_path_factory):
         cfg = load_config([AGG], [*TINY, f"run_dir={root / name}", f"source.name={name}"])
         exp = Experiment(cfg)
         exp.pretrain("source", "source")
-        paths.append(exp._stage_dir("source") / "bank")
+        paths.append(exp.stage_dir("source") / "bank")
     qwen = PromptBank.load(paths[1])
     dropped = qwen.user_ids[0]
     keep = qwen.user_ids[1:]

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from benchmark_loader import load_benchmark, machine_line
 
 from puma_lightning.cli.config_loader import load_config
@@ -48,8 +49,11 @@ def test_sweep_writes_table(sweep):
         assert (cell / "results.json").is_file() and any((cell / "tb").rglob("events.out.tfevents*"))
         selection = json.loads((cell / "selection.json").read_text())
         assert selection["num_selected"] == 12
-        assert not (cell / "source").exists()  # the shared source stage was reused
-    assert (out / "source" / "bank").is_dir()
+        assert not (cell / "source").exists()  # the seed's source stage was reused
+        cell_cfg = OmegaConf.load(cell / "config.yaml")
+        assert cell_cfg.seed == 0 and cell_cfg.selection.seed == 0 and cell_cfg.source_dir == str(out / "source_s0")
+    assert (out / "source_s0" / "bank").is_dir()  # seed 0's own source stage (whole-run seeds)
+    assert "Paired difference against random" in md and "| kmeans_fps | 12 | 1 |" in md
 
 
 def test_sweep_resumes_skipping_finished_cells(sweep, monkeypatch):
@@ -62,6 +66,17 @@ def test_sweep_resumes_skipping_finished_cells(sweep, monkeypatch):
     monkeypatch.setattr(Experiment, "pretrain", lambda self, *a, **k: {})
     rows = module.run_sweep([SMOKE], [12], ["random", "kmeans_fps"], 1, out, FAST)
     assert len(rows) == 2 and "random" in (out / "sweep.md").read_text()
+
+
+def test_seed_scopes_name_their_sources_and_cells(tmp_path):
+    module = load_benchmark("selection_sweep")
+    assert module.source_dir(tmp_path, 2, "whole") == tmp_path / "source_s2"
+    assert module.source_dir(tmp_path, 2, "selection") == tmp_path / "source"
+    assert module.cell_name("random", 10, 2, "whole") != module.cell_name("random", 10, 2, "selection")
+    assert module.seed_overrides(2, "whole") == ["seed=2", "selection.seed=2"]
+    assert module.seed_overrides(2, "selection") == ["selection.seed=2"]
+    with pytest.raises(SystemExit):
+        module.run_sweep([SMOKE], [12], ["random"], 1, tmp_path, FAST, scope="everything")
 
 
 def test_markdown_layout_mean_std():

@@ -90,13 +90,14 @@ def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - Dict
         from puma_lightning.data.prepare import run_prepare
 
         run_prepare(cfg)
-    elif command == "fit":
-        if cfg.seeds:
-            from puma_lightning.pipeline.seeds import run_seeds
+    elif cfg.seeds:
+        from puma_lightning.pipeline.seeds import SEEDED_COMMANDS, run_seeds
 
-            run_seeds(cfg)
-        else:
-            Experiment(cfg).fit()
+        if command not in SEEDED_COMMANDS:
+            raise PumaError(f"'seeds' applies to {', '.join(SEEDED_COMMANDS)}, not to {command}; use seed=N")
+        run_seeds(cfg, command)
+    elif command == "fit":
+        Experiment(cfg).fit()
     elif command == "pretrain":
         stage = "source" if cfg.model == "source" else "full_retrain"
         record = Experiment(cfg).pretrain(cfg.model, stage)

@@ -118,10 +118,10 @@ def experiment_lineage(exp: Any, made_by: str, metrics: dict[str, Any], source: 
                "seed": int(cfg.seed), "num_users": int(table.n_users)}
     sources, adapter, selection = [], None, None
     if source is not None:
-        bank_dir = exp._stage_dir("source") / "bank"
+        bank_dir = exp.stage_dir("source") / "bank"
         if (bank_dir / MANIFEST_FILE).is_file():
             sources.append(source_ref(bank_dir))
-        adapter_file = exp._stage_dir("puma") / "adapter.safetensors"
+        adapter_file = exp.stage_dir("puma") / "adapter.safetensors"
         if adapter_file.is_file():
             adapter = adapter_ref(adapter_file)
         selection = selection_ref(exp.run_dir / "selection.json")

@@ -155,7 +155,7 @@ def run_aggregate(cfg: DictConfig) -> dict[str, Any]:
             exp = Experiment(sub_config(cfg, run_dir / "sources" / f"{i}_{safe_name(sources[i])}",
                                         **{"source.name": sources[i], "source_dir": None}))
             exp.pretrain("source", "source")
-            stage_dirs.append(exp._stage_dir("source"))
+            stage_dirs.append(exp.stage_dir("source"))
     banks = [PromptBank.load(d / "bank") for d in stage_dirs]
     # 2. align and concatenate
     aligned = align_banks(banks, table.user_ids, str(acfg.missing))
@@ -187,18 +187,21 @@ def run_aggregate(cfg: DictConfig) -> dict[str, Any]:
         exp = experiment_on(sub_config(cfg, run_dir / f"single_{i}_{safe_name(name)}{suffix or tag}",
                                        **{"source.name": name, "source_dir": str(stage_dir)}), sub_table)
         rec = exp.migrate_stage()
-        rows.append({"method": f"{name} alone", "kind": "single", "source": name, "users": sub_table.n_users, **_row(rec)})
+        rows.append({"method": f"{name} alone", "kind": "single", "source": name, "users": sub_table.n_users,
+                     **_row(rec, exp.stage_dir("puma"))})
     rows.append({"method": " + ".join(sources), "kind": "aggregated", "source": bank.model_name, "users": eval_table.n_users,
-                 **_row(agg)})
+                 **_row(agg, agg_exp.stage_dir("puma"))})
     if cfg.baselines.full_retrain:
-        full = experiment_on(sub_config(cfg, run_dir / f"full_retrain{suffix}"), eval_table).pretrain("target", "full_retrain")
-        rows.append({"method": "full retraining", "kind": "full_retrain", "source": None, "users": eval_table.n_users, **_row(full)})
+        full_exp = experiment_on(sub_config(cfg, run_dir / f"full_retrain{suffix}"), eval_table)
+        full = full_exp.pretrain("target", "full_retrain")
+        rows.append({"method": "full retraining", "kind": "full_retrain", "source": None, "users": eval_table.n_users,
+                     **_row(full, full_exp.stage_dir("full_retrain"))})
     return write_aggregate(run_dir, table.task, str(cfg.target.name), str(acfg.missing), aligned, sources, rows)
 
 
-def _row(record: dict[str, Any]) -> dict[str, Any]:
+def _row(record: dict[str, Any], stage_dir: Path) -> dict[str, Any]:
     return {"metrics": record["metrics"], "wall_s": record["wall_s"], "train_samples": record["train_samples"],
-            "trainable_params": record["trainable_params"]}
+            "trainable_params": record["trainable_params"], "stage_dir": str(stage_dir)}
 
 
 def write_aggregate(run_dir: Path, task: str, target: str, policy: str, aligned: Aligned, sources: list[str],

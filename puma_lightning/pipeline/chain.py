@@ -51,10 +51,10 @@ def run_chain(cfg: DictConfig) -> dict[str, Any]:
     record = first.pretrain("source", "source")
     hops: list[dict[str, Any]] = [{
         "hop": 0, "model": models[0], "dir": str(first.run_dir), "migrated": record["metrics"], "full_retrain": record["metrics"],
-        "hidden_size": _bank_width(first._stage_dir("source") / "bank"), "migrate_wall_s": None, "migrate_train_samples": None,
+        "hidden_size": _bank_width(first.stage_dir("source") / "bank"), "migrate_wall_s": None, "migrate_train_samples": None,
         "full_wall_s": record["wall_s"], "full_train_samples": record["train_samples"],
     }]
-    previous = first._stage_dir("source")
+    previous = first.stage_dir("source")
     del first
     for k in range(1, len(models)):
         hcfg = sub_config(cfg, hop_dir(run_dir, k, models[k]),
@@ -65,12 +65,12 @@ def run_chain(cfg: DictConfig) -> dict[str, Any]:
         full = exp.pretrain("target", "full_retrain") if cfg.baselines.full_retrain else None
         hops.append({
             "hop": k, "model": models[k], "dir": str(exp.run_dir), "migrated": puma["metrics"],
-            "full_retrain": full["metrics"] if full else None, "hidden_size": _bank_width(exp._stage_dir("puma") / "bank"),
+            "full_retrain": full["metrics"] if full else None, "hidden_size": _bank_width(exp.stage_dir("puma") / "bank"),
             "migrate_wall_s": puma["wall_s"], "migrate_train_samples": puma["train_samples"],
             "full_wall_s": full["wall_s"] if full else None, "full_train_samples": full["train_samples"] if full else None,
-            "adapter": str(exp._stage_dir("puma") / "adapter.safetensors"), "bank": str(exp._stage_dir("puma") / "bank"),
+            "adapter": str(exp.stage_dir("puma") / "adapter.safetensors"), "bank": str(exp.stage_dir("puma") / "bank"),
         })
-        previous = exp._stage_dir("puma")
+        previous = exp.stage_dir("puma")
         del exp
     return write_chain(run_dir, task, hops)
 

@@ -77,9 +77,10 @@ class _NewUsers:
 
         exp, cfg = self.exp, self.exp.cfg
         key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, stage, epochs, extra_key, trainer_key(cfg.trainer))
+        where = {"stage_dir": str(exp.stage_dir(stage))}
         cached = exp._read_stage(stage, key)
         if cached is not None:
-            return cached
+            return {**cached, **where}
         lm = exp.backbone(which)
         table = exp.table
         seed_stage(cfg.seed, stage)
@@ -99,11 +100,12 @@ class _NewUsers:
             st = fit_best(module, dm, cfg, exp.run_dir, stage, epochs, resume_key=key)
             stats = {"wall_s": st.wall_s, "train_samples": st.train_samples, "trainable_params": st.trainable_params}
         metrics = test_metrics(module, dm, cfg, exp.run_dir, f"{stage}_test")
+        exp.save_test_predictions(stage, module.test_predictions())
         lineage = {**lineage, "metrics": metrics, "model": {"name": lm.name, "fingerprint": lm.fingerprint, "hidden_size": lm.hidden_size}}
         on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                         info={"made_by": f"cold_start:{stage}", "metrics": metrics, "lineage": lineage},
-                                        head_state=module.head.state_dict()).save(exp._stage_dir(stage) / "bank"))
-        return exp._write_stage(stage, key, {"method": stage, "model": which, "metrics": metrics, **stats})
+                                        head_state=module.head.state_dict()).save(exp.stage_dir(stage) / "bank"))
+        return {**exp._write_stage(stage, key, {"method": stage, "model": which, "metrics": metrics, **stats}), **where}
 
 
 def run_cold_start(cfg: DictConfig) -> dict[str, Any]:
@@ -120,9 +122,9 @@ def run_cold_start(cfg: DictConfig) -> dict[str, Any]:
                         subset_users(table, existing, "cold_start_existing"))
     source_rec = old.pretrain("source", "source")
     puma_rec = old.migrate_stage()
-    adapter_path = old._stage_dir("puma") / "adapter.safetensors"
+    adapter_path = old.stage_dir("puma") / "adapter.safetensors"
     adapter, head_target, meta = load_adapter(adapter_path)
-    source_bank = PromptBank.load(old._stage_dir("source") / "bank")
+    source_bank = PromptBank.load(old.stage_dir("source") / "bank")
     scale = float(meta.get("output_scale", 1.0))
     adapter_sha = adapter_ref(adapter_path)
     del old
@@ -142,12 +144,12 @@ def run_cold_start(cfg: DictConfig) -> dict[str, Any]:
     rows["scratch"] = tuner.run("scratch", "target", None, k, None, {**base_lineage, "made_by": "cold_start:scratch", "sources": []})
     rows["new_source"] = tuner.run("new_source", "source", None, k, source_bank.model_fingerprint,
                                    {**base_lineage, "made_by": "cold_start:new_source", "adapter": None, "sources": []})
-    new_source = PromptBank.load(nexp._stage_dir("new_source") / "bank").rows_for(new)
+    new_source = PromptBank.load(nexp.stage_dir("new_source") / "bank").rows_for(new)
     start = time.perf_counter()
     with torch.no_grad():
         mapped = adapter(new_source) * scale
     map_s = time.perf_counter() - start
-    map_lineage = {**base_lineage, "sources": [source_ref(nexp._stage_dir("new_source") / "bank")]}
+    map_lineage = {**base_lineage, "sources": [source_ref(nexp.stage_dir("new_source") / "bank")]}
     rows["map"] = tuner.run("map", "target", mapped, 0, adapter_sha["sha256"], {**map_lineage, "made_by": "cold_start:map"})
     rows["map_finetune"] = tuner.run("map_finetune", "target", mapped, ft, adapter_sha["sha256"],
                                      {**map_lineage, "made_by": "cold_start:map_finetune"})
@@ -174,7 +176,8 @@ def write_cold_start(run_dir: Path, task: str, existing: list[str], new: list[st
     out = {}
     for name, (desc, s_samples, s_wall, rec) in methods.items():
         out[name] = {"what": desc, "metrics": rec["metrics"], "source_train_samples": int(s_samples),
-                     "target_train_samples": int(rec["train_samples"]), "wall_s": round(float(s_wall) + float(rec["wall_s"]), 2)}
+                     "target_train_samples": int(rec["train_samples"]), "wall_s": round(float(s_wall) + float(rec["wall_s"]), 2),
+                     "stage_dir": rec.get("stage_dir")}
     doc = {"task": task, "existing_users": len(existing), "new_users": len(new), "new_user_ids": new, "methods": out,
            "existing_system": {"source_metrics": source_rec["metrics"], "puma_metrics": puma_rec["metrics"],
                                "adapter_train_samples": puma_rec["train_samples"]}}

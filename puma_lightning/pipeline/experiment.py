@@ -34,6 +34,7 @@ from puma_lightning.models.heads import build_head
 from puma_lightning.pipeline.builders import build_datamodule, build_table, load_frozen_lm
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
 from puma_lightning.pipeline.results import write_results
+from puma_lightning.pipeline.seeds import PREDICTIONS_FILE, load_predictions
 from puma_lightning.pipeline.training import StageStats, fit_best, runs_on_gpu, test_metrics
 from puma_lightning.pipeline.user_stats import build_selection_context
 from puma_lightning.selection import select_users
@@ -48,7 +49,6 @@ def _config_key(*nodes: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-PREDICTIONS_FILE = "test_predictions.npz"
 
 COSMETIC_TRAINER_KEYS = frozenset({"enable_progress_bar", "log_every_n_steps", "checkpoint_every_n_steps", "num_threads"})
 """Trainer settings that do not change a stage's result (everything else in ``trainer`` is part of its key)."""
@@ -114,13 +114,14 @@ class Experiment:
     def _mean_label(self) -> float:
         return float(self.table.label[self.table.rows("train")].mean())
 
-    def _stage_dir(self, name: str) -> Path:
+    def stage_dir(self, name: str) -> Path:
+        """The folder of stage ``name`` (``source`` may live elsewhere: ``source_dir``)."""
         if name == "source" and self.cfg.source_dir:
             return Path(self.cfg.source_dir)
         return self.run_dir / name
 
     def _read_stage(self, name: str, key: str) -> dict[str, Any] | None:
-        path = self._stage_dir(name) / "stage.json"
+        path = self.stage_dir(name) / "stage.json"
         if not path.is_file():
             return None
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -131,24 +132,23 @@ class Experiment:
 
     def save_test_predictions(self, stage: str, predictions: dict[str, np.ndarray]) -> None:
         """``<stage>/test_predictions.npz``: each test row's prediction and label, for paired comparisons."""
-        path = self._stage_dir(stage) / PREDICTIONS_FILE
+        path = self.stage_dir(stage) / PREDICTIONS_FILE
         on_rank_zero(lambda: atomic_write_with(path, lambda tmp: _write_npz(tmp, predictions)))
+
+    def method_dir(self, method: str) -> Path:
+        """The stage folder of a row of the results table (classic references live under ``classic/``)."""
+        from puma_lightning.pipeline.classic import REFERENCES
+
+        return self.stage_dir(f"classic/{method}" if method in REFERENCES else method)
 
     def test_predictions(self, method: str) -> dict[str, np.ndarray] | None:
         """What :meth:`save_test_predictions` wrote for a method's stage (None if it has none)."""
-        from puma_lightning.pipeline.classic import REFERENCES
-
-        stage = f"classic/{method}" if method in REFERENCES else method
-        path = self._stage_dir(stage) / PREDICTIONS_FILE
-        if not path.is_file():
-            return None
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+        return load_predictions(self.method_dir(method))
 
     def _write_stage(self, name: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
         """Write ``stage.json`` (global rank 0 only; every rank returns the record)."""
         record = {"key": key, **record}
-        on_rank_zero(lambda: atomic_write_text(self._stage_dir(name) / "stage.json", json.dumps(record, indent=1)))
+        on_rank_zero(lambda: atomic_write_text(self.stage_dir(name) / "stage.json", json.dumps(record, indent=1)))
         return record
 
     # -- stages ----------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class Experiment:
         key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, train_prompts, epochs, trainer_key(cfg.trainer))
         cached = self._read_stage(stage, key)
         if cached is not None:
-            log.info("reusing %s from %s", stage, self._stage_dir(stage))
+            log.info("reusing %s from %s", stage, self.stage_dir(stage))
             return cached
         lm = self.backbone(which)
         table = self.table
@@ -181,7 +181,7 @@ class Experiment:
         if save_bank:  # rank 0 writes; the others wait so that later stages can read it
             on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                             info=self._bank_info(f"pretrain:{stage}", metrics),
-                                            head_state=module.head.state_dict()).save(self._stage_dir(stage) / "bank"))
+                                            head_state=module.head.state_dict()).save(self.stage_dir(stage) / "bank"))
         return self._write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict(), **cost})
 
     def select(self, bank: PromptBank) -> dict[str, Any]:
@@ -209,12 +209,12 @@ class Experiment:
     def migrate_stage(self) -> dict[str, Any]:
         """PUMA: select users, train the adapter through the target model, map every prompt, test."""
         cfg = self.cfg
-        source_bank = PromptBank.load(self._stage_dir("source") / "bank")
+        source_bank = PromptBank.load(self.stage_dir("source") / "bank")
         key = _config_key(cfg.data, cfg.source, cfg.target, cfg.prompt, cfg.adapter, cfg.selection, cfg.seed,
                           source_bank.model_fingerprint, trainer_key(cfg.trainer))
         cached = self._read_stage("puma", key)
         if cached is not None:
-            log.info("reusing puma from %s", self._stage_dir("puma"))
+            log.info("reusing puma from %s", self.stage_dir("puma"))
             return cached
         table = self.table
         selection = self.select(source_bank)
@@ -237,7 +237,7 @@ class Experiment:
         start = time.perf_counter()
         migrated = module.migrate_all()
         migrate_s = time.perf_counter() - start
-        out_dir = self._stage_dir("puma")
+        out_dir = self.stage_dir("puma")
         on_rank_zero(lambda: atomic_write_with(
             out_dir / "adapter.safetensors",
             lambda p: save_file({k: v.contiguous() for k, v in module.trainable_state_dict().items()}, str(p),

@@ -1,91 +1,136 @@
-"""Seeds as an axis: ``fit`` once per seed, then one table of mean ± std and paired intervals.
+"""Seeds as an axis: any command once per seed, then one table of mean ± std and paired intervals.
 
 Each seed is a whole independent run in ``<run_dir>/seed_<s>/`` (its own data subset where the
-dataset samples users, source prompts, selection and adapter). The table compares every method
-with ``full_retrain`` and with ``random_init`` by a paired bootstrap over the test rows of all seeds
-pooled (each seed's rows paired with the same rows of the other method in that seed), and says
-``better`` / ``worse`` / ``no difference`` at 95 %.
+dataset samples users, source prompts, selection and adapter): the command runs exactly as it
+would with ``seed=<s>``. What each command contributes is a :class:`SeededCommand`: how to run one
+seed and which rows of its result to tabulate, each with the stage folder whose
+``test_predictions.npz`` holds its per-row predictions, and which rows each row is compared with.
+
+The table compares rows by a paired bootstrap over the test rows of all seeds pooled (each seed's
+rows paired with the same rows of the reference in that seed), and says ``better`` / ``worse`` /
+``no difference`` at 95 %. Rows tested on other rows than their reference (e.g. a single source
+evaluated on the users it has) get no interval; the table says so.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from omegaconf import DictConfig
 
 from puma_lightning.io.atomic import atomic_write_text
-from puma_lightning.pipeline.results import METHOD_ORDER
 from puma_lightning.pipeline.sub_runs import metric_names, sub_config
 from puma_lightning.tasks.uncertainty import mean_std, paired_bootstrap, verdict
 
 log = logging.getLogger(__name__)
 
-REFERENCES = ("full_retrain", "random_init")
-"""Methods every other method is compared with, paired on the same rows."""
+PREDICTIONS_FILE = "test_predictions.npz"
+"""Per-row test predictions a stage leaves in its folder (``row``, ``user``, ``prediction``, ``label``)."""
+
+FIT_REFERENCES = ("full_retrain", "random_init")
+"""Methods every other ``fit`` method is compared with, paired on the same rows."""
 
 
-def run_seeds(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``fit`` for each of ``cfg.seeds`` in its own folder, then write the table over seeds."""
-    from puma_lightning.pipeline.experiment import Experiment
+def load_predictions(stage_dir: str | Path | None) -> dict[str, np.ndarray] | None:
+    """The ``test_predictions.npz`` of a stage folder (None when the stage left none)."""
+    if stage_dir is None:
+        return None
+    path = Path(stage_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
+
+@dataclass
+class SeedRow:
+    """One row of one seed's result: flat values (metrics, ``wall_s``, ...) and where its predictions are."""
+
+    values: dict[str, Any]
+    stage_dir: str | Path | None = None
+    references: Sequence[str] = ()
+    """Names of the rows this row is compared with, paired on the same test rows."""
+
+
+@dataclass
+class SeedRun:
+    """What one seed of a command produced."""
+
+    task: str
+    rows: dict[str, SeedRow]
+    info: dict[str, Any] = field(default_factory=dict)
+    """Anything else to keep per seed (dataset, test row count, machine)."""
+
+
+@dataclass
+class SeededCommand:
+    """How a command runs for one seed and what of it goes into the table over seeds."""
+
+    name: str
+    """File stem of the table over seeds (``<run_dir>/<name>.json`` and ``.md``)."""
+    run: Callable[[DictConfig], SeedRun]
+    extra_values: Sequence[str] = ("wall_s",)
+    """Non-metric values averaged over seeds besides the metrics."""
+
+
+def run_over_seeds(cfg: DictConfig, command: SeededCommand) -> dict[str, Any]:
+    """Run ``command`` for each of ``cfg.seeds`` in its own folder, then write the table over seeds."""
     seeds = [int(s) for s in cfg.seeds]
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"'seeds' must be distinct integers, got {seeds}")
     run_dir = Path(cfg.run_dir)
-    per_seed: dict[int, dict[str, Any]] = {}
-    predictions: dict[int, dict[str, dict[str, np.ndarray]]] = {}
+    runs: dict[int, SeedRun] = {}
     for i, seed in enumerate(seeds):
         log.info("seed %d (%d of %d) in %s", seed, i + 1, len(seeds), run_dir / f"seed_{seed}")
-        exp = Experiment(sub_config(cfg, run_dir / f"seed_{seed}", seed=seed, seeds=None))
-        per_seed[seed] = exp.fit()
-        predictions[seed] = {m: p for m in per_seed[seed]["methods"] if (p := exp.test_predictions(m)) is not None}
-    results = summarise(per_seed, predictions)
+        runs[seed] = command.run(sub_config(cfg, run_dir / f"seed_{seed}", seed=seed, seeds=None))
+    results = summarise(runs, command.extra_values)
     from puma_lightning.pipeline.distributed import is_global_zero
 
     if is_global_zero():
-        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+        atomic_write_text(run_dir / f"{command.name}.json", json.dumps(results, indent=1))
         markdown = to_markdown(results)
-        atomic_write_text(run_dir / "results.md", markdown)
+        atomic_write_text(run_dir / f"{command.name}.md", markdown)
         print(markdown)
     return results
 
 
-def _pooled(predictions: dict[int, dict[str, dict[str, np.ndarray]]], method: str, reference: str):
-    """Pooled (prediction, reference prediction, label, user) over seeds, rows paired within each seed."""
+def _pooled(runs: Mapping[int, SeedRun], row: str, reference: str) -> tuple[np.ndarray, ...] | str:
+    """Pooled (prediction, reference prediction, label, user) over seeds, or why there is none."""
     parts = []
-    for seed, by_method in predictions.items():
-        a, b = by_method.get(method), by_method.get(reference)
+    for seed, run in runs.items():
+        if row not in run.rows or reference not in run.rows:
+            return f"seed {seed} lacks {row if row not in run.rows else reference}"
+        a, b = load_predictions(run.rows[row].stage_dir), load_predictions(run.rows[reference].stage_dir)
         if a is None or b is None:
-            return None
+            return f"seed {seed}: no per-row predictions for {row if a is None else reference}"
         if not np.array_equal(a["row"], b["row"]):
-            raise ValueError(f"seed {seed}: {method} and {reference} were tested on different rows")
+            return "tested on other rows"
         parts.append((a["prediction"], b["prediction"], a["label"], a["user"] + 10**9 * seed))
-    return tuple(np.concatenate(x) for x in zip(*parts)) if parts else None
+    return tuple(np.concatenate(x) for x in zip(*parts))
 
 
-def summarise(per_seed: dict[int, dict[str, Any]], predictions: dict[int, dict[str, dict[str, np.ndarray]]]) -> dict[str, Any]:
-    """The ``results.json`` document over seeds: per-seed values, mean ± std, paired intervals and verdicts."""
-    first = next(iter(per_seed.values()))
-    task = first["task"]
-    names = metric_names(task)
-    methods: dict[str, Any] = {}
-    for method in METHOD_ORDER:
-        rows = {seed: r["methods"][method] for seed, r in per_seed.items() if method in r["methods"]}
-        if not rows:
-            continue
-        entry: dict[str, Any] = {"n_seeds": len(rows), "per_seed": {str(s): v for s, v in rows.items()}}
-        for name in (*names, "wall_s"):
-            entry[name] = dict(zip(("mean", "std"), mean_std([v.get(name) for v in rows.values()])))
-        comparisons = {}
-        for reference in REFERENCES:
-            if reference == method:
-                continue
-            pooled = _pooled(predictions, method, reference)
-            if pooled is None:
+def summarise(runs: Mapping[int, SeedRun], extra_values: Sequence[str] = ("wall_s",)) -> dict[str, Any]:
+    """The document over seeds: per-seed values, mean ± std, paired intervals and verdicts per row."""
+    first = next(iter(runs.values()))
+    names = metric_names(first.task)
+    order = list(dict.fromkeys(name for run in runs.values() for name in run.rows))
+    rows: dict[str, Any] = {}
+    for row in order:
+        values = {seed: run.rows[row].values for seed, run in runs.items() if row in run.rows}
+        entry: dict[str, Any] = {"n_seeds": len(values), "per_seed": {str(s): v for s, v in values.items()}}
+        for name in (*names, *extra_values):
+            entry[name] = dict(zip(("mean", "std"), mean_std([v.get(name) for v in values.values()])))
+        comparisons, unpaired = {}, {}
+        references = next(run.rows[row].references for run in runs.values() if row in run.rows)
+        for reference in references:
+            pooled = _pooled(runs, row, reference)
+            if isinstance(pooled, str):
+                unpaired[reference] = pooled
                 continue
             pred, ref, label, user = pooled
             comparisons[reference] = {}
@@ -94,21 +139,25 @@ def summarise(per_seed: dict[int, dict[str, Any]], predictions: dict[int, dict[s
                 interval["verdict"] = verdict(name, interval["low"], interval["high"])
                 comparisons[reference][name] = interval
         entry["vs"] = comparisons
-        methods[method] = entry
-    return {"task": task, "dataset": first.get("dataset"), "seeds": [int(s) for s in per_seed],
-            "num_test_rows": {str(s): r.get("num_test_rows") for s, r in per_seed.items()},
-            "methods": methods, "machine": first.get("machine")}
+        if unpaired:
+            entry["not_compared"] = unpaired
+        rows[row] = entry
+    return {"task": first.task, "seeds": [int(s) for s in runs], "methods": rows,
+            **{k: {str(s): run.info.get(k) for s, run in runs.items()} for k in ("num_test_rows",)},
+            "dataset": first.info.get("dataset"), "machine": first.info.get("machine")}
 
 
 def to_markdown(results: dict[str, Any]) -> str:
-    """Mean ± std over seeds per method, then the paired differences with their intervals and verdicts."""
+    """Mean ± std over seeds per row, then the paired differences with their intervals and verdicts."""
     names = metric_names(results["task"])
     n = len(results["seeds"])
     head = ["method", *[f"{m.upper()} (mean ± std)" for m in names], "wall s", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, row in results["methods"].items():
         vals = [f"{row[m]['mean']:.4f} ± {row[m]['std']:.4f}" for m in names]
-        lines.append(f"| {method} | " + " | ".join(vals) + f" | {row['wall_s']['mean']:.1f} | {row['n_seeds']} |")
+        wall = row.get("wall_s", {}).get("mean")
+        wall_text = "n/a" if wall is None or wall != wall else f"{wall:.1f}"
+        lines.append(f"| {method} | " + " | ".join(vals) + f" | {wall_text} | {row['n_seeds']} |")
     primary = names[0]
     lines += ["", f"Paired differences in {primary.upper()} (method - reference) on the same test rows, pooled over "
               f"{n} seed{'s' if n > 1 else ''}, 95 % bootstrap interval:", "",
@@ -117,10 +166,80 @@ def to_markdown(results: dict[str, Any]) -> str:
         for reference, by_metric in row["vs"].items():
             c = by_metric[primary]
             lines.append(f"| {method} | {reference} | {c['diff']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}] | {c['verdict']} |")
-    rows = ", ".join(f"seed {s}: {r}" for s, r in results["num_test_rows"].items())
-    notes = [f"dataset {results['dataset']}; test rows {rows}; seeds {results['seeds']} (per-seed values in results.json)"]
+        for reference, why in row.get("not_compared", {}).items():
+            lines.append(f"| {method} | {reference} | n/a | n/a | not paired: {why} |")
+    notes = []
+    counts = results.get("num_test_rows") or {}
+    if any(v is not None for v in counts.values()):
+        notes.append(f"test rows {', '.join(f'seed {s}: {r}' for s, r in counts.items())}")
+    notes.append(f"dataset {results.get('dataset')}; seeds {results['seeds']} (per-seed values in the .json)")
     if results.get("machine"):
         m = results["machine"]
         notes.append(f"machine: CPU {m['cpu']} ({m['capability']}, {m['threads']} threads), GPU {m['gpu']}, "
                      f"torch {m['torch']}, transformers {m['transformers']}")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {x}" for x in notes) + "\n"
+
+
+# -- the commands that take ``seeds`` -------------------------------------------------------------
+def _fit_one(cfg: DictConfig) -> SeedRun:
+    from puma_lightning.pipeline.experiment import Experiment
+
+    exp = Experiment(cfg)
+    result = exp.fit()
+    rows = {m: SeedRow(values, exp.method_dir(m), [r for r in FIT_REFERENCES if r != m and r in result["methods"]])
+            for m, values in result["methods"].items()}
+    return SeedRun(result["task"], rows, {"num_test_rows": result.get("num_test_rows"), "dataset": result.get("dataset"),
+                                          "machine": result.get("machine")})
+
+
+def _chain_one(cfg: DictConfig) -> SeedRun:
+    from puma_lightning.pipeline.chain import run_chain
+
+    doc = run_chain(cfg)
+    rows: dict[str, SeedRow] = {}
+    for hop in doc["hops"]:
+        tag = f"hop{hop['hop']} {hop['model']}"
+        if hop["hop"] == 0:
+            rows[f"{tag} source"] = SeedRow({**hop["migrated"], "wall_s": hop["full_wall_s"]}, Path(hop["dir"]) / "source")
+            continue
+        full = f"{tag} full_retrain"
+        rows[f"{tag} migrated"] = SeedRow({**hop["migrated"], "wall_s": hop["migrate_wall_s"], "gain": hop["gain"]},
+                                          Path(hop["dir"]) / "puma", [full] if hop["full_retrain"] else [])
+        if hop["full_retrain"]:
+            rows[full] = SeedRow({**hop["full_retrain"], "wall_s": hop["full_wall_s"]}, Path(hop["dir"]) / "full_retrain")
+    return SeedRun(doc["task"], rows)
+
+
+def _aggregate_one(cfg: DictConfig) -> SeedRun:
+    from puma_lightning.pipeline.aggregate import run_aggregate
+
+    doc = run_aggregate(cfg)
+    full = next((r["method"] for r in doc["rows"] if r["kind"] == "full_retrain"), None)
+    rows = {r["method"]: SeedRow({**r["metrics"], "wall_s": r["wall_s"], "train_samples": r["train_samples"]}, r.get("stage_dir"),
+                                 [full] if full and r["method"] != full else [])
+            for r in doc["rows"]}
+    return SeedRun(doc["task"], rows)
+
+
+def _cold_start_one(cfg: DictConfig) -> SeedRun:
+    from puma_lightning.pipeline.cold_start import run_cold_start
+
+    doc = run_cold_start(cfg)
+    rows = {name: SeedRow({**r["metrics"], "wall_s": r["wall_s"], "target_train_samples": r["target_train_samples"]},
+                          r.get("stage_dir"), [] if name == "scratch" else ["scratch"])
+            for name, r in doc["methods"].items()}
+    return SeedRun(doc["task"], rows)
+
+
+SEEDED_COMMANDS: dict[str, SeededCommand] = {
+    "fit": SeededCommand("results", _fit_one),
+    "chain": SeededCommand("chain", _chain_one, ("wall_s", "gain")),
+    "aggregate": SeededCommand("aggregate", _aggregate_one, ("wall_s", "train_samples")),
+    "cold-start": SeededCommand("cold_start", _cold_start_one, ("wall_s", "target_train_samples")),
+}
+"""Commands that accept ``seeds=[...]``, by CLI name."""
+
+
+def run_seeds(cfg: DictConfig, command: str = "fit") -> dict[str, Any]:
+    """``command`` (a key of :data:`SEEDED_COMMANDS`) once per seed of ``cfg.seeds``, then the table over seeds."""
+    return run_over_seeds(cfg, SEEDED_COMMANDS[command])

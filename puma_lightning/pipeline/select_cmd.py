@@ -102,7 +102,7 @@ def run_select(cfg: DictConfig) -> None:
 
     exp = Experiment(cfg)
     exp.pretrain("source", "source")
-    bank = PromptBank.load(exp._stage_dir("source") / "bank")
+    bank = PromptBank.load(exp.stage_dir("source") / "bank")
     node = OmegaConf.to_container(cfg.selection, resolve=True)
     needs = strategy_class(node).needs
     stats = ensure_user_stats(exp, bank, needs)  # computed once, cached beside the bank; select() reads it

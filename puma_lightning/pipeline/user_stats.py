@@ -58,7 +58,7 @@ def data_sha256(experiment: Any) -> str:
 
 def stats_path(experiment: Any) -> Path:
     """Where the cache of ``experiment``'s source stage lives."""
-    return Path(experiment._stage_dir("source")) / STATS_FILE
+    return Path(experiment.stage_dir("source")) / STATS_FILE
 
 
 def _load(path: Path, key: dict[str, str]) -> dict[str, np.ndarray]:
