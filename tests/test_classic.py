@@ -41,7 +41,18 @@ def test_references_rank_as_expected_on_data_with_user_and_item_effects(table):
         assert pred.shape == (len(table),) and pred.min() >= 1 and pred.max() <= 5, name
         rmse[name] = metric_on_rows("rmse", pred[test], label)
     assert rmse["user_item_bias"] < rmse["global_mean"] and rmse["biased_mf"] < rmse["global_mean"]
+    # the decomposition's references: each side alone helps, both together help more
+    assert rmse["user_item_bias"] < min(rmse["user_bias"], rmse["item_bias"])
+    assert max(rmse["user_bias"], rmse["item_bias"]) < rmse["global_mean"]
     assert REFERENCES["biased_mf"].fit(table, 0)[0].tolist() == REFERENCES["biased_mf"].fit(table, 0)[0].tolist()  # seeded
+
+
+def test_one_sided_biases_leave_the_other_side_at_zero(table):
+    rows = table.rows("train")
+    mu, bu, bi = fit_biases(table, reg=0.0, items=False)
+    assert not bi.any() and np.abs(np.bincount(table.user[rows], weights=table.label[rows] - mu - bu[table.user[rows]])).max() < 1e-4
+    mu, bu, bi = fit_biases(table, reg=0.0, users=False)
+    assert not bu.any() and np.abs(np.bincount(table.item[rows], weights=table.label[rows] - mu - bi[table.item[rows]])).max() < 1e-4
 
 
 def test_reference_names_are_unique():

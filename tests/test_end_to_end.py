@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from puma_lightning.pipeline.classic import REFERENCES as CLASSIC
 from puma_lightning.cli.main import main
 from puma_lightning.io.bank import PromptBank
 
@@ -34,7 +35,7 @@ def test_fit_writes_every_output(smoke_run):
 def test_results_have_every_method_and_puma_beats_random_init(smoke_run):
     results = json.loads((smoke_run / "results.json").read_text())
     assert results["task"] == "rating"
-    assert set(results["methods"]) == {"source", "random_init", "full_retrain", "puma", "global_mean", "user_item_bias", "biased_mf"}
+    assert set(results["methods"]) == {"source", "random_init", "full_retrain", "puma", *CLASSIC}
     assert 0 < results["floor_rmse"] < 1
     for name, row in results["methods"].items():
         assert 0 < row["rmse"] < 4 and 0 < row["mae"] <= row["rmse"] + 1e-9, name
@@ -144,6 +145,6 @@ def test_a_stage_gives_the_same_numbers_whatever_ran_before_it(smoke_run, tmp_pa
                  "baselines.full_retrain=false", "baselines.source=false"]) == 0
     alone = json.loads((run_dir / "results.json").read_text())["methods"]
     together = json.loads((smoke_run / "results.json").read_text())["methods"]
-    assert set(alone) == {"puma", "global_mean", "user_item_bias", "biased_mf"}
+    assert set(alone) == {"puma", *CLASSIC}
     for metric in ("rmse", "mae"):
         assert alone["puma"][metric] == pytest.approx(together["puma"][metric], abs=1e-6), metric

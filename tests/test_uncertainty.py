@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import mean_absolute_error, mean_squared_error, roc_auc_score
 
+from puma_lightning.pipeline.classic import REFERENCES as CLASSIC
 from puma_lightning.cli.main import main
 from puma_lightning.tasks.uncertainty import mean_std, metric_on_rows, paired_bootstrap, verdict
 
@@ -61,7 +62,7 @@ def test_fit_over_seeds_writes_mean_std_and_paired_intervals(seeds_run):
     results = json.loads((seeds_run / "results.json").read_text())
     assert results["seeds"] == [0, 1]
     methods = results["methods"]
-    assert set(methods) == {"source", "random_init", "full_retrain", "puma", "global_mean", "user_item_bias", "biased_mf"}
+    assert set(methods) == {"source", "random_init", "full_retrain", "puma", *CLASSIC}
     for name, row in methods.items():
         values = [row["per_seed"][s]["rmse"] for s in ("0", "1")]
         assert row["n_seeds"] == 2 and row["rmse"]["mean"] == pytest.approx(np.mean(values))

@@ -1,7 +1,7 @@
 """Reference recommenders that need no LLM, fitted on the same training rows in seconds.
 
-What LLM personalisation has to beat on the same test rows: the global mean, regularised user +
-item biases, and a biased matrix factorisation (Funk SVD with biases, SGD). Regularisation (and
+What LLM personalisation has to beat on the same test rows: the global mean, regularised item
+biases, user biases, user + item biases, and a biased matrix factorisation (Funk SVD with biases, SGD). Regularisation (and
 the factorisation's size) is chosen on the validation split; predictions are clipped to the rating
 range. Rating tasks only.
 """
@@ -40,17 +40,39 @@ def _split(table: InteractionTable, name: str) -> tuple[np.ndarray, np.ndarray, 
     return table.user[rows], table.item[rows], table.label[rows].astype(np.float64)
 
 
-def fit_biases(table: InteractionTable, reg: float, iterations: int = 15) -> tuple[float, np.ndarray, np.ndarray]:
-    """Global mean, user and item biases minimising squared error + reg * (|b_u|^2 + |b_i|^2) (alternating)."""
+def fit_biases(table: InteractionTable, reg: float, iterations: int = 15, users: bool = True,
+               items: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
+    """Global mean, user and item biases minimising squared error + reg * (|b_u|^2 + |b_i|^2) (alternating).
+
+    ``users=False`` / ``items=False`` keep that side's biases at zero (the item-only and user-only models)."""
     u, i, y = _split(table, "train")
     mu = float(y.mean()) if len(y) else 3.0
     bu, bi = np.zeros(table.n_users), np.zeros(table.n_items)
     nu = np.bincount(u, minlength=table.n_users)
     ni = np.bincount(i, minlength=table.n_items)
-    for _ in range(iterations):
-        bu = np.bincount(u, weights=y - mu - bi[i], minlength=table.n_users) / (reg + nu + 1e-12 * (nu == 0))
-        bi = np.bincount(i, weights=y - mu - bu[u], minlength=table.n_items) / (reg + ni + 1e-12 * (ni == 0))
+    for _ in range(iterations if users and items else 1):
+        if users:
+            bu = np.bincount(u, weights=y - mu - bi[i], minlength=table.n_users) / (reg + nu + 1e-12 * (nu == 0))
+        if items:
+            bi = np.bincount(i, weights=y - mu - bu[u], minlength=table.n_items) / (reg + ni + 1e-12 * (ni == 0))
     return mu, bu, bi
+
+
+def _bias_model(users: bool, items: bool) -> Callable[[InteractionTable, int], tuple[np.ndarray, dict]]:
+    """A bias reference (user, item or both), its regularisation chosen on the validation split."""
+
+    def fit(table: InteractionTable, seed: int) -> tuple[np.ndarray, dict]:
+        uv, iv, yv = _split(table, "valid")
+        best = None
+        for reg in BIAS_REGS:
+            mu, bu, bi = fit_biases(table, reg, users=users, items=items)
+            score = _rmse(np.clip(mu + bu[uv] + bi[iv], *RATING_RANGE), yv) if len(yv) else 0.0
+            if best is None or score < best[0]:
+                best = (score, reg, mu, bu, bi)
+        _, reg, mu, bu, bi = best
+        return _predict_all(table, lambda u, i: mu + bu[u] + bi[i]), {"reg": reg, "valid_rmse": best[0]}
+
+    return fit
 
 
 def _predict_all(table: InteractionTable, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
@@ -62,16 +84,9 @@ def global_mean(table: InteractionTable, seed: int) -> tuple[np.ndarray, dict]:
     return np.full(len(table), mu), {"mean": mu}
 
 
-def user_item_bias(table: InteractionTable, seed: int) -> tuple[np.ndarray, dict]:
-    uv, iv, yv = _split(table, "valid")
-    best = None
-    for reg in BIAS_REGS:
-        mu, bu, bi = fit_biases(table, reg)
-        score = _rmse(np.clip(mu + bu[uv] + bi[iv], *RATING_RANGE), yv) if len(yv) else 0.0
-        if best is None or score < best[0]:
-            best = (score, reg, mu, bu, bi)
-    _, reg, mu, bu, bi = best
-    return _predict_all(table, lambda u, i: mu + bu[u] + bi[i]), {"reg": reg, "valid_rmse": best[0]}
+user_item_bias = _bias_model(users=True, items=True)
+user_bias = _bias_model(users=True, items=False)
+item_bias = _bias_model(users=False, items=True)
 
 
 def fit_mf(table: InteractionTable, k: int, reg: float, seed: int, epochs: int = MF_EPOCHS,
@@ -116,5 +131,7 @@ def register(ref: Reference) -> None:
 
 
 register(Reference("global_mean", "no LLM: the training ratings' mean", global_mean))
+register(Reference("item_bias", "no LLM: mean + regularised item biases (what is known of the items alone)", item_bias))
+register(Reference("user_bias", "no LLM: mean + regularised user biases (a per-user average)", user_bias))
 register(Reference("user_item_bias", "no LLM: mean + regularised user and item biases (reg on valid)", user_item_bias))
 register(Reference("biased_mf", "no LLM: biased matrix factorisation, SGD (size and reg on valid)", biased_mf))
