@@ -69,6 +69,12 @@ class ModelConfig:
     """``torch.compile`` each decoder layer (dynamic shapes). Off by default: on a 2-core CPU it gave 1.07x warm samples/s after ~290 s of compilation (``benchmarks/throughput.py --compile``), so it pays only on long runs; measure it on your GPU."""
 
 
+PROMPT_OPTIMIZERS = ("adamw", "lazy_adamw")
+"""``prompt.optimizer`` choices (built by :func:`puma_lightning.tasks.optim.build_optimizer`)."""
+PROMPT_STARTS = ("random", "item_text")
+"""``prompt.init_from`` choices (see :func:`puma_lightning.pipeline.builders.initial_prompts`)."""
+
+
 @dataclass
 class PromptConfig:
     length: int = 1
@@ -85,6 +91,16 @@ class PromptConfig:
     """Training batch size."""
     weight_decay: float = 0.0
     """AdamW weight decay on the prompts."""
+    optimizer: str = "adamw"
+    """``adamw`` (every prompt moves every step through its momentum and decay) or ``lazy_adamw`` (a user's prompt, its moments and its decay advance only on steps where the user is in the batch)."""
+    warmup_ratio: float = 0.0
+    """Fraction of the training steps over which the learning rate rises linearly from 0 before the cosine decay."""
+    early_stopping_patience: Optional[int] = None
+    """Stop when ``val/loss`` has not improved for this many epochs (None: train all ``epochs``); the best epoch is kept either way."""
+    init_from: str = "random"
+    """``random`` (U(-0.1, 0.1), see ``init``) or ``item_text``: every prompt row starts at the mean input embedding of the text of the user's training items, plus the random draw (a start that already says what the user watched)."""
+    user_bias: bool = False
+    """Add a trainable per-user scalar to the head's output (trained at ``head_lr``), so that a user's average rating needs no prompt; rows trained with it say so (``user_bias`` in results.json). The bias stays with the run's stage; banks hold the prompts only."""
 
 
 @dataclass
@@ -119,6 +135,8 @@ class BaselinesConfig:
     """Retrain every user's prompt from scratch on the target model (the expensive reference)."""
     random_init_epochs: int = 1
     """Head-training epochs for ``random_init``."""
+    shared_prompt: List[str] = field(default_factory=list)
+    """Also train one prompt shared by all users on these models (``[source]``, ``[target]`` or both): what the frozen model adds about the items through their text, without personalisation (rows ``shared_prompt_source`` / ``shared_prompt_target``)."""
     classic: bool = True
     """Rating tasks: also fit the references that need no LLM on the same training rows (global mean, user + item biases, biased matrix factorisation; seconds)."""
 

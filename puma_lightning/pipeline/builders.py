@@ -61,3 +61,50 @@ def build_datamodule(table: InteractionTable, tokenizer: Any, cfg: DictConfig, b
     return PromptDataModule(table, tokenizer, get_template(cfg.data.template), prompt_length=cfg.prompt.length,
                             batch_size=batch_size, eval_batch_size=2 * batch_size, train_users=train_users,
                             eval_users=eval_users, seed=cfg.seed, max_item_tokens=cfg.data.max_item_tokens)
+
+
+def item_text_embeddings(lm: Any, item_texts: list[str], max_tokens: int, chunk: int = 256) -> "torch.Tensor":
+    """``[n_items, d]``: the mean input embedding of each item's text tokens (at most ``max_tokens``), fp32."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(item_texts), chunk):
+            encoded = lm.tokenizer(list(item_texts[start:start + chunk]), add_special_tokens=False, truncation=True,
+                                   max_length=max_tokens, padding=True, return_tensors="pt")
+            ids, mask = encoded["input_ids"].to(lm.device), encoded["attention_mask"].to(lm.device).float()
+            emb = lm.embed(ids).float() * mask[..., None]
+            out.append((emb.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)).cpu())
+    return torch.cat(out) if out else torch.zeros(0, lm.hidden_size)
+
+
+def initial_prompts(cfg: DictConfig, lm: Any, table: InteractionTable) -> tuple["torch.Tensor", float]:
+    """Start prompts ``[N, l, d]`` in the model's embedding units and the parametrisation scale.
+
+    ``prompt.init_from=random``: U(-0.1, 0.1) (times the embedding unit under ``prompt.init=scaled``);
+    ``item_text``: that draw plus, on every row, the mean of the user's training items' text embeddings."""
+    import torch
+
+    from puma_lightning.tasks import embedding_unit, init_prompts
+
+    scale = embedding_unit(lm.embedding_std()) if cfg.prompt.init == "scaled" else 1.0
+    prompts = init_prompts(table.n_users, cfg.prompt.length, lm.hidden_size, seed=cfg.seed) * scale
+    if cfg.prompt.init_from == "item_text":
+        items = item_text_embeddings(lm, table.item_texts, int(cfg.data.max_item_tokens or 32))
+        train = table.rows("train")
+        users = torch.as_tensor(table.user[train])
+        sums = torch.zeros(table.n_users, lm.hidden_size).index_add_(0, users, items[torch.as_tensor(table.item[train])])
+        counts = torch.bincount(users, minlength=table.n_users).clamp(min=1).float()[:, None]
+        prompts = prompts + (sums / counts)[:, None, :]
+    return prompts, scale
+
+
+def build_prompt_tuning(cfg: DictConfig, lm: Any, table: InteractionTable, head: Any, prompts: "torch.Tensor", scale: float,
+                        *, train_prompts: bool = True, train_head: bool = True, shared: bool = False) -> Any:
+    """A :class:`~puma_lightning.tasks.PromptTuning` with the optimiser settings of ``cfg.prompt``."""
+    from puma_lightning.tasks import PromptTuning
+
+    p = cfg.prompt
+    return PromptTuning(lm, head, table.task, prompts, train_prompts=train_prompts, lr=p.lr, head_lr=p.head_lr,
+                        weight_decay=p.weight_decay, train_head=train_head, scale=scale, optimizer=p.optimizer,
+                        warmup_ratio=p.warmup_ratio, user_bias=bool(p.user_bias) and train_prompts, shared=shared)

@@ -73,7 +73,8 @@ class _NewUsers:
         from puma_lightning.models.heads import build_head
         from puma_lightning.pipeline.experiment import _config_key, seed_stage, trainer_key
         from puma_lightning.pipeline.training import fit_best, test_metrics
-        from puma_lightning.tasks import PromptTuning, embedding_unit, init_prompts
+        from puma_lightning.pipeline.builders import build_prompt_tuning
+        from puma_lightning.tasks import embedding_unit, init_prompts
 
         exp, cfg = self.exp, self.exp.cfg
         key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, stage, epochs, extra_key, trainer_key(cfg.trainer))
@@ -92,8 +93,7 @@ class _NewUsers:
             head.load_state_dict(self.heads[which])
         else:
             head.init_bias(exp._mean_label())
-        module = PromptTuning(lm, head, table.task, init, train_prompts=epochs > 0, lr=cfg.prompt.lr, train_head=False,
-                              weight_decay=cfg.prompt.weight_decay, scale=scale)
+        module = build_prompt_tuning(cfg, lm, table, head, init, scale, train_prompts=epochs > 0, train_head=False)
         dm = exp._datamodule(lm, cfg.prompt.batch_size)
         stats = {"wall_s": 0.0, "train_samples": 0, "trainable_params": 0}
         if epochs > 0:

@@ -31,14 +31,15 @@ from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.adapters import adapter_metadata, build_adapter
 from puma_lightning.models.heads import build_head
-from puma_lightning.pipeline.builders import build_datamodule, build_table, load_frozen_lm
+from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tuning, build_table, initial_prompts,
+                                             load_frozen_lm)
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
 from puma_lightning.pipeline.results import write_results
 from puma_lightning.pipeline.seeds import PREDICTIONS_FILE, load_predictions
 from puma_lightning.pipeline.training import StageStats, fit_best, runs_on_gpu, test_metrics
 from puma_lightning.pipeline.user_stats import build_selection_context
 from puma_lightning.selection import select_users
-from puma_lightning.tasks import Migration, PromptTuning, embedding_unit, init_prompts
+from puma_lightning.tasks import Migration, PromptTuning
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +154,15 @@ class Experiment:
 
     # -- stages ----------------------------------------------------------------------------------
     def pretrain(self, which: str = "source", stage: str | None = None, *, train_prompts: bool = True,
-                 epochs: int | None = None, save_bank: bool = True) -> dict[str, Any]:
-        """Train per-user prompts (and head) on one model, evaluate on test, save the bank."""
+                 epochs: int | None = None, save_bank: bool = True, shared: bool = False) -> dict[str, Any]:
+        """Train per-user prompts (and head) on one model, evaluate on test, save the bank.
+
+        ``shared``: one prompt for every user instead (no bank saved)."""
         stage = stage or ("source" if which == "source" else "full_retrain")
         cfg = self.cfg
         epochs = epochs or cfg.prompt.epochs
-        key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, train_prompts, epochs, trainer_key(cfg.trainer))
+        key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, train_prompts, epochs, trainer_key(cfg.trainer),
+                          *(["shared"] if shared else []))
         cached = self._read_stage(stage, key)
         if cached is not None:
             log.info("reusing %s from %s", stage, self.stage_dir(stage))
@@ -166,23 +170,23 @@ class Experiment:
         lm = self.backbone(which)
         table = self.table
         seed_stage(cfg.seed, stage)  # head init, dropout, anything drawn from the global streams: this stage's own
-        scale = embedding_unit(lm.embedding_std()) if cfg.prompt.init == "scaled" else 1.0
-        prompts = init_prompts(table.n_users, cfg.prompt.length, lm.hidden_size, seed=cfg.seed) * scale
+        prompts, scale = initial_prompts(cfg, lm, table)
         head = build_head(table.task)
         head.init_bias(self._mean_label())
-        module = PromptTuning(lm, head, table.task, prompts, train_prompts=train_prompts, lr=cfg.prompt.lr,
-                              head_lr=cfg.prompt.head_lr, weight_decay=cfg.prompt.weight_decay, scale=scale)
+        module = build_prompt_tuning(cfg, lm, table, head, prompts, scale, train_prompts=train_prompts, shared=shared)
         dm = self._datamodule(lm, cfg.prompt.batch_size)
         before = start_stage_costs(lm)
-        stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage), resume_key=key)
+        stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage), resume_key=key,
+                         patience=cfg.prompt.early_stopping_patience if train_prompts else None)
         metrics = test_metrics(module, dm, cfg, self.run_dir, stage)
         cost = stage_costs(lm, before)
         self.save_test_predictions(stage, module.test_predictions())
-        if save_bank:  # rank 0 writes; the others wait so that later stages can read it
+        if save_bank and not shared:  # rank 0 writes; the others wait so that later stages can read it
             on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                             info=self._bank_info(f"pretrain:{stage}", metrics),
                                             head_state=module.head.state_dict()).save(self.stage_dir(stage) / "bank"))
-        return self._write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict(), **cost})
+        return self._write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict(), **cost,
+                                              "user_bias": module.user_bias is not None, "shared_prompt": shared})
 
     def select(self, bank: PromptBank) -> dict[str, Any]:
         """Choose the users the adapter trains on; writes ``selection.json``."""
@@ -270,6 +274,8 @@ class Experiment:
         rows["puma"] = self.migrate_stage()
         if cfg.baselines.full_retrain:
             rows["full_retrain"] = self.pretrain("target", "full_retrain")
+        for which in cfg.baselines.shared_prompt:
+            rows[f"shared_prompt_{which}"] = self.pretrain(which, f"shared_prompt_{which}", shared=True)
         if cfg.baselines.classic and self.table.task == "rating":
             rows.update(self.classic_references())
         return write_results(self.run_dir, self.table, rows)

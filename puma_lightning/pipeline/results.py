@@ -11,12 +11,14 @@ from puma_lightning.io.atomic import atomic_write_text
 
 from puma_lightning.pipeline.classic import REFERENCES
 
-METHOD_ORDER = ("source", "random_init", "full_retrain", "puma", *REFERENCES)
+METHOD_ORDER = ("source", "random_init", "full_retrain", "puma", "shared_prompt_source", "shared_prompt_target", *REFERENCES)
 DESCRIPTIONS = {
     "source": "source prompts on the source model",
     "random_init": "random prompts on the target, head trained",
     "full_retrain": "every prompt retrained on the target",
     "puma": "prompts migrated with the PUMA adapter",
+    "shared_prompt_source": "one prompt shared by all users, on the source model",
+    "shared_prompt_target": "one prompt shared by all users, on the target model",
     **{name: ref.description for name, ref in REFERENCES.items()},
 }
 
@@ -31,7 +33,8 @@ def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]]) -> d
         row = rows[name]
         entry = {m: row["metrics"].get(m) for m in metric_names}
         entry.update(wall_s=row["wall_s"], train_samples=row["train_samples"], trainable_params=row["trainable_params"])
-        for extra in ("selection", "selected_users", "allocation", "prefix_s", "prefixes_computed", "dtype", "dtype_reason", "prefix_cache"):
+        for extra in ("selection", "selected_users", "allocation", "prefix_s", "prefixes_computed", "dtype", "dtype_reason", "prefix_cache",
+                      "user_bias", "epochs"):
             if extra in row:
                 entry[extra] = row[extra]
         methods[name] = entry
@@ -55,7 +58,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in results["methods"].items():
         vals = [f"{row[m]:.4f}" if isinstance(row.get(m), float) else "n/a" for m in metric_names]
-        desc = DESCRIPTIONS[name]
+        desc = DESCRIPTIONS[name] + (" + a per-user bias" if row.get("user_bias") else "")
         if name == "puma":
             desc += f" ({row.get('selected_users')} users by {row.get('selection')}"
             desc += f", allocation {row['allocation']})" if row.get("allocation") else ")"

@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
@@ -92,14 +92,16 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, ca
 
 
 def fit_best(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path, stage: str,
-             epochs: int, hparams: dict[str, Any] | None = None, resume_key: str | None = None) -> StageStats:
+             epochs: int, hparams: dict[str, Any] | None = None, resume_key: str | None = None,
+             patience: int | None = None) -> StageStats:
     """Train ``module`` and leave it holding the weights of its best epoch by ``val/loss``.
 
     A full-state ``<run_dir>/<stage>/checkpoints/last.ckpt`` is written atomically every
     ``trainer.checkpoint_every_n_steps`` steps and after every validation; a stage that was killed
     resumes from it (``resume``: null = automatically, true, false = start over) when it was made
     with the same ``resume_key`` (the stage's config hash). ``best.ckpt`` (by ``val/loss``) and its
-    score survive the resume through the checkpoint callback's saved state.
+    score survive the resume through the checkpoint callback's saved state. ``patience``: stop once
+    ``val/loss`` has not improved for that many epochs (Lightning's ``EarlyStopping``).
     """
     ckpt_dir = run_dir / stage / "checkpoints"
     key = resume_key or hashlib.sha256(json.dumps([hparams, epochs], sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -109,7 +111,10 @@ def fit_best(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictCon
     every = cfg.trainer.get("checkpoint_every_n_steps") or 50
     last = LastCheckpoint(ckpt_dir, every)
     state = ResumeState(key)
-    trainer = make_trainer(cfg, run_dir, stage, epochs, callbacks=[checkpoint, last, state])
+    callbacks: list[Callback] = [checkpoint, last, state]
+    if patience is not None:
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=int(patience)))
+    trainer = make_trainer(cfg, run_dir, stage, epochs, callbacks=callbacks)
     if hparams and trainer.logger is not None and ckpt_path is None:
         trainer.logger.log_hyperparams(hparams)
     if ckpt_path is not None:

@@ -7,7 +7,6 @@ is never written into checkpoints.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -33,7 +32,11 @@ class PromptTask(L.LightningModule):
         head_lr: float | None = None,
         weight_decay: float = 0.0,
         train_head: bool = True,
+        optimizer: str = "adamw",
+        warmup_ratio: float = 0.0,
     ) -> None:
+        """``optimizer``: ``adamw`` or ``lazy_adamw`` (see :mod:`puma_lightning.tasks.optim`); ``warmup_ratio``:
+        the fraction of the steps over which the learning rate rises linearly before its cosine decay."""
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -41,6 +44,8 @@ class PromptTask(L.LightningModule):
         self.lr = lr
         self.head_lr = lr if head_lr is None else head_lr
         self.weight_decay = weight_decay
+        self.optimizer_name = optimizer
+        self.warmup_ratio = float(warmup_ratio)
         self.head.requires_grad_(train_head)
         self.val_metrics = build_metrics(task, "val")
         self.test_metrics = build_metrics(task, "test")
@@ -58,6 +63,14 @@ class PromptTask(L.LightningModule):
         """Trainable parameters other than the head (prompts or adapter)."""
         raise NotImplementedError
 
+    def per_user_parameters(self) -> list[nn.Parameter]:
+        """Parameters with one row per user (updated lazily under ``lazy_adamw``); none by default."""
+        return []
+
+    def output_offset(self, users: torch.Tensor) -> torch.Tensor | float:
+        """Added to the head's output (a per-user bias where a subclass has one); 0 by default."""
+        return 0.0
+
     # -- forward and steps ---------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Answer logits ``[B, A]`` and head output ``[B]`` for a batch."""
@@ -65,7 +78,7 @@ class PromptTask(L.LightningModule):
         logits = self.backbone.answer_logits(
             batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"]
         )
-        return logits, self.head(logits)
+        return logits, self.head(logits) + self.output_offset(batch["user"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits, output = self(batch)
@@ -150,24 +163,32 @@ class PromptTask(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        groups = [{"params": [p for p in self.prompt_parameters() if p.requires_grad], "lr": self.lr, "weight_decay": self.weight_decay}]
-        head_params = [p for p in self.head.parameters() if p.requires_grad]
+        from puma_lightning.tasks.optim import build_optimizer, warmup_cosine
+
+        per_user = {id(p) for p in self.per_user_parameters()}
+        trainable = [p for p in self.prompt_parameters() if p.requires_grad]
+        groups = [{"params": [p for p in trainable if id(p) in per_user], "lr": self.lr, "weight_decay": self.weight_decay,
+                   "lazy": True},
+                  {"params": [p for p in trainable if id(p) not in per_user], "lr": self.lr, "weight_decay": self.weight_decay,
+                   "lazy": False}]
+        head_params = [p for p in self.head.parameters() if p.requires_grad] + self.offset_parameters()
         if head_params:
-            groups.append({"params": head_params, "lr": self.head_lr, "weight_decay": 0.0})
+            groups.append({"params": head_params, "lr": self.head_lr, "weight_decay": 0.0, "lazy": False})
         groups = [g for g in groups if g["params"]]
-        fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, fused=fused) if fused else torch.optim.AdamW(groups)
+        optimizer = build_optimizer(self.optimizer_name, groups, on_cuda=self.device.type == "cuda")
         total = max(1, int(self.trainer.estimated_stepping_batches))
-
-        def cosine(step: int) -> float:
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        schedule = warmup_cosine(total, round(self.warmup_ratio * total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def offset_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of :meth:`output_offset` (trained at the head's learning rate)."""
+        return []
 
     def trainable_parameter_count(self) -> int:
         """Number of parameters this task trains (prompts or adapter, plus the head if trained)."""
         params = [p for p in self.prompt_parameters() if p.requires_grad] + [p for p in self.head.parameters() if p.requires_grad]
+        params += self.offset_parameters()
         return int(sum(p.numel() for p in params))
 
     # -- checkpoints without the frozen model --------------------------------------------------
