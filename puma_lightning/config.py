@@ -51,6 +51,8 @@ class DataConfig:
     """Raw-file datasets: malformed lines are skipped and counted; stop with an error if a file has more than this fraction."""
     history_titles: int = 5
     """MIND: at most this many history titles (sampled with the run's seed) fill the template's ``{history}``."""
+    rated_history: int = 0
+    """Rating datasets: fill the template's ``{history}`` with the user's latest this-many earlier *training* ratings (``"title: rating; ..."``, see ``puma_lightning.data.history``); 0: no history. Use with a template that has ``{history}`` (``item_first_history``). Every row's text then differs, so its prefix is computed per row (slower)."""
     split_by: str = "chronological"
     """``chronological`` (per user, by time) or ``official`` (the raw files' own split: Amazon benchmark CSVs; MIND train -> train/valid, dev -> test)."""
 

@@ -207,15 +207,15 @@ def test_nan_in_a_prompt_bank_stops_training_with_one_line(tmp_path, capsys, mon
 
     import puma_lightning.pipeline.experiment as experiment
 
-    real = experiment.init_prompts
+    real = experiment.initial_prompts
 
     def poisoned(*args, **kwargs):
-        prompts = real(*args, **kwargs)
+        prompts, scale = real(*args, **kwargs)
         with torch.no_grad():
             prompts[3].fill_(float("nan"))
-        return prompts
+        return prompts, scale
 
-    monkeypatch.setattr(experiment, "init_prompts", poisoned)
+    monkeypatch.setattr(experiment, "initial_prompts", poisoned)
     code = main(["pretrain", "--config", str(ROOT / "configs" / "smoke.yaml"), f"run_dir={tmp_path}", "model=source",
                  "data.n_users=8", "data.rows_per_user=8", "prompt.epochs=1", "trainer.num_threads=1"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -137,6 +137,12 @@ def validate(cfg: DictConfig) -> None:
 
     if cfg.data.template not in TEMPLATES:
         raise ConfigError(f"'data.template' is {cfg.data.template!r}; expected one of: {', '.join(sorted(TEMPLATES))}")
+    history = cfg.data.get("rated_history") or 0
+    if history < 0:
+        raise ConfigError(f"'data.rated_history' must be >= 0, got {history}")
+    if history and not TEMPLATES[cfg.data.template].uses_history:
+        raise ConfigError(f"'data.rated_history' is {history} but template {cfg.data.template!r} has no {{history}}; "
+                          f"use one of: {', '.join(n for n, t in TEMPLATES.items() if t.uses_history)}")
     for key in ("prompt.length", "prompt.epochs", "prompt.batch_size", "adapter.hidden", "adapter.epochs", "adapter.batch_size"):
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"'{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")

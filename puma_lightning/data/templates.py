@@ -96,3 +96,16 @@ register_template(
         RATING_ANSWERS,
     )
 )
+
+
+# -- item-first with the user's rated history (issue #17): the latest training ratings of the user
+# before the row, as ``data.rated_history`` fills ``{history}``; every row's prefix is its own.
+register_template(
+    Template(
+        "item_first_history",
+        "#Question: A user rated these movies from 1 to 5: {history}. Predict the rating (as an integer between "
+        "1 and 5) that the user gives the movie {item}. The user's preferences are encoded in the feature ",
+        ".\n#Answer:",
+        RATING_ANSWERS,
+    )
+)

@@ -13,7 +13,19 @@ from puma_lightning.data.templates import get_template
 
 
 def build_table(dcfg: DictConfig, seed: int) -> InteractionTable:
-    """The split interaction table of the configured dataset."""
+    """The split interaction table of the configured dataset (with ``data.rated_history`` rows' history)."""
+    table = _dataset_table(dcfg, seed)
+    if dcfg.get("rated_history"):
+        from puma_lightning.data.history import rated_history
+
+        if table.task != "rating":
+            raise ValueError("'data.rated_history' needs a rating dataset")
+        table.row_text = rated_history(table, int(dcfg.rated_history))
+        table.meta["rated_history"] = int(dcfg.rated_history)
+    return table
+
+
+def _dataset_table(dcfg: DictConfig, seed: int) -> InteractionTable:
     if dcfg.name == "synthetic":
         from puma_lightning.data.synthetic import make_synthetic
 
