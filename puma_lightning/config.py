@@ -75,6 +75,10 @@ PROMPT_OPTIMIZERS = ("adamw", "lazy_adamw")
 """``prompt.optimizer`` choices (built by :func:`puma_lightning.tasks.optim.build_optimizer`)."""
 PROMPT_STARTS = ("random", "item_text")
 """``prompt.init_from`` choices (see :func:`puma_lightning.pipeline.builders.initial_prompts`)."""
+INPUT_NORMS = ("none", "standardize")
+"""``adapter.input_norm`` choices (see :mod:`puma_lightning.models.adapters.normalized`)."""
+ADAPTER_VALIDATION = ("selected", "heldout")
+"""``adapter.validation`` choices."""
 
 
 @dataclass
@@ -125,6 +129,18 @@ class AdapterConfig:
     """``none`` (as published) or ``embedding_std``: multiply the adapter output by the target model's embedding std."""
     freeze_head: bool = False
     """Keep the rating head copied from the source run frozen (True) or train it with the adapter."""
+    head_lr: Optional[float] = None
+    """Learning rate of the head while the adapter trains (None: the adapter's ``lr``)."""
+    steps: Optional[int] = None
+    """Train the adapter for this many optimiser steps (validation after every pass over the selected users) instead of ``epochs``; None: ``epochs``."""
+    warmup_ratio: float = 0.0
+    """Fraction of the adapter's steps over which its learning rate rises linearly before the cosine decay."""
+    early_stopping_patience: Optional[int] = None
+    """Stop the adapter when ``val/loss`` has not improved for this many validations (None: never)."""
+    input_norm: str = "none"
+    """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
+    validation: str = "selected"
+    """Rows the adapter's best epoch is chosen on: ``selected`` (the selected users' own validation rows) or ``heldout`` (the validation rows of as many other, seeded, unselected users as the budget)."""
 
 
 @dataclass

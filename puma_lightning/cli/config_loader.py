@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from puma_lightning.config import PROMPT_OPTIMIZERS, PROMPT_STARTS, ExperimentConfig
+from puma_lightning.config import ADAPTER_VALIDATION, INPUT_NORMS, PROMPT_OPTIMIZERS, PROMPT_STARTS, ExperimentConfig
 from puma_lightning.errors import PumaError
 
 if TYPE_CHECKING:  # importlib.resources.abc from Python 3.11; importlib.abc before
@@ -36,6 +36,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prompt.init_from": PROMPT_STARTS,
     "adapter.kind": ("puma", "compact"),
     "adapter.output_scale": ("none", "embedding_std"),
+    "adapter.input_norm": INPUT_NORMS,
+    "adapter.validation": ADAPTER_VALIDATION,
     "model": ("source", "target"),
     "split": ("valid", "test"),
     "aggregate.missing": ("error", "drop", "zero_fill"),
@@ -149,11 +151,14 @@ def validate(cfg: DictConfig) -> None:
     for key in ("prompt.lr", "adapter.lr"):
         if not OmegaConf.select(cfg, key) > 0:
             raise ConfigError(f"'{key}' must be > 0, got {OmegaConf.select(cfg, key)}")
-    if not 0.0 <= cfg.prompt.warmup_ratio < 1.0:
-        raise ConfigError(f"'prompt.warmup_ratio' must be in [0, 1), got {cfg.prompt.warmup_ratio}")
-    patience = cfg.prompt.early_stopping_patience
-    if patience is not None and patience < 1:
-        raise ConfigError(f"'prompt.early_stopping_patience' must be >= 1 or null, got {patience}")
+    for part in ("prompt", "adapter"):
+        if not 0.0 <= cfg[part].warmup_ratio < 1.0:
+            raise ConfigError(f"'{part}.warmup_ratio' must be in [0, 1), got {cfg[part].warmup_ratio}")
+        patience = cfg[part].early_stopping_patience
+        if patience is not None and patience < 1:
+            raise ConfigError(f"'{part}.early_stopping_patience' must be >= 1 or null, got {patience}")
+    if cfg.adapter.steps is not None and cfg.adapter.steps < 1:
+        raise ConfigError(f"'adapter.steps' must be >= 1 or null, got {cfg.adapter.steps}")
     bad_sides = [s for s in cfg.baselines.shared_prompt if s not in ("source", "target")]
     if bad_sides:
         raise ConfigError(f"'baselines.shared_prompt' lists {bad_sides}; expected a list of: source, target")

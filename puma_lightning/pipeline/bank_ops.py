@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from puma_lightning.errors import PumaError
 from puma_lightning.io.bank import PromptBank
-from puma_lightning.models.adapters import build_adapter
+from puma_lightning.models.adapters import InputStandardized, build_adapter
 from puma_lightning.models.heads import build_head
 
 
@@ -32,7 +32,15 @@ def load_adapter(path: str | Path) -> tuple[torch.nn.Module, dict[str, torch.Ten
             raise PumaError(f"{path}: adapter metadata lacks {key!r}")
     adapter = build_adapter(meta["kind"], int(meta["source_dim"]), int(meta["target_dim"]), int(meta["hidden"]),
                             float(meta.get("dropout", 0.0)))
-    adapter.load_state_dict({k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")})
+    norm = meta.get("input_norm", "none")
+    if norm == "standardize":
+        adapter = InputStandardized.empty(adapter, int(meta["source_dim"]))
+    elif norm != "none":
+        raise PumaError(f"{path}: unknown input_norm {norm!r} in the adapter's metadata")
+    try:
+        adapter.load_state_dict({k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")})
+    except RuntimeError as exc:
+        raise PumaError(f"{path}: the adapter's tensors do not fit its metadata ({str(exc).splitlines()[0]})") from None
     head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")} or None
     return adapter.eval(), head, meta
 

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
 from puma_lightning.io.bank import PromptBank
-from puma_lightning.models.adapters import adapter_metadata, build_adapter
+from puma_lightning.models.adapters import adapter_metadata, build_adapter, with_input_norm
 from puma_lightning.models.heads import build_head
 from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tuning, build_table, initial_prompts,
                                              load_frozen_lm)
@@ -225,19 +225,23 @@ class Experiment:
         lm = self.backbone("target")
         source = source_bank.rows_for(table.user_ids)
         seed_stage(cfg.seed, "puma")  # adapter init and its dropout masks: this stage's own streams
-        adapter = build_adapter(cfg.adapter.kind, source_bank.hidden_size, lm.hidden_size, cfg.adapter.hidden, cfg.adapter.dropout)
+        adapter = with_input_norm(build_adapter(cfg.adapter.kind, source_bank.hidden_size, lm.hidden_size, cfg.adapter.hidden,
+                                                cfg.adapter.dropout), cfg.adapter.input_norm, source)
         head = build_head(table.task)
         if source_bank.head_state is not None:
             head.load_state_dict(source_bank.head_state)
         else:
             head.init_bias(self._mean_label())
         output_scale = lm.embedding_std() if cfg.adapter.output_scale == "embedding_std" else 1.0
-        module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, weight_decay=cfg.adapter.weight_decay,
-                           train_head=not cfg.adapter.freeze_head, output_scale=output_scale)
+        module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, head_lr=cfg.adapter.head_lr,
+                           weight_decay=cfg.adapter.weight_decay, train_head=not cfg.adapter.freeze_head,
+                           output_scale=output_scale, warmup_ratio=cfg.adapter.warmup_ratio)
         users = selection["users"]
-        dm = self._datamodule(lm, cfg.adapter.batch_size, train_users=users, eval_users=users)
+        eval_users = users if cfg.adapter.validation == "selected" else heldout_users(table.n_users, users, cfg.seed)
+        dm = self._datamodule(lm, cfg.adapter.batch_size, train_users=users, eval_users=eval_users)
         before = start_stage_costs(lm)
-        stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"), resume_key=key)
+        stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"), resume_key=key,
+                         patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps)
         start = time.perf_counter()
         migrated = module.migrate_all()
         migrate_s = time.perf_counter() - start
@@ -330,6 +334,16 @@ class Experiment:
         flat.update({"stage": stage, "source": self.cfg.source.name, "target": self.cfg.target.name, "seed": self.cfg.seed,
                      "selection": str(self.cfg.selection.name)})
         return flat
+
+
+def heldout_users(n_users: int, selected: np.ndarray, seed: int) -> np.ndarray:
+    """As many users as ``selected`` (or all the others, if fewer), drawn seeded from the unselected ones:
+    the adapter's validation users under ``adapter.validation=heldout``."""
+    others = np.setdiff1d(np.arange(n_users), np.asarray(selected))
+    if not len(others):
+        return np.asarray(selected)
+    rng = np.random.default_rng(stage_seed(seed, "adapter_validation"))
+    return np.sort(rng.choice(others, size=min(len(selected), len(others)), replace=False))
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

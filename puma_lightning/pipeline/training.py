@@ -60,8 +60,9 @@ def default_precision(tcfg: DictConfig) -> str:
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, callbacks: list[Callback] | None = None,
-                 log: bool = True) -> L.Trainer:
-    """A Trainer configured from ``cfg.trainer`` that logs to ``<run_dir>/tb/<stage>``."""
+                 log: bool = True, max_steps: int | None = None) -> L.Trainer:
+    """A Trainer configured from ``cfg.trainer`` that logs to ``<run_dir>/tb/<stage>`` (``max_steps``: stop after
+    that many optimiser steps, however many epochs that takes)."""
     t = cfg.trainer
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version=stage, default_hp_metric=False) if log else False
     kwargs: dict[str, Any] = dict(
@@ -70,7 +71,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, ca
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=default_precision(t),
-        max_epochs=max_epochs,
+        max_epochs=-1 if max_steps else max_epochs,
+        max_steps=int(max_steps) if max_steps else -1,
         gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps,
         logger=logger,
@@ -93,7 +95,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, ca
 
 def fit_best(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path, stage: str,
              epochs: int, hparams: dict[str, Any] | None = None, resume_key: str | None = None,
-             patience: int | None = None) -> StageStats:
+             patience: int | None = None, max_steps: int | None = None) -> StageStats:
     """Train ``module`` and leave it holding the weights of its best epoch by ``val/loss``.
 
     A full-state ``<run_dir>/<stage>/checkpoints/last.ckpt`` is written atomically every
@@ -114,7 +116,7 @@ def fit_best(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictCon
     callbacks: list[Callback] = [checkpoint, last, state]
     if patience is not None:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=int(patience)))
-    trainer = make_trainer(cfg, run_dir, stage, epochs, callbacks=callbacks)
+    trainer = make_trainer(cfg, run_dir, stage, epochs, callbacks=callbacks, max_steps=max_steps)
     if hparams and trainer.logger is not None and ckpt_path is None:
         trainer.logger.log_hyperparams(hparams)
     if ckpt_path is not None:

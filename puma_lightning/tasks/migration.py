@@ -18,10 +18,12 @@ class Migration(PromptTask):
 
     def __init__(self, backbone: nn.Module, head: nn.Module, task: str, source_prompts: torch.Tensor,
                  adapter: nn.Module, *, lr: float = 1e-4, head_lr: float | None = None,
-                 weight_decay: float = 0.01, train_head: bool = True, output_scale: float = 1.0) -> None:
+                 weight_decay: float = 0.01, train_head: bool = True, output_scale: float = 1.0,
+                 warmup_ratio: float = 0.0) -> None:
         """``output_scale`` multiplies the adapter's output (e.g. the target's embedding std, so an
         adapter whose last layer starts near unit scale lands in the target's embedding range)."""
-        super().__init__(backbone, head, task, lr=lr, head_lr=head_lr, weight_decay=weight_decay, train_head=train_head)
+        super().__init__(backbone, head, task, lr=lr, head_lr=head_lr, weight_decay=weight_decay, train_head=train_head,
+                         warmup_ratio=warmup_ratio)
         self.output_scale = float(output_scale)
         # not persistent: checkpoints hold only the adapter and head; the bank lives in its own file
         self.register_buffer("source_prompts", source_prompts.detach().float(), persistent=False)

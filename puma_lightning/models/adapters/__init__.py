@@ -5,6 +5,8 @@ the registry. To add your own, write a module with ``@register_adapter("name")``
 """
 
 from puma_lightning.models.adapters import compact, puma  # noqa: F401  (self-registration)
+from puma_lightning.models.adapters.normalized import INPUT_NORMS, InputStandardized, with_input_norm
 from puma_lightning.models.adapters.registry import ADAPTERS, adapter_metadata, build_adapter, register_adapter
 
-__all__ = ["ADAPTERS", "adapter_metadata", "build_adapter", "register_adapter"]
+__all__ = ["ADAPTERS", "INPUT_NORMS", "InputStandardized", "adapter_metadata", "build_adapter", "register_adapter",
+           "with_input_norm"]

@@ -1,0 +1,84 @@
+"""Adapter levers: input standardisation saved with the adapter, a step budget, a separate head
+learning rate, and validation on held-out users."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from puma_lightning.cli.config_loader import ConfigError, load_config
+from puma_lightning.cli.main import main
+from puma_lightning.io.bank import PromptBank
+from puma_lightning.models.adapters import InputStandardized, build_adapter, with_input_norm
+from puma_lightning.pipeline.bank_ops import load_adapter
+from puma_lightning.pipeline.experiment import heldout_users
+
+SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+FAST = ["prompt.epochs=1", "adapter.epochs=1", "data.n_users=20", "data.rows_per_user=8", "selection.budget=8",
+        "baselines.random_init=false", "baselines.full_retrain=false", "baselines.classic=false", "trainer.num_threads=1"]
+
+
+def test_standardized_input_feeds_the_inner_adapter_unit_scale_features():
+    torch.manual_seed(0)
+    prompts = torch.randn(50, 2, 6) * torch.tensor([0.01, 1, 5, 0.1, 2, 3]) + 7
+    inner = torch.nn.Identity()
+    wrapped = with_input_norm(inner, "standardize", prompts)
+    out = wrapped(prompts).reshape(-1, 6)
+    assert torch.allclose(out.mean(0), torch.zeros(6), atol=1e-4) and torch.allclose(out.std(0), torch.ones(6), atol=1e-4)
+    assert with_input_norm(inner, "none", prompts) is inner
+    with pytest.raises(ValueError, match="standardize"):
+        with_input_norm(inner, "whiten", prompts)
+
+
+def test_standardized_adapter_is_saved_and_migrate_applies_the_same_map(tmp_path):
+    run = tmp_path / "run"
+    assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.input_norm=standardize"]) == 0
+    adapter, _, meta = load_adapter(run / "puma" / "adapter.safetensors")
+    assert meta["input_norm"] == "standardize" and isinstance(adapter, InputStandardized)
+    source = PromptBank.load(run / "source" / "bank")
+    flat = source.prompts.float().reshape(-1, source.hidden_size)
+    assert torch.allclose(adapter.mean, flat.mean(0), atol=1e-5)  # statistics over all users, not the selected ones
+    out = tmp_path / "migrated"
+    assert main(["migrate", "--config", SMOKE, f"run_dir={run}", f"bank={run / 'source' / 'bank'}",
+                 f"adapter_path={run / 'puma' / 'adapter.safetensors'}", f"out={out}"]) == 0
+    assert torch.allclose(PromptBank.load(out).prompts, PromptBank.load(run / "puma" / "bank").prompts, atol=1e-5)
+
+
+def test_an_adapter_file_whose_tensors_do_not_fit_is_a_one_line_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from puma_lightning.errors import PumaError
+
+    plain = build_adapter("compact", 4, 6, hidden=8, dropout=0.0)
+    path = tmp_path / "a.safetensors"
+    save_file({f"adapter.{k}": v.contiguous() for k, v in plain.state_dict().items()}, str(path),
+              metadata={"kind": "compact", "source_dim": "4", "target_dim": "6", "hidden": "8", "input_norm": "standardize"})
+    with pytest.raises(PumaError, match="do not fit its metadata"):
+        load_adapter(path)
+
+
+def test_adapter_step_budget_head_lr_and_heldout_validation(tmp_path):
+    run = tmp_path / "run"
+    # 8 selected users x 4 training rows = 32 rows = 4 batches of 8 an epoch: 6 steps cross an epoch boundary
+    assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.steps=6", "adapter.batch_size=8",
+                 "adapter.head_lr=0.0001", "adapter.validation=heldout", "adapter.warmup_ratio=0.2"]) == 0
+    record = json.loads((run / "puma" / "stage.json").read_text())
+    assert record["train_samples"] == 6 * 8
+
+
+def test_heldout_users_are_seeded_unselected_and_as_many_as_the_budget():
+    selected = np.array([1, 4, 7])
+    a = heldout_users(20, selected, seed=0)
+    assert len(a) == 3 and not set(a) & set(selected) and a.tolist() == heldout_users(20, selected, seed=0).tolist()
+    assert heldout_users(5, np.array([1, 2, 4]), seed=0).tolist() == [0, 3]  # only 2 unselected users left
+
+
+@pytest.mark.parametrize("override", ["adapter.steps=0", "adapter.input_norm=pca", "adapter.validation=all",
+                                      "adapter.warmup_ratio=-0.1", "adapter.early_stopping_patience=0"])
+def test_bad_adapter_levers_name_the_key(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load_config([SMOKE], [override])
