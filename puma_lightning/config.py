@@ -131,6 +131,8 @@ class AdapterConfig:
     """Keep the rating head copied from the source run frozen (True) or train it with the adapter."""
     head_lr: Optional[float] = None
     """Learning rate of the head while the adapter trains (None: the adapter's ``lr``)."""
+    polish_epochs: int = 0
+    """After mapping, fine-tune every migrated prompt on the target for this many epochs (row ``puma_polish``, with its own cost); 0: no polish."""
     steps: Optional[int] = None
     """Train the adapter for this many optimiser steps (validation after every pass over the selected users) instead of ``epochs``; None: ``epochs``."""
     warmup_ratio: float = 0.0
@@ -153,6 +155,8 @@ class BaselinesConfig:
     """Retrain every user's prompt from scratch on the target model (the expensive reference)."""
     random_init_epochs: int = 1
     """Head-training epochs for ``random_init``."""
+    vocab_map: bool = False
+    """Also map the source prompts by a least-squares map between the two models' embeddings of shared single-token strings, with no training (row ``vocab_map``)."""
     shared_prompt: List[str] = field(default_factory=list)
     """Also train one prompt shared by all users on these models (``[source]``, ``[target]`` or both): what the frozen model adds about the items through their text, without personalisation (rows ``shared_prompt_source`` / ``shared_prompt_target``)."""
     classic: bool = True

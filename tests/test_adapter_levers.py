@@ -82,3 +82,47 @@ def test_heldout_users_are_seeded_unselected_and_as_many_as_the_budget():
 def test_bad_adapter_levers_name_the_key(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         load_config([SMOKE], [override])
+
+
+def test_polish_and_vocab_map_rows(tmp_path):
+    run = tmp_path / "run"
+    assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.polish_epochs=1", "baselines.vocab_map=true"]) == 0
+    methods = json.loads((run / "results.json").read_text())["methods"]
+    puma, polish, vocab = methods["puma"], methods["puma_polish"], methods["vocab_map"]
+    # the polish pays for the adapter and for its own epoch over every user
+    record = json.loads((run / "puma_polish" / "stage.json").read_text())
+    assert polish["train_samples"] == puma["train_samples"] + record["polish_train_samples"] > puma["train_samples"]
+    assert vocab["train_samples"] == 0 and json.loads((run / "vocab_map" / "stage.json").read_text())["shared_tokens"] > 0
+    for stage in ("puma_polish", "vocab_map"):
+        preds = np.load(run / stage / "test_predictions.npz")
+        assert np.array_equal(preds["row"], np.load(run / "puma" / "test_predictions.npz")["row"]), stage
+
+
+def test_vocab_map_recovers_a_linear_relation():
+    from puma_lightning.pipeline.migration_levers import fit_vocab_map
+
+    torch.manual_seed(0)
+    x = torch.randn(400, 8)
+    w = torch.randn(8, 5)
+    assert torch.allclose(fit_vocab_map(x, x @ w, ridge=0.0), w, atol=1e-4)
+
+
+def test_single_token_pairs_keep_only_strings_both_encode_as_one_token():
+    from puma_lightning.pipeline.migration_levers import single_token_pairs
+
+    class Tok:
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def get_vocab(self):
+            return self.vocab
+
+        def convert_tokens_to_string(self, tokens):
+            return "".join(tokens)
+
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[self.vocab[t]] if t in self.vocab else [self.vocab.get(c, 0) for c in t] for t in texts]}
+
+    source = Tok({"ab": 0, "c": 1, " ": 2, "xyz": 3})
+    target = Tok({"c": 7, "ab": 9, "x": 1, "y": 2, "z": 3})
+    assert single_token_pairs(source, target) == ([0, 1], [9, 7])

@@ -88,7 +88,7 @@ def evaluate_bank(cfg: DictConfig, bank_path: str | Path, which: str, split: str
         raise PumaError(f"{bank_path}: bank has no trained head ({'head.safetensors'}); it cannot be evaluated alone")
     head.load_state_dict(bank.head_state)
     module = PromptTuning(lm, head, table.task, bank.rows_for(table.user_ids), train_prompts=False, train_head=False)
-    dm = exp._datamodule(lm, cfg.prompt.batch_size)
+    dm = exp.datamodule(lm, cfg.prompt.batch_size)
     trainer = make_trainer(cfg, exp.run_dir, f"test_{split}", max_epochs=1)
     out = trainer.test(module, datamodule=dm, verbose=False) if split == "test" else trainer.validate(module, datamodule=dm, verbose=False)
     prefix = "test/" if split == "test" else "val/"

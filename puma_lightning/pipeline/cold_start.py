@@ -71,15 +71,15 @@ class _NewUsers:
             lineage: dict[str, Any]) -> dict[str, Any]:
         """Tune (``epochs`` > 0) or only evaluate prompts on ``which``; save the bank; cache by config."""
         from puma_lightning.models.heads import build_head
-        from puma_lightning.pipeline.experiment import _config_key, seed_stage, trainer_key
+        from puma_lightning.pipeline.experiment import config_key, seed_stage, trainer_key
         from puma_lightning.pipeline.training import fit_best, test_metrics
         from puma_lightning.pipeline.builders import build_prompt_tuning
         from puma_lightning.tasks import embedding_unit, init_prompts
 
         exp, cfg = self.exp, self.exp.cfg
-        key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, stage, epochs, extra_key, trainer_key(cfg.trainer))
+        key = config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, stage, epochs, extra_key, trainer_key(cfg.trainer))
         where = {"stage_dir": str(exp.stage_dir(stage))}
-        cached = exp._read_stage(stage, key)
+        cached = exp.read_stage(stage, key)
         if cached is not None:
             return {**cached, **where}
         lm = exp.backbone(which)
@@ -92,9 +92,9 @@ class _NewUsers:
         if self.heads[which] is not None:
             head.load_state_dict(self.heads[which])
         else:
-            head.init_bias(exp._mean_label())
+            head.init_bias(exp.mean_label())
         module = build_prompt_tuning(cfg, lm, table, head, init, scale, train_prompts=epochs > 0, train_head=False)
-        dm = exp._datamodule(lm, cfg.prompt.batch_size)
+        dm = exp.datamodule(lm, cfg.prompt.batch_size)
         stats = {"wall_s": 0.0, "train_samples": 0, "trainable_params": 0}
         if epochs > 0:
             st = fit_best(module, dm, cfg, exp.run_dir, stage, epochs, resume_key=key)
@@ -105,7 +105,7 @@ class _NewUsers:
         on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                         info={"made_by": f"cold_start:{stage}", "metrics": metrics, "lineage": lineage},
                                         head_state=module.head.state_dict()).save(exp.stage_dir(stage) / "bank"))
-        return {**exp._write_stage(stage, key, {"method": stage, "model": which, "metrics": metrics, **stats}), **where}
+        return {**exp.write_stage(stage, key, {"method": stage, "model": which, "metrics": metrics, **stats}), **where}
 
 
 def run_cold_start(cfg: DictConfig) -> dict[str, Any]:

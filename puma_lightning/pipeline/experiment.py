@@ -44,7 +44,7 @@ from puma_lightning.tasks import Migration, PromptTuning
 log = logging.getLogger(__name__)
 
 
-def _config_key(*nodes: Any) -> str:
+def config_key(*nodes: Any) -> str:
     """A short hash of the config sections a stage depends on (decides whether it can be reused)."""
     blob = json.dumps([OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n for n in nodes], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -108,11 +108,13 @@ class Experiment:
         """The frozen LM for ``source`` or ``target`` if it is loaded now (None otherwise; never loads)."""
         return self._backbones.get(_backbone_key(self.cfg[which]))
 
-    def _datamodule(self, lm: Any, batch_size: int, train_users: np.ndarray | None = None,
+    def datamodule(self, lm: Any, batch_size: int, train_users: np.ndarray | None = None,
                     eval_users: np.ndarray | None = None) -> Any:
+        """The datamodule of this run's table for ``lm``'s tokenizer (optionally restricted to some users)."""
         return build_datamodule(self.table, lm.tokenizer, self.cfg, batch_size, train_users, eval_users)
 
-    def _mean_label(self) -> float:
+    def mean_label(self) -> float:
+        """Mean training label (where a fresh rating head starts)."""
         return float(self.table.label[self.table.rows("train")].mean())
 
     def stage_dir(self, name: str) -> Path:
@@ -121,7 +123,8 @@ class Experiment:
             return Path(self.cfg.source_dir)
         return self.run_dir / name
 
-    def _read_stage(self, name: str, key: str) -> dict[str, Any] | None:
+    def read_stage(self, name: str, key: str) -> dict[str, Any] | None:
+        """The stage's saved record if it was made with ``key`` (its config hash), else None (recompute)."""
         path = self.stage_dir(name) / "stage.json"
         if not path.is_file():
             return None
@@ -146,7 +149,7 @@ class Experiment:
         """What :meth:`save_test_predictions` wrote for a method's stage (None if it has none)."""
         return load_predictions(self.method_dir(method))
 
-    def _write_stage(self, name: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
+    def write_stage(self, name: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
         """Write ``stage.json`` (global rank 0 only; every rank returns the record)."""
         record = {"key": key, **record}
         on_rank_zero(lambda: atomic_write_text(self.stage_dir(name) / "stage.json", json.dumps(record, indent=1)))
@@ -161,9 +164,9 @@ class Experiment:
         stage = stage or ("source" if which == "source" else "full_retrain")
         cfg = self.cfg
         epochs = epochs or cfg.prompt.epochs
-        key = _config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, train_prompts, epochs, trainer_key(cfg.trainer),
+        key = config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, train_prompts, epochs, trainer_key(cfg.trainer),
                           *(["shared"] if shared else []))
-        cached = self._read_stage(stage, key)
+        cached = self.read_stage(stage, key)
         if cached is not None:
             log.info("reusing %s from %s", stage, self.stage_dir(stage))
             return cached
@@ -172,9 +175,9 @@ class Experiment:
         seed_stage(cfg.seed, stage)  # head init, dropout, anything drawn from the global streams: this stage's own
         prompts, scale = initial_prompts(cfg, lm, table)
         head = build_head(table.task)
-        head.init_bias(self._mean_label())
+        head.init_bias(self.mean_label())
         module = build_prompt_tuning(cfg, lm, table, head, prompts, scale, train_prompts=train_prompts, shared=shared)
-        dm = self._datamodule(lm, cfg.prompt.batch_size)
+        dm = self.datamodule(lm, cfg.prompt.batch_size)
         before = start_stage_costs(lm)
         stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage), resume_key=key,
                          patience=cfg.prompt.early_stopping_patience if train_prompts else None)
@@ -185,7 +188,7 @@ class Experiment:
             on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                             info=self._bank_info(f"pretrain:{stage}", metrics),
                                             head_state=module.head.state_dict()).save(self.stage_dir(stage) / "bank"))
-        return self._write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict(), **cost,
+        return self.write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict(), **cost,
                                               "user_bias": module.user_bias is not None, "shared_prompt": shared})
 
     def select(self, bank: PromptBank) -> dict[str, Any]:
@@ -214,9 +217,9 @@ class Experiment:
         """PUMA: select users, train the adapter through the target model, map every prompt, test."""
         cfg = self.cfg
         source_bank = PromptBank.load(self.stage_dir("source") / "bank")
-        key = _config_key(cfg.data, cfg.source, cfg.target, cfg.prompt, cfg.adapter, cfg.selection, cfg.seed,
+        key = config_key(cfg.data, cfg.source, cfg.target, cfg.prompt, cfg.adapter, cfg.selection, cfg.seed,
                           source_bank.model_fingerprint, trainer_key(cfg.trainer))
-        cached = self._read_stage("puma", key)
+        cached = self.read_stage("puma", key)
         if cached is not None:
             log.info("reusing puma from %s", self.stage_dir("puma"))
             return cached
@@ -231,14 +234,14 @@ class Experiment:
         if source_bank.head_state is not None:
             head.load_state_dict(source_bank.head_state)
         else:
-            head.init_bias(self._mean_label())
+            head.init_bias(self.mean_label())
         output_scale = lm.embedding_std() if cfg.adapter.output_scale == "embedding_std" else 1.0
         module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, head_lr=cfg.adapter.head_lr,
                            weight_decay=cfg.adapter.weight_decay, train_head=not cfg.adapter.freeze_head,
                            output_scale=output_scale, warmup_ratio=cfg.adapter.warmup_ratio)
         users = selection["users"]
         eval_users = users if cfg.adapter.validation == "selected" else heldout_users(table.n_users, users, cfg.seed)
-        dm = self._datamodule(lm, cfg.adapter.batch_size, train_users=users, eval_users=eval_users)
+        dm = self.datamodule(lm, cfg.adapter.batch_size, train_users=users, eval_users=eval_users)
         before = start_stage_costs(lm)
         stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"), resume_key=key,
                          patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps)
@@ -251,7 +254,7 @@ class Experiment:
             lambda p: save_file({k: v.contiguous() for k, v in module.trainable_state_dict().items()}, str(p),
                                 metadata=adapter_metadata(cfg.adapter, source_bank, lm, output_scale))))
         evaluator = PromptTuning(lm, module.head, table.task, migrated, train_prompts=False, train_head=False)
-        metrics = test_metrics(evaluator, self._datamodule(lm, cfg.adapter.batch_size), cfg, self.run_dir, "puma_test")
+        metrics = test_metrics(evaluator, self.datamodule(lm, cfg.adapter.batch_size), cfg, self.run_dir, "puma_test")
         cost = stage_costs(lm, before)
         self.save_test_predictions("puma", evaluator.test_predictions())
         on_rank_zero(lambda: PromptBank(migrated, list(table.user_ids), lm.name, lm.fingerprint,
@@ -259,7 +262,7 @@ class Experiment:
                                         head_state=module.head.state_dict()).save(out_dir / "bank"))
         total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s, 2), train_samples=stats.train_samples,
                            trainable_params=stats.trainable_params, epochs=stats.epochs, best_val_loss=stats.best_val_loss)
-        return self._write_stage("puma", key, {"method": "puma", "metrics": metrics, **total.to_dict(),
+        return self.write_stage("puma", key, {"method": "puma", "metrics": metrics, **total.to_dict(),
                                                "selection_s": round(selection["seconds"], 2), "migrate_s": round(migrate_s, 2),
                                                "selection": selection["record"]["strategy"],
                                                "selected_users": selection["record"]["num_selected"],
@@ -276,6 +279,13 @@ class Experiment:
             rows["random_init"] = self.pretrain("target", "random_init", train_prompts=False,
                                                 epochs=cfg.baselines.random_init_epochs, save_bank=False)
         rows["puma"] = self.migrate_stage()
+        if cfg.adapter.polish_epochs or cfg.baselines.vocab_map:
+            from puma_lightning.pipeline.migration_levers import polish_stage, vocab_map_stage
+
+            if cfg.adapter.polish_epochs:
+                rows["puma_polish"] = polish_stage(self)
+            if cfg.baselines.vocab_map:
+                rows["vocab_map"] = vocab_map_stage(self)
         if cfg.baselines.full_retrain:
             rows["full_retrain"] = self.pretrain("target", "full_retrain")
         for which in cfg.baselines.shared_prompt:
@@ -293,8 +303,8 @@ class Experiment:
         test = table.rows("test")
         for name, ref in REFERENCES.items():
             stage = f"classic/{name}"
-            key = _config_key(self.cfg.data, self.cfg.seed, name)
-            cached = self._read_stage(stage, key)
+            key = config_key(self.cfg.data, self.cfg.seed, name)
+            cached = self.read_stage(stage, key)
             if cached is not None:
                 out[name] = cached
                 continue
@@ -305,7 +315,7 @@ class Experiment:
             metrics = {m: metric_on_rows(m, prediction[test], label) for m in ("rmse", "mae")}
             self.save_test_predictions(stage, {"row": test.astype(np.int64), "user": table.user[test].astype(np.int64),
                                                "prediction": prediction[test], "label": label})
-            out[name] = self._write_stage(stage, key, {"method": name, "metrics": metrics, "wall_s": round(wall, 2),
+            out[name] = self.write_stage(stage, key, {"method": name, "metrics": metrics, "wall_s": round(wall, 2),
                                                        "train_samples": int(len(table.rows("train"))),
                                                        "trainable_params": 0, "params": params})
         return out

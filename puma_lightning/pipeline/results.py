@@ -11,12 +11,14 @@ from puma_lightning.io.atomic import atomic_write_text
 
 from puma_lightning.pipeline.classic import REFERENCES
 
-METHOD_ORDER = ("source", "random_init", "full_retrain", "puma", "shared_prompt_source", "shared_prompt_target", *REFERENCES)
+METHOD_ORDER = ("source", "random_init", "full_retrain", "puma", "puma_polish", "vocab_map", "shared_prompt_source", "shared_prompt_target", *REFERENCES)
 DESCRIPTIONS = {
     "source": "source prompts on the source model",
     "random_init": "random prompts on the target, head trained",
     "full_retrain": "every prompt retrained on the target",
     "puma": "prompts migrated with the PUMA adapter",
+    "puma_polish": "migrated prompts, then fine-tuned per user on the target (cost includes puma's)",
+    "vocab_map": "no training: source prompts through a least-squares map between the two embedding tables",
     "shared_prompt_source": "one prompt shared by all users, on the source model",
     "shared_prompt_target": "one prompt shared by all users, on the target model",
     **{name: ref.description for name, ref in REFERENCES.items()},
