@@ -1,0 +1,177 @@
+"""Migration levers: PUMA's quality and cost per lever and budget, against full retraining on the same rows.
+
+    python benchmarks/migration_levers.py --config configs/ml100k.yaml \
+        --levers shipped,steps,norm,steps_norm,polish --budgets 0.05,0.1,0.25 [--seeds 0,1,2] [--out DIR] [key=value ...]
+
+Per seed (each a whole run): the source prompts are trained once (``<out>/seed_<s>/source``) and full
+retraining on the target once (``<out>/seed_<s>/full``, the reference); then every (lever, budget)
+cell migrates those prompts in ``<out>/seed_<s>/<lever>_b<budget>`` (reused when finished). A lever
+is a named set of overrides (:data:`LEVERS`); a budget below 1 is a fraction of the users. Writes
+``levers.json``, ``levers.md`` (test RMSE mean ± std over seeds, the paired 95 % interval of
+PUMA − full retraining on the same test rows pooled over seeds with its verdict, training samples and
+wall seconds, each method paying its own prefix work), ``levers.csv`` (one row per cell and seed) and
+``levers.png`` (RMSE against training samples), under the ``machine: ...`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks._machine import BackboneDtypes, describe_machine, machine_record  # noqa: E402
+
+STEPS = ["adapter.steps=600", "adapter.warmup_ratio=0.05", "adapter.lr=0.003", "adapter.batch_size=16",
+         "adapter.head_lr=0.0003", "adapter.validation=heldout", "adapter.early_stopping_patience=3"]
+LEVERS: dict[str, list[str]] = {
+    "shipped": [],
+    "steps": STEPS,
+    "norm": ["adapter.input_norm=standardize"],
+    "steps_norm": [*STEPS, "adapter.input_norm=standardize"],
+    "polish": ["adapter.polish_epochs=1"],
+    "steps_norm_polish": [*STEPS, "adapter.input_norm=standardize", "adapter.polish_epochs=1"],
+    "vocab_map": ["baselines.vocab_map=true"],
+}
+"""Named override sets; ``polish`` levers report the polished row, ``vocab_map`` the training-free row."""
+BASELINES_OFF = ["baselines.source=false", "baselines.random_init=false", "baselines.full_retrain=false",
+                 "baselines.classic=false"]
+CSV_FIELDS = ("lever", "budget", "seed", "method", "rmse", "mae", "auc", "uauc", "train_samples", "wall_s", "run_dir")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", required=True, metavar="FILE", help="experiment YAML (repeatable)")
+    p.add_argument("--levers", default="shipped,steps_norm", help=f"comma-separated lever names: {', '.join(LEVERS)}")
+    p.add_argument("--budgets", default="0.1", help="comma-separated budgets: user counts, or fractions of the users if < 1")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, each a whole run")
+    p.add_argument("--out", default=None, help="output folder (default: runs/migration_levers_<config stem>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every cell")
+    return p.parse_args(argv)
+
+
+def budget_users(budget: float, n_users: int) -> int:
+    """A budget as a user count (fractions of ``n_users`` below 1, at least one user)."""
+    return max(1, int(round(budget * n_users))) if budget < 1 else int(budget)
+
+
+def lever_row(lever: str) -> str:
+    """Which row of a cell's results is the lever's migrated prompts."""
+    overrides = " ".join(LEVERS[lever])
+    if "baselines.vocab_map=true" in overrides:
+        return "vocab_map"
+    return "puma_polish" if "adapter.polish_epochs=" in overrides and "polish_epochs=0" not in overrides else "puma"
+
+
+def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequence[str], budgets: Sequence[float],
+               seeds: Sequence[int], out: Path) -> dict[str, Any]:
+    """Every seed's source and full retraining, every (lever, budget) cell, then the tables and the plot."""
+    from puma_lightning.cli.config_loader import load_config
+    from puma_lightning.cli.main import _setup_runtime
+    from puma_lightning.pipeline.experiment import Experiment
+    from puma_lightning.pipeline.seeds import SeedRow, SeedRun, summarise, to_markdown
+
+    unknown = [name for name in levers if name not in LEVERS]
+    if unknown:
+        raise SystemExit(f"unknown levers {unknown}; available: {', '.join(LEVERS)}")
+    dtypes = BackboneDtypes()
+    runs: dict[int, SeedRun] = {}
+    csv_rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        base = out / f"seed_{seed}"
+        common = [*overrides, f"seed={seed}", "seeds=null"]
+        cfg = load_config(configs, [*common, f"run_dir={base / 'full'}", f"source_dir={base / 'source'}"])
+        _setup_runtime(cfg)
+        ref = dtypes.watch(Experiment(cfg))
+        ref.pretrain("source", "source")
+        full = ref.pretrain("target", "full_retrain")
+        n_users = ref.table.n_users
+        task = ref.table.task
+        rows = {"full_retrain": SeedRow({**full["metrics"], "wall_s": full["wall_s"], "train_samples": full["train_samples"]},
+                                        ref.stage_dir("full_retrain"))}
+        csv_rows.append({"lever": "-", "budget": n_users, "seed": seed, "method": "full_retrain", **full["metrics"],
+                         "train_samples": full["train_samples"], "wall_s": full["wall_s"], "run_dir": str(ref.run_dir)})
+        del ref
+        for lever in levers:
+            for budget in budgets:
+                users = budget_users(budget, n_users)
+                run_dir = base / f"{lever}_b{users}"
+                cfg = load_config(configs, [*common, *LEVERS[lever], *BASELINES_OFF, f"selection.budget={users}",
+                                            f"run_dir={run_dir}", f"source_dir={base / 'source'}"])
+                _setup_runtime(cfg)
+                exp = dtypes.watch(Experiment(cfg))
+                result = exp.fit()
+                which = lever_row(lever)
+                rec = result["methods"][which]
+                name = f"{lever} @ {users} users"
+                rows[name] = SeedRow({m: rec.get(m) for m in ("rmse", "mae", "auc", "uauc") if m in rec} |
+                                     {"wall_s": rec["wall_s"], "train_samples": rec["train_samples"]},
+                                     exp.method_dir(which), ["full_retrain"])
+                csv_rows.append({"lever": lever, "budget": users, "seed": seed, "method": which,
+                                 **{m: rec.get(m) for m in ("rmse", "mae", "auc", "uauc")},
+                                 "train_samples": rec["train_samples"], "wall_s": rec["wall_s"], "run_dir": str(run_dir)})
+                del exp
+        runs[seed] = SeedRun(task, rows, {"machine": machine_record(dtypes.text())})
+    results = summarise(runs, ("wall_s", "train_samples"))
+    results["levers"] = {name: LEVERS[name] for name in levers}
+    write_outputs(out, results, csv_rows, dtypes.text(), levers, to_markdown(results))
+    return results
+
+
+def write_outputs(out: Path, results: dict[str, Any], csv_rows: list[dict[str, Any]], dtype: str | None,
+                  levers: Sequence[str], table_md: str) -> None:
+    """``levers.json``, ``levers.md``, ``levers.csv`` and ``levers.png``."""
+    from puma_lightning.io.atomic import atomic_path, atomic_write_text, atomic_write_with
+
+    atomic_write_text(out / "levers.json", json.dumps(results, indent=1))
+    lines = [describe_machine(dtype), "", "Levers (overrides on the config):", ""]
+    lines += [f"- `{name}`: {' '.join(LEVERS[name]) or '(the config as shipped)'}" for name in levers]
+    cost = ["", "| row | train samples (mean) | wall s (mean) |", "|---|---|---|"]
+    cost += [f"| {name} | {row['train_samples']['mean']:,.0f} | {row['wall_s']['mean']:.1f} |"
+             for name, row in results["methods"].items()]
+    atomic_write_text(out / "levers.md", "\n".join([*lines, "", table_md, *cost]) + "\n")
+    with atomic_path(out / "levers.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in csv_rows:
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    metric = "rmse" if results["task"] == "rating" else "auc"
+    for name, row in results["methods"].items():
+        ax.errorbar(row["train_samples"]["mean"], row[metric]["mean"], yerr=row[metric]["std"], marker="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples through the target (log)")
+    ax.set_ylabel(f"test {metric.upper()}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write_with(out / "levers.png", lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    print((out / "levers.md").read_text(encoding="utf-8"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    levers = [name.strip() for name in args.levers.split(",") if name.strip()]
+    budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    out = Path(args.out) if args.out else REPO / "runs" / f"migration_levers_{Path(args.config[-1]).stem}"
+    run_levers(args.config, args.overrides, levers, budgets, seeds, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""benchmarks/prompt_study.py and benchmarks/migration_levers.py on tiny models: the tables they write
+agree with the stages they ran, and every row carries its paired interval."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from benchmark_loader import load_benchmark, machine_line
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+TINY = ["data.n_users=20", "data.rows_per_user=8", "trainer.num_threads=1"]
+
+
+def test_prompt_study_rows_and_intervals(tmp_path):
+    module = load_benchmark("prompt_study")
+    out = tmp_path / "study"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert module.main(["--config", SMOKE, "--levers", "shipped,long_lazy_bias,shared", "--seeds", "0,1", "--out", str(out),
+                            *TINY, "prompt.epochs=1"]) == 0
+    doc = json.loads((out / "study.json").read_text())
+    methods = doc["methods"]
+    assert {"shipped", "long_lazy_bias", "shared", "user_item_bias", "item_bias", "user_bias"} <= set(methods)
+    for lever in ("shipped", "long_lazy_bias"):
+        assert set(methods[lever]["vs"]) == {"user_item_bias"}
+        per_seed = [json.loads((out / lever / f"seed_{s}" / "source" / "stage.json").read_text())["metrics"]["rmse"] for s in (0, 1)]
+        assert methods[lever]["rmse"]["mean"] == pytest.approx(np.mean(per_seed))
+    assert set(methods["shared"]["vs"]) == {"user_item_bias", "item_bias"}
+    stage = json.loads((out / "long_lazy_bias" / "seed_0" / "source" / "stage.json").read_text())
+    assert stage["user_bias"] and not stage["shared_prompt"]
+    md = (out / "study.md").read_text()
+    assert machine_line(printed.getvalue()) in md.splitlines() and "| shared | item_bias |" in md
+    with pytest.raises(SystemExit):
+        module.run_study([SMOKE], TINY, ["nonsense"], [0], "source", tmp_path / "x")
+
+
+def test_migration_levers_table_csv_and_plot(tmp_path):
+    module = load_benchmark("migration_levers")
+    out = tmp_path / "levers"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert module.main(["--config", SMOKE, "--levers", "shipped,norm,polish", "--budgets", "0.4", "--seeds", "0,1",
+                            "--out", str(out), *TINY, "prompt.epochs=1", "adapter.epochs=1"]) == 0
+    doc = json.loads((out / "levers.json").read_text())
+    names = {"full_retrain", "shipped @ 8 users", "norm @ 8 users", "polish @ 8 users"}
+    assert set(doc["methods"]) == names
+    for name in names - {"full_retrain"}:
+        c = doc["methods"][name]["vs"]["full_retrain"]["rmse"]
+        assert c["low"] <= c["high"] and c["verdict"] in ("better", "worse", "no difference")
+    rows = list(csv.DictReader(open(out / "levers.csv", encoding="utf-8")))
+    assert len(rows) == 2 * 4 and {r["method"] for r in rows if r["lever"] == "polish"} == {"puma_polish"}
+    # the source stage of a seed is trained once and shared by every cell of that seed
+    assert not (out / "seed_0" / "norm_b8" / "source").exists() and (out / "seed_0" / "source" / "bank").is_dir()
+    assert (out / "levers.png").stat().st_size > 1000
+    assert module.budget_users(0.05, 943) == 47 and module.budget_users(94, 943) == 94
