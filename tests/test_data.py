@@ -310,7 +310,7 @@ def test_fill_id_without_pad_token():
 # ---------------------------------------------------------------- batching
 
 
-def datamodule(bos=False, **kw):
+def _datamodule(bos=False, **kw):
     table = make_synthetic(seed=0, n_users=40, n_items=300, rows_per_user=30)
     # vary lengths a lot: some items get a long tail of text
     table.item_texts = [
