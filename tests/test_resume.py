@@ -43,10 +43,10 @@ class Killer(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 _make = training.make_trainer
-def make_trainer(cfg, run_dir, stage, max_epochs, callbacks=None, log=True):
+def make_trainer(cfg, run_dir, stage, max_epochs, callbacks=None, log=True, **kwargs):
     if stage == kill_stage:
         callbacks = list(callbacks or []) + [Killer()]
-    return _make(cfg, run_dir, stage, max_epochs, callbacks=callbacks, log=log)
+    return _make(cfg, run_dir, stage, max_epochs, callbacks=callbacks, log=log, **kwargs)
 training.make_trainer = make_trainer
 sys.exit(main(sys.argv[1:]))
 """
