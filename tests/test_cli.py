@@ -57,3 +57,22 @@ def test_bad_input_is_one_line_on_stderr_with_exit_2(args, needle, capsys, tmp_p
 def test_no_command_prints_usage(capsys):
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_help_lists_every_command_from_the_one_table_bank_included(capsys):
+    from puma_lightning.cli.main import COMMANDS
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in (*COMMANDS, "bank"):
+        assert f"    {name}" in out, name
+
+
+def test_bank_errors_are_one_line_unless_debugging(tmp_path, capsys, monkeypatch):
+    assert main(["bank", "info", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    monkeypatch.setenv("PUMA_DEBUG", "1")
+    with pytest.raises(Exception):
+        main(["bank", "info", str(tmp_path / "missing")])

@@ -153,19 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.action:
         parser.print_help()
         return 2
-    try:
-        if args.action == "info":
-            if args.json:
-                print(json.dumps(PromptBank.open(args.path).manifest.get("info", {}), indent=1))
-            else:
-                print(bank_info(args.path))
-        elif args.action == "diff":
-            d = bank_diff(args.a, args.b)
-            print(json.dumps(d, indent=1) if args.json else format_diff(d))
-        elif args.action == "export-peft":
-            out = export_peft(args.path, args.user, args.out, args.base_model)
-            print(f"wrote PEFT prompt-tuning adapter for user {args.user} to {out}")
-    except PumaError as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-        return 2
+    if args.action == "info":  # errors: one line, by cli.main.one_line_errors (PUMA_DEBUG=1 shows the traceback)
+        if args.json:
+            print(json.dumps(PromptBank.open(args.path).manifest.get("info", {}), indent=1))
+        else:
+            print(bank_info(args.path))
+    elif args.action == "diff":
+        d = bank_diff(args.a, args.b)
+        print(json.dumps(d, indent=1) if args.json else format_diff(d))
+    elif args.action == "export-peft":
+        out = export_peft(args.path, args.user, args.out, args.base_model)
+        print(f"wrote PEFT prompt-tuning adapter for user {args.user} to {out}")
     return 0

@@ -1,16 +1,7 @@
 """``python -m puma_lightning <command> --config FILE [--config FILE2] [key=value ...]``.
 
-Commands:
-  prepare   read raw Amazon/Yelp/MIND files and write the processed dataset
-  pretrain  train per-user prompts on one model (``model=source`` or ``model=target``)
-  fit       the whole PUMA experiment: source prompts, selection, adapter, migration, baselines, table
-  select    choose the adapter's training users and write a summary and a picture
-  migrate   apply a saved adapter to a prompt bank (``bank=... adapter_path=... out=...``)
-  test      evaluate a prompt bank on a model and split (``bank=... model=target split=test``)
-  chain     chained migration over ``chain.models`` [A, B, C, ...] with full retraining per hop
-  aggregate aggregated migration ``aggregate.sources`` [A, B, ...] -> target
-  cold-start users new on the target: map their source prompt, or initialise through the adapter
-  bank      ``bank info PATH``, ``bank diff A B``, ``bank export-peft PATH --user ID --out DIR``
+The commands and their help texts are :data:`COMMANDS` (``python -m puma_lightning --help`` lists
+them); ``bank`` takes paths instead of a config (``bank --help``).
 """
 
 from __future__ import annotations
@@ -20,23 +11,104 @@ import logging
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from puma_lightning.cli.help import describe_config
 from puma_lightning.errors import PumaError
 
-COMMANDS = {
-    "prepare": "Read the raw files in data.raw_dir and write the processed dataset (reused when unchanged).",
-    "pretrain": "Train per-user soft prompts on one model (the source, or the target for the retraining baseline).",
-    "fit": "Run the whole PUMA experiment and print the comparison table (reuses finished stages in run_dir).",
-    "select": "Select the adapter's training users only; write selection.json, selection_summary.md, selection.png.",
-    "migrate": "Apply a saved adapter to a prompt bank and write the migrated bank.",
-    "test": "Evaluate a prompt bank on a model and split.",
-    "chain": "Chained migration over chain.models [A, B, C, ...]: table and plot of the metric per hop vs full retraining.",
-    "aggregate": "Aggregated migration of aggregate.sources [A, B, ...] to target: single-source vs aggregated table and chart.",
-    "cold-start": "Users new on the target: source prompt + adapter, adapter init + fine-tuning, vs training from scratch.",
+
+@dataclass(frozen=True)
+class Command:
+    """One CLI command: its help text and what it runs on the loaded config (inside the run lock)."""
+
+    help: str
+    run: Callable[..., None]
+    """``(cfg, run_dir)`` -> None."""
+
+
+def _prepare(cfg, run_dir: Path) -> None:  # noqa: ANN001 - DictConfig
+    from puma_lightning.data.prepare import run_prepare
+
+    run_prepare(cfg)
+
+
+def _fit(cfg, run_dir: Path) -> None:  # noqa: ANN001
+    from puma_lightning.pipeline.experiment import Experiment
+
+    Experiment(cfg).fit()
+
+
+def _pretrain(cfg, run_dir: Path) -> None:  # noqa: ANN001
+    from puma_lightning.pipeline.experiment import Experiment
+
+    stage = "source" if cfg.model == "source" else "full_retrain"
+    record = Experiment(cfg).pretrain(cfg.model, stage)
+    print(f"{stage}: " + ", ".join(f"{k}={v:.4f}" for k, v in record["metrics"].items()) + f" (bank in {run_dir / stage / 'bank'})")
+
+
+def _select(cfg, run_dir: Path) -> None:  # noqa: ANN001
+    from puma_lightning.pipeline.select_cmd import run_select
+
+    run_select(cfg)
+
+
+def _migrate(cfg, run_dir: Path) -> None:  # noqa: ANN001
+    from puma_lightning.pipeline.bank_ops import migrate_bank
+
+    for key in ("bank", "adapter_path", "out"):
+        if not cfg[key]:
+            raise PumaError(f"migrate needs '{key}=PATH'")
+    bank = migrate_bank(cfg.bank, cfg.adapter_path, cfg.out)
+    print(f"migrated {len(bank.user_ids)} prompts to {bank.model_name} (hidden {bank.hidden_size}) -> {cfg.out}")
+
+
+def _test(cfg, run_dir: Path) -> None:  # noqa: ANN001
+    from puma_lightning.pipeline.bank_ops import evaluate_bank
+
+    if not cfg.bank:
+        raise PumaError("test needs 'bank=PATH'")
+    evaluate_bank(cfg, cfg.bank, cfg.model, cfg.split)
+
+
+def _chain(cfg, run_dir: Path) -> None:  # noqa: ANN001
+    from puma_lightning.pipeline.chain import run_chain
+
+    run_chain(cfg)
+
+
+def _aggregate(cfg, run_dir: Path) -> None:  # noqa: ANN001
+    from puma_lightning.pipeline.aggregate import run_aggregate
+
+    run_aggregate(cfg)
+
+
+def _cold_start(cfg, run_dir: Path) -> None:  # noqa: ANN001
+    from puma_lightning.pipeline.cold_start import run_cold_start
+
+    run_cold_start(cfg)
+
+
+COMMANDS: dict[str, Command] = {
+    "prepare": Command("Read the raw files in data.raw_dir and write the processed dataset (reused when unchanged).", _prepare),
+    "pretrain": Command("Train per-user soft prompts on one model (the source, or the target for the retraining baseline).",
+                        _pretrain),
+    "fit": Command("Run the whole PUMA experiment and print the comparison table (reuses finished stages in run_dir).", _fit),
+    "select": Command("Select the adapter's training users only; write selection.json, selection_summary.md, selection.png.",
+                      _select),
+    "migrate": Command("Apply a saved adapter to a prompt bank and write the migrated bank.", _migrate),
+    "test": Command("Evaluate a prompt bank on a model and split.", _test),
+    "chain": Command("Chained migration over chain.models [A, B, C, ...]: table and plot of the metric per hop vs full "
+                     "retraining.", _chain),
+    "aggregate": Command("Aggregated migration of aggregate.sources [A, B, ...] to target: single-source vs aggregated table "
+                         "and chart.", _aggregate),
+    "cold-start": Command("Users new on the target: source prompt + adapter, adapter init + fine-tuning, vs training from "
+                          "scratch.", _cold_start),
 }
+"""Every command that takes a config, in ``--help`` order."""
+
+BANK_HELP = "Inspect, compare and export prompt banks: bank info PATH | bank diff A B | bank export-peft PATH --user ID --out DIR."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,17 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m puma_lightning",
         description="Migrate per-user soft prompts between foundation LLMs with a PUMA adapter.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Config keys (override any with key=value):\n" + describe_config(),
+        epilog="Config keys (override any with key=value; COMMAND --help lists them too):\n" + describe_config(),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, text in COMMANDS.items():
-        p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter,
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help, formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="Config keys (override any with key=value):\n" + describe_config())
         p.add_argument("--config", action="append", default=[], metavar="FILE",
                        help="YAML config file; repeat to merge several (later files win)")
         p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="OmegaConf dotlist overrides, e.g. trainer.max_epochs=2; selection=NAME loads strategies/NAME.yaml")
+    sub.add_parser("bank", help=BANK_HELP, description=BANK_HELP, add_help=False)  # parsed by cli.bank_cmd
     return parser
 
 
@@ -83,55 +156,14 @@ def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - Dict
 
     if is_global_zero():  # DDP re-runs the command on every rank: one writer
         save_config(cfg, run_dir / "config.yaml")
-
-    from puma_lightning.pipeline.experiment import Experiment
-
-    if command == "prepare":
-        from puma_lightning.data.prepare import run_prepare
-
-        run_prepare(cfg)
-    elif cfg.seeds:
+    if cfg.seeds and command != "prepare":
         from puma_lightning.pipeline.seeds import SEEDED_COMMANDS, run_seeds
 
         if command not in SEEDED_COMMANDS:
             raise PumaError(f"'seeds' applies to {', '.join(SEEDED_COMMANDS)}, not to {command}; use seed=N")
         run_seeds(cfg, command)
-    elif command == "fit":
-        Experiment(cfg).fit()
-    elif command == "pretrain":
-        stage = "source" if cfg.model == "source" else "full_retrain"
-        record = Experiment(cfg).pretrain(cfg.model, stage)
-        print(f"{stage}: " + ", ".join(f"{k}={v:.4f}" for k, v in record["metrics"].items()) + f" (bank in {run_dir / stage / 'bank'})")
-    elif command == "select":
-        from puma_lightning.pipeline.select_cmd import run_select
-
-        run_select(cfg)
-    elif command == "migrate":
-        from puma_lightning.pipeline.bank_ops import migrate_bank
-
-        for key in ("bank", "adapter_path", "out"):
-            if not cfg[key]:
-                raise PumaError(f"migrate needs '{key}=PATH'")
-        bank = migrate_bank(cfg.bank, cfg.adapter_path, cfg.out)
-        print(f"migrated {len(bank.user_ids)} prompts to {bank.model_name} (hidden {bank.hidden_size}) -> {cfg.out}")
-    elif command == "test":
-        from puma_lightning.pipeline.bank_ops import evaluate_bank
-
-        if not cfg.bank:
-            raise PumaError("test needs 'bank=PATH'")
-        evaluate_bank(cfg, cfg.bank, cfg.model, cfg.split)
-    elif command == "chain":
-        from puma_lightning.pipeline.chain import run_chain
-
-        run_chain(cfg)
-    elif command == "aggregate":
-        from puma_lightning.pipeline.aggregate import run_aggregate
-
-        run_aggregate(cfg)
-    elif command == "cold-start":
-        from puma_lightning.pipeline.cold_start import run_cold_start
-
-        run_cold_start(cfg)
+    else:
+        COMMANDS[command].run(cfg, run_dir)
     return 0
 
 
@@ -182,14 +214,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "bank":  # bank tools take paths, not a config
         from puma_lightning.cli.bank_cmd import main as bank_main
 
-        return bank_main(argv[1:])
+        return one_line_errors(lambda: bank_main(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
+    return one_line_errors(lambda: run(args.command, args.config, args.overrides, args.print_config))
+
+
+def one_line_errors(body: Callable[[], int]) -> int:
+    """Run ``body``; our errors become one ``error: ...`` line and exit code 2 (``PUMA_DEBUG=1``: the traceback)."""
     try:
-        return run(args.command, args.config, args.overrides, args.print_config)
+        return body()
     except Exception as exc:
         from puma_lightning.tasks.base import NonFiniteLossError
 
