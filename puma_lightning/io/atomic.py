@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from puma_lightning.errors import PumaError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -50,21 +52,43 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+class NotOursError(PumaError):
+    """A folder we were asked to replace holds something puma_lightning did not write there."""
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole."""
+def atomic_dir(path: str | Path, marker: str | None = None, what: str = "folder") -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    Nothing is deleted that we did not write: an existing ``path`` is replaced only if it is an empty
+    folder or holds ``marker`` (the file every folder of this kind gets, e.g. a manifest); a regular
+    file, or a folder without the marker, stops with :class:`NotOursError` *before* any work is done.
+    The replaced folder is moved to a fresh temporary name first and removed only after the rename."""
     path = Path(path)
+    check_replaceable(path, marker, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+            check_replaceable(path, marker, what)  # it may have changed while we worked
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)  # onto our own empty folder
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_replaceable(path: str | Path, marker: str | None, what: str = "folder") -> None:
+    """Raise :class:`NotOursError` unless ``path`` is absent, an empty folder, or a folder holding ``marker``."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise NotOursError(f"{path} exists and is not a folder; refusing to replace it with a {what} (move it or choose another path)")
+    if marker is not None and not (path / marker).is_file() and any(path.iterdir()):
+        raise NotOursError(f"{path} is a folder that is not a {what} (no {marker}); refusing to replace what is in it "
+                           "(move it or choose another path)")

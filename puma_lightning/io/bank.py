@@ -152,7 +152,7 @@ class PromptBank:
         if rows_per_shard < 1:
             raise BankError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
         prompts = self.prompts.detach().float().cpu().contiguous()
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, MANIFEST_FILE, "prompt bank") as tmp:
             manifest = self.manifest()
             if len(self.user_ids) <= rows_per_shard:
                 tensor_path = tmp / TENSOR_FILE
