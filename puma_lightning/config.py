@@ -14,9 +14,11 @@ from typing import Any, List, Optional
 @dataclass
 class DataConfig:
     name: str = "synthetic"
-    """Dataset: ``synthetic`` (generated, known noise floor), ``movielens-100k`` (real, from the recbole wheel), or from raw files in ``raw_dir``: ``amazon-movies``, ``amazon-movies-csv``, ``yelp``, ``mind``."""
+    """Dataset, by its name in ``puma_lightning.data.registry``. Built in: ``synthetic`` (generated, known noise floor), ``movielens-100k`` (real, from the recbole wheel), and from raw files in ``raw_dir``: ``amazon-movies``, ``amazon-movies-csv``, ``yelp``, ``mind``. Your own: ``docs/custom_dataset.md``."""
     task: str = "rating"
     """``rating`` (1..5 stars, hybrid MSE+CE head) or ``click`` (Yes-token BCE head). Synthetic data supports both."""
+    module: Optional[str] = None
+    """Python module imported before ``name`` is looked up: the module that registers your own dataset (see ``docs/custom_dataset.md``)."""
     template: str = "movie"
     """Prompt template name (see ``puma_lightning.data.templates``)."""
     max_users: Optional[int] = None

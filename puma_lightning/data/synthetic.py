@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .splits import chronological_split, keep_latest, limit_users
+from .registry import Dataset, register_dataset
 from .table import InteractionTable
 
 GENRES = (
@@ -266,3 +267,13 @@ def make_synthetic(
     return make_synthetic_with_truth(
         seed, n_users, n_items, rows_per_user, noise_std, task, valid_ratio, test_ratio, max_users, max_rows_per_user
     )[0]
+
+
+def _build(dcfg, seed: int) -> InteractionTable:  # noqa: ANN001 - DictConfig
+    return make_synthetic(seed=seed, n_users=dcfg.n_users, n_items=dcfg.n_items, rows_per_user=dcfg.rows_per_user,
+                          noise_std=dcfg.noise_std, task=dcfg.task, valid_ratio=dcfg.valid_ratio, test_ratio=dcfg.test_ratio,
+                          max_users=dcfg.max_users, max_rows_per_user=dcfg.max_rows_per_user)
+
+
+register_dataset(Dataset("synthetic", None, "synthetic users with known tastes and a known noise floor (ratings or clicks)",
+                         build=_build))

@@ -26,24 +26,9 @@ def build_table(dcfg: DictConfig, seed: int) -> InteractionTable:
 
 
 def _dataset_table(dcfg: DictConfig, seed: int) -> InteractionTable:
-    if dcfg.name == "synthetic":
-        from puma_lightning.data.synthetic import make_synthetic
+    from puma_lightning.data.registry import build_dataset_table
 
-        return make_synthetic(seed=seed, n_users=dcfg.n_users, n_items=dcfg.n_items, rows_per_user=dcfg.rows_per_user,
-                              noise_std=dcfg.noise_std, task=dcfg.task, valid_ratio=dcfg.valid_ratio,
-                              test_ratio=dcfg.test_ratio, max_users=dcfg.max_users, max_rows_per_user=dcfg.max_rows_per_user)
-    if dcfg.name == "movielens-100k":
-        from puma_lightning.data.movielens import load_movielens_100k
-
-        if dcfg.task != "rating":
-            raise ValueError("'data.task' must be 'rating' for movielens-100k (it has star ratings, no clicks)")
-        return load_movielens_100k(max_users=dcfg.max_users, seed=seed, max_rows_per_user=dcfg.max_rows_per_user,
-                                   valid_ratio=dcfg.valid_ratio, test_ratio=dcfg.test_ratio)
-    if dcfg.name in ("amazon-movies", "amazon-movies-csv", "yelp", "mind"):
-        from puma_lightning.data.prepare import load_prepared
-
-        return load_prepared(dcfg, seed)
-    raise ValueError(f"unknown dataset {dcfg.name!r}")
+    return build_dataset_table(dcfg, seed)
 
 
 def load_frozen_lm(mcfg: DictConfig, dcfg: DictConfig, cache_dir: str | None, on_gpu: bool = False) -> Any:

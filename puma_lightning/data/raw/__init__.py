@@ -8,7 +8,4 @@ on-disk processed format live in :mod:`puma_lightning.data.prepare` and
 
 from .common import BadLines, FileRecord, RawData, open_lines
 
-DATASETS = ("amazon-movies", "amazon-movies-csv", "yelp", "mind")
-"""Dataset names that are read from raw files (``data.name``)."""
-
-__all__ = ["DATASETS", "BadLines", "FileRecord", "RawData", "open_lines"]
+__all__ = ["BadLines", "FileRecord", "RawData", "open_lines"]

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..registry import Dataset, RawFormat, register_dataset
 from .common import (BadLines, Columns, FileRecord, IdMap, RawData, find_file, open_lines, parse_rating, read_json_ratings,
                      require_dir)
 
@@ -137,3 +138,11 @@ def raw_files(raw_dir: str | Path, csv: bool = False) -> list[Path]:
     if csv:
         return meta + [folder / f"{CATEGORY}.{s}.csv" for s, _ in CSV_SPLITS if (folder / f"{CATEGORY}.{s}.csv").is_file()]
     return meta + [p for p in (folder / n for n in REVIEW_NAMES) if p.is_file()][:1]
+
+
+register_dataset(Dataset("amazon-movies", "rating", "Amazon Reviews 2023 Movies_and_TV reviews + metadata (JSON Lines)",
+                         raw=RawFormat(lambda d: raw_files(d.raw_dir),
+                                       lambda d: read_amazon_reviews(d.raw_dir, d.max_bad_fraction))))
+register_dataset(Dataset("amazon-movies-csv", "rating", "Amazon Reviews 2023 Movies_and_TV benchmark CSV splits + metadata",
+                         raw=RawFormat(lambda d: raw_files(d.raw_dir, csv=True),
+                                       lambda d: read_amazon_csv(d.raw_dir, d.max_bad_fraction))))

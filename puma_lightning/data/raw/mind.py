@@ -19,6 +19,7 @@ import numpy as np
 
 from puma_lightning.errors import PumaError
 
+from ..registry import Dataset, RawFormat, register_dataset
 from .common import BadLines, Columns, FileRecord, IdMap, RawData, open_lines, require_dir
 
 SPLIT_DIRS = (("train", 0), ("dev", 2), ("test", 2))
@@ -202,3 +203,7 @@ def raw_files(raw_dir: str | Path) -> list[Path]:
     """The files a read would use (for the cheap "did the raw data change" check)."""
     found = find_splits(raw_dir)
     return [f / "news.tsv" for _, f, _ in found] + [f / "behaviors.tsv" for _, f, _ in found]
+
+
+register_dataset(Dataset("mind", "click", "MIND news clicks: behaviors.tsv and news.tsv of the train/dev folders",
+                         raw=RawFormat(lambda d: raw_files(d.raw_dir), lambda d: read_mind(d.raw_dir, d.max_bad_fraction))))

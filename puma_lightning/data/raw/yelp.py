@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..registry import Dataset, RawFormat, register_dataset
 from .common import BadLines, FileRecord, RawData, find_file, open_lines, read_json_ratings, require_dir
 
 REVIEW_NAMES = ("yelp_academic_dataset_review.json", "yelp_academic_dataset_review.json.gz")
@@ -93,3 +94,7 @@ def raw_files(raw_dir: str | Path) -> list[Path]:
     for names in (BUSINESS_NAMES, REVIEW_NAMES):
         out += [p for p in (folder / n for n in names) if p.is_file()][:1]
     return out
+
+
+register_dataset(Dataset("yelp", "rating", "Yelp Open Dataset reviews and businesses (raw JSON Lines files)",
+                         raw=RawFormat(lambda d: raw_files(d.raw_dir), lambda d: read_yelp(d.raw_dir, d.max_bad_fraction))))
