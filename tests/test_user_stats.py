@@ -16,7 +16,8 @@ from puma_lightning.models.heads import build_head
 from puma_lightning.models.tiny import build_tiny_model
 from puma_lightning.pipeline import user_stats
 from puma_lightning.pipeline.experiment import Experiment
-from puma_lightning.selection import stats
+from puma_lightning.pipeline import stat_models as stats
+from puma_lightning.selection.ffn import normalise_bits
 from puma_lightning.tasks import embedding_unit, init_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def test_ffn_features_shape_binary_normalised(name):
     assert len({r.tobytes() for r in feats}) > 1  # prompts differ -> features differ
     # batching does not change a row; one layer gives the last layer's block
     assert np.array_equal(feats, stats.ffn_features(lm, prompts, batch_size=9))
-    assert np.array_equal(stats.ffn_features(lm, prompts, n_layers=1), stats.normalise_bits(feats[:, -width:] > 0))
+    assert np.array_equal(stats.ffn_features(lm, prompts, n_layers=1), normalise_bits(feats[:, -width:] > 0))
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.modules())  # hooks removed
 
 
@@ -142,3 +143,28 @@ def test_selection_context_filled_only_for_needs(experiment):
                                                                       "data.rows_per_user=6", "selection=kmeans_fps"]))
     ctx2 = user_stats.build_selection_context(exp2, bank)
     assert ctx2.loss is None and ctx2.ffn_features is None
+
+
+def test_every_optional_statistic_is_registered_once():
+    from puma_lightning.pipeline.user_stats import STATISTICS, UserStatistic, register_statistic
+    from puma_lightning.selection.registry import OPTIONAL_STATS
+
+    assert set(STATISTICS) == set(OPTIONAL_STATS)
+    with pytest.raises(ValueError, match="already registered"):
+        register_statistic(UserStatistic("loss", lambda *a: None))
+    with pytest.raises(ValueError, match="not an optional SelectionContext field"):
+        register_statistic(UserStatistic("mood", lambda *a: None))
+
+
+def test_the_selection_layer_imports_nothing_above_it():
+    """Strategies read arrays; running models (pipeline, models, data) stays out of puma_lightning.selection."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "puma_lightning" / "selection"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(("puma_lightning.pipeline", "puma_lightning.models", "puma_lightning.data")), \
+                    f"{path.name} imports {name}"

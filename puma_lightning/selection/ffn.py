@@ -1,7 +1,7 @@
 """FFN-feature strategies: k-means on the source model's binarised FFN activations instead of the
 raw prompts (DESIGN.md §3), then the same allocations and stratifications as the prompt strategies.
 
-Features (:func:`puma_lightning.selection.stats.ffn_features`): the last 3 FFN layers of the
+Features (:func:`puma_lightning.pipeline.stat_models.ffn_features`): the last 3 FFN layers of the
 source model fed ``[BOS, p_u]``, activations > 0 as 0/1, concatenated, L2-normalised.
 
 * ``ffn_kmeans`` — as ``kmeans_stratified`` (proportional quotas, uniform picks).
@@ -65,3 +65,10 @@ class FFNKMeansVarianceStrategy(FFNClusterStrategy):
         """First pass: min(50, |c|) users per cluster, as ``puma``."""
         weight_span: float = 2.0
         """Normal-shaped bin weights [.079, .237, .369, .237, .079] for 5 bins, as ``puma``."""
+
+
+def normalise_bits(bits: np.ndarray) -> np.ndarray:
+    """0/1 rows as float32, L2-normalised (all-zero rows stay zero): the ``ffn_features`` strategies read."""
+    x = np.asarray(bits, dtype=np.float32)
+    norm = np.sqrt(x.sum(axis=1, keepdims=True)) if x.size else np.ones((x.shape[0], 1), np.float32)
+    return x / np.maximum(norm, 1.0)

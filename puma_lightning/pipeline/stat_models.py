@@ -1,4 +1,8 @@
-"""Per-user statistics some selection strategies need, computed from the source bank and model.
+"""Per-user statistics some selection strategies need, computed by running the source model.
+
+These run the frozen LLM, so they live in the pipeline layer; the selection layer only reads the
+arrays (:class:`~puma_lightning.selection.registry.SelectionContext`), and
+:mod:`puma_lightning.pipeline.user_stats` registers, caches and decodes them.
 
 * :func:`user_task_loss` — mean task loss of each user's source prompt on the source model over
   the user's training rows (the frozen LM and the bank's head, eval mode, no grad, rows batched by
@@ -21,13 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
+from puma_lightning.data.datamodule import BucketBatchSampler
 from puma_lightning.data.table import InteractionTable
+from puma_lightning.models.heads import ClickHead, RatingHead, build_head
+from puma_lightning.pipeline.builders import build_datamodule
+from puma_lightning.selection.ffn import normalise_bits
 
 
 def _heads_per_row_loss(head: nn.Module, logits: torch.Tensor, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """Per-row loss [B] with the same definition as ``head.loss`` (which averages over the batch)."""
-    from puma_lightning.models.heads import ClickHead, RatingHead
 
     if isinstance(head, RatingHead):
         target = (label.round().long() - 1).clamp(0, 4)
@@ -49,12 +57,6 @@ def user_task_loss(lm: Any, head_state: dict[str, torch.Tensor] | None, prompts:
     ``prompts`` the bank rows ``[N, l, d]`` in ``table`` user order, ``cfg`` the experiment config
     (template, prompt length, batch size, item truncation).
     """
-    from torch.utils.data import DataLoader
-
-    from puma_lightning.data.datamodule import BucketBatchSampler
-    from puma_lightning.models.heads import build_head
-    from puma_lightning.pipeline.builders import build_datamodule
-
     prompts = torch.as_tensor(prompts)
     if prompts.dim() == 2:
         prompts = prompts.unsqueeze(1)
@@ -153,10 +155,3 @@ def ffn_features(lm: Any, prompts: torch.Tensor, n_layers: int = 3, batch_size: 
         lm.train(was_training)
     bits = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, 0), dtype=bool)
     return normalise_bits(bits)
-
-
-def normalise_bits(bits: np.ndarray) -> np.ndarray:
-    """0/1 rows as float32, L2-normalised (all-zero rows stay zero)."""
-    x = np.asarray(bits, dtype=np.float32)
-    norm = np.sqrt(x.sum(axis=1, keepdims=True)) if x.size else np.ones((x.shape[0], 1), np.float32)
-    return x / np.maximum(norm, 1.0)
