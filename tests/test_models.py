@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from puma_lightning.models.backbone import FrozenLM, resolve_answer_ids
+from puma_lightning.models.answers import resolve_answer_ids
+from puma_lightning.models.backbone import FrozenLM
 from puma_lightning.models.loading import load_backbone, model_fingerprint
 from puma_lightning.models.packaged import (
     PACKAGED_MODELS,

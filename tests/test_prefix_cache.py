@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-import puma_lightning.models.backbone as backbone_mod
+import puma_lightning.models.cached_forward as cached_forward_mod
 from puma_lightning.data.datamodule import PadCollator, TemplateEncoder
 from puma_lightning.data.templates import get_template
 from puma_lightning.models.backbone import FrozenLM
@@ -166,13 +166,13 @@ def test_constant_head_is_a_function_of_the_template(tiny_lm):
 def test_template_head_is_computed_once_and_prefixes_continue_it(tiny_lm, monkeypatch):
     """With the stem set, missing prefixes run only their item part on top of the cached head: same results."""
     calls = []
-    real = backbone_mod.compute_prefix_kv
+    real = cached_forward_mod.compute_prefix_kv
 
     def spy(body, prefixes, device, **kw):
         calls.append((len(prefixes), [len(p) for p in prefixes], kw.get("stem_kv") is not None))
         return real(body, prefixes, device, **kw)
 
-    monkeypatch.setattr(backbone_mod, "compute_prefix_kv", spy)
+    monkeypatch.setattr(cached_forward_mod, "compute_prefix_kv", spy)
     encoder = TemplateEncoder(tiny_lm.tokenizer, get_template("item_first"), max_item_tokens=24)
     head = encoder.constant_head()
     tiny_lm.prefix_cache.clear()
@@ -274,7 +274,7 @@ def test_cached_path_raises_no_warning(tiny_lm):
 
 def test_probe_mismatch_falls_back_with_a_logged_reason(monkeypatch, caplog):
     b = load_backbone("tiny-gemma3")
-    real = backbone_mod.batch_cache
+    real = cached_forward_mod.batch_cache
 
     def wrong_positions(entries, lengths, inverse, batch):  # drops the first cached token
         cache = real(entries, lengths, inverse, batch)
@@ -282,7 +282,7 @@ def test_probe_mismatch_falls_back_with_a_logged_reason(monkeypatch, caplog):
             layer.keys = layer.keys.roll(1, dims=2)
         return cache
 
-    monkeypatch.setattr(backbone_mod, "batch_cache", wrong_positions)
+    monkeypatch.setattr(cached_forward_mod, "batch_cache", wrong_positions)
     with caplog.at_level(logging.WARNING):
         lm = FrozenLM(b.model, b.tokenizer, RATING, prefix_cache_mb=8)
     assert lm.prefix_cache is None and "differ" in lm.prefix_cache_reason
@@ -371,7 +371,7 @@ def test_compile_key_reaches_the_backbone() -> None:
 def test_fixed_groups_make_prefixes_independent_of_cache_state(monkeypatch):
     """With fixed groups, a prefix is always computed with the same group-mates: cold, warm (other
     batches cached first) and evicted caches give bit-identical answer logits, in bf16."""
-    monkeypatch.setattr(backbone_mod, "PREFIX_GROUP", 2)
+    monkeypatch.setattr(cached_forward_mod, "PREFIX_GROUP", 2)
     b = load_backbone("tiny-gemma3", dtype="bfloat16")
     lm = FrozenLM(b.model, b.tokenizer, RATING, prefix_cache_mb=64)
     enc = TemplateEncoder(lm.tokenizer, get_template("item_first"), max_item_tokens=24)

@@ -122,7 +122,8 @@ class PrefixKVCache:
                 f"hits={s.hits}, misses={s.misses}, evictions={s.evictions})")
 
 
-def _text_config(model: nn.Module) -> Any:
+def text_config(model: nn.Module) -> Any:
+    """The text part of a model's config (multimodal configs nest it; plain ones are it)."""
     cfg = model.config
     getter = getattr(cfg, "get_text_config", None)
     return getter() if callable(getter) else cfg
@@ -159,7 +160,7 @@ def static_support_reason(model: nn.Module, body: nn.Module) -> str | None:
     for name in ("position_ids", "inputs_embeds", "attention_mask"):
         if name not in params and not (has_kwargs and name == "position_ids"):
             return f"{type(body).__name__}.forward takes no {name!r}"
-    cfg = _text_config(model)
+    cfg = text_config(model)
     if getattr(cfg, "is_encoder_decoder", False):
         return "encoder-decoder models are not supported"
     layer_types = getattr(cfg, "layer_types", None)
