@@ -9,13 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from puma_lightning.data.datamodule import (
-    BucketBatchSampler,
-    PromptDataModule,
-    TemplateEncoder,
-    encode_sample,
-    special_prefix,
-)
+from puma_lightning.data.batching import BucketBatchSampler
+from puma_lightning.data.datamodule import PromptDataModule
+from puma_lightning.data.encoding import TemplateEncoder, encode_sample, special_prefix
 from puma_lightning.data.splits import chronological_split, keep_latest, limit_users
 from puma_lightning.data.synthetic import make_synthetic, make_synthetic_with_truth, rating_distribution
 from puma_lightning.data.table import TEST, TRAIN, VALID, InteractionTable

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from puma_lightning.data.datamodule import BucketBatchSampler
+from puma_lightning.data.batching import BucketBatchSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

@@ -15,7 +15,8 @@ import torch
 from omegaconf import OmegaConf
 
 from puma_lightning.config import ModelConfig
-from puma_lightning.data.datamodule import PadCollator, TemplateEncoder
+from puma_lightning.data.batching import PadCollator
+from puma_lightning.data.encoding import TemplateEncoder
 from puma_lightning.data.templates import get_template
 from puma_lightning.models.dtype_choice import BF16_MIN_SPEEDUP
 from puma_lightning.models.tiny import TINY_MODEL_NAMES

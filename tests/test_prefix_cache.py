@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 import puma_lightning.models.cached_forward as cached_forward_mod
-from puma_lightning.data.datamodule import PadCollator, TemplateEncoder
+from puma_lightning.data.batching import PadCollator
+from puma_lightning.data.encoding import TemplateEncoder
 from puma_lightning.data.templates import get_template
 from puma_lightning.models.backbone import FrozenLM
 from puma_lightning.models.loading import load_backbone

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from puma_lightning.data.datamodule import BucketBatchSampler
+from puma_lightning.data.batching import BucketBatchSampler
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.models.heads import ClickHead, RatingHead, build_head
 from puma_lightning.pipeline.builders import build_datamodule
