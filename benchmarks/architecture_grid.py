@@ -118,10 +118,10 @@ def write_grid(out: Path, task: str, models: list[str], pairs: list[dict[str, An
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from puma_lightning.cli.config_loader import load_config
-    from puma_lightning.cli.main import _setup_runtime
+    from puma_lightning.cli.main import setup_runtime
 
     cfg = load_config(args.config or [str(REPO / "configs" / "smoke.yaml")], args.overrides)
-    _setup_runtime(cfg)
+    setup_runtime(cfg)
     logging.getLogger("puma_lightning").setLevel(logging.WARNING)
     out = Path(args.out or "runs/architecture_grid")
     models = [m.strip() for m in args.models.split(",") if m.strip()]

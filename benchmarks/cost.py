@@ -159,7 +159,7 @@ def run_cost_seeds(cfg: Any, out: Path, tolerance: float, project: Sequence[int]
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from puma_lightning.cli.config_loader import load_config
-    from puma_lightning.cli.main import _setup_runtime
+    from puma_lightning.cli.main import setup_runtime
     from puma_lightning.errors import PumaError
 
     try:
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PumaError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _setup_runtime(cfg)
+    setup_runtime(cfg)
     logging.getLogger("puma_lightning").setLevel(logging.WARNING)
     out = Path(args.out or f"runs/cost_{Path(args.config[-1]).stem}")
     if cfg.seeds:

@@ -47,32 +47,32 @@ def make_data(n: int, d: int, k: int, seed: int) -> np.ndarray:
 
 def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
     """Sum of squared distances to the nearest centroid (float64), for any method's centroids."""
-    from puma_lightning.selection.kmeans import _inertia
+    from puma_lightning.selection.kmeans import inertia as labelled_inertia
 
     c = np.asarray(centroids, dtype=np.float32)
     sq = np.einsum("ij,ij->i", c, c)
     labels = np.empty(x.shape[0], dtype=np.int64)
     for s in range(0, x.shape[0], 8192):
         labels[s : s + 8192] = np.argmin(sq[None, :] - 2.0 * x[s : s + 8192] @ c.T, axis=1)
-    return _inertia(x, c, labels)
+    return labelled_inertia(x, c, labels)
 
 
 def bench(x: np.ndarray, k: int, iters: int, seed: int) -> list[tuple[str, float, float]]:
     """(method, seconds, inertia) for every method available here."""
     from sklearn.cluster import KMeans
 
-    from puma_lightning.selection.kmeans import _faiss, default_faiss_threads, faiss_gpu_available, kmeans
+    from puma_lightning.selection.kmeans import faiss_module, default_faiss_threads, faiss_gpu_available, kmeans
 
     out = []
     t = time.perf_counter()
     km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=iters, random_state=seed).fit(x)
     out.append(("sklearn KMeans", time.perf_counter() - t, inertia(x, km.cluster_centers_)))
-    backends = ["sklearn"] + (["faiss-cpu"] if _faiss() is not None else []) + (["faiss-gpu"] if faiss_gpu_available() else [])
+    backends = ["sklearn"] + (["faiss-cpu"] if faiss_module() is not None else []) + (["faiss-gpu"] if faiss_gpu_available() else [])
     for backend in backends:
         t = time.perf_counter()
         res = kmeans(x, k, seed=seed, n_iter=iters, backend=backend)
         out.append((f"kmeans[{backend}]", time.perf_counter() - t, res.inertia))
-    faiss = _faiss()
+    faiss = faiss_module()
     if faiss is not None:
         threads = default_faiss_threads()
         previous = faiss.omp_get_max_threads()

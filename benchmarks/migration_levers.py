@@ -74,7 +74,7 @@ def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequenc
                seeds: Sequence[int], out: Path) -> dict[str, Any]:
     """Every seed's source and full retraining, every (lever, budget) cell, then the tables and the plot."""
     from puma_lightning.cli.config_loader import load_config
-    from puma_lightning.cli.main import _setup_runtime
+    from puma_lightning.cli.main import setup_runtime
     from puma_lightning.pipeline.experiment import Experiment
     from puma_lightning.pipeline.seeds import SeedRow, SeedRun, summarise, to_markdown
 
@@ -88,7 +88,7 @@ def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequenc
         base = out / f"seed_{seed}"
         common = [*overrides, f"seed={seed}", "seeds=null"]
         cfg = load_config(configs, [*common, f"run_dir={base / 'full'}", f"source_dir={base / 'source'}"])
-        _setup_runtime(cfg)
+        setup_runtime(cfg)
         ref = dtypes.watch(Experiment(cfg))
         ref.pretrain("source", "source")
         full = ref.pretrain("target", "full_retrain")
@@ -105,7 +105,7 @@ def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequenc
                 run_dir = base / f"{lever}_b{users}"
                 cfg = load_config(configs, [*common, *LEVERS[lever], *BASELINES_OFF, f"selection.budget={users}",
                                             f"run_dir={run_dir}", f"source_dir={base / 'source'}"])
-                _setup_runtime(cfg)
+                setup_runtime(cfg)
                 exp = dtypes.watch(Experiment(cfg))
                 result = exp.fit()
                 which = lever_row(lever)

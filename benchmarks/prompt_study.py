@@ -61,7 +61,7 @@ def run_study(configs: Sequence[str], overrides: Sequence[str], levers: Sequence
               out: Path) -> dict[str, Any]:
     """Run (or reuse) every (lever, seed) stage and the references; write ``study.json`` and ``study.md``."""
     from puma_lightning.cli.config_loader import load_config
-    from puma_lightning.cli.main import _setup_runtime
+    from puma_lightning.cli.main import setup_runtime
     from puma_lightning.pipeline.experiment import Experiment
     from puma_lightning.pipeline.seeds import SeedRow, SeedRun, summarise, to_markdown
 
@@ -77,7 +77,7 @@ def run_study(configs: Sequence[str], overrides: Sequence[str], levers: Sequence
             run_dir = out / lever / f"seed_{seed}"
             cfg = load_config(configs, [*overrides, *LEVERS[lever], f"seed={seed}", "seeds=null", f"run_dir={run_dir}",
                                         "source_dir=null"])
-            _setup_runtime(cfg)
+            setup_runtime(cfg)
             exp = dtypes.watch(Experiment(cfg))
             shared = lever in SHARED
             stage = f"shared_prompt_{model}" if shared else ("source" if model == "source" else "full_retrain")

@@ -22,11 +22,11 @@ from puma_lightning.selection import (
     register_strategy,
     select_users,
 )
-from puma_lightning.selection.kmeans import _faiss
+from puma_lightning.selection.kmeans import faiss_module
 from puma_lightning.selection.puma import apportion, bin_weights
 
 STRATEGY_DIR = Path(str(strategies_dir()))  # the packaged presets (= top-level strategies/)
-KMEANS_BACKENDS = ["sklearn"] + (["faiss-cpu"] if _faiss() is not None else [])
+KMEANS_BACKENDS = ["sklearn"] + (["faiss-cpu"] if faiss_module() is not None else [])
 
 
 def clustered_ctx(sizes, d=8, seed=0, variance=None, counts=None) -> SelectionContext:

@@ -141,7 +141,7 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
     if print_config:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
-    _setup_runtime(cfg)
+    setup_runtime(cfg)
     run_dir = Path(cfg.run_dir)
     from puma_lightning.io.lock import RunLock
 
@@ -188,7 +188,7 @@ class _QuietLightning(logging.Filter):
         return not str(record.getMessage()).startswith(self.NOISE)
 
 
-def _setup_runtime(cfg) -> None:  # noqa: ANN001 - DictConfig
+def setup_runtime(cfg) -> None:  # noqa: ANN001 - DictConfig
     import torch
 
     handler = _StderrHandler()

@@ -30,7 +30,8 @@ def _user_order(table: InteractionTable) -> tuple[np.ndarray, np.ndarray, np.nda
     return order, rank, count
 
 
-def _with(table: InteractionTable, meta_update: dict[str, Any], **arrays: Any) -> InteractionTable:
+def with_arrays(table: InteractionTable, meta_update: dict[str, Any], **arrays: Any) -> InteractionTable:
+    """A copy of ``table`` with some arrays replaced and ``meta`` updated (the input is not changed)."""
     meta = dict(table.meta)
     meta.update(meta_update)
     return dataclasses.replace(table, meta=meta, **arrays)
@@ -81,7 +82,7 @@ def chronological_split(
         "users_all_train": int((~eligible & (count > 0)).sum()),
         "counts": counts,
     }
-    return _with(table, {"split": record}, split=split)
+    return with_arrays(table, {"split": record}, split=split)
 
 
 def limit_users(
@@ -112,7 +113,7 @@ def limit_users(
         "users_after": int(len(chosen)),
         "rows_after": int(keep.sum()),
     }
-    return _with(
+    return with_arrays(
         table,
         {"limit_users": record},
         user=new_index[np.asarray(table.user)[keep]],
@@ -135,7 +136,7 @@ def keep_latest(table: InteractionTable, max_rows_per_user: int | None) -> Inter
     keep = np.zeros(len(table), dtype=bool)
     keep[order[from_end <= max_rows_per_user]] = True
     record = {"max_rows_per_user": int(max_rows_per_user), "rows_before": len(table), "rows_after": int(keep.sum())}
-    return _with(
+    return with_arrays(
         table,
         {"keep_latest": record},
         user=np.asarray(table.user)[keep],

@@ -80,11 +80,12 @@ def _backbone_key(mcfg: DictConfig) -> str:
 class Experiment:
     """Runs and caches the stages of a PUMA experiment described by a config."""
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: DictConfig, table: InteractionTable | None = None) -> None:
+        """``table``: run on this table (e.g. restricted to some users) instead of building ``cfg.data``'s."""
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._table: InteractionTable | None = None
+        self._table: InteractionTable | None = table
         self._backbones: dict[str, Any] = {}
 
     # -- shared resources ------------------------------------------------------------------------
@@ -331,7 +332,7 @@ class Experiment:
         }
         if source is not None:
             info["source"] = {"model_name": source.model_name, "model_fingerprint": source.model_fingerprint}
-        from puma_lightning.io.lineage import experiment_lineage
+        from puma_lightning.pipeline.stage_lineage import experiment_lineage
 
         info["lineage"] = experiment_lineage(self, made_by, metrics, source)  # full history, see io/lineage.py
         return info

@@ -125,6 +125,6 @@ def run_select(cfg: DictConfig) -> None:
 
 def _cached_names(exp: Any, bank: Any) -> set[str]:
     """Statistics already cached for this bank and data (cheap: reads the cache, computes nothing)."""
-    from puma_lightning.pipeline.user_stats import _load, bank_sha256, data_sha256, stats_path
+    from puma_lightning.pipeline.user_stats import bank_sha256, data_sha256, read_cache, stats_path
 
-    return set(_load(stats_path(exp), {"bank_sha256": bank_sha256(bank), "data_sha256": data_sha256(exp)}))
+    return set(read_cache(stats_path(exp), {"bank_sha256": bank_sha256(bank), "data_sha256": data_sha256(exp)})[0])

@@ -53,7 +53,7 @@ def users_hash(user_ids: Sequence[str]) -> str:
 
 def subset_users(table: InteractionTable, user_ids: Sequence[str], note: str = "subset") -> InteractionTable:
     """The table restricted to ``user_ids`` (in that order), users re-indexed densely; items unchanged."""
-    from puma_lightning.data.splits import _with
+    from puma_lightning.data.splits import with_arrays
 
     position = {u: i for i, u in enumerate(table.user_ids)}
     missing = [u for u in user_ids if u not in position]
@@ -63,7 +63,7 @@ def subset_users(table: InteractionTable, user_ids: Sequence[str], note: str = "
     new_index[[position[u] for u in user_ids]] = np.arange(len(user_ids), dtype=np.int64)
     keep = new_index[np.asarray(table.user)] >= 0
     row_text = None if table.row_text is None else [t for t, k in zip(table.row_text, keep) if k]
-    return _with(table, {note: {"users": len(user_ids), "users_sha": users_hash(user_ids)}},
+    return with_arrays(table, {note: {"users": len(user_ids), "users_sha": users_hash(user_ids)}},
                  user=new_index[np.asarray(table.user)[keep]], item=np.asarray(table.item)[keep],
                  label=np.asarray(table.label)[keep], timestamp=np.asarray(table.timestamp)[keep],
                  split=np.asarray(table.split)[keep], user_ids=list(user_ids), row_text=row_text)
@@ -73,7 +73,4 @@ def experiment_on(cfg: DictConfig, table: InteractionTable | None = None) -> Any
     """An :class:`Experiment` for ``cfg``, optionally on a given (e.g. user-restricted) table."""
     from puma_lightning.pipeline.experiment import Experiment
 
-    exp = Experiment(cfg)
-    if table is not None:
-        exp._table = table  # the stages read ``exp.table``; sub-folders are named by the user set's hash
-    return exp
+    return Experiment(cfg, table)  # the stages read ``exp.table``; sub-folders are named by the user set's hash

@@ -63,7 +63,7 @@ def stats_path(experiment: Any) -> Path:
     return Path(experiment.stage_dir("source")) / STATS_FILE
 
 
-def _load(path: Path, key: dict[str, str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_cache(path: Path, key: dict[str, str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Cached arrays and their per-statistic metadata when ``path`` exists and was made for ``key``; else empty."""
     if not path.is_file():
         return {}, {}
@@ -149,7 +149,7 @@ def ensure_user_stats(experiment: Any, bank: PromptBank, needs: Iterable[str]) -
         return {}
     path = stats_path(experiment)
     key = {"bank_sha256": bank_sha256(bank), "data_sha256": data_sha256(experiment)}
-    cached, meta = _load(path, key)
+    cached, meta = read_cache(path, key)
     missing = [n for n in needs if n not in cached]
     if missing:
         table = experiment.table

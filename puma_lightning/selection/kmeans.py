@@ -34,7 +34,7 @@ class KMeansResult:
     k >= the number of distinct points (each distinct point is its own centroid, no iterations)."""
 
 
-def _faiss():
+def faiss_module():
     """Return the faiss module, or None when it cannot be imported."""
     try:
         import faiss  # noqa: PLC0415  (optional dependency, imported lazily)
@@ -45,7 +45,7 @@ def _faiss():
 
 def faiss_gpu_available() -> bool:
     """True when the GPU build of FAISS is installed and sees at least one GPU."""
-    faiss = _faiss()
+    faiss = faiss_module()
     if faiss is None or not hasattr(faiss, "StandardGpuResources"):
         return False
     try:
@@ -61,10 +61,10 @@ def resolve_backend(backend: str = "auto") -> str:
     if backend == "auto":
         if faiss_gpu_available():
             return "faiss-gpu"
-        return "faiss-cpu" if _faiss() is not None else "sklearn"
+        return "faiss-cpu" if faiss_module() is not None else "sklearn"
     if backend == "faiss-gpu" and not faiss_gpu_available():
         raise RuntimeError("k-means backend 'faiss-gpu' requested but no GPU FAISS build/GPU is available")
-    if backend == "faiss-cpu" and _faiss() is None:
+    if backend == "faiss-cpu" and faiss_module() is None:
         raise RuntimeError("k-means backend 'faiss-cpu' requested but faiss cannot be imported")
     return backend
 
@@ -112,7 +112,7 @@ def kmeans_plusplus(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return x[np.array(chosen)].copy()
 
 
-def _inertia(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, chunk: int = 8192) -> float:
+def inertia(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, chunk: int = 8192) -> float:
     """Exact sum of squared distances to assigned centroids, accumulated in float64."""
     total = 0.0
     for start in range(0, x.shape[0], chunk):
@@ -147,7 +147,7 @@ def _faiss_threads(faiss, n_threads: int | None):
 
 def _run_faiss(x: np.ndarray, seeds: np.ndarray, seed: int, n_iter: int, gpu: bool, n_threads: int | None):
     """Lloyd iterations in FAISS from given initial centroids, on all points (no subsampling)."""
-    faiss = _faiss()
+    faiss = faiss_module()
     n, d = x.shape
     k = seeds.shape[0]
     km = faiss.Kmeans(
@@ -218,4 +218,4 @@ def kmeans(
     else:
         threads = default_faiss_threads() if n_threads == -1 else n_threads
         labels, centroids = _run_faiss(x, seeds, int(seed), n_iter, resolved == "faiss-gpu", threads)
-    return KMeansResult(labels, centroids, _inertia(x, centroids, labels), resolved)
+    return KMeansResult(labels, centroids, inertia(x, centroids, labels), resolved)

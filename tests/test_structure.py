@@ -1,0 +1,38 @@
+"""The code's own structure rules: no module reaches into another's private members."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OWN = ("puma_lightning", "benchmarks")
+
+
+def _sources() -> list[Path]:
+    return [p for folder in OWN for p in (ROOT / folder).rglob("*.py")]
+
+
+def test_no_private_names_are_imported_from_another_module():
+    found = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(OWN)):
+                found += [f"{path.relative_to(ROOT)}:{node.lineno} {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found
+
+
+def test_no_private_attribute_of_another_object_is_used():
+    """``x._name`` only on ``self``/``cls`` (and on torch, whose private hooks the compile path needs)."""
+    allowed_roots = {"self", "cls", "module", "torch", "FrozenLM", "layer"}
+    found = []
+    for path in (ROOT / "puma_lightning").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                root = node.value
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if not (isinstance(root, ast.Name) and root.id in allowed_roots):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    assert not found, found
