@@ -76,3 +76,14 @@ def test_bank_errors_are_one_line_unless_debugging(tmp_path, capsys, monkeypatch
     monkeypatch.setenv("PUMA_DEBUG", "1")
     with pytest.raises(Exception):
         main(["bank", "info", str(tmp_path / "missing")])
+
+
+def test_each_command_help_shows_its_own_keys_and_the_strategies_parameters(capsys):
+    with pytest.raises(SystemExit):
+        main(["migrate", "--help"])
+    out = capsys.readouterr().out
+    assert "adapter_path" in out and "prompt.lr" not in out and "selection.n_clusters" not in out
+    with pytest.raises(SystemExit):
+        main(["select", "--help"])
+    out = capsys.readouterr().out
+    assert "selection=kmeans_pca" in out and "selection.n_components (default 32): Principal components kept" in out

@@ -6,34 +6,55 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import textwrap
 from functools import lru_cache
-from typing import Any
+from typing import Any, Sequence
 
 from puma_lightning import config as config_module
 
 
+def _docs_of_class(node: ast.ClassDef) -> dict[str, str]:
+    """``{field: docstring}`` from string literals placed right after each annotated field."""
+    fields: dict[str, str] = {}
+    for stmt, nxt in zip(node.body, node.body[1:]):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            fields[stmt.target.id] = " ".join(nxt.value.value.split())
+    return fields
+
+
 @lru_cache(maxsize=None)
 def _field_docs() -> dict[str, dict[str, str]]:
-    """``{class name: {field: docstring}}`` from string literals placed right after each field."""
+    """``{class name: {field: docstring}}`` for the classes of ``config.py``."""
     tree = ast.parse(inspect.getsource(config_module))
-    docs: dict[str, dict[str, str]] = {}
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef):
-            fields: dict[str, str] = {}
-            body = node.body
-            for stmt, nxt in zip(body, body[1:]):
-                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr) \
-                        and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                    fields[stmt.target.id] = " ".join(nxt.value.value.split())
-            docs[node.name] = fields
+    return {node.name: _docs_of_class(node) for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The field docstrings of any dataclass (its bases' first), read from its source."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or klass is object:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # no source (e.g. made at run time): no docstrings
+            continue
+        node = next((n for n in tree.body if isinstance(n, ast.ClassDef)), None)
+        if node is not None:
+            docs.update(_docs_of_class(node))
     return docs
 
 
-def describe_config(cls: type = config_module.ExperimentConfig, prefix: str = "") -> str:
-    """One line per config key: ``key (default): docstring``; nested sections are expanded."""
+def describe_config(cls: type = config_module.ExperimentConfig, prefix: str = "", only: Sequence[str] | None = None) -> str:
+    """One line per config key: ``key (default): docstring``; nested sections are expanded.
+
+    ``only``: the top-level keys to show (a command's own), in the config's order."""
     lines: list[str] = []
     docs = _field_docs().get(cls.__name__, {})
     for f in dataclasses.fields(cls):
+        if only is not None and not prefix and f.name not in only:
+            continue
         key = f"{prefix}{f.name}"
         default: Any = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
@@ -41,4 +62,20 @@ def describe_config(cls: type = config_module.ExperimentConfig, prefix: str = ""
             lines.append(describe_config(type(default), key + "."))
         else:
             lines.append(f"  {key} (default {default!r}): {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def describe_strategies() -> str:
+    """Every registered selection strategy with its parameters (``selection.PARAM=value``) and their docstrings."""
+    from puma_lightning.selection import STRATEGIES
+
+    lines: list[str] = []
+    for name, strategy in STRATEGIES.items():
+        doc = " ".join((strategy.__doc__ or "").split())
+        lines.append(f"  selection={name}: {doc}")
+        params = strategy.Params
+        docs = field_docs(params)
+        for f in dataclasses.fields(params):
+            default: Any = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            lines.append(f"    selection.{f.name} (default {default!r}): {docs.get(f.name, '')}")
     return "\n".join(lines)

@@ -15,17 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from puma_lightning.cli.help import describe_config
+from puma_lightning.cli.help import describe_config, describe_strategies
 from puma_lightning.errors import PumaError
+
+
+EXPERIMENT_KEYS = ("run_dir", "seed", "seeds", "data", "source", "target", "prompt", "adapter", "selection", "baselines",
+                   "trainer", "cache_dir", "source_dir", "resume")
+"""The config keys of a whole experiment (what ``fit`` and the topologies read)."""
 
 
 @dataclass(frozen=True)
 class Command:
-    """One CLI command: its help text and what it runs on the loaded config (inside the run lock)."""
+    """One CLI command: its help text, what it runs on the loaded config (inside the run lock), and its keys."""
 
     help: str
     run: Callable[..., None]
     """``(cfg, run_dir)`` -> None."""
+    keys: tuple[str, ...] = EXPERIMENT_KEYS
+    """Top-level config keys this command reads (its ``--help`` lists them)."""
 
 
 def _prepare(cfg, run_dir: Path) -> None:  # noqa: ANN001 - DictConfig
@@ -91,20 +98,24 @@ def _cold_start(cfg, run_dir: Path) -> None:  # noqa: ANN001
 
 
 COMMANDS: dict[str, Command] = {
-    "prepare": Command("Read the raw files in data.raw_dir and write the processed dataset (reused when unchanged).", _prepare),
+    "prepare": Command("Read the raw files in data.raw_dir and write the processed dataset (reused when unchanged).", _prepare,
+                       ("run_dir", "data", "cache_dir")),
     "pretrain": Command("Train per-user soft prompts on one model (the source, or the target for the retraining baseline).",
-                        _pretrain),
+                        _pretrain, ("run_dir", "seed", "model", "data", "source", "target", "prompt", "trainer", "cache_dir",
+                                    "resume")),
     "fit": Command("Run the whole PUMA experiment and print the comparison table (reuses finished stages in run_dir).", _fit),
     "select": Command("Select the adapter's training users only; write selection.json, selection_summary.md, selection.png.",
-                      _select),
-    "migrate": Command("Apply a saved adapter to a prompt bank and write the migrated bank.", _migrate),
-    "test": Command("Evaluate a prompt bank on a model and split.", _test),
+                      _select, ("run_dir", "seed", "data", "source", "prompt", "selection", "trainer", "cache_dir", "source_dir")),
+    "migrate": Command("Apply a saved adapter to a prompt bank and write the migrated bank.", _migrate,
+                       ("run_dir", "bank", "adapter_path", "out")),
+    "test": Command("Evaluate a prompt bank on a model and split.", _test,
+                    ("run_dir", "bank", "model", "split", "data", "source", "target", "prompt", "trainer", "cache_dir")),
     "chain": Command("Chained migration over chain.models [A, B, C, ...]: table and plot of the metric per hop vs full "
-                     "retraining.", _chain),
+                     "retraining.", _chain, (*EXPERIMENT_KEYS, "chain")),
     "aggregate": Command("Aggregated migration of aggregate.sources [A, B, ...] to target: single-source vs aggregated table "
-                         "and chart.", _aggregate),
+                         "and chart.", _aggregate, (*EXPERIMENT_KEYS, "aggregate")),
     "cold-start": Command("Users new on the target: source prompt + adapter, adapter init + fine-tuning, vs training from "
-                          "scratch.", _cold_start),
+                          "scratch.", _cold_start, (*EXPERIMENT_KEYS, "cold_start")),
 }
 """Every command that takes a config, in ``--help`` order."""
 
@@ -116,12 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m puma_lightning",
         description="Migrate per-user soft prompts between foundation LLMs with a PUMA adapter.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Config keys (override any with key=value; COMMAND --help lists them too):\n" + describe_config(),
+        epilog="Config keys (override any with key=value; COMMAND --help lists that command's own, and each selection "
+               "strategy's parameters):\n" + describe_config(),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
+        epilog = "Config keys of this command (override any with key=value):\n" + describe_config(only=command.keys)
+        if "selection" in command.keys:
+            epilog += "\n\nSelection strategies (selection=NAME) and their parameters:\n" + describe_strategies()
         p = sub.add_parser(name, help=command.help, description=command.help, formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="Config keys (override any with key=value):\n" + describe_config())
+                           epilog=epilog)
         p.add_argument("--config", action="append", default=[], metavar="FILE",
                        help="YAML config file; repeat to merge several (later files win)")
         p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
