@@ -157,8 +157,10 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
     setup_runtime(cfg)
-    run_dir = Path(cfg.run_dir)
     from puma_lightning.io.lock import RunLock
+    from puma_lightning.pipeline.run_dir import RunDir
+
+    run_dir = RunDir.of(cfg).path
 
     with RunLock(run_dir, command=" ".join([command, *overrides])):
         return _run_locked(command, cfg, run_dir)

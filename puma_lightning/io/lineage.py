@@ -102,6 +102,19 @@ def selection_ref(path: str | Path) -> dict[str, Any] | None:
             "users_sha256": hashlib.sha256(users.encode()).hexdigest()}
 
 
+def stage_lineage(made_by: str, *, model: dict[str, Any], dataset: dict[str, Any], metrics: dict[str, Any],
+                  models: dict[str, str], source_bank: Path | None = None, adapter_file: Path | None = None,
+                  selection_file: Path | None = None) -> dict[str, Any]:
+    """The lineage of a bank a stage is saving, from plain values: a pretraining bank has no sources; a
+    migrated bank names its source bank (content hash, nested lineage), the adapter file and the selection
+    (each only when the file exists)."""
+    sources = [source_ref(source_bank)] if source_bank is not None and (Path(source_bank) / MANIFEST_FILE).is_file() else []
+    adapter = adapter_ref(adapter_file) if adapter_file is not None and Path(adapter_file).is_file() else None
+    selection = selection_ref(selection_file) if selection_file is not None else None
+    return make_lineage(made_by, model=model, dataset=dataset, metrics=metrics, sources=sources, adapter=adapter,
+                        selection=selection, models=models)
+
+
 def stamp_lineage(bank_dir: str | Path, lineage: dict[str, Any]) -> None:
     """Replace ``info.lineage`` in a bank's manifest (atomically; the content hash is unchanged)."""
     bank_dir = Path(bank_dir)

@@ -38,6 +38,7 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import make_lineage, source_ref
 from puma_lightning.pipeline.distributed import on_rank_zero
 from puma_lightning.pipeline.figures import bar_chart, markdown_table, write_text
+from puma_lightning.pipeline.run_dir import RECORD_FILE, RunDir
 from puma_lightning.pipeline.sub_runs import (experiment_on, metric_names, primary_metric, safe_name, sub_config,
                                               subset_users, users_hash)
 
@@ -118,7 +119,7 @@ def _expose_bank(bank_path: Path, stage_dir: Path, record: dict[str, Any]) -> Pa
             link.unlink()
         if not link.exists():
             os.symlink(bank_path.resolve(), link, target_is_directory=True)  # no copy: banks can be large
-        atomic_write_text(stage_dir / "stage.json", json.dumps({"key": "external", **record}, indent=1))
+        atomic_write_text(stage_dir / RECORD_FILE, json.dumps({"key": "external", **record}, indent=1))
 
     on_rank_zero(write)
     return stage_dir
@@ -138,7 +139,7 @@ def run_aggregate(cfg: DictConfig) -> dict[str, Any]:
     if strategy_class(cfg.selection).needs:
         raise PumaError(f"selection {cfg.selection.name!r} needs per-user statistics from a source model, which an aggregated "
                         "bank does not have; use puma, random, variance_bucket or a kmeans_* strategy without loss")
-    run_dir = Path(cfg.run_dir)
+    run_dir = RunDir.of(cfg).path
     base = Experiment(sub_config(cfg, run_dir / "sources" / "_dataset"))
     table = base.table
     # 1. the source banks, each exposed as a source stage folder
@@ -171,7 +172,7 @@ def run_aggregate(cfg: DictConfig) -> dict[str, Any]:
         existing = agg_stage / "bank" / "manifest.json"
         if not existing.is_file() or json.loads(existing.read_text())["model_fingerprint"] != bank.model_fingerprint:
             bank.save(agg_stage / "bank")
-            atomic_write_text(agg_stage / "stage.json", json.dumps({"key": bank.model_fingerprint, "method": "aggregate",
+            atomic_write_text(agg_stage / RECORD_FILE, json.dumps({"key": bank.model_fingerprint, "method": "aggregate",
                                                                      "aggregate": bank.info["aggregate"]}, indent=1))
 
     on_rank_zero(save_aggregated)

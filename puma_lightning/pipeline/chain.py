@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from puma_lightning.errors import PumaError
 from puma_lightning.pipeline.figures import line_plot, markdown_table, write_text
+from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.sub_runs import metric_names, primary_metric, safe_name, sub_config
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def run_chain(cfg: DictConfig) -> dict[str, Any]:
     models = [str(m) for m in cfg.chain.models]
     if len(models) < 2:
         raise PumaError("chain needs 'chain.models' with at least two models, e.g. chain.models=[tiny-llama,tiny-qwen2,tiny-gemma3]")
-    run_dir = Path(cfg.run_dir)
+    run_dir = RunDir.of(cfg).path
     first = Experiment(sub_config(cfg, hop_dir(run_dir, 0, models[0]), **{"source.name": models[0], "source_dir": None}))
     task = first.table.task
     record = first.pretrain("source", "source")

@@ -36,6 +36,7 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import adapter_ref, make_lineage, source_ref
 from puma_lightning.pipeline.distributed import on_rank_zero
 from puma_lightning.pipeline.figures import bar_chart, markdown_table, write_text
+from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.sub_runs import experiment_on, metric_names, primary_metric, sub_config, subset_users, users_hash
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def run_cold_start(cfg: DictConfig) -> dict[str, Any]:
     from puma_lightning.pipeline.bank_ops import load_adapter
     from puma_lightning.pipeline.builders import build_table
 
-    run_dir = Path(cfg.run_dir)
+    run_dir = RunDir.of(cfg).path
     ccfg = cfg.cold_start
     table = build_table(cfg.data, cfg.seed)
     existing, new = split_new_users(list(table.user_ids), float(ccfg.new_fraction), [str(u) for u in ccfg.new_users], int(cfg.seed))

@@ -29,12 +29,14 @@ from safetensors.torch import save_file
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
 from puma_lightning.io.bank import PromptBank
+from puma_lightning.io.lineage import stage_lineage
 from puma_lightning.models.adapters import adapter_metadata, build_adapter, with_input_norm
 from puma_lightning.models.heads import build_head
 from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tuning, build_table, initial_prompts,
                                              load_frozen_lm)
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
 from puma_lightning.pipeline.results import write_results
+from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.seeds import PREDICTIONS_FILE, load_predictions
 from puma_lightning.pipeline.training import StageStats, fit_best, runs_on_gpu, test_metrics
 from puma_lightning.pipeline.user_stats import build_selection_context
@@ -83,7 +85,8 @@ class Experiment:
     def __init__(self, cfg: DictConfig, table: InteractionTable | None = None) -> None:
         """``table``: run on this table (e.g. restricted to some users) instead of building ``cfg.data``'s."""
         self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir)
+        self.runs = RunDir.of(cfg)
+        self.run_dir = self.runs.path
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._table: InteractionTable | None = table
         self._backbones: dict[str, Any] = {}
@@ -120,20 +123,11 @@ class Experiment:
 
     def stage_dir(self, name: str) -> Path:
         """The folder of stage ``name`` (``source`` may live elsewhere: ``source_dir``)."""
-        if name == "source" and self.cfg.source_dir:
-            return Path(self.cfg.source_dir)
-        return self.run_dir / name
+        return self.runs.stage(name)
 
     def read_stage(self, name: str, key: str) -> dict[str, Any] | None:
         """The stage's saved record if it was made with ``key`` (its config hash), else None (recompute)."""
-        path = self.stage_dir(name) / "stage.json"
-        if not path.is_file():
-            return None
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("key") != key:
-            log.warning("stage %s in %s was made with another config: recomputing it", name, self.run_dir)
-            return None
-        return record
+        return self.runs.read_record(name, key)
 
     def save_test_predictions(self, stage: str, predictions: dict[str, np.ndarray]) -> None:
         """``<stage>/test_predictions.npz``: each test row's prediction and label, for paired comparisons."""
@@ -152,9 +146,7 @@ class Experiment:
 
     def write_stage(self, name: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
         """Write ``stage.json`` (global rank 0 only; every rank returns the record)."""
-        record = {"key": key, **record}
-        on_rank_zero(lambda: atomic_write_text(self.stage_dir(name) / "stage.json", json.dumps(record, indent=1)))
-        return record
+        return self.runs.write_record(name, key, record)
 
     # -- stages ----------------------------------------------------------------------------------
     def pretrain(self, which: str = "source", stage: str | None = None, *, train_prompts: bool = True,
@@ -332,9 +324,19 @@ class Experiment:
         }
         if source is not None:
             info["source"] = {"model_name": source.model_name, "model_fingerprint": source.model_fingerprint}
-        from puma_lightning.pipeline.stage_lineage import experiment_lineage
-
-        info["lineage"] = experiment_lineage(self, made_by, metrics, source)  # full history, see io/lineage.py
+        cfg, table = self.cfg, self.table
+        which = "source" if made_by == "pretrain:source" else "target"
+        lm = self.loaded_backbone(which)
+        migrated = source is not None
+        info["lineage"] = stage_lineage(  # the full history, see io/lineage.py
+            made_by, metrics=metrics, models={"source": str(cfg.source.name), "target": str(cfg.target.name)},
+            model={"name": str(cfg[which].name), "fingerprint": getattr(lm, "fingerprint", None),
+                   "hidden_size": getattr(lm, "hidden_size", None)},
+            dataset={"name": table.meta.get("name", cfg.data.name), "task": table.task, "template": str(cfg.data.template),
+                     "seed": int(cfg.seed), "num_users": int(table.n_users)},
+            source_bank=self.stage_dir("source") / "bank" if migrated else None,
+            adapter_file=self.stage_dir("puma") / "adapter.safetensors" if migrated else None,
+            selection_file=self.run_dir / "selection.json" if migrated else None)
         return info
 
     def _hparams(self, stage: str) -> dict[str, Any]:

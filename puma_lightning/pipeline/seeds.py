@@ -24,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from puma_lightning.io.atomic import atomic_write_text
+from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.sub_runs import metric_names, sub_config
 from puma_lightning.tasks.uncertainty import mean_std, paired_bootstrap, verdict
 
@@ -83,11 +84,11 @@ def run_over_seeds(cfg: DictConfig, command: SeededCommand) -> dict[str, Any]:
     seeds = [int(s) for s in cfg.seeds]
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"'seeds' must be distinct integers, got {seeds}")
-    run_dir = Path(cfg.run_dir)
+    run_dir = RunDir.of(cfg).path
     runs: dict[int, SeedRun] = {}
     for i, seed in enumerate(seeds):
-        log.info("seed %d (%d of %d) in %s", seed, i + 1, len(seeds), run_dir / f"seed_{seed}")
-        runs[seed] = command.run(sub_config(cfg, run_dir / f"seed_{seed}", seed=seed, seeds=None))
+        log.info("seed %d (%d of %d) in %s", seed, i + 1, len(seeds), RunDir.of(cfg).seed(seed))
+        runs[seed] = command.run(sub_config(cfg, RunDir.of(cfg).seed(seed), seed=seed, seeds=None))
     results = summarise(runs, command.extra_values)
     from puma_lightning.pipeline.distributed import is_global_zero
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
 from puma_lightning.pipeline.distributed import on_rank_zero
+from puma_lightning.pipeline.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def run_select(cfg: DictConfig) -> None:
     record, users = dict(selection["record"]), np.asarray(selection["users"], dtype=np.int64)
     record.setdefault("seed", int(node["seed"]) if node.get("seed") is not None else int(cfg.seed))
     table = exp.table
-    run_dir = Path(cfg.run_dir)
+    run_dir = RunDir.of(cfg).path
     loss = stats.get("loss")
     if loss is None and "loss" in _cached_names(exp, bank):  # shown when already cached; never computed just for this
         loss = ensure_user_stats(exp, bank, ("loss",)).get("loss")
