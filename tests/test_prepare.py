@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from puma_lightning.config import ExperimentConfig
-from puma_lightning.data.prepare import load_prepared, prepare_dataset, processed_path, run_prepare
+from puma_lightning.data.prepare import prepare_dataset, processed_path, run_prepare
+from puma_lightning.data.prepared import load_prepared
 from puma_lightning.errors import PumaError
 from test_raw_amazon import make_fixture
 

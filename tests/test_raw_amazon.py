@@ -11,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from puma_lightning.config import DataConfig
-from puma_lightning.data.prepare import apply_filters, load_prepared, prepare_params
+from puma_lightning.data.prepare import apply_filters, prepare_params
+from puma_lightning.data.prepared import load_prepared
 from puma_lightning.data.raw.amazon import read_amazon_csv, read_amazon_reviews
 from puma_lightning.errors import PumaError
 

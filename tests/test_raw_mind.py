@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from puma_lightning.config import DataConfig
-from puma_lightning.data.prepare import load_prepared, load_unlabeled
+from puma_lightning.data.prepared import load_prepared, load_unlabeled
 from puma_lightning.data.raw.mind import parse_impressions, parse_time, read_mind
 from puma_lightning.errors import PumaError
 from test_raw_amazon import run_fit, write

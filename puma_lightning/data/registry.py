@@ -88,7 +88,7 @@ def build_dataset_table(dcfg: "DictConfig", seed: int) -> "InteractionTable":
         raise ValueError(f"'data.task' must be {dataset.task!r} for {dataset.name}, got {dcfg.task!r}")
     if dataset.build is not None:
         return dataset.build(dcfg, seed)
-    from puma_lightning.data.prepare import load_prepared
+    from puma_lightning.data.prepared import load_prepared
 
     return load_prepared(dcfg, seed)
 
