@@ -254,9 +254,13 @@ class ExperimentConfig:
     adapter_path: Optional[str] = None
     """``migrate``: path of the adapter checkpoint to apply."""
     out: Optional[str] = None
-    """``migrate``: path of the bank to write."""
+    """``migrate``: path of the bank to write; ``predict``: the CSV of predictions to write."""
+    pairs: Optional[str] = None
+    """``predict``: CSV with columns ``user,item`` (the dataset's own ids) to score; with ``top_k`` they are each user's candidates."""
+    top_k: Optional[int] = None
+    """``predict``: keep each user's ``top_k`` best-scored candidates, ranked (None: every pair, in file order)."""
     model: str = "target"
-    """``pretrain``/``test``: which model section to use, ``source`` or ``target``."""
+    """``pretrain``/``test``/``predict``: which model section to use, ``source`` or ``target``."""
     split: str = "test"
     """``test``: which split to evaluate (``valid`` or ``test``)."""
     chain: ChainConfig = field(default_factory=ChainConfig)

@@ -79,6 +79,12 @@ def _test(cfg, run_dir: Path) -> None:  # noqa: ANN001
     evaluate_bank(cfg, cfg.bank, cfg.model, cfg.split)
 
 
+def _predict(cfg, run_dir: Path) -> None:  # noqa: ANN001
+    from puma_lightning.pipeline.predict import run_predict
+
+    run_predict(cfg)
+
+
 def _chain(cfg, run_dir: Path) -> None:  # noqa: ANN001
     from puma_lightning.pipeline.chain import run_chain
 
@@ -110,6 +116,9 @@ COMMANDS: dict[str, Command] = {
                        ("run_dir", "bank", "adapter_path", "out")),
     "test": Command("Evaluate a prompt bank on a model and split.", _test,
                     ("run_dir", "bank", "model", "split", "data", "source", "target", "prompt", "trainer", "cache_dir")),
+    "predict": Command("Score (user, item) pairs with a prompt bank on a model, or rank each user's candidates (top_k).",
+                       _predict, ("run_dir", "bank", "model", "pairs", "top_k", "out", "data", "source", "target", "prompt",
+                                  "trainer", "cache_dir")),
     "chain": Command("Chained migration over chain.models [A, B, C, ...]: table and plot of the metric per hop vs full "
                      "retraining.", _chain, (*EXPERIMENT_KEYS, "chain")),
     "aggregate": Command("Aggregated migration of aggregate.sources [A, B, ...] to target: single-source vs aggregated table "

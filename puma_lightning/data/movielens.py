@@ -123,6 +123,7 @@ def load_movielens_100k(
         user_ids=[str(u) for u in user_values],
         item_texts=item_texts,
         task="rating",
+        item_ids=[str(item_ids[j]) for j in order],
         meta={
             "name": "movielens-100k",
             "source_files": [str(inter_path), str(item_path)],

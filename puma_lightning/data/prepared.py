@@ -77,7 +77,7 @@ def _table(data: RawData, manifest: dict[str, Any], path: Path, rows: str = "") 
         user=a["user"].astype(np.int64), item=a["item"].astype(np.int64),
         label=a["label"].astype(np.float32) if "label" in a else np.full(n, np.nan, np.float32),
         timestamp=a["timestamp"].astype(np.int64), split=np.zeros(n, np.int8),
-        user_ids=data.user_ids, item_texts=data.item_texts, task=data.task,
+        user_ids=data.user_ids, item_texts=data.item_texts, task=data.task, item_ids=[str(i) for i in data.item_ids],
         meta={"name": data.dataset, "processed_dir": str(path), "prepare": {"params": manifest["params"],
               "steps": manifest["steps"], "files": manifest["files"]}, "floor_rmse": None},
     )

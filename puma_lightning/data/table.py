@@ -41,6 +41,8 @@ class InteractionTable:
     row_text: list[str] | None = None
     """Optional per-row context text (MIND: the sampled history titles of that impression), filling a
     template's ``{history}``; None when the template text depends on the item only."""
+    item_ids: list[str] | None = None
+    """The dataset's own id of each item index (what users name items by, e.g. in ``predict``); None: the index."""
 
     def __post_init__(self) -> None:
         n = len(self.user)
@@ -49,6 +51,8 @@ class InteractionTable:
                 raise ValueError(f"InteractionTable.{name} has {len(getattr(self, name))} rows, expected {n}")
         if self.row_text is not None and len(self.row_text) != n:
             raise ValueError(f"InteractionTable.row_text has {len(self.row_text)} rows, expected {n}")
+        if self.item_ids is not None and len(self.item_ids) != len(self.item_texts):
+            raise ValueError(f"InteractionTable.item_ids has {len(self.item_ids)} ids for {len(self.item_texts)} items")
         if self.task not in ("rating", "click"):
             raise ValueError(f"InteractionTable.task must be 'rating' or 'click', got {self.task!r}")
 
@@ -59,6 +63,10 @@ class InteractionTable:
     @property
     def n_items(self) -> int:
         return len(self.item_texts)
+
+    def item_id_list(self) -> list[str]:
+        """The external id of every item index (``item_ids``, or the index as text)."""
+        return list(self.item_ids) if self.item_ids is not None else [str(i) for i in range(self.n_items)]
 
     def __len__(self) -> int:
         return len(self.user)

@@ -114,8 +114,12 @@ class PromptTask(L.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        _, output = self(batch)
-        return {"row": batch["row"], "prediction": self.head.predict(output)}
+        """Each row's prediction (rating, or click probability) and its answer distribution (softmax over the
+        answer tokens for ratings; the click probability for clicks)."""
+        logits, output = self(batch)
+        prediction = self.head.predict(output)
+        distribution = torch.softmax(logits.float(), dim=-1) if logits.shape[-1] > 1 else prediction[:, None]
+        return {"row": batch["row"], "prediction": prediction.detach(), "distribution": distribution.detach()}
 
     # -- the template's constant head, computed once by the prefix cache ----------------------
     def _share_template_head(self) -> None:

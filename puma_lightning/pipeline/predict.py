@@ -1,0 +1,138 @@
+"""``predict``: what would each user rate each item on a model, and which candidates to show.
+
+Reads ``pairs`` (CSV, header ``user,item``, the dataset's own ids), scores every pair with the
+bank's prompts and head through Lightning's predict loop (batches of many users, the prefix cache
+on, the dtype chosen as everywhere else), and writes ``out`` atomically as CSV: ``user,item,
+prediction`` plus the answer distribution (``p_1..p_5`` for ratings, ``p_click`` for clicks); with
+``top_k`` only each user's best ``top_k`` candidates, with their ``rank``. Rows naming a user the
+bank lacks or an item the dataset lacks are skipped and counted (the summary line says how many,
+with the first few ids); a malformed file or row is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from puma_lightning.data.table import SPLIT_NAMES, InteractionTable
+from puma_lightning.errors import PumaError
+from puma_lightning.io.atomic import atomic_write_text
+from puma_lightning.io.bank import PromptBank
+
+log = logging.getLogger(__name__)
+
+
+def read_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """``(user, item)`` id pairs of a CSV with a ``user,item`` header (extra columns ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PumaError(f"pairs file not found: {path}")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"user", "item"} <= set(reader.fieldnames):
+            raise PumaError(f"{path}: expected a CSV header with columns 'user' and 'item', got {reader.fieldnames}")
+        pairs = []
+        for line, row in enumerate(reader, start=2):
+            user, item = (row.get("user") or "").strip(), (row.get("item") or "").strip()
+            if not user or not item:
+                raise PumaError(f"{path}:{line}: a row needs both a user and an item, got {row}")
+            pairs.append((user, item))
+    return pairs
+
+
+def pairs_table(pairs: list[tuple[str, str]], bank: PromptBank, table: InteractionTable) -> tuple[InteractionTable, list[int], dict]:
+    """A table whose (test) rows are the known pairs, its users the bank's; the kept pairs' indices; the skips."""
+    users = {u: i for i, u in enumerate(bank.user_ids)}
+    items = {item: i for i, item in enumerate(table.item_id_list())}
+    kept, skipped = [], {"unknown_user": [], "unknown_item": []}
+    for k, (user, item) in enumerate(pairs):
+        if user not in users:
+            skipped["unknown_user"].append(user)
+        elif item not in items:
+            skipped["unknown_item"].append(item)
+        else:
+            kept.append(k)
+    n = len(kept)
+    out = InteractionTable(
+        user=np.array([users[pairs[k][0]] for k in kept], dtype=np.int64),
+        item=np.array([items[pairs[k][1]] for k in kept], dtype=np.int64),
+        label=np.zeros(n, np.float32), timestamp=np.zeros(n, np.int64), split=np.full(n, SPLIT_NAMES["test"], np.int8),
+        user_ids=list(bank.user_ids), item_texts=table.item_texts, task=table.task, item_ids=table.item_ids,
+        meta={"name": table.meta.get("name"), "predict": True})
+    return out, kept, skipped
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.pairs`` with ``cfg.bank`` on ``cfg.model`` and write ``cfg.out``; returns a summary."""
+    from puma_lightning.models.heads import build_head
+    from puma_lightning.pipeline.builders import build_datamodule
+    from puma_lightning.pipeline.experiment import Experiment
+    from puma_lightning.pipeline.training import make_trainer
+    from puma_lightning.tasks import PromptTuning
+
+    for key in ("bank", "pairs", "out"):
+        if not cfg[key]:
+            raise PumaError(f"predict needs '{key}=PATH'")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise PumaError(f"'top_k' must be >= 1 or null, got {cfg.top_k}")
+    pairs = read_pairs(cfg.pairs)
+    bank = PromptBank.load(cfg.bank)
+    if bank.head_state is None:
+        raise PumaError(f"{cfg.bank}: bank has no trained head; it cannot score pairs alone")
+    exp = Experiment(cfg)
+    base = exp.table
+    table, kept, skipped = pairs_table(pairs, bank, base)
+    from puma_lightning.data.templates import get_template
+
+    if get_template(cfg.data.template).uses_history:
+        raise PumaError(f"predict: template {cfg.data.template!r} needs each row's history, which a pairs file does not carry")
+    lm = exp.backbone(cfg.model)
+    bank.check_model(lm.hidden_size, lm.fingerprint, where=str(cfg.bank))
+    head = build_head(table.task)
+    head.load_state_dict(bank.head_state)
+    module = PromptTuning(lm, head, table.task, bank.prompts.float(), train_prompts=False, train_head=False)
+    rows: dict[int, tuple[float, list[float]]] = {}
+    if len(kept):
+        dm = build_datamodule(table, lm.tokenizer, cfg, 2 * int(cfg.prompt.batch_size))
+        trainer = make_trainer(cfg, exp.run_dir, "predict", max_epochs=1, log=False)
+        for out in trainer.predict(module, datamodule=dm) or []:
+            for r, p, d in zip(out["row"].tolist(), out["prediction"].tolist(), out["distribution"].tolist()):
+                rows[int(r)] = (float(p), [float(x) for x in d])
+    text = _to_csv(pairs, kept, rows, table.task, cfg.top_k)
+    from puma_lightning.pipeline.distributed import is_global_zero
+
+    if is_global_zero():
+        atomic_write_text(cfg.out, text)
+        notes = [f"{name.replace('_', ' ')} {len(ids)} (first: {ids[:3]})" for name, ids in skipped.items() if ids]
+        print(f"predicted {len(kept)} of {len(pairs)} pairs with {bank.model_name} -> {cfg.out}"
+              + (f"; skipped: {'; '.join(notes)}" if notes else ""))
+    return {"pairs": len(pairs), "scored": len(kept), "skipped": {k: len(v) for k, v in skipped.items()}}
+
+
+def _to_csv(pairs: list[tuple[str, str]], kept: list[int], rows: dict[int, tuple[float, list[float]]], task: str,
+            top_k: int | None) -> str:
+    """The output CSV: every scored pair in file order, or each user's ``top_k`` best with their rank."""
+    names = [f"p_{i}" for i in range(1, 6)] if task == "rating" else ["p_click"]
+    scored = [(pairs[k][0], pairs[k][1], *rows[r]) for r, k in enumerate(kept) if r in rows]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if top_k is None:
+        writer.writerow(["user", "item", "prediction", *names])
+        for user, item, prediction, dist in scored:
+            writer.writerow([user, item, f"{prediction:.6f}", *(f"{x:.6f}" for x in dist[:len(names)])])
+        return buffer.getvalue()
+    writer.writerow(["user", "rank", "item", "prediction", *names])
+    by_user: dict[str, list] = {}
+    for entry in scored:
+        by_user.setdefault(entry[0], []).append(entry)
+    for user, entries in by_user.items():  # users in the order they first appear; ties keep file order
+        ranked = sorted(entries, key=lambda e: -e[2])[:top_k]
+        for rank, (_, item, prediction, dist) in enumerate(ranked, start=1):
+            writer.writerow([user, rank, item, f"{prediction:.6f}", *(f"{x:.6f}" for x in dist[:len(names)])])
+    return buffer.getvalue()
