@@ -76,3 +76,36 @@ def test_single_file_banks_open_lazily_too(tmp_path):
     assert torch.equal(lazy.materialize().prompts, prompts)
     with pytest.raises(BankError, match="not in the bank"):
         lazy.rows_for(["zz"])
+
+
+def test_migrate_streams_shard_by_shard_and_equals_mapping_in_memory(tmp_path, monkeypatch):
+    """The adapter sees one shard-sized block at a time, and the migrated bank equals mapping all rows at once."""
+    from safetensors.torch import save_file
+
+    from puma_lightning.io.bank import PromptBank
+    from puma_lightning.models.adapters import build_adapter
+    from puma_lightning.pipeline import bank_ops
+
+    torch.manual_seed(0)
+    source = PromptBank(torch.randn(23, 1, 8), [f"u{i}" for i in range(23)], "src", "fp-src")
+    source.save(tmp_path / "src", rows_per_shard=5)
+    adapter = build_adapter("compact", 8, 6, hidden=16, dropout=0.0).eval()
+    save_file({f"adapter.{k}": v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp_path / "a.safetensors"),
+              metadata={"kind": "compact", "source_dim": "8", "target_dim": "6", "hidden": "16", "dropout": "0.0",
+                        "output_scale": "2.0", "source_fingerprint": "fp-src", "target_model": "tgt", "target_fingerprint": "fp-t"})
+    seen = []
+    real = bank_ops.load_adapter
+
+    def spying(path):
+        module, head, meta = real(path)
+        module.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+        return module, head, meta
+
+    monkeypatch.setattr(bank_ops, "load_adapter", spying)
+    out = bank_ops.migrate_bank(tmp_path / "src", tmp_path / "a.safetensors", tmp_path / "out")
+    assert seen == [5, 5, 5, 5, 3]  # one shard at a time, never the whole bank
+    migrated = PromptBank.load(tmp_path / "out")
+    with torch.no_grad():
+        expected = adapter(source.prompts) * 2.0
+    assert torch.allclose(migrated.prompts, expected, atol=1e-6) and migrated.user_ids == source.user_ids
+    assert migrated.model_fingerprint == "fp-t" and len(out.shards) == 5 and migrated.info["lineage"]["sources"]

@@ -20,7 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -147,35 +147,10 @@ class PromptBank:
         More than ``rows_per_shard`` rows (default :data:`DEFAULT_ROWS_PER_SHARD`) are written as
         shards with a per-shard sha256 in the manifest; otherwise one ``prompts.safetensors``.
         """
-        path = Path(path)
-        rows_per_shard = int(rows_per_shard or DEFAULT_ROWS_PER_SHARD)
-        if rows_per_shard < 1:
-            raise BankError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
         prompts = self.prompts.detach().float().cpu().contiguous()
-        with atomic_dir(path, MANIFEST_FILE, "prompt bank") as tmp:
-            manifest = self.manifest()
-            if len(self.user_ids) <= rows_per_shard:
-                tensor_path = tmp / TENSOR_FILE
-                save_file({"prompts": prompts}, str(tensor_path))
-                manifest["sha256"] = _sha256(tensor_path)
-            else:
-                count = -(-len(self.user_ids) // rows_per_shard)
-                shards = []
-                for i in range(count):
-                    name = shard_name(i, count)
-                    chunk = prompts[i * rows_per_shard:(i + 1) * rows_per_shard].contiguous()
-                    save_file({"prompts": chunk}, str(tmp / name))
-                    shards.append({"file": name, "rows": int(chunk.shape[0]), "sha256": _sha256(tmp / name)})
-                manifest["format_version"] = SHARDED_FORMAT_VERSION
-                manifest["shards"] = shards
-                manifest["rows_per_shard"] = rows_per_shard
-                manifest["sha256"] = hashlib.sha256("".join(sh["sha256"] for sh in shards).encode()).hexdigest()
-            if self.head_state is not None:
-                save_file({k: v.detach().float().cpu().contiguous() for k, v in self.head_state.items()}, str(tmp / HEAD_FILE))
-                manifest["head_sha256"] = _sha256(tmp / HEAD_FILE)
-            manifest["content_hash"] = content_hash(manifest)
-            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        return path
+        size = int(rows_per_shard or DEFAULT_ROWS_PER_SHARD)
+        chunks = (prompts[i:i + size] for i in range(0, max(len(prompts), 1), size)) if len(prompts) else iter([prompts])
+        return write_bank(path, self.manifest(), chunks, rows_per_shard, self.head_state)
 
     @classmethod
     def load(cls, path: str | Path) -> "PromptBank":
@@ -228,6 +203,47 @@ def _load_head(path: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor] 
     if not head_path.is_file() or _sha256(head_path) != manifest["head_sha256"]:
         raise BankError(f"{head_path}: missing or its hash does not match the manifest")
     return load_file(str(head_path))
+
+
+def write_bank(path: str | Path, manifest: dict[str, Any], chunks: Iterable[torch.Tensor], rows_per_shard: int | None = None,
+               head_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a bank folder atomically from consecutive row blocks ``[n_i, l, d]`` (each at most
+    ``rows_per_shard`` rows), holding one block in memory at a time; ``manifest`` names the users.
+
+    ``num_users`` rows in all: one ``prompts.safetensors`` when they fit in one shard, shards otherwise
+    (each with its sha256)."""
+    path = Path(path)
+    size = int(rows_per_shard or DEFAULT_ROWS_PER_SHARD)
+    if size < 1:
+        raise BankError(f"rows_per_shard must be >= 1, got {size}")
+    n = int(manifest["num_users"])
+    count = max(1, -(-n // size))
+    manifest = dict(manifest)
+    with atomic_dir(path, MANIFEST_FILE, "prompt bank") as tmp:
+        shards, written = [], 0
+        for i, chunk in enumerate(chunks):
+            chunk = chunk.detach().float().cpu().contiguous()
+            if chunk.shape[0] > size or i >= count:
+                raise BankError(f"write_bank: block {i} has {chunk.shape[0]} rows; expected at most {count} blocks of {size}")
+            name = TENSOR_FILE if count == 1 else shard_name(i, count)
+            save_file({"prompts": chunk}, str(tmp / name))
+            shards.append({"file": name, "rows": int(chunk.shape[0]), "sha256": _sha256(tmp / name)})
+            written += int(chunk.shape[0])
+        if written != n:
+            raise BankError(f"write_bank: {written} rows written for {n} users")
+        if count == 1:
+            manifest["sha256"] = shards[0]["sha256"]
+        else:
+            manifest["format_version"] = SHARDED_FORMAT_VERSION
+            manifest["shards"] = shards
+            manifest["rows_per_shard"] = size
+            manifest["sha256"] = hashlib.sha256("".join(sh["sha256"] for sh in shards).encode()).hexdigest()
+        if head_state is not None:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in head_state.items()}, str(tmp / HEAD_FILE))
+            manifest["head_sha256"] = _sha256(tmp / HEAD_FILE)
+        manifest["content_hash"] = content_hash(manifest)
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return path
 
 
 class LazyPromptBank:
@@ -306,6 +322,11 @@ class LazyPromptBank:
         with safe_open(str(file), framework="pt") as fh:
             block = fh.get_slice("prompts")[lo:hi]  # only this row range is copied out of the mapping
         return block[torch.as_tensor(local - lo)]
+
+    def blocks(self, size: int) -> Iterator[torch.Tensor]:
+        """Consecutive row blocks of at most ``size`` rows, in bank order (one block in memory at a time)."""
+        for start in range(0, len(self.user_ids), int(size)):
+            yield self.rows(np.arange(start, min(start + int(size), len(self.user_ids))))
 
     @property
     def prompts(self) -> torch.Tensor:

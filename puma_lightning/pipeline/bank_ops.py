@@ -45,18 +45,23 @@ def load_adapter(path: str | Path) -> tuple[torch.nn.Module, dict[str, torch.Ten
     return adapter.eval(), head, meta
 
 
-def migrate_bank(bank_path: str | Path, adapter_path: str | Path, out: str | Path, batch_size: int = 4096) -> PromptBank:
-    """Map every prompt of a bank through a saved adapter and write the new bank."""
-    bank = PromptBank.load(bank_path)
+def migrate_bank(bank_path: str | Path, adapter_path: str | Path, out: str | Path, batch_size: int | None = None) -> Any:
+    """Map every prompt of a bank through a saved adapter and write the new bank, block by block.
+
+    The source bank is read lazily and mapped ``batch_size`` rows at a time (default: the bank's
+    shard size), each block written as one shard of the output before the next is read, so memory
+    holds one block, not the bank. Returns the new bank, opened lazily."""
+    from puma_lightning.io.bank import DEFAULT_ROWS_PER_SHARD, FORMAT_VERSION, write_bank
+
+    bank = PromptBank.open(bank_path)
     adapter, head, meta = load_adapter(adapter_path)
     if int(meta["source_dim"]) != bank.hidden_size:
         raise PumaError(f"{adapter_path}: adapter expects hidden size {meta['source_dim']} but bank {bank_path} has {bank.hidden_size}")
     if meta.get("source_fingerprint") and meta["source_fingerprint"] != bank.model_fingerprint:
         raise PumaError(f"{adapter_path}: trained on prompts of model {meta.get('source_model')} ({meta['source_fingerprint']}) "
                         f"but bank {bank_path} is for {bank.model_name} ({bank.model_fingerprint})")
-    with torch.no_grad():
-        scale = float(meta.get("output_scale", 1.0))
-        migrated = torch.cat([adapter(chunk) * scale for chunk in bank.prompts.split(batch_size)]) if len(bank.user_ids) else bank.prompts
+    size = int(batch_size or bank.manifest.get("rows_per_shard") or DEFAULT_ROWS_PER_SHARD)
+    scale = float(meta.get("output_scale", 1.0))
     info: dict[str, Any] = {"made_by": "migrate", "adapter": str(adapter_path), "adapter_meta": meta,
                             "source": {"bank": str(bank_path), "model_name": bank.model_name, "model_fingerprint": bank.model_fingerprint},
                             **{k: v for k, v in bank.info.items() if k in ("dataset", "template", "seed")}}
@@ -66,10 +71,19 @@ def migrate_bank(bank_path: str | Path, adapter_path: str | Path, out: str | Pat
                                                      "hidden_size": int(meta["target_dim"])},
                                    dataset={k: bank.info.get(k) for k in ("dataset", "template", "seed")},
                                    sources=[source_ref(bank_path)], adapter=adapter_ref(adapter_path))
-    new = PromptBank(migrated, bank.user_ids, meta.get("target_model", "unknown"), meta.get("target_fingerprint", "unknown"),
-                     info=info, head_state=head)
-    new.save(out)
-    return new
+    manifest = {"format_version": FORMAT_VERSION, "model_name": meta.get("target_model", "unknown"),
+                "model_fingerprint": meta.get("target_fingerprint", "unknown"), "hidden_size": int(meta["target_dim"]),
+                "prompt_length": bank.prompt_length, "num_users": len(bank.user_ids), "user_ids": list(bank.user_ids),
+                "info": info}
+
+    def mapped() -> Any:
+        with torch.no_grad():
+            for block in bank.blocks(size):
+                yield adapter(block.float()) * scale
+
+    write_bank(out, manifest, mapped() if len(bank.user_ids) else iter([torch.zeros(0, bank.prompt_length, int(meta["target_dim"]))]),
+               size, head)
+    return PromptBank.open(out)
 
 
 def evaluate_bank(cfg: DictConfig, bank_path: str | Path, which: str, split: str) -> dict[str, float]:
