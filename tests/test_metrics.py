@@ -39,3 +39,17 @@ def test_auc_and_user_auc_match_sklearn():
     per_user = [roc_auc_score(labels[users == u], scores[users == u]) for u in np.unique(users)
                 if 0 < labels[users == u].sum() < (users == u).sum()]
     assert float(uauc.compute()) == pytest.approx(np.mean(per_user), rel=1e-9)
+
+
+def test_auc_keeps_the_order_of_large_logits():
+    """In float32 sigmoid(17..30) are all 1.0 (ties, AUC 0.5); the head's float64 probabilities keep the ranking."""
+    from puma_lightning.models.heads import ClickHead
+    from puma_lightning.tasks.metrics import GlobalAUC
+
+    logits = torch.tensor([18.0, 19.0, 20.0, 21.0, 22.0, 23.0])
+    labels = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    assert torch.sigmoid(logits).unique().numel() == 1  # what float32 probabilities would give
+    auc = GlobalAUC()
+    auc.update(ClickHead.predict(logits), labels)
+    assert float(auc.compute()) == pytest.approx(roc_auc_score(labels.numpy(), logits.numpy()))
+    assert float(auc.compute()) == pytest.approx(8 / 9)

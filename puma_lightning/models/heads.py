@@ -69,8 +69,8 @@ class ClickHead(nn.Module):
 
     @staticmethod
     def predict(output: torch.Tensor) -> torch.Tensor:
-        """Click probability."""
-        return torch.sigmoid(output)
+        """Click probability, in float64: in float32 every logit above about 17 rounds to 1.0 and ties."""
+        return torch.sigmoid(output.double())
 
 
 def build_head(task: str) -> nn.Module:

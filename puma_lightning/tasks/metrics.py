@@ -1,14 +1,13 @@
 """Metrics computed over all samples of a split (never averaged per batch).
 
-Rating: RMSE and MAE (torchmetrics). Click: AUC (torchmetrics) and uAUC — the unweighted mean of
-per-user AUC over users whose samples contain both classes.
+Rating: RMSE and MAE (torchmetrics). Click: AUC and uAUC — the unweighted mean of per-user AUC over
+users whose samples contain both classes — both rank-based on float64 scores (equal to scikit-learn).
 """
 
 from __future__ import annotations
 
 import torch
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection
-from torchmetrics.classification import BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
 
 
@@ -27,6 +26,30 @@ def _binary_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     n_pos = pos.sum().double()
     n_neg = n - n_pos
     return (ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+class GlobalAUC(Metric):
+    """AUC over every sample, on float64 scores (rank-sum, average ranks for ties).
+
+    Click probabilities of large logits all round to 1.0 in float32 (beyond a logit of about 17), which
+    would make them ties; the head's float64 probabilities (or the logits) keep their order."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        self.scores.append(scores.detach().double())
+        self.labels.append(labels.detach().double())
+
+    def compute(self) -> torch.Tensor:
+        scores, labels = dim_zero_cat(self.scores), dim_zero_cat(self.labels)
+        if not 0 < labels.sum() < labels.numel():
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return _binary_auc(scores, labels)
 
 
 class UserAUC(Metric):
@@ -63,7 +86,7 @@ def build_metrics(task: str, prefix: str) -> MetricCollection:
     if task == "rating":
         metrics = {"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()}
     else:
-        metrics = {"auc": BinaryAUROC()}
+        metrics = {"auc": GlobalAUC()}
     return MetricCollection(metrics, prefix=f"{prefix}/")
 
 
