@@ -50,7 +50,9 @@ class DataConfig:
     kcore: bool = False
     """Raw-file datasets: repeat the item and user filters until both hold (iterative k-core) instead of one pass each."""
     max_bad_fraction: float = 0.01
-    """Raw-file datasets: malformed lines are skipped and counted; stop with an error if a file has more than this fraction."""
+    """Raw-file datasets: malformed lines are skipped and counted; stop with an error if a file has more than this fraction (and more than ``bad_lines_allowed``)."""
+    bad_lines_allowed: int = 10
+    """Raw-file datasets: this many malformed lines per file are always tolerated, whatever ``max_bad_fraction`` says, so a small file is not aborted over one bad line."""
     history_titles: int = 5
     """MIND: at most this many history titles (sampled with the run's seed) fill the template's ``{history}``."""
     rated_history: int = 0

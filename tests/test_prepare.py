@@ -84,3 +84,21 @@ def test_run_prepare_prints_summary(tmp_path, capsys):
     assert out.startswith("amazon-movies: 240 interactions, 24 users, 14 items")
     assert "Movies_and_TV.jsonl: 265 lines, 1 malformed (skipped)" in out
     assert "Movies_and_TV.jsonl:6: JSONDecodeError" in out
+
+
+def test_a_few_bad_lines_in_a_small_file_are_tolerated_up_to_the_allowance():
+    from pathlib import Path
+
+    from puma_lightning.data.raw.common import BadLines
+
+    for allowed, survives in ((0, False), (1, True)):
+        bad = BadLines(0.01, allowed=allowed)
+        bad.start(Path("small.jsonl"))
+        for _ in range(20):  # 20 lines, 1 malformed: 5 % > 1 %
+            bad.line()
+        bad.bad(3, "not JSON")
+        if survives:
+            bad.finish()
+        else:
+            with pytest.raises(PumaError, match="bad_lines_allowed=0"):
+                bad.finish()

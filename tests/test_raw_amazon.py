@@ -132,7 +132,9 @@ def test_too_many_bad_lines_is_one_line_error(raw, tmp_path):
     with pytest.raises(PumaError, match=r"Movies_and_TV.jsonl: 4 of 15 lines are malformed .*nothing was written") as err:
         read_amazon_reviews(raw, max_bad_fraction=0.2)
     assert "\n" not in str(err.value)
-    cfg = OmegaConf.structured(DataConfig(name="amazon-movies", raw_dir=str(raw), processed_dir=str(tmp_path / "p")))
+    # 4 bad lines: more than 1 %, and more than an allowance of 3 (the default allowance, 10, tolerates them)
+    cfg = OmegaConf.structured(DataConfig(name="amazon-movies", raw_dir=str(raw), processed_dir=str(tmp_path / "p"),
+                                          bad_lines_allowed=3))
     with pytest.raises(PumaError):
         load_prepared(cfg, 0)
     assert not (tmp_path / "p").exists()

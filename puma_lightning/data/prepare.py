@@ -47,6 +47,8 @@ def prepare_params(dcfg: DictConfig) -> dict[str, Any]:
         raise PumaError(f"'data.max_rows_per_user' must be >= 1 or null, got {dcfg.max_rows_per_user}")
     if not 0.0 <= dcfg.max_bad_fraction <= 1.0:
         raise PumaError(f"'data.max_bad_fraction' must be in [0, 1], got {dcfg.max_bad_fraction}")
+    if dcfg.bad_lines_allowed < 0:
+        raise PumaError(f"'data.bad_lines_allowed' must be >= 0, got {dcfg.bad_lines_allowed}")
     return {
         "format": FORMAT_VERSION,
         "dataset": str(dcfg.name),

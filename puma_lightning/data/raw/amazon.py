@@ -74,12 +74,12 @@ def _finish(dataset: str, cols: Columns, users: IdMap, items: IdMap, titles: dic
     return RawData(dataset, "rating", users.ids, items.ids, [titles[i] for i in items.ids], arrays, files, steps, bad.summary())
 
 
-def read_amazon_reviews(raw_dir: str | Path | None, max_bad_fraction: float = 0.01) -> RawData:
+def read_amazon_reviews(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, bad_lines_allowed: int = 0) -> RawData:
     """Stream ``Movies_and_TV.jsonl[.gz]`` joined with the titles of ``meta_Movies_and_TV.jsonl[.gz]``."""
     folder = require_dir(raw_dir, "amazon-movies", f"{' or '.join(REVIEW_NAMES)} and {' or '.join(META_NAMES)}")
     meta_path = find_file(folder, META_NAMES, "amazon-movies meta")
     review_path = find_file(folder, REVIEW_NAMES, "amazon-movies reviews")
-    bad = BadLines(max_bad_fraction)
+    bad = BadLines(max_bad_fraction, allowed=bad_lines_allowed)
     titles, meta_record, meta_counts = read_meta_titles(meta_path, bad)
     record = FileRecord.stat(review_path)
     users, items, cols, read, no_title = read_json_ratings(
@@ -87,7 +87,7 @@ def read_amazon_reviews(raw_dir: str | Path | None, max_bad_fraction: float = 0.
     return _finish("amazon-movies", cols, users, items, titles, [meta_record, record], bad, read, no_title, meta_counts)
 
 
-def read_amazon_csv(raw_dir: str | Path | None, max_bad_fraction: float = 0.01) -> RawData:
+def read_amazon_csv(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, bad_lines_allowed: int = 0) -> RawData:
     """Read the official benchmark CSVs ``Movies_and_TV.{train,valid,test}.csv`` (train required) and
     the meta titles; ``origin`` keeps each row's official split. The ``history`` column is ignored
     (it is implied by the rows themselves)."""
@@ -95,7 +95,7 @@ def read_amazon_csv(raw_dir: str | Path | None, max_bad_fraction: float = 0.01) 
     folder = require_dir(raw_dir, "amazon-movies-csv", f"{', '.join(names)} and {' or '.join(META_NAMES)}")
     meta_path = find_file(folder, META_NAMES, "amazon-movies-csv meta")
     find_file(folder, (names[0],), "amazon-movies-csv")
-    bad = BadLines(max_bad_fraction)
+    bad = BadLines(max_bad_fraction, allowed=bad_lines_allowed)
     titles, meta_record, meta_counts = read_meta_titles(meta_path, bad)
     files = [meta_record]
     users, items = IdMap(), IdMap()
@@ -142,7 +142,7 @@ def raw_files(raw_dir: str | Path, csv: bool = False) -> list[Path]:
 
 register_dataset(Dataset("amazon-movies", "rating", "Amazon Reviews 2023 Movies_and_TV reviews + metadata (JSON Lines)",
                          raw=RawFormat(lambda d: raw_files(d.raw_dir),
-                                       lambda d: read_amazon_reviews(d.raw_dir, d.max_bad_fraction))))
+                                       lambda d: read_amazon_reviews(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed))))
 register_dataset(Dataset("amazon-movies-csv", "rating", "Amazon Reviews 2023 Movies_and_TV benchmark CSV splits + metadata",
                          raw=RawFormat(lambda d: raw_files(d.raw_dir, csv=True),
-                                       lambda d: read_amazon_csv(d.raw_dir, d.max_bad_fraction))))
+                                       lambda d: read_amazon_csv(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed))))

@@ -99,8 +99,10 @@ def require_dir(raw_dir: str | Path | None, dataset: str, expected: str) -> Path
 class BadLines:
     """Counts lines and bad lines per file, remembers the first few, enforces ``max_fraction``."""
 
-    def __init__(self, max_fraction: float = 0.01, max_reported: int = MAX_REPORTED) -> None:
+    def __init__(self, max_fraction: float = 0.01, max_reported: int = MAX_REPORTED, allowed: int = 0) -> None:
+        """``allowed``: this many bad lines per file are always tolerated (a small file is not aborted over one)."""
         self.max_fraction = float(max_fraction)
+        self.allowed = int(allowed)
         self.max_reported = max_reported
         self.examples: list[str] = []
         self.per_file: dict[str, dict[str, int]] = {}
@@ -127,10 +129,11 @@ class BadLines:
         """Raise if the current file has more bad lines than allowed."""
         counts = self.per_file[self._file]
         lines, bad = counts["lines"], counts["bad"]
-        if bad and bad > self.max_fraction * lines:
+        if bad and bad > max(self.max_fraction * lines, self.allowed):
             first = "; ".join(e for e in self.examples if e.startswith(self._file + ":")) or self.examples[0]
             raise PumaError(f"{self._file}: {bad} of {lines} lines are malformed (more than data.max_bad_fraction="
-                            f"{self.max_fraction:g}); nothing was written; first: {first}")
+                            f"{self.max_fraction:g} and more than data.bad_lines_allowed={self.allowed}); nothing was "
+                            f"written; first: {first}")
 
     @property
     def total_bad(self) -> int:

@@ -125,10 +125,10 @@ def _dedupe_latest(arrays: dict[str, np.ndarray], n_items: int) -> dict[str, np.
     return out
 
 
-def read_mind(raw_dir: str | Path | None, max_bad_fraction: float = 0.01) -> RawData:
+def read_mind(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, bad_lines_allowed: int = 0) -> RawData:
     """Stream MIND behaviors into click samples, unlabeled impressions and shared histories."""
     splits = find_splits(raw_dir)
-    bad = BadLines(max_bad_fraction)
+    bad = BadLines(max_bad_fraction, allowed=bad_lines_allowed)
     titles: dict[str, str] = {}
     files: list[FileRecord] = []
     untitled = 0
@@ -206,4 +206,4 @@ def raw_files(raw_dir: str | Path) -> list[Path]:
 
 
 register_dataset(Dataset("mind", "click", "MIND news clicks: behaviors.tsv and news.tsv of the train/dev folders",
-                         raw=RawFormat(lambda d: raw_files(d.raw_dir), lambda d: read_mind(d.raw_dir, d.max_bad_fraction))))
+                         raw=RawFormat(lambda d: raw_files(d.raw_dir), lambda d: read_mind(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed))))

@@ -68,12 +68,12 @@ def read_businesses(path: Path, bad: BadLines) -> tuple[dict[str, str], FileReco
     return texts, record, unnamed
 
 
-def read_yelp(raw_dir: str | Path | None, max_bad_fraction: float = 0.01) -> RawData:
+def read_yelp(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, bad_lines_allowed: int = 0) -> RawData:
     """Stream the Yelp reviews, keeping user, business, stars and date of each."""
     folder = require_dir(raw_dir, "yelp", f"{REVIEW_NAMES[0]} and {BUSINESS_NAMES[0]}")
     business_path = find_file(folder, BUSINESS_NAMES, "yelp businesses")
     review_path = find_file(folder, REVIEW_NAMES, "yelp reviews")
-    bad = BadLines(max_bad_fraction)
+    bad = BadLines(max_bad_fraction, allowed=bad_lines_allowed)
     texts, business_record, unnamed = read_businesses(business_path, bad)
     record = FileRecord.stat(review_path)
     users, items, cols, read, unknown = read_json_ratings(
@@ -97,4 +97,4 @@ def raw_files(raw_dir: str | Path) -> list[Path]:
 
 
 register_dataset(Dataset("yelp", "rating", "Yelp Open Dataset reviews and businesses (raw JSON Lines files)",
-                         raw=RawFormat(lambda d: raw_files(d.raw_dir), lambda d: read_yelp(d.raw_dir, d.max_bad_fraction))))
+                         raw=RawFormat(lambda d: raw_files(d.raw_dir), lambda d: read_yelp(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed))))
