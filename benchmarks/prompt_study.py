@@ -40,9 +40,11 @@ LEVERS: dict[str, list[str]] = {
     "long_lazy_l4": [*LONG, "prompt.optimizer=lazy_adamw", "prompt.length=4"],
     "long_lazy_wd": [*LONG, "prompt.optimizer=lazy_adamw", "prompt.weight_decay=0.01"],
     "shared": LONG,
+    "shared_bias": [*LONG, "prompt.user_bias=true"],
 }
-"""Named override sets; ``shared`` also trains one prompt for all users."""
-SHARED = {"shared"}
+"""Named override sets; ``shared`` and ``shared_bias`` train one prompt for all users (the latter with a per-user bias:
+what the frozen model adds about the items on top of a per-user average)."""
+SHARED = {"shared", "shared_bias"}
 REFERENCE = "user_item_bias"
 
 
