@@ -20,7 +20,7 @@ class DataConfig:
     module: Optional[str] = None
     """Python module imported before ``name`` is looked up: the module that registers your own dataset (see ``docs/custom_dataset.md``)."""
     template: str = "movie"
-    """Prompt template name (see ``puma_lightning.data.templates``)."""
+    """Prompt template name (see ``puma_lightning.data.templates``), or ``auto``: the dataset's own (its registry entry)."""
     max_users: Optional[int] = None
     """Keep a seeded subset of this many users (None: all)."""
     max_rows_per_user: Optional[int] = None

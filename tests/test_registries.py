@@ -26,12 +26,20 @@ def test_builtin_datasets_and_their_kinds():
 
 def test_registry_refuses_duplicates_and_half_defined_datasets():
     with pytest.raises(ValueError, match="already registered"):
-        register_dataset(Dataset("yelp", "rating", "again", build=lambda d, s: None))
+        register_dataset(Dataset("yelp", "rating", "again", "business", build=lambda d, s: None))
     with pytest.raises(ValueError, match="exactly one of"):
-        register_dataset(Dataset("both", "rating", "x", build=lambda d, s: None, raw=RawFormat(list, list)))
+        register_dataset(Dataset("both", "rating", "x", "movie", build=lambda d, s: None, raw=RawFormat(list, list)))
     with pytest.raises(ValueError, match="exactly one of"):
-        register_dataset(Dataset("neither", "rating", "x"))
+        register_dataset(Dataset("neither", "rating", "x", "movie"))
     assert "both" not in DATASETS and "neither" not in DATASETS
+
+
+def test_auto_template_is_the_datasets_own():
+    cfg = load_config([SMOKE], ["data.template=auto"])
+    assert cfg.data.template == DATASETS["synthetic"].template == "movie"
+    from puma_lightning.data.templates import TEMPLATES
+
+    assert all(d.template in TEMPLATES for d in DATASETS.values())
 
 
 def test_unknown_dataset_lists_the_registered_ones():

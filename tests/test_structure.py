@@ -36,3 +36,25 @@ def test_no_private_attribute_of_another_object_is_used():
                 if not (isinstance(root, ast.Name) and root.id in allowed_roots):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
     assert not found, found
+
+
+LAYERS = {"errors": 0, "config": 0, "machine": 0, "presets": 0, "io": 1, "data": 2, "models": 2, "selection": 2,
+          "tasks": 3, "pipeline": 4, "cli": 5}
+"""Each package may import its own layer and those below it, never one above."""
+
+
+def test_no_import_runs_from_a_lower_layer_to_a_higher_one():
+    found = []
+    for path in (ROOT / "puma_lightning").rglob("*.py"):
+        rel = path.relative_to(ROOT / "puma_lightning").parts
+        me = rel[0].removesuffix(".py")
+        if me not in LAYERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "puma_lightning" and len(parts) > 1 and LAYERS.get(parts[1], -1) > LAYERS[me]:
+                    found.append(f"{'/'.join(rel)}:{node.lineno} imports {name}")
+    assert not found, found

@@ -151,8 +151,11 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"'{key}' is {value!r}; expected one of: {', '.join(choices)}")
+    from puma_lightning.data.registry import get_dataset
     from puma_lightning.data.templates import TEMPLATES
 
+    if cfg.data.template == "auto":  # the dataset's own template, from the registry
+        cfg.data.template = get_dataset(str(cfg.data.name)).template
     if cfg.data.template not in TEMPLATES:
         raise ConfigError(f"'data.template' is {cfg.data.template!r}; expected one of: {', '.join(sorted(TEMPLATES))}")
     history = cfg.data.get("rated_history") or 0

@@ -145,4 +145,4 @@ def _build(dcfg, seed: int) -> InteractionTable:  # noqa: ANN001 - DictConfig
                                valid_ratio=dcfg.valid_ratio, test_ratio=dcfg.test_ratio)
 
 
-register_dataset(Dataset("movielens-100k", "rating", "MovieLens-100k ratings from the packaged files", build=_build))
+register_dataset(Dataset("movielens-100k", "rating", "MovieLens-100k ratings from the packaged files", "movie", build=_build))

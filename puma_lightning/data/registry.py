@@ -37,6 +37,8 @@ class Dataset:
     task: str | None
     """``rating`` or ``click``: the only task the dataset has; None: either, as ``data.task`` says."""
     description: str
+    template: str
+    """The template a config gets with ``data.template=auto`` (a name in ``puma_lightning.data.templates``)."""
     build: Callable[["DictConfig", int], "InteractionTable"] | None = None
     """``(data config, seed)`` -> the split table; None for raw-file datasets (loaded through ``prepare``)."""
     raw: RawFormat | None = None

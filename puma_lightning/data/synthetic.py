@@ -276,4 +276,4 @@ def _build(dcfg, seed: int) -> InteractionTable:  # noqa: ANN001 - DictConfig
 
 
 register_dataset(Dataset("synthetic", None, "synthetic users with known tastes and a known noise floor (ratings or clicks)",
-                         build=_build))
+                         "movie", build=_build))

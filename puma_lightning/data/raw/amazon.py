@@ -140,9 +140,10 @@ def raw_files(raw_dir: str | Path, csv: bool = False) -> list[Path]:
     return meta + [p for p in (folder / n for n in REVIEW_NAMES) if p.is_file()][:1]
 
 
-register_dataset(Dataset("amazon-movies", "rating", "Amazon Reviews 2023 Movies_and_TV reviews + metadata (JSON Lines)",
+register_dataset(Dataset("amazon-movies", "rating", "Amazon Reviews 2023 Movies_and_TV reviews + metadata (JSON Lines)", "movie_tv",
                          raw=RawFormat(lambda d: raw_files(d.raw_dir),
                                        lambda d: read_amazon_reviews(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed))))
 register_dataset(Dataset("amazon-movies-csv", "rating", "Amazon Reviews 2023 Movies_and_TV benchmark CSV splits + metadata",
+                         "movie_tv",
                          raw=RawFormat(lambda d: raw_files(d.raw_dir, csv=True),
                                        lambda d: read_amazon_csv(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed))))

@@ -205,5 +205,5 @@ def raw_files(raw_dir: str | Path) -> list[Path]:
     return [f / "news.tsv" for _, f, _ in found] + [f / "behaviors.tsv" for _, f, _ in found]
 
 
-register_dataset(Dataset("mind", "click", "MIND news clicks: behaviors.tsv and news.tsv of the train/dev folders",
+register_dataset(Dataset("mind", "click", "MIND news clicks: behaviors.tsv and news.tsv of the train/dev folders", "news_click",
                          raw=RawFormat(lambda d: raw_files(d.raw_dir), lambda d: read_mind(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed))))

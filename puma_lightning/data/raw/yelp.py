@@ -96,5 +96,5 @@ def raw_files(raw_dir: str | Path) -> list[Path]:
     return out
 
 
-register_dataset(Dataset("yelp", "rating", "Yelp Open Dataset reviews and businesses (raw JSON Lines files)",
+register_dataset(Dataset("yelp", "rating", "Yelp Open Dataset reviews and businesses (raw JSON Lines files)", "business",
                          raw=RawFormat(lambda d: raw_files(d.raw_dir), lambda d: read_yelp(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed))))
