@@ -120,9 +120,9 @@ def _mlp_shape(source: str, trust_remote_code: bool, local_files_only: bool = Fa
     """(hidden, intermediate) width of a checkpoint, read from its config alone (no weights loaded)."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_files_only)
-    getter = getattr(cfg, "get_text_config", None)
-    text = getter() if callable(getter) else cfg
+    from puma_lightning.models.prefix_cache import text_config
+
+    text = text_config(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_files_only))
     hidden = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0) or 1024)
     intermediate = int(getattr(text, "intermediate_size", 0) or getattr(text, "n_inner", 0) or 4 * hidden)
     return hidden, intermediate

@@ -122,9 +122,9 @@ class PrefixKVCache:
                 f"hits={s.hits}, misses={s.misses}, evictions={s.evictions})")
 
 
-def text_config(model: nn.Module) -> Any:
-    """The text part of a model's config (multimodal configs nest it; plain ones are it)."""
-    cfg = model.config
+def text_config(model: Any) -> Any:
+    """The text part of a model's config, or of a config itself (multimodal configs nest it; plain ones are it)."""
+    cfg = getattr(model, "config", model)
     getter = getattr(cfg, "get_text_config", None)
     return getter() if callable(getter) else cfg
 
