@@ -58,7 +58,7 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
 
 
 def test_bad_choices_and_files_are_one_line_errors(tmp_path):
-    with pytest.raises(ConfigError, match="adapter.kind.*compact, puma"):
+    with pytest.raises(ConfigError, match="adapter.kind.*puma, compact"):
         load_config([], ["adapter.kind=huge"])
     with pytest.raises(ConfigError, match="data.template"):
         load_config([], ["data.template=nope"])

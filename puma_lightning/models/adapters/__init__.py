@@ -4,7 +4,9 @@ Each module in this folder defines one adapter and registers it; importing this 
 the registry. To add your own, write a module with ``@register_adapter("name")`` and import it here.
 """
 
-from puma_lightning.models.adapters import compact, puma  # noqa: F401  (self-registration)
+# self-registration; the import order is the order choice lists show (the published adapter first)
+from puma_lightning.models.adapters import puma  # noqa: F401  isort: skip
+from puma_lightning.models.adapters import compact  # noqa: F401  isort: skip
 from puma_lightning.models.adapters.normalized import INPUT_NORMS, InputStandardized, with_input_norm
 from puma_lightning.models.adapters.registry import ADAPTERS, adapter_metadata, build_adapter, register_adapter
 
