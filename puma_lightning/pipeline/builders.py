@@ -75,6 +75,13 @@ def item_text_embeddings(lm: Any, item_texts: list[str], max_tokens: int, chunk:
     return torch.cat(out) if out else torch.zeros(0, lm.hidden_size)
 
 
+def prompt_scale(cfg: DictConfig, lm: Any) -> float:
+    """The parametrisation scale of prompts on ``lm``: its embedding unit under ``prompt.init=scaled``, else 1."""
+    from puma_lightning.tasks import embedding_unit
+
+    return embedding_unit(lm.embedding_std()) if cfg.prompt.init == "scaled" else 1.0
+
+
 def initial_prompts(cfg: DictConfig, lm: Any, table: InteractionTable) -> tuple["torch.Tensor", float]:
     """Start prompts ``[N, l, d]`` in the model's embedding units and the parametrisation scale.
 
@@ -82,9 +89,9 @@ def initial_prompts(cfg: DictConfig, lm: Any, table: InteractionTable) -> tuple[
     ``item_text``: that draw plus, on every row, the mean of the user's training items' text embeddings."""
     import torch
 
-    from puma_lightning.tasks import embedding_unit, init_prompts
+    from puma_lightning.tasks import init_prompts
 
-    scale = embedding_unit(lm.embedding_std()) if cfg.prompt.init == "scaled" else 1.0
+    scale = prompt_scale(cfg, lm)
     prompts = init_prompts(table.n_users, cfg.prompt.length, lm.hidden_size, seed=cfg.seed) * scale
     if cfg.prompt.init_from == "item_text":
         items = item_text_embeddings(lm, table.item_texts, int(cfg.data.max_item_tokens or 32))

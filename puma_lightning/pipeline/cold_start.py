@@ -74,8 +74,7 @@ class _NewUsers:
         from puma_lightning.models.heads import build_head
         from puma_lightning.pipeline.experiment import config_key, seed_stage, trainer_key
         from puma_lightning.pipeline.training import fit_best, test_metrics
-        from puma_lightning.pipeline.builders import build_prompt_tuning
-        from puma_lightning.tasks import embedding_unit, init_prompts
+        from puma_lightning.pipeline.builders import build_prompt_tuning, initial_prompts, prompt_scale
 
         exp, cfg = self.exp, self.exp.cfg
         key = config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, stage, epochs, extra_key, trainer_key(cfg.trainer))
@@ -86,9 +85,7 @@ class _NewUsers:
         lm = exp.backbone(which)
         table = exp.table
         seed_stage(cfg.seed, stage)
-        scale = embedding_unit(lm.embedding_std()) if cfg.prompt.init == "scaled" else 1.0
-        if init is None:
-            init = init_prompts(table.n_users, cfg.prompt.length, lm.hidden_size, seed=cfg.seed) * scale
+        init, scale = initial_prompts(cfg, lm, table) if init is None else (init, prompt_scale(cfg, lm))
         head = build_head(table.task)
         if self.heads[which] is not None:
             head.load_state_dict(self.heads[which])

@@ -31,8 +31,7 @@ VOCAB_RIDGE = 1e-2
 
 def polish_stage(exp: Any) -> dict[str, Any]:
     """``puma_polish``: the migrated bank fine-tuned per user on the target for ``adapter.polish_epochs``."""
-    from puma_lightning.pipeline.builders import build_prompt_tuning
-    from puma_lightning.tasks import embedding_unit
+    from puma_lightning.pipeline.builders import build_prompt_tuning, prompt_scale
 
     cfg = exp.cfg
     stage, epochs = "puma_polish", int(cfg.adapter.polish_epochs)
@@ -46,8 +45,8 @@ def polish_stage(exp: Any) -> dict[str, Any]:
     seed_stage(cfg.seed, stage)
     head = build_head(table.task)
     head.load_state_dict(bank.head_state)
-    scale = embedding_unit(lm.embedding_std()) if cfg.prompt.init == "scaled" else 1.0
-    module = build_prompt_tuning(cfg, lm, table, head, bank.rows_for(table.user_ids).float(), scale, train_head=False)
+    module = build_prompt_tuning(cfg, lm, table, head, bank.rows_for(table.user_ids).float(), prompt_scale(cfg, lm),
+                                 train_head=False)
     dm = exp.datamodule(lm, cfg.prompt.batch_size)
     before = start_stage_costs(lm)
     stats = fit_best(module, dm, cfg, exp.run_dir, stage, epochs, resume_key=key)

@@ -15,9 +15,10 @@ import csv
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from puma_lightning.data.table import SPLIT_NAMES, InteractionTable
@@ -46,24 +47,26 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def pairs_table(pairs: list[tuple[str, str]], bank: PromptBank, table: InteractionTable) -> tuple[InteractionTable, list[int], dict]:
-    """A table whose (test) rows are the known pairs, its users the bank's; the kept pairs' indices; the skips."""
-    users = {u: i for i, u in enumerate(bank.user_ids)}
+def pairs_table(pairs: list[tuple[str, str]], bank_users: Sequence[str], table: InteractionTable) -> tuple[InteractionTable, list[int], dict]:
+    """A table whose (test) rows are the known pairs and whose users are only the bank users they name (so only
+    their prompts are read); the kept pairs' indices; the skips."""
+    in_bank = set(bank_users)
     items = {item: i for i, item in enumerate(table.item_id_list())}
     kept, skipped = [], {"unknown_user": [], "unknown_item": []}
     for k, (user, item) in enumerate(pairs):
-        if user not in users:
+        if user not in in_bank:
             skipped["unknown_user"].append(user)
         elif item not in items:
             skipped["unknown_item"].append(item)
         else:
             kept.append(k)
+    users = {u: i for i, u in enumerate(dict.fromkeys(pairs[k][0] for k in kept))}
     n = len(kept)
     out = InteractionTable(
         user=np.array([users[pairs[k][0]] for k in kept], dtype=np.int64),
         item=np.array([items[pairs[k][1]] for k in kept], dtype=np.int64),
         label=np.zeros(n, np.float32), timestamp=np.zeros(n, np.int64), split=np.full(n, SPLIT_NAMES["test"], np.int8),
-        user_ids=list(bank.user_ids), item_texts=table.item_texts, task=table.task, item_ids=table.item_ids,
+        user_ids=list(users), item_texts=table.item_texts, task=table.task, item_ids=table.item_ids,
         meta={"name": table.meta.get("name"), "predict": True})
     return out, kept, skipped
 
@@ -82,12 +85,12 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     if cfg.top_k is not None and cfg.top_k < 1:
         raise PumaError(f"'top_k' must be >= 1 or null, got {cfg.top_k}")
     pairs = read_pairs(cfg.pairs)
-    bank = PromptBank.load(cfg.bank)
+    bank = PromptBank.open(cfg.bank)  # lazily: only the shards of the users the pairs name are read
     if bank.head_state is None:
         raise PumaError(f"{cfg.bank}: bank has no trained head; it cannot score pairs alone")
     exp = Experiment(cfg)
     base = exp.table
-    table, kept, skipped = pairs_table(pairs, bank, base)
+    table, kept, skipped = pairs_table(pairs, bank.user_ids, base)
     from puma_lightning.data.templates import get_template
 
     if get_template(cfg.data.template).uses_history:
@@ -96,7 +99,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     bank.check_model(lm.hidden_size, lm.fingerprint, where=str(cfg.bank))
     head = build_head(table.task)
     head.load_state_dict(bank.head_state)
-    module = PromptTuning(lm, head, table.task, bank.prompts.float(), train_prompts=False, train_head=False)
+    prompts = bank.rows_for(table.user_ids).float() if table.n_users else torch.zeros(0, bank.prompt_length, bank.hidden_size)
+    module = PromptTuning(lm, head, table.task, prompts, train_prompts=False, train_head=False)
     rows: dict[int, tuple[float, list[float]]] = {}
     if len(kept):
         dm = build_datamodule(table, lm.tokenizer, cfg, 2 * int(cfg.prompt.batch_size))
