@@ -256,9 +256,13 @@ class ExperimentConfig:
     adapter_path: Optional[str] = None
     """``migrate``: path of the adapter checkpoint to apply."""
     out: Optional[str] = None
-    """``migrate``: path of the bank to write; ``predict``: the CSV of predictions to write."""
+    """``migrate``: path of the bank to write; ``predict``: the predictions to write (``.csv``, or ``.parquet`` with pyarrow)."""
+    rows_per_shard: Optional[int] = None
+    """``migrate``: rows per output shard, which is also the block one process maps at a time and so bounds its memory
+    (None: the source bank's shard size)."""
     pairs: Optional[str] = None
-    """``predict``: CSV with columns ``user,item`` (the dataset's own ids) to score; with ``top_k`` they are each user's candidates."""
+    """``predict``: table with columns ``user,item`` (the dataset's own ids; ``.csv``, or ``.parquet`` with pyarrow) to score;
+    with ``top_k`` they are each user's candidates."""
     top_k: Optional[int] = None
     """``predict``: keep each user's ``top_k`` best-scored candidates, ranked (None: every pair, in file order)."""
     model: str = "target"

@@ -67,8 +67,13 @@ def _migrate(cfg, run_dir: Path) -> None:  # noqa: ANN001
     for key in ("bank", "adapter_path", "out"):
         if not cfg[key]:
             raise PumaError(f"migrate needs '{key}=PATH'")
-    bank = migrate_bank(cfg.bank, cfg.adapter_path, cfg.out)
-    print(f"migrated {len(bank.user_ids)} prompts to {bank.model_name} (hidden {bank.hidden_size}) -> {cfg.out}")
+    from puma_lightning.pipeline.distributed import is_global_zero
+    from puma_lightning.pipeline.training import make_trainer
+
+    trainer = make_trainer(cfg, run_dir, "migrate", max_epochs=1, log=False)
+    bank = migrate_bank(cfg.bank, cfg.adapter_path, cfg.out, cfg.get("rows_per_shard"), trainer=trainer)
+    if is_global_zero():
+        print(f"migrated {len(bank.user_ids)} prompts to {bank.model_name} (hidden {bank.hidden_size}) -> {cfg.out}")
 
 
 def _test(cfg, run_dir: Path) -> None:  # noqa: ANN001
@@ -113,7 +118,7 @@ COMMANDS: dict[str, Command] = {
     "select": Command("Select the adapter's training users only; write selection.json, selection_summary.md, selection.png.",
                       _select, ("run_dir", "seed", "data", "source", "prompt", "selection", "trainer", "cache_dir", "source_dir")),
     "migrate": Command("Apply a saved adapter to a prompt bank and write the migrated bank.", _migrate,
-                       ("run_dir", "bank", "adapter_path", "out")),
+                       ("run_dir", "bank", "adapter_path", "out", "rows_per_shard", "trainer")),
     "test": Command("Evaluate a prompt bank on a model and split.", _test,
                     ("run_dir", "bank", "model", "split", "data", "source", "target", "prompt", "trainer", "cache_dir")),
     "predict": Command("Score (user, item) pairs with a prompt bank on a model, or rank each user's candidates (top_k).",

@@ -92,3 +92,30 @@ def check_replaceable(path: str | Path, marker: str | None, what: str = "folder"
     if marker is not None and not (path / marker).is_file() and any(path.iterdir()):
         raise NotOursError(f"{path} is a folder that is not a {what} (no {marker}); refusing to replace what is in it "
                            "(move it or choose another path)")
+
+
+STAGING_MARKER = ".puma-staging"
+
+
+def staging_dir(path: str | Path, key: str) -> Path:
+    """A hidden folder beside ``path`` that several processes can find by name (``key`` makes it
+    unique to one job), for parts that are later moved into ``path`` by :func:`atomic_dir`.
+
+    Created with a marker file; an existing folder of that name without the marker is not ours and
+    stops with :class:`NotOursError`. Every process of the job may call this."""
+    path = Path(path)
+    folder = path.parent / f".{path.name}.{key}.staging"
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / STAGING_MARKER
+    if not marker.is_file():
+        if any(p.name != STAGING_MARKER for p in folder.iterdir()):
+            raise NotOursError(f"{folder} exists and is not one of our staging folders; refusing to write into it")
+        marker.touch()
+    return folder
+
+
+def remove_staging(folder: str | Path) -> None:
+    """Remove a folder made by :func:`staging_dir` (only if it still carries the marker)."""
+    folder = Path(folder)
+    if (folder / STAGING_MARKER).is_file():
+        shutil.rmtree(folder, ignore_errors=True)

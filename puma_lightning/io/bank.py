@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -205,6 +206,44 @@ def _load_head(path: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor] 
     return load_file(str(head_path))
 
 
+def write_shard(file: str | Path, rows: torch.Tensor) -> dict[str, Any]:
+    """Write one block ``[n, l, d]`` of prompts as a safetensors file (float32, under a temporary name,
+    then renamed); returns its shard record without the file name: ``{"rows", "sha256"}``."""
+    file = Path(file)
+    tmp = file.with_name(f".{file.name}.tmp")
+    save_file({"prompts": rows.detach().float().cpu().contiguous()}, str(tmp))
+    os.replace(tmp, file)
+    return {"rows": int(rows.shape[0]), "sha256": _sha256(file)}
+
+
+def shard_count(num_users: int, rows_per_shard: int) -> int:
+    """How many shard files a bank of ``num_users`` rows has at ``rows_per_shard`` (at least one)."""
+    if rows_per_shard < 1:
+        raise BankError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    return max(1, -(-int(num_users) // int(rows_per_shard)))
+
+
+def _finish(folder: Path, manifest: dict[str, Any], shards: list[dict[str, Any]], size: int,
+            head_state: dict[str, torch.Tensor] | None) -> None:
+    """Complete ``manifest`` from the shard records (file, rows, sha256) already in ``folder``, save
+    the head, and write ``manifest.json`` last."""
+    written, n = sum(int(sh["rows"]) for sh in shards), int(manifest["num_users"])
+    if written != n:
+        raise BankError(f"write_bank: {written} rows written for {n} users")
+    if len(shards) == 1:
+        manifest["sha256"] = shards[0]["sha256"]
+    else:
+        manifest["format_version"] = SHARDED_FORMAT_VERSION
+        manifest["shards"] = shards
+        manifest["rows_per_shard"] = size
+        manifest["sha256"] = hashlib.sha256("".join(sh["sha256"] for sh in shards).encode()).hexdigest()
+    if head_state is not None:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in head_state.items()}, str(folder / HEAD_FILE))
+        manifest["head_sha256"] = _sha256(folder / HEAD_FILE)
+    manifest["content_hash"] = content_hash(manifest)
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
 def write_bank(path: str | Path, manifest: dict[str, Any], chunks: Iterable[torch.Tensor], rows_per_shard: int | None = None,
                head_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a bank folder atomically from consecutive row blocks ``[n_i, l, d]`` (each at most
@@ -214,35 +253,38 @@ def write_bank(path: str | Path, manifest: dict[str, Any], chunks: Iterable[torc
     (each with its sha256)."""
     path = Path(path)
     size = int(rows_per_shard or DEFAULT_ROWS_PER_SHARD)
-    if size < 1:
-        raise BankError(f"rows_per_shard must be >= 1, got {size}")
-    n = int(manifest["num_users"])
-    count = max(1, -(-n // size))
+    count = shard_count(int(manifest["num_users"]), size)
     manifest = dict(manifest)
     with atomic_dir(path, MANIFEST_FILE, "prompt bank") as tmp:
-        shards, written = [], 0
+        shards = []
         for i, chunk in enumerate(chunks):
-            chunk = chunk.detach().float().cpu().contiguous()
             if chunk.shape[0] > size or i >= count:
                 raise BankError(f"write_bank: block {i} has {chunk.shape[0]} rows; expected at most {count} blocks of {size}")
             name = TENSOR_FILE if count == 1 else shard_name(i, count)
-            save_file({"prompts": chunk}, str(tmp / name))
-            shards.append({"file": name, "rows": int(chunk.shape[0]), "sha256": _sha256(tmp / name)})
-            written += int(chunk.shape[0])
-        if written != n:
-            raise BankError(f"write_bank: {written} rows written for {n} users")
-        if count == 1:
-            manifest["sha256"] = shards[0]["sha256"]
-        else:
-            manifest["format_version"] = SHARDED_FORMAT_VERSION
-            manifest["shards"] = shards
-            manifest["rows_per_shard"] = size
-            manifest["sha256"] = hashlib.sha256("".join(sh["sha256"] for sh in shards).encode()).hexdigest()
-        if head_state is not None:
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in head_state.items()}, str(tmp / HEAD_FILE))
-            manifest["head_sha256"] = _sha256(tmp / HEAD_FILE)
-        manifest["content_hash"] = content_hash(manifest)
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+            shards.append({"file": name, **write_shard(tmp / name, chunk)})
+        _finish(tmp, manifest, shards, size, head_state)
+    return path
+
+
+def assemble_bank(path: str | Path, manifest: dict[str, Any], staged: Sequence[tuple[Path, dict[str, Any]]],
+                  rows_per_shard: int, head_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a bank folder atomically from shard files already written by :func:`write_shard`
+    (``staged``: each file with its record, in row order), moving them in rather than copying.
+
+    Used where several processes wrote the shards (a distributed ``migrate``); the result is the
+    bank :func:`write_bank` would have written from the same blocks."""
+    path = Path(path)
+    count = shard_count(int(manifest["num_users"]), rows_per_shard)
+    if len(staged) != count:
+        raise BankError(f"assemble_bank: {len(staged)} shard files for {count} shards")
+    manifest = dict(manifest)
+    with atomic_dir(path, MANIFEST_FILE, "prompt bank") as tmp:
+        shards = []
+        for i, (file, record) in enumerate(staged):
+            name = TENSOR_FILE if count == 1 else shard_name(i, count)
+            os.replace(file, tmp / name)
+            shards.append({"file": name, "rows": int(record["rows"]), "sha256": record["sha256"]})
+        _finish(tmp, manifest, shards, rows_per_shard, head_state)
     return path
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from omegaconf import DictConfig
 from safetensors import safe_open
@@ -45,14 +47,23 @@ def load_adapter(path: str | Path) -> tuple[torch.nn.Module, dict[str, torch.Ten
     return adapter.eval(), head, meta
 
 
-def migrate_bank(bank_path: str | Path, adapter_path: str | Path, out: str | Path, batch_size: int | None = None) -> Any:
-    """Map every prompt of a bank through a saved adapter and write the new bank, block by block.
+def migrate_bank(bank_path: str | Path, adapter_path: str | Path, out: str | Path, batch_size: int | None = None,
+                 trainer: L.Trainer | None = None) -> Any:
+    """Map every prompt of a bank through a saved adapter and write the new bank, shard by shard.
 
-    The source bank is read lazily and mapped ``batch_size`` rows at a time (default: the bank's
-    shard size), each block written as one shard of the output before the next is read, so memory
-    holds one block, not the bank. Returns the new bank, opened lazily."""
-    from puma_lightning.io.bank import DEFAULT_ROWS_PER_SHARD, FORMAT_VERSION, write_bank
+    Runs as a Lightning predict loop (:class:`~puma_lightning.tasks.bank_mapping.BankMapping`): each
+    step reads one block of ``batch_size`` rows (default: the bank's shard size) from the lazily
+    opened source, maps it and writes it as one output shard to a staging folder, so memory holds one
+    block per process, not the bank. ``trainer`` (default: one CPU process) decides how many
+    processes share the blocks; under DDP every rank maps its own blocks and rank 0 assembles the
+    bank, which is the same as one process writes. Returns the new bank, opened lazily."""
+    from puma_lightning.io.atomic import check_replaceable, remove_staging, staging_dir
+    from puma_lightning.io.bank import DEFAULT_ROWS_PER_SHARD, MANIFEST_FILE, assemble_bank
+    from puma_lightning.pipeline.distributed import barrier, gather_lists, is_global_zero
+    from puma_lightning.tasks.bank_mapping import BankMapping
 
+    out = Path(out)
+    check_replaceable(out, MANIFEST_FILE, "prompt bank")  # before any work
     bank = PromptBank.open(bank_path)
     adapter, head, meta = load_adapter(adapter_path)
     if int(meta["source_dim"]) != bank.hidden_size:
@@ -61,29 +72,42 @@ def migrate_bank(bank_path: str | Path, adapter_path: str | Path, out: str | Pat
         raise PumaError(f"{adapter_path}: trained on prompts of model {meta.get('source_model')} ({meta['source_fingerprint']}) "
                         f"but bank {bank_path} is for {bank.model_name} ({bank.model_fingerprint})")
     size = int(batch_size or bank.manifest.get("rows_per_shard") or DEFAULT_ROWS_PER_SHARD)
-    scale = float(meta.get("output_scale", 1.0))
+    manifest = _migrated_manifest(bank, bank_path, adapter_path, meta)
+    key = hashlib.sha256(json.dumps([bank.manifest.get("content_hash"), hashlib.sha256(Path(adapter_path).read_bytes()).hexdigest(),
+                                     size, str(out.resolve())]).encode()).hexdigest()[:16]
+    staging = staging_dir(out, key)
+    module = BankMapping(adapter, bank_path, staging, size, float(meta.get("output_scale", 1.0)))
+    if trainer is None:
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False)
+    records = gather_lists(trainer.predict(module, return_predictions=True) or [])
+    if is_global_zero():
+        by_block = {int(r["block"]): r for r in records}
+        missing = sorted(set(range(module.n_blocks)) - set(by_block))
+        if missing:
+            raise PumaError(f"migrate: blocks {missing[:5]} were not mapped by any process")
+        assemble_bank(out, manifest, [(module.staged_file(b), by_block[b]) for b in range(module.n_blocks)], size, head)
+        remove_staging(staging)
+    barrier()
+    return PromptBank.open(out)
+
+
+def _migrated_manifest(bank: Any, bank_path: str | Path, adapter_path: str | Path, meta: dict[str, str]) -> dict[str, Any]:
+    """The output bank's manifest (model, users, how it was made and its lineage), without tensor hashes."""
+    from puma_lightning.io.bank import FORMAT_VERSION
+    from puma_lightning.io.lineage import adapter_ref, make_lineage, source_ref
+
     info: dict[str, Any] = {"made_by": "migrate", "adapter": str(adapter_path), "adapter_meta": meta,
                             "source": {"bank": str(bank_path), "model_name": bank.model_name, "model_fingerprint": bank.model_fingerprint},
                             **{k: v for k, v in bank.info.items() if k in ("dataset", "template", "seed")}}
-    from puma_lightning.io.lineage import adapter_ref, make_lineage, source_ref
-
     info["lineage"] = make_lineage("migrate", model={"name": meta.get("target_model"), "fingerprint": meta.get("target_fingerprint"),
                                                      "hidden_size": int(meta["target_dim"])},
                                    dataset={k: bank.info.get(k) for k in ("dataset", "template", "seed")},
                                    sources=[source_ref(bank_path)], adapter=adapter_ref(adapter_path))
-    manifest = {"format_version": FORMAT_VERSION, "model_name": meta.get("target_model", "unknown"),
-                "model_fingerprint": meta.get("target_fingerprint", "unknown"), "hidden_size": int(meta["target_dim"]),
-                "prompt_length": bank.prompt_length, "num_users": len(bank.user_ids), "user_ids": list(bank.user_ids),
-                "info": info}
-
-    def mapped() -> Any:
-        with torch.no_grad():
-            for block in bank.blocks(size):
-                yield adapter(block.float()) * scale
-
-    write_bank(out, manifest, mapped() if len(bank.user_ids) else iter([torch.zeros(0, bank.prompt_length, int(meta["target_dim"]))]),
-               size, head)
-    return PromptBank.open(out)
+    return {"format_version": FORMAT_VERSION, "model_name": meta.get("target_model", "unknown"),
+            "model_fingerprint": meta.get("target_fingerprint", "unknown"), "hidden_size": int(meta["target_dim"]),
+            "prompt_length": bank.prompt_length, "num_users": len(bank.user_ids), "user_ids": list(bank.user_ids),
+            "info": info}
 
 
 def evaluate_bank(cfg: DictConfig, bank_path: str | Path, which: str, split: str) -> dict[str, float]:

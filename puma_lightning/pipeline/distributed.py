@@ -73,3 +73,12 @@ def check_same_on_all_ranks(value: Any, what: str) -> None:
     torch.distributed.all_gather_object(gathered, value)
     if any(g != gathered[0] for g in gathered[1:]):
         raise RuntimeError(f"{what} differs between ranks: the ranks would train on different data")
+
+
+def gather_lists(local: list[Any]) -> list[Any]:
+    """Every rank's ``local`` list, concatenated in rank order (``local`` itself when alone)."""
+    if not _initialised() or world_size() == 1:
+        return list(local)
+    gathered: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(gathered, list(local))
+    return [x for part in gathered for x in part]

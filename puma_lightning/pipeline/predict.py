@@ -82,8 +82,6 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     for key in ("bank", "pairs", "out"):
         if not cfg[key]:
             raise PumaError(f"predict needs '{key}=PATH'")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise PumaError(f"'top_k' must be >= 1 or null, got {cfg.top_k}")
     pairs = read_pairs(cfg.pairs)
     bank = PromptBank.open(cfg.bank)  # lazily: only the shards of the users the pairs name are read
     if bank.head_state is None:
