@@ -84,3 +84,31 @@ def test_a_bank_of_another_model_and_bad_files_are_one_line_errors(run, tmp_path
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 3 and f"{bad}:2" in errors[1] and "'user' and 'item'" in errors[2]
     assert not out.exists()
+
+
+def test_parquet_pairs_in_and_parquet_predictions_out_equal_the_csv_path(run, tmp_path):
+    import pyarrow as pa  # a test dependency (setup.cfg [test]): missing is a failure, not a skip
+    import pyarrow.parquet as pq
+
+    pairs, expected = _test_pairs(run, tmp_path / "pairs.csv")
+    pq.write_table(pa.table({"user": [u for u, _ in pairs], "item": [i for _, i in pairs], "extra": list(range(len(pairs)))}),
+                   str(tmp_path / "pairs.parquet"))
+    common = ["predict", "--config", SMOKE, f"run_dir={tmp_path / 'r'}", *FAST, f"bank={run / 'puma' / 'bank'}", "model=target"]
+    assert main([*common, f"pairs={tmp_path / 'pairs.parquet'}", f"out={tmp_path / 'pred.parquet'}"]) == 0
+    assert main([*common, f"pairs={tmp_path / 'pairs.csv'}", f"out={tmp_path / 'pred.csv'}"]) == 0
+    table = pq.read_table(str(tmp_path / "pred.parquet"))
+    assert table.column_names == ["user", "item", "prediction", *[f"p_{k}" for k in range(1, 6)]]
+    assert pa.types.is_floating(table.schema.field("prediction").type)
+    assert list(zip(table.column("user").to_pylist(), table.column("item").to_pylist())) == pairs
+    assert np.allclose(table.column("prediction").to_numpy(), expected, atol=1e-5)
+    csv_rows = _read(tmp_path / "pred.csv")
+    assert np.allclose(table.column("prediction").to_numpy(), [float(r["prediction"]) for r in csv_rows], atol=2e-6)
+
+
+def test_a_damaged_parquet_file_is_one_line_error(run, tmp_path, capsys):
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    code = main(["predict", "--config", SMOKE, f"run_dir={tmp_path / 'r'}", *FAST, f"bank={run / 'puma' / 'bank'}",
+                 f"pairs={tmp_path / 'bad.parquet'}", f"out={tmp_path / 'o.parquet'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and err[-1].startswith("error:") and "bad.parquet" in err[-1] and "Parquet" in err[-1]
+    assert not (tmp_path / "o.parquet").exists()

@@ -1,8 +1,8 @@
 """``predict``: what would each user rate each item on a model, and which candidates to show.
 
-Reads ``pairs`` (CSV, header ``user,item``, the dataset's own ids), scores every pair with the
+Reads ``pairs`` (CSV with a ``user,item`` header or Parquet with those columns, the dataset's own ids), scores every pair with the
 bank's prompts and head through Lightning's predict loop (batches of many users, the prefix cache
-on, the dtype chosen as everywhere else), and writes ``out`` atomically as CSV: ``user,item,
+on, the dtype chosen as everywhere else), and writes ``out`` atomically (CSV, or Parquet by extension): ``user,item,
 prediction`` plus the answer distribution (``p_1..p_5`` for ratings, ``p_click`` for clicks); with
 ``top_k`` only each user's best ``top_k`` candidates, with their ``rank``. Rows naming a user the
 bank lacks or an item the dataset lacks are skipped and counted (the summary line says how many,
@@ -11,8 +11,6 @@ with the first few ids); a malformed file or row is an error naming the file and
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,28 +21,10 @@ from omegaconf import DictConfig
 
 from puma_lightning.data.table import SPLIT_NAMES, InteractionTable
 from puma_lightning.errors import PumaError
-from puma_lightning.io.atomic import atomic_write_text
+from puma_lightning.io.pair_files import read_pairs, write_table
 from puma_lightning.io.bank import PromptBank
 
 log = logging.getLogger(__name__)
-
-
-def read_pairs(path: str | Path) -> list[tuple[str, str]]:
-    """``(user, item)`` id pairs of a CSV with a ``user,item`` header (extra columns ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PumaError(f"pairs file not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"user", "item"} <= set(reader.fieldnames):
-            raise PumaError(f"{path}: expected a CSV header with columns 'user' and 'item', got {reader.fieldnames}")
-        pairs = []
-        for line, row in enumerate(reader, start=2):
-            user, item = (row.get("user") or "").strip(), (row.get("item") or "").strip()
-            if not user or not item:
-                raise PumaError(f"{path}:{line}: a row needs both a user and an item, got {row}")
-            pairs.append((user, item))
-    return pairs
 
 
 def pairs_table(pairs: list[tuple[str, str]], bank_users: Sequence[str], table: InteractionTable) -> tuple[InteractionTable, list[int], dict]:
@@ -106,35 +86,30 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         for out in trainer.predict(module, datamodule=dm) or []:
             for r, p, d in zip(out["row"].tolist(), out["prediction"].tolist(), out["distribution"].tolist()):
                 rows[int(r)] = (float(p), [float(x) for x in d])
-    text = _to_csv(pairs, kept, rows, table.task, cfg.top_k)
+    header, out_rows = output_rows(pairs, kept, rows, table.task, cfg.top_k)
     from puma_lightning.pipeline.distributed import is_global_zero
 
     if is_global_zero():
-        atomic_write_text(cfg.out, text)
+        write_table(cfg.out, header, out_rows)
         notes = [f"{name.replace('_', ' ')} {len(ids)} (first: {ids[:3]})" for name, ids in skipped.items() if ids]
         print(f"predicted {len(kept)} of {len(pairs)} pairs with {bank.model_name} -> {cfg.out}"
               + (f"; skipped: {'; '.join(notes)}" if notes else ""))
     return {"pairs": len(pairs), "scored": len(kept), "skipped": {k: len(v) for k, v in skipped.items()}}
 
 
-def _to_csv(pairs: list[tuple[str, str]], kept: list[int], rows: dict[int, tuple[float, list[float]]], task: str,
-            top_k: int | None) -> str:
-    """The output CSV: every scored pair in file order, or each user's ``top_k`` best with their rank."""
+def output_rows(pairs: list[tuple[str, str]], kept: list[int], rows: dict[int, tuple[float, list[float]]], task: str,
+                top_k: int | None) -> tuple[list[str], list[list[Any]]]:
+    """The output table (header, rows): every scored pair in file order, or each user's ``top_k`` best with their rank."""
     names = [f"p_{i}" for i in range(1, 6)] if task == "rating" else ["p_click"]
     scored = [(pairs[k][0], pairs[k][1], *rows[r]) for r, k in enumerate(kept) if r in rows]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
     if top_k is None:
-        writer.writerow(["user", "item", "prediction", *names])
-        for user, item, prediction, dist in scored:
-            writer.writerow([user, item, f"{prediction:.6f}", *(f"{x:.6f}" for x in dist[:len(names)])])
-        return buffer.getvalue()
-    writer.writerow(["user", "rank", "item", "prediction", *names])
+        return (["user", "item", "prediction", *names],
+                [[user, item, prediction, *dist[:len(names)]] for user, item, prediction, dist in scored])
     by_user: dict[str, list] = {}
     for entry in scored:
         by_user.setdefault(entry[0], []).append(entry)
+    out = []
     for user, entries in by_user.items():  # users in the order they first appear; ties keep file order
         ranked = sorted(entries, key=lambda e: -e[2])[:top_k]
-        for rank, (_, item, prediction, dist) in enumerate(ranked, start=1):
-            writer.writerow([user, rank, item, f"{prediction:.6f}", *(f"{x:.6f}" for x in dist[:len(names)])])
-    return buffer.getvalue()
+        out += [[user, rank, item, prediction, *dist[:len(names)]] for rank, (_, item, prediction, dist) in enumerate(ranked, start=1)]
+    return ["user", "rank", "item", "prediction", *names], out
