@@ -80,15 +80,10 @@ class InteractionTable:
 
     def label_variance(self) -> np.ndarray:
         """Per-user sample variance (ddof=1) of training labels; 0 for users with < 2 rows."""
+        from puma_lightning.data.user_moments import UserMoments
+
         rows = self.rows("train")
-        u, y = self.user[rows], self.label[rows].astype(np.float64)
-        count = np.bincount(u, minlength=self.n_users).astype(np.float64)
-        s1 = np.bincount(u, weights=y, minlength=self.n_users)
-        s2 = np.bincount(u, weights=y * y, minlength=self.n_users)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var = (s2 - s1 * s1 / np.maximum(count, 1)) / (count - 1)
-        var[count < 2] = 0.0
-        return np.clip(var, 0.0, None)
+        return UserMoments(self.n_users).update(self.user[rows], self.label[rows]).variance(ddof=1, too_few=0.0)
 
     def train_counts(self) -> np.ndarray:
         """Number of training rows per user."""
