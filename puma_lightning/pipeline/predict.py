@@ -12,6 +12,7 @@ with the first few ids); a malformed file or row is an error naming the file and
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,7 +53,8 @@ def pairs_table(pairs: list[tuple[str, str]], bank_users: Sequence[str], table: 
 
 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``cfg.pairs`` with ``cfg.bank`` on ``cfg.model`` and write ``cfg.out``; returns a summary."""
+    """Score ``cfg.pairs`` with ``cfg.bank`` on ``cfg.model`` and write ``cfg.out``; returns a summary (counts, and
+    ``predict_s``: seconds spent in the predict loop itself, without loading the model or the data)."""
     from puma_lightning.models.heads import build_head
     from puma_lightning.pipeline.builders import build_datamodule
     from puma_lightning.pipeline.experiment import Experiment
@@ -80,10 +82,14 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     prompts = bank.rows_for(table.user_ids).float() if table.n_users else torch.zeros(0, bank.prompt_length, bank.hidden_size)
     module = PromptTuning(lm, head, table.task, prompts, train_prompts=False, train_head=False)
     rows: dict[int, tuple[float, list[float]]] = {}
+    predict_s = 0.0
     if len(kept):
         dm = build_datamodule(table, lm.tokenizer, cfg, 2 * int(cfg.prompt.batch_size))
         trainer = make_trainer(cfg, exp.run_dir, "predict", max_epochs=1, log=False)
-        for out in trainer.predict(module, datamodule=dm) or []:
+        started = time.perf_counter()
+        outputs = trainer.predict(module, datamodule=dm) or []
+        predict_s = time.perf_counter() - started
+        for out in outputs:
             for r, p, d in zip(out["row"].tolist(), out["prediction"].tolist(), out["distribution"].tolist()):
                 rows[int(r)] = (float(p), [float(x) for x in d])
     header, out_rows = output_rows(pairs, kept, rows, table.task, cfg.top_k)
@@ -94,7 +100,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         notes = [f"{name.replace('_', ' ')} {len(ids)} (first: {ids[:3]})" for name, ids in skipped.items() if ids]
         print(f"predicted {len(kept)} of {len(pairs)} pairs with {bank.model_name} -> {cfg.out}"
               + (f"; skipped: {'; '.join(notes)}" if notes else ""))
-    return {"pairs": len(pairs), "scored": len(kept), "skipped": {k: len(v) for k, v in skipped.items()}}
+    return {"pairs": len(pairs), "scored": len(kept), "skipped": {k: len(v) for k, v in skipped.items()},
+            "predict_s": predict_s}
 
 
 def output_rows(pairs: list[tuple[str, str]], kept: list[int], rows: dict[int, tuple[float, list[float]]], task: str,
