@@ -221,10 +221,11 @@ def test_puma_fixed_is_proportional():
 
 def test_puma_faithful_reproduces_published_bug():
     res = select_users(puma_node(budget=100, allocation="faithful"), clustered_ctx(SIZES))
-    # Hand trace of the published loop, remaining = 40, N = 500:
-    #   c0: round(40 * 300 / 500) = 24, remaining 16
-    #   c1: round(16 * 140 / 500) = round(4.48) = 4, remaining 12
-    #   c2: round(12 *  60 / 500) = round(1.44) = 1, remaining 11  -> 11 random users
+    # Hand trace of the published loop, remaining = 40, N = 500 (tests/test_allocation_faithful.py
+    # checks every count against a transcription of the published function):
+    #   c0: int(40 * 300 / 500) = 24, remaining 16
+    #   c1: int(16 * 140 / 500) = int(4.48) = 4, remaining 12
+    #   c2: int(12 *  60 / 500) = int(1.44) = 1, remaining 11  -> 11 random users
     assert res.info["allocation"] == "faithful"
     assert res.info["second_pass"] == [24, 4, 1]
     assert res.info["picks_per_cluster"] == [44, 24, 21]

@@ -5,10 +5,20 @@ Algorithm (DESIGN.md §3): k-means (k = 15) on the raw source prompts; each clus
 inside a cluster the users are split into ``n_bins`` quantile bins of label variance and picks are
 drawn from the bins with normal-shaped weights that favour the middle.
 
-The published second pass decrements the remaining budget inside its loop over clusters, so later
-clusters get shares of an ever-smaller remainder and about a fifth of the budget ends up filled
-with uniformly random users. ``allocation="faithful"`` reproduces that; ``"fixed"`` (default)
-allocates exactly the budget in proportion to cluster size. The result's ``info`` says which ran.
+Two allocations (the result's ``info["allocation"]`` says which ran):
+
+* ``"fixed"`` (default): exactly the budget. First pass scaled down proportionally when the minimums
+  exceed the budget; second pass apportioned by largest remainder, never above a cluster's size;
+  bins are equal-population bins of the variance *rank* (ties broken at random, users with one
+  rating have variance 0), and a bin short of users spills its share onto the other bins.
+* ``"faithful"``: the published ``select_users_with_clustering_and_variance_sampling``
+  (:mod:`.faithful`), count for count. Its second pass truncates ``int(remaining * |c| / N)`` and
+  decrements ``remaining`` inside the loop, so later clusters get shares of an ever-smaller rest;
+  per-bin quotas are floored with the remainder on the last bin and a short bin stays short; bins
+  are ``pandas.qcut(..., duplicates='drop')`` cuts, re-cut on every pass, so tied variances
+  collapse bins and single-rating users (NaN variance) are never binned; whatever the passes leave
+  short (about a fifth of the budget at the published settings) is filled with uniformly random
+  users; when the minimums alone exceed the budget the list is cut in cluster order.
 """
 
 from __future__ import annotations
@@ -19,30 +29,11 @@ from typing import Any, Literal
 import numpy as np
 
 from .allocation import apportion, bin_weights, canonical_labels, first_pass, stratified_pick
+from .faithful import faithful_allocation, published_variance
 from .kmeans import kmeans
 from .registry import SelectionContext, SelectionStrategy, register_strategy
 
-__all__ = ["PumaStrategy", "apportion", "bin_weights", "faithful_second_pass", "first_pass", "stratified_pick"]
-
-
-def faithful_second_pass(sizes: np.ndarray, first: np.ndarray, budget: int) -> np.ndarray:
-    """Literal transcription of the published second pass, bug included.
-
-    Returns the per-cluster picks of the second pass; ``budget - first.sum() - result.sum()`` is
-    the shortfall the published code tops up with uniformly random users.
-    """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    n_total = int(sizes.sum())
-    remaining = int(budget - first.sum())  # budget left after the min_per_cluster pass
-    second = np.zeros_like(sizes)
-    for c in range(sizes.size):  # clusters in order
-        # Share of the *current* remainder in proportion to cluster size (Python round: half-even).
-        share = int(round(remaining * int(sizes[c]) / n_total))
-        share = min(share, int(sizes[c] - first[c]))  # a cluster cannot give more users than it has
-        second[c] = share
-        remaining -= share  # BUG (published): decremented inside the loop, so later clusters get
-        #                     shares of an ever-smaller remainder and `remaining` is never spent.
-    return second
+__all__ = ["PumaStrategy", "apportion", "bin_weights", "faithful_allocation", "first_pass", "stratified_pick"]
 
 
 @register_strategy("puma")
@@ -60,7 +51,7 @@ class PumaStrategy(SelectionStrategy):
         min_per_cluster: int = 50
         """First pass: each cluster gets min(min_per_cluster, |c|) users (scaled down if over budget)."""
         allocation: Literal["fixed", "faithful"] = "fixed"
-        """'fixed': exact proportional second pass; 'faithful': the published buggy pass + random top-up."""
+        """'fixed': exactly the budget, proportional; 'faithful': the published allocation, bugs included."""
         weight_span: float = 2.0
         """Bin weights are exp(-x^2/2) + weight_floor over x = linspace(-span, span, n_bins)."""
         weight_floor: float = 0.1
@@ -86,12 +77,15 @@ class PumaStrategy(SelectionStrategy):
         labels = canonical_labels(km.labels)
         members = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
         sizes = np.array([m.size for m in members], dtype=np.int64)
+        common = {"allocation": p.allocation, "n_clusters": int(sizes.size), "cluster_sizes": sizes.tolist()}
+        km_info = {"kmeans_backend": km.backend, "kmeans_inertia": km.inertia}
+        if p.allocation == "faithful":
+            selected, info = self._faithful(ctx, budget, labels, rng)
+            info["selected_per_cluster"] = np.bincount(labels[selected], minlength=sizes.size).tolist()
+            return selected, {**common, **info, **km_info}
 
         first = first_pass(sizes, budget, p.min_per_cluster)
-        if p.allocation == "fixed":
-            second = apportion(budget - int(first.sum()), sizes, sizes - first)
-        else:
-            second = faithful_second_pass(sizes, first, budget)
+        second = apportion(budget - int(first.sum()), sizes, sizes - first)
         quotas = first + second
 
         weights = bin_weights(p.n_bins, p.weight_span, p.weight_floor)
@@ -104,16 +98,14 @@ class PumaStrategy(SelectionStrategy):
                 constant.append(c)
         selected = np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
 
-        n_topup = budget - selected.size  # 0 for "fixed"; the published shortfall for "faithful"
+        n_topup = budget - selected.size  # 0: the quotas sum to the budget and never exceed a cluster
         if n_topup > 0:
             pool = np.setdiff1d(np.arange(ctx.n_users), selected)
             selected = np.concatenate([selected, rng.choice(pool, size=n_topup, replace=False)])
 
         info = {
-            "allocation": p.allocation,
+            **common,
             "n_random_topup": int(n_topup),
-            "n_clusters": int(sizes.size),
-            "cluster_sizes": sizes.tolist(),
             "first_pass": first.tolist(),
             "second_pass": second.tolist(),
             "picks_per_cluster": quotas.tolist(),
@@ -121,7 +113,28 @@ class PumaStrategy(SelectionStrategy):
             "bin_weights": weights.round(6).tolist(),
             "bin_picks_per_cluster": bin_picks,
             "uniform_clusters_constant_variance": constant,
-            "kmeans_backend": km.backend,
-            "kmeans_inertia": km.inertia,
+            **km_info,
         }
         return selected, info
+
+    def _faithful(
+        self, ctx: SelectionContext, budget: int, labels: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The published allocation (:func:`.faithful.faithful_allocation`) and its counts for ``info``."""
+        p = self.params
+        variance = published_variance(ctx.label_variance, ctx.train_counts)
+        res = faithful_allocation(labels, variance, budget, rng, n_bins=p.n_bins, min_per_cluster=p.min_per_cluster,
+                                  weight_span=p.weight_span, weight_floor=p.weight_floor)
+        info = {
+            "n_random_topup": res.n_random_topup,
+            "n_truncated": res.n_truncated,
+            "first_pass_quota": res.first_quota,
+            "first_pass": res.first_pass,
+            "second_pass_quota": res.second_quota,
+            "second_pass": res.second_pass,
+            "picks_per_cluster": [a + b for a, b in zip(res.first_pass, res.second_pass)],
+            "first_pass_bins": res.first_bins,
+            "second_pass_bins": res.second_bins,
+            "n_unbinned_single_rating": int(np.isnan(variance).sum()),
+        }
+        return res.selected, info

@@ -1,0 +1,241 @@
+"""PUMA's published user allocation, reproduced count for count (``puma`` with ``allocation: faithful``).
+
+Reference: ``select_users_with_clustering_and_variance_sampling`` in the authors' repository
+(Kimagure7/Dont-Start-Over, ``utils/user_select.py``). Given the same cluster labels and the same
+per-user variances, :func:`faithful_allocation` picks the same number of users per cluster, per
+variance group and per pass, and tops up with the same number of random users; only *which* users
+a random draw returns differs (a numpy ``Generator`` instead of pandas' ``sample(random_state=42)``).
+
+What the published code does, and so what this module does:
+
+1. First pass, clusters in order: ``n = min(min_per_cluster, |c|)``. The cluster's variances are cut
+   with ``pandas.qcut(var, q=n_bins, labels=False, duplicates='drop')`` (:func:`quantile_bins`,
+   pandas 2.2-2.3 arithmetic unless told otherwise);
+   ``G`` = number of distinct labels; weights ``exp(-x^2/2) + 0.1`` over ``linspace(-2, 2, G)``
+   (``[1.0]`` when ``G <= 1``); per-group quotas ``floor(w * n)`` with the remainder on the last
+   group; group ``g`` for ``g in range(G)`` gives ``min(quota_g, |group g|)`` users. A short group
+   stays short (nothing spills to the others), yet the budget is charged the full ``n``.
+2. Second pass (only if budget is left), clusters in order, skipping clusters with no unselected
+   users: quota ``int(remaining * |c| / N)`` — truncated, and ``remaining`` shrinks inside the
+   loop (the published bug), capped at the cluster's unselected users; groups are re-cut on the
+   unselected users of the cluster and picked as in the first pass.
+3. Random top-up: ``budget - picked`` users uniformly among all users not yet picked.
+4. If the first pass alone picked more than the budget, the list is cut to its first ``budget``
+   entries: earlier clusters (and, inside a cluster, lower groups) keep theirs, later ones lose.
+
+qcut quirks that follow: a variance shared by many users collapses groups (duplicate edges are
+dropped); a cluster whose known variances are all equal gets *no* label at all, so neither pass
+picks from it (its users are reachable only by the top-up); labels need not be contiguous
+(``[0, 2]`` counts as ``G = 2`` and the loop visits groups 0 and 1, never 2); a user with one rating
+has variance NaN (pandas' ``var`` of one value) and is never binned.
+
+Budget above the number of users: the published top-up calls ``sample(n)`` with ``n`` above the
+candidates and raises. Here the top-up takes every remaining user instead, the result holds all
+users and ``budget_exceeds_users`` says so (``SelectionStrategy.select`` already returns all users
+for ``budget >= N`` before a strategy runs, so through ``puma`` this only documents the function).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .allocation import bin_weights
+
+VARIANCE_DECIMALS = 10
+"""Variances are rounded to this many decimals so that mathematically equal ones tie exactly.
+
+The published variances come from pandas' groupby ``var``, ours from one-pass sums; both carry
+last-bit float noise that splits exact ties arbitrarily (and differently), while the quantile cuts
+depend on ties. Rounding keeps every genuinely different variance of integer labels apart."""
+
+
+def published_variance(label_variance: np.ndarray, train_counts: np.ndarray) -> np.ndarray:
+    """Per-user variance as the published code sees it: NaN with fewer than 2 training rows.
+
+    ``SelectionContext.label_variance`` holds 0 for such users; pandas' ``groupby().var()`` gives
+    NaN, which ``qcut`` never bins. Other values are rounded to :data:`VARIANCE_DECIMALS`.
+    """
+    var = np.round(np.asarray(label_variance, dtype=np.float64).reshape(-1), VARIANCE_DECIMALS)
+    var[np.asarray(train_counts).reshape(-1) < 2] = np.nan
+    return var
+
+
+QCUT_EDGES = ("pandas2.2", "pandas2.0", "pandas3")
+"""How ``pandas.qcut`` computes its edges, by pandas version (they differ in the last bit, which moves
+users tied at an edge): 2.2-2.3 ``np.percentile`` at ``100 * linspace(0, 1, q + 1)`` (the default:
+the pandas of the published runs, which pin ``pandas>=2.0`` and date from 2025); 2.0-2.1
+``np.quantile`` at ``linspace(0, 1, q + 1)``; 3.x the same with every level that is not exact in
+binary nudged up by one ulp first."""
+
+
+def quantile_bins(values: np.ndarray, q: int, edges: str = "pandas2.2") -> np.ndarray:
+    """``pandas.qcut(values, q, labels=False, duplicates='drop')`` as int64 labels, -1 for NaN.
+
+    Edges are linear quantiles of the non-NaN values (``edges`` picks the pandas version's
+    arithmetic, :data:`QCUT_EDGES`); duplicate edges are dropped unless there are only two;
+    intervals are right-closed with the lowest edge included; a value outside every interval
+    (every value, when all edges coincide) gets no label.
+    """
+    if edges not in QCUT_EDGES:
+        raise ValueError(f"quantile_bins: edges must be one of {QCUT_EDGES}, got {edges!r}")
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    out = np.full(v.size, -1, dtype=np.int64)
+    known = ~np.isnan(v)
+    if not known.any():
+        return out
+    levels = np.linspace(0, 1, q + 1)
+    if edges == "pandas2.2":
+        cuts = np.percentile(v[known], levels * 100.0, method="linear")
+    else:
+        if edges == "pandas3":
+            np.putmask(levels, q * levels != np.arange(q + 1), np.nextafter(levels, 1))
+        cuts = np.quantile(v[known], levels, method="linear")
+    unique = np.unique(cuts)
+    if unique.size < cuts.size and cuts.size != 2:
+        cuts = unique
+    ids = np.searchsorted(cuts, v[known], side="left")
+    ids[v[known] == cuts[0]] = 1
+    labelled = (ids > 0) & (ids < cuts.size)
+    out[np.flatnonzero(known)[labelled]] = ids[labelled] - 1
+    return out
+
+
+@dataclass
+class FaithfulAllocation:
+    """Outcome of :func:`faithful_allocation`; every count is after the final cut to the budget."""
+
+    selected: np.ndarray
+    """Picked users (int64 indices) in the published order: first pass, second pass, top-up."""
+    first_quota: list[int]
+    """Per cluster, the first pass's ``n = min(min_per_cluster, |c|)`` (what the budget is charged)."""
+    first_pass: list[int]
+    """Per cluster, users the first pass actually kept (short groups and the budget cut make it < n)."""
+    first_bins: list[list[int]]
+    """Per cluster, users kept per variance group visited by the first pass (``[]``: none visited)."""
+    second_quota: list[int]
+    """Per cluster, the second pass's ``min(int(remaining * |c| / N), unselected)``."""
+    second_pass: list[int]
+    """Per cluster, users the second pass actually kept."""
+    second_bins: list[list[int]]
+    """Per cluster, users kept per variance group of the second pass's re-cut."""
+    n_random_topup: int = 0
+    """Users added uniformly at random to reach the budget."""
+    n_truncated: int = 0
+    """Users cut because the first pass alone exceeded the budget."""
+    budget_exceeds_users: bool = False
+    """The budget was above the number of users (the published code raises): every user is selected."""
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    """Per pass (``"first"``, ``"second"``), the number of variance groups ``G`` per cluster."""
+
+
+def _group_pick(
+    users: np.ndarray, variance: np.ndarray, n_samples: int, n_bins: int, span: float, floor: float,
+    rng: np.random.Generator, edges: str,
+) -> tuple[list[np.ndarray], int]:
+    """One cluster's variance-group picks of a pass: the chunks per visited group, and ``G``."""
+    labels = quantile_bins(variance[users], n_bins, edges)
+    n_groups = int(np.unique(labels[labels >= 0]).size)
+    weights = bin_weights(n_groups, span, floor) if n_groups > 1 else np.array([1.0])
+    quotas = (weights * n_samples).astype(int)  # floor, as the published astype(int)
+    quotas[-1] = n_samples - quotas[:-1].sum()  # remainder to the last group, whatever its size
+    chunks = []
+    for g in range(n_groups):  # groups 0..G-1, even when the labels are not contiguous
+        pool = users[labels == g]
+        chunks.append(rng.choice(pool, size=min(int(quotas[g]), pool.size), replace=False))
+    return chunks, n_groups
+
+
+def faithful_allocation(
+    labels: np.ndarray,
+    variance: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+    *,
+    n_bins: int = 5,
+    min_per_cluster: int = 50,
+    weight_span: float = 2.0,
+    weight_floor: float = 0.1,
+    qcut_edges: str = "pandas2.2",
+) -> FaithfulAllocation:
+    """Select ``budget`` users the way the published PUMA code does (see the module docstring).
+
+    ``labels``: int cluster of each user, 0..K-1 (clusters are visited in that order).
+    ``variance``: per-user label variance, NaN where unknown (:func:`published_variance`).
+    Defaults are the published ``num_variance_groups=5``, ``min_users_per_cluster=50`` and the
+    ``normal`` weights; ``qcut_edges`` names the pandas version whose ``qcut`` to follow.
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    variance = np.asarray(variance, dtype=np.float64).reshape(-1)
+    if labels.size != variance.size:
+        raise ValueError(f"faithful_allocation: {labels.size} labels but {variance.size} variances")
+    if isinstance(budget, bool) or int(budget) != budget or budget < 0:
+        raise ValueError(f"faithful_allocation: budget must be a non-negative integer, got {budget!r}")
+    if qcut_edges not in QCUT_EDGES:
+        raise ValueError(f"faithful_allocation: qcut_edges must be one of {QCUT_EDGES}, got {qcut_edges!r}")
+    budget, n = int(budget), labels.size
+    pick = {"n_bins": n_bins, "span": weight_span, "floor": weight_floor, "rng": rng, "edges": qcut_edges}
+    n_clusters = int(labels.max()) + 1 if n else 0
+    sizes = np.bincount(labels, minlength=n_clusters) if n else np.zeros(0, dtype=np.int64)
+    members = [np.flatnonzero(labels == c) for c in range(n_clusters)]
+    # Picks as (pass, cluster, group, users) chunks in the published order, cut to budget at the end.
+    chunks: list[tuple[str, int, int, np.ndarray]] = []
+    quota = {"first": [0] * n_clusters, "second": [0] * n_clusters}
+    groups = {"first": [0] * n_clusters, "second": [0] * n_clusters}
+    remaining = budget
+
+    for c in range(n_clusters):  # first pass
+        n_samples = min(min_per_cluster, int(sizes[c]))
+        if n_samples > 0:
+            picked, groups["first"][c] = _group_pick(members[c], variance, n_samples, **pick)
+            chunks += [("first", c, g, p) for g, p in enumerate(picked)]
+            quota["first"][c] = n_samples
+            remaining -= n_samples  # charged in full, even when a group came up short
+
+    if remaining > 0:  # second pass
+        taken = np.zeros(n, dtype=bool)
+        for *_, p in chunks:
+            taken[p] = True
+        for c in range(n_clusters):
+            free = members[c][~taken[members[c]]]
+            if free.size == 0:
+                continue
+            n_samples = min(int(remaining * (int(sizes[c]) / n)), int(free.size))  # published int(), not round
+            if n_samples > 0:
+                picked, groups["second"][c] = _group_pick(free, variance, n_samples, **pick)
+                chunks += [("second", c, g, p) for g, p in enumerate(picked)]
+                quota["second"][c] = n_samples
+                remaining -= n_samples  # BUG (published): later clusters share an ever-smaller rest
+
+    n_picked = sum(p.size for *_, p in chunks)
+    n_topup, exceeds = 0, budget > n
+    if n_picked < budget:  # random top-up among everyone not picked
+        pool = np.setdiff1d(np.arange(n), np.concatenate([p for *_, p in chunks]) if chunks else [])
+        n_topup = min(budget - n_picked, pool.size)  # published: sample(budget - picked) raises if > pool
+        chunks.append(("topup", -1, -1, rng.choice(pool, size=n_topup, replace=False)))
+
+    kept, left = [], budget  # the published selected_users[:budget]
+    for ch in chunks:
+        take = min(ch[3].size, left)
+        kept.append((*ch[:3], ch[3][:take]))
+        left -= take
+    n_truncated = n_picked + n_topup - sum(ch[3].size for ch in kept)
+
+    def per_cluster(pass_name: str) -> tuple[list[int], list[list[int]]]:
+        totals, bins = [0] * n_clusters, [[0] * groups[pass_name][c] for c in range(n_clusters)]
+        for name, c, g, p in kept:
+            if name == pass_name:
+                totals[c] += p.size
+                bins[c][g] = p.size
+        return totals, bins
+
+    first, first_bins = per_cluster("first")
+    second, second_bins = per_cluster("second")
+    selected = np.concatenate([p for *_, p in kept]).astype(np.int64) if kept else np.empty(0, dtype=np.int64)
+    return FaithfulAllocation(
+        selected=selected, first_quota=quota["first"], first_pass=first, first_bins=first_bins,
+        second_quota=quota["second"], second_pass=second, second_bins=second_bins,
+        n_random_topup=int(n_topup), n_truncated=int(n_truncated), budget_exceeds_users=exceeds,
+        groups=groups,
+    )
