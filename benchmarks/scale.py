@@ -1,6 +1,6 @@
 """What selection, migration, banks and ``predict`` cost as the number of users grows.
 
-    python benchmarks/scale.py [--sizes 10000,100000,1000000] [--widths 576,2048] [--rows-per-shard 65536]
+    python benchmarks/scale.py [--sizes 10000,100000,1000000] [--widths 576,2048] [--shard-mb 128]
         [--config configs/ml100k.yaml] [--predict-pairs 1000] [--skip-predict] [--skip-calibration] [--out runs/scale]
 
 For every bank size N and width d (prompt length 1) it runs each phase in a fresh process, so that
@@ -279,7 +279,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--widths", default="576,2048")
-    ap.add_argument("--rows-per-shard", type=int, default=65536)
+    ap.add_argument("--shard-mb", type=float, default=128.0, help="shard size (and migration block) in MiB of float32 prompts")
+    ap.add_argument("--rows-per-shard", type=int, default=None, help="rows per shard (overrides --shard-mb)")
     ap.add_argument("--config", default=str(ROOT / "configs" / "ml100k.yaml"))
     ap.add_argument("--predict-pairs", type=int, default=1000)
     ap.add_argument("--skip-predict", action="store_true")
@@ -295,8 +296,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def to_markdown(doc: dict[str, Any]) -> str:
     lines = [doc["machine_line"], "", "## Banks, selection and migration (measured; synthetic prompts, l = 1)", "",
-             "| users | width | write MB/s | write peak MiB | open s | fetch 1,000 s | scan rows/s | stats ratings/s | "
-             "select s | select peak MiB | migrate prompts/s | migrate peak MiB |", "|" + "---|" * 12]
+             "| users | width | shard rows | write MB/s | write peak MiB | open s | fetch 1,000 s | scan rows/s | stats ratings/s | "
+             "select s | select peak MiB | migrate prompts/s | migrate peak MiB |", "|" + "---|" * 13]
     for r in doc["banks"]:
         p = r["phases"]
 
@@ -304,7 +305,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
             value = p.get(phase, {}).get(key)
             return p[phase]["error"][:40] if "error" in p.get(phase, {}) else ("—" if value is None else fmt.format(value))
 
-        lines.append(f"| {r['users']:,} | {r['width']} | {g('write', 'MB_per_s')} | {g('write', 'peak_rss_mb', '{:.0f}')} | "
+        lines.append(f"| {r['users']:,} | {r['width']} | {r.get('rows_per_shard', '—'):,} | {g('write', 'MB_per_s')} | {g('write', 'peak_rss_mb', '{:.0f}')} | "
                      f"{g('read', 'open_s')} | {g('read', 'fetch_1000_s')} | {g('read', 'scan_rows_per_s')} | "
                      f"{g('stats', 'ratings_per_s')} | {g('select', 'select_s')} | {g('select', 'peak_rss_mb', '{:.0f}')} | "
                      f"{g('migrate', 'prompts_per_s')} | {g('migrate', 'peak_rss_mb', '{:.0f}')} |")
@@ -369,20 +370,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(line, flush=True)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     widths = [int(w) for w in args.widths.split(",")]
-    doc: dict[str, Any] = {"machine": machine_record(None), "machine_line": line, "rows_per_shard": args.rows_per_shard, "banks": []}
+    doc: dict[str, Any] = {"machine": machine_record(None), "machine_line": line, "banks": []}
     doc["baseline_rss_mb"] = run_phase("baseline", work, 1, 1, 1).get("peak_rss_mb")
     for d in widths:
         for n in sizes:
             phases: dict[str, Any] = {}
+            rows_per_shard = args.rows_per_shard or max(1, int(args.shard_mb * 2**20) // (4 * d))
             for name in PHASES[1:]:
-                phases[name] = run_phase(name, work, n, d, args.rows_per_shard)
+                phases[name] = run_phase(name, work, n, d, rows_per_shard)
                 print(f"{n:>9,} x {d:<5} {name:<8} {json.dumps(phases[name])}", flush=True)
             bank = _bank_path(work, n, d)
             if bank.is_dir() and (bank / "manifest.json").is_file():
                 import shutil
 
                 shutil.rmtree(bank)  # written by the write phase of this run
-            doc["banks"].append({"users": n, "width": d, "phases": phases})
+            doc["banks"].append({"users": n, "width": d, "rows_per_shard": rows_per_shard, "phases": phases})
     migrate_rates = [r["phases"]["migrate"].get("prompts_per_s") for r in doc["banks"] if r["width"] == min(widths)]
     doc["migrate_s_per_prompt"] = 1.0 / max([m for m in migrate_rates if m] or [float("inf")])
     from puma_lightning.cli.config_loader import load_config

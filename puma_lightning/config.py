@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 
+PREPROCESSING_MODES = ("paper", "clean")
+"""``data.preprocessing`` choices (see :mod:`puma_lightning.data.prepare`)."""
+SPLIT_METHODS = ("chronological", "official", "paper")
+"""``data.split_by`` choices (see :mod:`puma_lightning.data.prepared`)."""
+
+
 @dataclass
 class DataConfig:
     name: str = "synthetic"
@@ -49,16 +55,18 @@ class DataConfig:
     """Raw-file datasets: then drop users with fewer interactions than this (Amazon 20, Yelp 25)."""
     kcore: bool = False
     """Raw-file datasets: repeat the item and user filters until both hold (iterative k-core) instead of one pass each."""
+    preprocessing: str = "clean"
+    """Raw-file datasets: ``paper`` keeps what the authors' published scripts keep, quirks included (Amazon: every numeric rating and duplicate review, the last meta line of a repeated id; Yelp: businesses with a non-blank name, ``review_count > 0`` and non-blank categories; MIND: the published chain of filters, caps and seeded samples, see ``puma_lightning.data.raw.mind.PaperChain``), so the counts are the published ones; ``clean`` drops exact duplicates and invalid values and counts them. The manifest records the mode and the counts after every step. The shipped Amazon, Yelp and MIND configs use ``paper``."""
     max_bad_fraction: float = 0.01
-    """Raw-file datasets: malformed lines are skipped and counted; stop with an error if a file has more than this fraction (and more than ``bad_lines_allowed``)."""
+    """Raw-file datasets: malformed lines are skipped and counted; a file stops ``prepare`` with an error only when its malformed lines are more than this fraction of its lines *and* more than ``bad_lines_allowed``."""
     bad_lines_allowed: int = 10
-    """Raw-file datasets: this many malformed lines per file are always tolerated, whatever ``max_bad_fraction`` says, so a small file is not aborted over one bad line."""
+    """Raw-file datasets: the absolute minimum of the bad-line limit: this many malformed lines per file are always tolerated, whatever ``max_bad_fraction`` says, so a small file is not aborted over one bad line (the limit is ``max(max_bad_fraction * lines, bad_lines_allowed)``)."""
     history_titles: int = 5
     """MIND: at most this many history titles (sampled with the run's seed) fill the template's ``{history}``."""
     rated_history: int = 0
     """Rating datasets: fill the template's ``{history}`` with the user's latest this-many earlier *training* ratings (``"title: rating; ..."``, see ``puma_lightning.data.history``); 0: no history. Use with a template that has ``{history}`` (``item_first_history``). Every row's text then differs, so its prefix is computed per row (slower)."""
     split_by: str = "chronological"
-    """``chronological`` (per user, by time) or ``official`` (the raw files' own split: Amazon benchmark CSVs; MIND train -> train/valid, dev -> test)."""
+    """``chronological`` (per user, by time, ``valid_ratio``/``test_ratio``; a ratio of 0 gives an empty split), ``official`` (the raw files' own split: Amazon benchmark CSVs; MIND train -> train/valid, dev -> test) or ``paper`` (the published split: per user chronological 80/20 train/valid with the published rounding, no test rows; MIND: train -> train, dev -> valid). With no test rows, stages that test need ``split=valid``."""
 
 
 @dataclass

@@ -33,7 +33,8 @@ def test_manifest_reuse_and_reprepare(tmp_path):
     assert files["Movies_and_TV.jsonl"]["sha256"] == hashlib.sha256(raw.read_bytes()).hexdigest()
     assert files["Movies_and_TV.jsonl"]["size"] == raw.stat().st_size
     assert manifest["params"]["min_user_ratings"] == 5 and manifest["counts"]["users"] == 24
-    assert [s["step"] for s in manifest["steps"]] == ["meta", "read", "drop_untitled_items", "users_with_>=5", "final"]
+    assert [s["step"] for s in manifest["steps"]] == ["meta", "read", "drop_untitled_items", "drop_exact_duplicates",
+                                                         "users_with_>=5", "final"]
     assert manifest["bad_lines"]["per_file"]["Movies_and_TV.jsonl"]["bad"] == 1
     stamp = (path / "manifest.json").stat().st_mtime_ns
     prepare_dataset(cfg.data)  # reused: nothing rewritten

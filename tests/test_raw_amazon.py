@@ -76,7 +76,8 @@ def test_read_counts_and_quirks(raw):
     assert data.user_ids == ["u1", "u2", "u3", "u4"]
     assert len(data) == 9
     steps = {s["step"]: s for s in data.steps}
-    assert steps["meta"] == {"step": "meta", "meta_lines": 5, "meta_titled": 3, "meta_untitled": 2}
+    assert steps["meta"] == {"step": "meta", "meta_lines": 5, "meta_ids": 5, "meta_titled": 3, "meta_untitled": 2,
+                             "meta_repeated_ids": 0, "meta_repeats_keep": "first"}
     assert steps["read"]["rows"] == 11
     assert steps["drop_untitled_items"]["dropped_rows"] == 2
     u2 = data.arrays["user"] == 1
@@ -104,7 +105,7 @@ def test_filters_exact_counts(raw):
     data = read_amazon_reviews(raw, max_bad_fraction=0.3)
     out = apply_filters(data, params(min_item_ratings=2, min_user_ratings=2, max_rows_per_user=2))
     steps = [(s["step"], s["rows"], s["users"], s["items"]) for s in out.steps if "rows" in s and "users" in s][1:]
-    assert steps == [("items_with_>=2", 9, 4, 3), ("users_with_>=2", 8, 3, 3), ("latest_2_per_user", 6, 3, 3),
+    assert steps == [("drop_exact_duplicates", 9, 4, 3), ("items_with_>=2", 9, 4, 3), ("users_with_>=2", 8, 3, 3), ("latest_2_per_user", 6, 3, 3),
                      ("final", 6, 3, 3)]
     assert out.user_ids == ["u1", "u2", "u3"]
     u1 = out.arrays["user"] == 0

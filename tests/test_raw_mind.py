@@ -67,7 +67,8 @@ def test_read_counts_and_quirks(raw):
     read = next(s for s in data.steps if s["step"] == "read")
     assert read["impressions"] == 5 and read["unlabeled_impressions"] == 2 and read["samples_read"] == 6
     assert read["untitled_candidates"] == 1 and read["untitled_history_news"] == 1
-    assert next(s for s in data.steps if s["step"] == "news") == {"step": "news", "titled": 4, "untitled": 1}
+    assert next(s for s in data.steps if s["step"] == "news") == {"step": "news", "files": ["train/news.tsv", "test/news.tsv"],
+                                                                   "pooled": True, "titled": 4, "untitled": 1}
     rows = {(data.user_ids[u], data.item_ids[i]): (float(y), int(t)) for u, i, y, t in
             zip(data.arrays["user"], data.arrays["item"], data.arrays["label"], data.arrays["timestamp"])}
     assert rows == {("U1", "N2"): (0.0, 1573430700), ("U1", "N4"): (1.0, 1573473900), ("U1", "N1"): (1.0, 1573473900),

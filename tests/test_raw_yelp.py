@@ -54,13 +54,14 @@ def test_read_counts_and_texts(raw):
     assert data.arrays["timestamp"][0] == 1531001351  # 2018-07-07 22:09:11 UTC
     assert data.arrays["label"].tolist() == [5.0, 4.0, 1.0, 2.0, 2.0]
     steps = {s["step"]: s for s in data.steps}
-    assert steps["businesses"] == {"step": "businesses", "named": 3, "unnamed": 1}
+    assert steps["businesses"] == {"step": "businesses", "business_lines": 4, "business_ids": 4, "kept": 3, "dropped_ids": 1,
+                                   "rule": "name", "invalid_name": 1, "repeated_ids": 0, "repeats_keep": "first"}
     assert steps["read"]["rows"] == 7 and steps["drop_unknown_businesses"]["dropped_rows"] == 2
     assert data.bad["per_file"]["yelp_academic_dataset_review.json"] == {"lines": 9, "bad": 2}
     assert data.bad["examples"][1] == "yelp_academic_dataset_review.json:8: ValueError: rating 7.0 outside 1-5"
     out = apply_filters(data, prepare_params(OmegaConf.structured(DataConfig(name="yelp", min_user_ratings=2,
                                                                              max_rows_per_user=1))))
-    assert [(s["step"], s["rows"]) for s in out.steps[3:]] == [("users_with_>=2", 4), ("latest_1_per_user", 2), ("final", 2)]
+    assert [(s["step"], s["rows"]) for s in out.steps[3:]] == [("drop_exact_duplicates", 5), ("users_with_>=2", 4), ("latest_1_per_user", 2), ("final", 2)]
     assert out.item_ids == ["b2", "b4"]
 
 

@@ -34,7 +34,7 @@ def test_scale_benchmark_writes_its_tables_and_measures_every_phase(tmp_path, ca
         assert r["prefix-cache"] > 0 and r["plain"] > 0 and r["speedup"] == pytest.approx(r["plain"] / r["prefix-cache"])
     assert [r["users"] for r in doc["cost_model"]] == [600, 1500] and all(r["projection"] for r in doc["cost_model"])
     text = (tmp_path / "scale.md").read_text()
-    assert "PROJECTION" in text and "| 1,500 | 8 |" in text and (tmp_path / "scale.png").stat().st_size > 1000
+    assert "PROJECTION" in text and "| 1,500 | 8 | 500 |" in text and (tmp_path / "scale.png").stat().st_size > 1000
 
 
 def test_cost_model_is_samples_times_measured_costs():

@@ -15,10 +15,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
+from puma_lightning.errors import PumaError
+
 from .batching import BucketBatchSampler, PadCollator, ResumableDataLoader
 from .encoding import TemplateEncoder
 from .table import InteractionTable
 from .templates import NO_HISTORY, Template
+
+
+class EmptySplitError(PumaError):
+    """A stage needs rows of a split that has none (e.g. the test split of ``data.split_by=paper``)."""
 
 
 class PromptDataset(Dataset):
@@ -174,6 +180,12 @@ class PromptDataModule(L.LightningDataModule):
         return self._loader("valid", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
+        if len(self.dataset("test")) == 0:
+            split = self.table.meta.get("split", {})
+            raise EmptySplitError(
+                f"the test split is empty (data.split_by={split.get('split_by', split.get('method', '?'))}, "
+                f"test_ratio={split.get('test_ratio', '?')}): evaluate with split=valid, or split with test rows "
+                "(data.split_by=chronological and data.test_ratio > 0)")
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:

@@ -3,9 +3,14 @@
 
 Preprocessing (all counts recorded in the manifest): the reader's own drops (untitled items,
 reviews of unknown businesses, news without title, one sample per (user, news) for MIND), then
-items with ``>= min_item_ratings`` interactions, then users with ``>= min_user_ratings`` (repeated
-until stable with ``kcore``), then each user's ``max_rows_per_user`` latest interactions.
-Users and items are then re-indexed densely.
+(``data.preprocessing=clean``) exact duplicate rows, then items with ``>= min_item_ratings``
+interactions, then users with ``>= min_user_ratings`` (repeated until stable with ``kcore``), then
+each user's ``max_rows_per_user`` latest interactions. Users and items are then re-indexed densely.
+
+``data.preprocessing=paper`` keeps what the authors' published scripts keep (the readers say what
+that is per dataset; duplicates survive; at the "latest N" cut the published tie rule of the
+reader's ``rules``). The manifest records the mode, the counts after every step and ``final``:
+users, items, rows and rows per split (with the split configured at prepare time).
 
 A processed folder is reused when its manifest has the same preprocessing parameters and, if
 ``data.raw_dir`` is set, the same raw files with the same size and mtime (their sha256 is
@@ -25,6 +30,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from puma_lightning.config import PREPROCESSING_MODES
 from puma_lightning.errors import PumaError
 from puma_lightning.io.atomic import check_replaceable
 
@@ -32,6 +38,8 @@ from .processed import MANIFEST as PROCESSED_MANIFEST
 from .processed import FORMAT_VERSION, read_manifest, write_processed
 from .raw.common import FileRecord, RawData
 from .registry import get_dataset, raw_dataset_names
+from .splits import split_counts, split_table
+from .table import InteractionTable
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +57,12 @@ def prepare_params(dcfg: DictConfig) -> dict[str, Any]:
         raise PumaError(f"'data.max_bad_fraction' must be in [0, 1], got {dcfg.max_bad_fraction}")
     if dcfg.bad_lines_allowed < 0:
         raise PumaError(f"'data.bad_lines_allowed' must be >= 0, got {dcfg.bad_lines_allowed}")
+    if dcfg.preprocessing not in PREPROCESSING_MODES:
+        raise PumaError(f"'data.preprocessing' is {dcfg.preprocessing!r}; expected one of: {', '.join(PREPROCESSING_MODES)}")
     return {
         "format": FORMAT_VERSION,
         "dataset": str(dcfg.name),
+        "preprocessing": str(dcfg.preprocessing),
         "min_item_ratings": int(dcfg.min_item_ratings),
         "min_user_ratings": int(dcfg.min_user_ratings),
         "kcore": bool(dcfg.kcore),
@@ -105,11 +116,32 @@ def _counts(user: np.ndarray, item: np.ndarray) -> dict[str, int]:
     return {"rows": int(len(user)), "users": int(len(np.unique(user))), "items": int(len(np.unique(item)))}
 
 
+def exact_duplicates(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows equal to an earlier row in every per-row array (user, item, label, timestamp, ...)."""
+    n = len(arrays["user"])
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    keys = [np.asarray(arrays[k]) for k in sorted(arrays)]
+    order = np.lexsort([np.arange(n)] + keys[::-1])
+    same = np.ones(n - 1, dtype=bool)
+    for k in keys:
+        ks = k[order]
+        same &= ks[1:] == ks[:-1]
+    dup = np.zeros(n, dtype=bool)
+    dup[order[1:][same]] = True  # every member of a group but its first row (in file order)
+    return dup
+
+
 def filter_rows(data: RawData, params: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Boolean mask of the rows that survive the item/user/latest filters, and a record per step."""
     user, item, ts = data.arrays["user"], data.arrays["item"], data.arrays["timestamp"]
     keep = np.ones(len(user), dtype=bool)
     steps: list[dict[str, Any]] = []
+    paper = params.get("preprocessing") == "paper"
+    if not paper:
+        dup = exact_duplicates(data.arrays)
+        keep &= ~dup
+        steps.append({"step": "drop_exact_duplicates", "dropped_rows": int(dup.sum()), **_counts(user[keep], item[keep])})
     min_item, min_user = params["min_item_ratings"], params["min_user_ratings"]
     for round_ in range(1, 1000):
         before = int(keep.sum())
@@ -126,14 +158,17 @@ def filter_rows(data: RawData, params: dict[str, Any]) -> tuple[np.ndarray, list
     latest = params["max_rows_per_user"]
     if latest is not None:
         rows = np.flatnonzero(keep)
-        order = rows[np.lexsort((rows, ts[rows], user[rows]))]
+        # ties at the cut: the later rows win, or (the published nlargest(keep="first")) the earlier ones
+        first = paper and data.rules.get("latest_ties") == "first"
+        order = rows[np.lexsort((-rows if first else rows, ts[rows], user[rows]))]
         u = user[order]
         start = np.flatnonzero(np.append(True, u[1:] != u[:-1]))
         size = np.diff(np.append(start, len(u)))
         rank_from_end = np.repeat(start + size, size) - np.arange(len(u))  # 1 = the user's latest
         keep = np.zeros_like(keep)
         keep[order[rank_from_end <= latest]] = True
-        steps.append({"step": f"latest_{latest}_per_user", **_counts(user[keep], item[keep])})
+        steps.append({"step": f"latest_{latest}_per_user", "ties": "first rows" if first else "last rows",
+                      **_counts(user[keep], item[keep])})
     return keep, steps
 
 
@@ -183,7 +218,25 @@ def apply_filters(data: RawData, params: dict[str, Any]) -> RawData:
     item_texts = [t for t, used in zip(data.item_texts, item_used) if used]
     final = {"step": "final", **_counts(arrays["user"], arrays["item"]), "item_texts": len(item_texts)}
     return RawData(data.dataset, data.task, user_ids, item_ids, item_texts, arrays, data.files,
-                   data.steps + steps + [final], data.bad, extra)
+                   data.steps + steps + [final], data.bad, extra, data.rules)
+
+
+def final_counts(data: RawData, dcfg: DictConfig) -> dict[str, Any]:
+    """``final`` of the manifest: users, items and rows, and rows per split with ``dcfg``'s split (as configured
+    when the folder was prepared; ``max_users`` and another ``split_by`` at load time change them)."""
+    a = data.arrays
+    n = len(a["user"])
+    table = InteractionTable(a["user"].astype(np.int64), a["item"].astype(np.int64), a["label"].astype(np.float32),
+                             a["timestamp"].astype(np.int64), np.zeros(n, np.int8), data.user_ids, data.item_texts, data.task)
+    try:
+        split = split_table(table, str(dcfg.split_by), float(dcfg.valid_ratio), float(dcfg.test_ratio), a.get("origin"),
+                            data.rules.get("paper_split", "floor_train"))
+        per_split: dict[str, Any] = split_counts(split.split)
+        method = split.meta["split"]
+    except ValueError as exc:
+        per_split, method = {}, {"error": str(exc)}
+    return {"users": len(data.user_ids), "items": len(data.item_ids), "rows": n, "rows_per_split": per_split,
+            "split": {"split_by": str(dcfg.split_by), **{k: v for k, v in method.items() if k != "counts"}}}
 
 
 # -- prepare --------------------------------------------------------------------------------------
@@ -204,6 +257,9 @@ def prepare_dataset(dcfg: DictConfig, seed: int = 0, force: bool = False) -> Pat
     log.info("preparing %s from %s into %s (%s)", dcfg.name, dcfg.raw_dir, path, reason)
     start = time.perf_counter()
     raw = _read_raw(dcfg)
+    if len(raw) == 0:
+        raise PumaError(f"{dcfg.name}: the raw files hold no usable interactions ({json.dumps(raw.steps[-2:])}); "
+                        f"are they the right files? ({', '.join(Path(f.path).name for f in raw.files)})")
     data = apply_filters(raw, params)
     if len(data) == 0:
         raise PumaError(f"{dcfg.name}: no interactions left after the filters ({json.dumps(data.steps[-3:])}); "
@@ -212,7 +268,10 @@ def prepare_dataset(dcfg: DictConfig, seed: int = 0, force: bool = False) -> Pat
         "format": FORMAT_VERSION,
         "dataset": dcfg.name,
         "task": data.task,
+        "preprocessing": params["preprocessing"],
         "params": params,
+        "rules": data.rules,
+        "final": final_counts(data, dcfg),
         "raw_dir": str(Path(dcfg.raw_dir).expanduser().resolve()),
         "files": [f.to_dict() for f in data.files],
         "steps": data.steps,

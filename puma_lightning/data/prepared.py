@@ -1,8 +1,10 @@
 """A processed raw-file dataset loaded back as a split :class:`InteractionTable` (preparing it first when needed).
 
-The user subset (``max_users``), the split (chronological, or the raw files' own with
-``split_by=official``) and MIND's sampled history titles depend on the run's seed, so they are
-applied here, at load time, never stored.
+The user subset (``max_users``), the split (chronological, the raw files' own with
+``split_by=official``, or the published one with ``split_by=paper``) and MIND's sampled history
+titles depend on the run's settings, so they are applied here, at load time, never stored (with
+``data.preprocessing=paper`` MIND's history titles were sampled by the published chain itself and
+are stored per row).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from puma_lightning.config import SPLIT_METHODS
 from puma_lightning.errors import PumaError
 
 from .prepare import prepare_dataset
 from .processed import read_processed
 from .raw.common import RawData
 from .registry import get_dataset
-from .splits import chronological_split, limit_users
+from .splits import limit_users, split_table
 from .table import SPLIT_NAMES, InteractionTable
 from .templates import NO_HISTORY
 
@@ -40,19 +43,16 @@ def history_texts(data: RawData, n_titles: int, seed: int) -> list[str]:
     return out
 
 
-def _official_split(table: InteractionTable, origin: np.ndarray, dcfg: DictConfig) -> np.ndarray:
-    """Split codes from the raw files' own split; rows marked train are split into train/valid by time
-    when the files have no valid part."""
-    if (origin < 0).any():
-        raise PumaError(f"data.split_by=official: {table.meta['name']} has rows without an official split "
-                        "(MIND needs train/ and dev/ folders, Amazon the benchmark CSVs)")
-    split = origin.astype(np.int8).copy()
-    if not (origin == SPLIT_NAMES["valid"]).any():
-        rows = np.flatnonzero(origin == SPLIT_NAMES["train"])
-        sub = InteractionTable(table.user[rows], table.item[rows], table.label[rows], table.timestamp[rows],
-                               np.zeros(len(rows), np.int8), table.user_ids, table.item_texts, table.task)
-        split[rows] = chronological_split(sub, valid_ratio=dcfg.valid_ratio, test_ratio=0.0, min_eval=0).split
-    return split
+def apply_split(table: InteractionTable, dcfg: DictConfig, origin: np.ndarray | None, rules: dict[str, str]) -> InteractionTable:
+    """``data.split_by`` on a loaded table (``rules``: the processed manifest's published rules), ``row_text`` kept."""
+    row_text = table.row_text
+    try:
+        out = split_table(table, str(dcfg.split_by), float(dcfg.valid_ratio), float(dcfg.test_ratio), origin,
+                          rules.get("paper_split", "floor_train"))
+    except ValueError as exc:
+        raise PumaError(f"data.split_by={dcfg.split_by}: {table.meta.get('name')}: {exc}") from None
+    out.row_text = row_text
+    return out
 
 
 def _subset_users(table: InteractionTable, max_users: int | None, seed: int) -> InteractionTable:
@@ -87,8 +87,8 @@ def _check(dcfg: DictConfig) -> None:
     task = get_dataset(str(dcfg.name)).task
     if dcfg.task != task:
         raise PumaError(f"'data.task' must be {task!r} for {dcfg.name}, got {dcfg.task!r}")
-    if dcfg.split_by not in ("chronological", "official"):
-        raise PumaError(f"'data.split_by' is {dcfg.split_by!r}; expected one of: chronological, official")
+    if dcfg.split_by not in SPLIT_METHODS:
+        raise PumaError(f"'data.split_by' is {dcfg.split_by!r}; expected one of: {', '.join(SPLIT_METHODS)}")
     if dcfg.history_titles < 0:
         raise PumaError(f"'data.history_titles' must be >= 0, got {dcfg.history_titles}")
 
@@ -107,16 +107,12 @@ def load_prepared(dcfg: DictConfig, seed: int = 0) -> InteractionTable:
         texts = history_texts(data, dcfg.history_titles, seed)
         table.row_text = [texts[h] for h in data.arrays["history"]]
         table.meta["history_titles"] = int(dcfg.history_titles)
-    if dcfg.split_by == "official":
-        table.split = _official_split(table, data.arrays.get("origin", np.full(len(table), -1)), dcfg)
-        table.meta["split"] = {"method": "official", "valid_ratio": float(dcfg.valid_ratio),
-                               "counts": {k: int((table.split == c).sum()) for k, c in SPLIT_NAMES.items()}}
+    if dcfg.split_by in ("official", "paper"):  # the split comes with the rows: take it before the user subset
+        table = apply_split(table, dcfg, data.arrays.get("origin"), manifest.get("rules", {}))
         table = _subset_users(table, dcfg.max_users, seed)
     else:
         table = _subset_users(table, dcfg.max_users, seed)
-        row_text = table.row_text
-        table = chronological_split(table, valid_ratio=dcfg.valid_ratio, test_ratio=dcfg.test_ratio)
-        table.row_text = row_text
+        table = apply_split(table, dcfg, None, manifest.get("rules", {}))
     table.meta["counts"] = {"users": table.n_users, "items": table.n_items, "rows": len(table)}
     return table
 

@@ -75,5 +75,6 @@ def read_processed(path: str | Path) -> tuple[RawData, dict[str, Any]]:
         steps=manifest.get("steps", []),
         bad=manifest.get("bad_lines", {}),
         extra=extra,
+        rules=manifest.get("rules", {}),
     )
     return data, manifest

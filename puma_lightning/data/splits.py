@@ -44,8 +44,9 @@ def chronological_split(
 
     Rows are ordered per user by (timestamp, original row order), so ties keep the input order.
     A user with ``n >= 3`` rows gets ``max(min_eval, round(n * ratio))`` test and valid rows, capped
-    so that at least one training row remains (valid shrinks first, each keeps >= 1 while possible).
-    Users with fewer than 3 rows are all train. Valid and test never overlap.
+    so that at least one training row remains (valid shrinks first, each keeps >= 1 while possible);
+    a ratio of 0 gives that split no rows at all. Users with fewer than 3 rows are all train. Valid
+    and test never overlap.
     """
     if not (0.0 <= valid_ratio < 1.0 and 0.0 <= test_ratio < 1.0 and valid_ratio + test_ratio < 1.0):
         raise ValueError(f"need 0 <= valid_ratio, test_ratio and their sum < 1; got {valid_ratio}, {test_ratio}")
@@ -54,8 +55,9 @@ def chronological_split(
     order, rank, count = _user_order(table)
 
     eligible = count >= 3
-    n_test = np.maximum(min_eval, np.floor(count * test_ratio + 0.5)).astype(np.int64)
-    n_valid = np.maximum(min_eval, np.floor(count * valid_ratio + 0.5)).astype(np.int64)
+    # a ratio of 0 asks for no rows at all: min_eval applies only to a split that is asked for
+    n_test = np.maximum(min_eval if test_ratio > 0 else 0, np.floor(count * test_ratio + 0.5)).astype(np.int64)
+    n_valid = np.maximum(min_eval if valid_ratio > 0 else 0, np.floor(count * valid_ratio + 0.5)).astype(np.int64)
     # Leave at least one training row: trim valid first (to >= 1 when it asked for any), then test.
     room = np.maximum(count - 1, 0)
     n_test = np.minimum(n_test, np.maximum(room - np.minimum(n_valid, 1), 0))
@@ -71,7 +73,7 @@ def chronological_split(
     split = np.empty(len(order), dtype=np.int8)
     split[order] = sorted_split
 
-    counts = {name: int((split == code).sum()) for name, code in SPLIT_NAMES.items()}
+    counts = split_counts(split)
     record = {
         "method": "chronological_per_user",
         "order": "timestamp, then original row order",
@@ -83,6 +85,77 @@ def chronological_split(
         "counts": counts,
     }
     return with_arrays(table, {"split": record}, split=split)
+
+
+def split_counts(split: np.ndarray) -> dict[str, int]:
+    """Rows per split name."""
+    return {name: int((np.asarray(split) == code).sum()) for name, code in SPLIT_NAMES.items()}
+
+
+PAPER_VALID_RATIO = 0.2
+"""The published split: the latest 20 % of each user's rows are valid, the rest train, no test."""
+PAPER_RULES = {
+    "floor_train": "train = int(n * (1 - 0.2)), valid = the rest (build_dataset_amazon.ipynb)",
+    "floor_valid_min1": "valid = max(1, int(n * 0.2)), train = the rest (build_dataset_yelp.ipynb)",
+    "official": "the rows' own split: train -> train, dev -> valid (build_dataset_mind.ipynb)",
+}
+
+
+def paper_split(table: InteractionTable, rule: str = "floor_train", origin: np.ndarray | None = None) -> InteractionTable:
+    """The published split: per user chronological train/valid (80/20 with the published rounding, see
+    :data:`PAPER_RULES`), no test rows; ``official`` takes each row's ``origin`` (0 train, else valid).
+
+    Rows are ordered per user by (timestamp, original row order). The published notebooks sort with
+    pandas' default (unstable) quicksort, so which of several rows with the *same* timestamp falls on
+    each side of the cut is not reproducible; the number of rows on each side is."""
+    if rule not in PAPER_RULES:
+        raise ValueError(f"unknown paper split rule {rule!r}; expected one of {', '.join(PAPER_RULES)}")
+    if rule == "official":
+        if origin is None or (np.asarray(origin) < 0).any():
+            raise ValueError("the 'official' paper split needs every row's origin (MIND train/ and dev/ folders)")
+        split = np.where(np.asarray(origin) == TRAIN, TRAIN, VALID).astype(np.int8)
+    else:
+        order, rank, count = _user_order(table)
+        n = count.astype(np.int64)
+        if rule == "floor_train":  # int(n * (1 - 0.2)) exactly as Python computes it
+            n_train = np.array([int(k * (1 - PAPER_VALID_RATIO)) for k in n.tolist()], dtype=np.int64)
+        else:
+            n_train = n - np.array([max(1, int(k * PAPER_VALID_RATIO)) for k in n.tolist()], dtype=np.int64)
+        sorted_user = np.asarray(table.user)[order]
+        sorted_split = np.where(rank < n_train[sorted_user], TRAIN, VALID).astype(np.int8)
+        split = np.empty(len(order), dtype=np.int8)
+        split[order] = sorted_split
+    record = {"method": "paper", "rule": rule, "description": PAPER_RULES[rule], "valid_ratio": PAPER_VALID_RATIO,
+              "test_ratio": 0.0, "counts": split_counts(split)}
+    return with_arrays(table, {"split": record}, split=split)
+
+
+def official_split(table: InteractionTable, origin: np.ndarray, valid_ratio: float) -> InteractionTable:
+    """The raw files' own split (``origin``: 0 train, 1 valid, 2 test); when they have no valid part, the
+    rows marked train are split into train/valid by time (``valid_ratio``, no test)."""
+    origin = np.asarray(origin)
+    if (origin < 0).any():
+        raise ValueError("rows without an official split (MIND needs train/ and dev/ folders, Amazon the benchmark CSVs)")
+    split = origin.astype(np.int8).copy()
+    if not (origin == VALID).any():
+        rows = np.flatnonzero(origin == TRAIN)
+        sub = InteractionTable(table.user[rows], table.item[rows], table.label[rows], table.timestamp[rows],
+                               np.zeros(len(rows), np.int8), table.user_ids, table.item_texts, table.task)
+        split[rows] = chronological_split(sub, valid_ratio=valid_ratio, test_ratio=0.0, min_eval=0).split
+    record = {"method": "official", "valid_ratio": float(valid_ratio), "counts": split_counts(split)}
+    return with_arrays(table, {"split": record}, split=split)
+
+
+def split_table(table: InteractionTable, split_by: str, valid_ratio: float, test_ratio: float,
+                origin: np.ndarray | None = None, paper_rule: str = "floor_train") -> InteractionTable:
+    """``data.split_by``: ``chronological`` (ratios), ``official`` (``origin``) or ``paper`` (``paper_rule``)."""
+    if split_by == "chronological":
+        return chronological_split(table, valid_ratio=valid_ratio, test_ratio=test_ratio)
+    if split_by == "official":
+        return official_split(table, np.full(len(table), -1) if origin is None else origin, valid_ratio)
+    if split_by == "paper":
+        return paper_split(table, paper_rule, origin)
+    raise ValueError(f"unknown split {split_by!r}; expected chronological, official or paper")
 
 
 def limit_users(

@@ -1,9 +1,20 @@
 """Amazon Reviews 2023, Movies_and_TV: the review and meta JSON Lines files (plain or gzip), or the
 official benchmark CSVs (``user_id,parent_asin,rating,timestamp,history``) plus the meta file.
 
-Item text is the meta ``title`` (whitespace collapsed). Items without a usable title (no meta
-line, null/empty title) are dropped and counted. Timestamps are milliseconds in these files and
-are stored as whole seconds (a value below 1e11 is taken as seconds already).
+Two modes (``data.preprocessing``):
+
+- ``clean``: item text is the meta ``title`` (whitespace collapsed); items without a usable title
+  (no meta line, null/empty/punctuation-only title) are dropped and counted; a ``parent_asin``
+  repeated in the meta file keeps its first line (the repeats are counted); ratings outside 1..5 are
+  malformed lines; timestamps are stored as whole seconds (a value below 1e11 is taken as seconds
+  already). Exact duplicate reviews are dropped (and counted) by ``prepare``.
+- ``paper``: what the authors' published notebook keeps: the title map is built with the *last*
+  meta line of a repeated ``parent_asin`` (``set_index(...).to_dict()``; repeats counted), a title is
+  usable unless it is null or exactly ``""`` (whitespace-only titles survive) and is kept verbatim,
+  every numeric rating survives (0.0 included) and so does every duplicate review; timestamps stay
+  in milliseconds, the unit the published "latest 85" ordering used.
+
+Lines that do not parse are malformed in both modes (the published notebook would stop on them).
 """
 
 from __future__ import annotations
@@ -13,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import Dataset, RawFormat, register_dataset
-from .common import (BadLines, Columns, FileRecord, IdMap, RawData, find_file, open_lines, parse_rating, read_json_ratings,
-                     require_dir)
+from .common import (BadLines, Columns, FileRecord, IdMap, RawData, find_file, open_lines, parse_any_rating, parse_rating,
+                     read_json_ratings, require_dir)
 
 CATEGORY = "Movies_and_TV"
 REVIEW_NAMES = (f"{CATEGORY}.jsonl", f"{CATEGORY}.jsonl.gz")
@@ -31,21 +42,38 @@ def clean_title(value: Any) -> str | None:
     return title if any(ch.isalnum() for ch in title) else None
 
 
+def paper_title(value: Any) -> str | None:
+    """``paper`` mode: the title as published keeps it (dropped only when null/NaN or exactly ``""``)."""
+    if value is None or (isinstance(value, float) and value != value) or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
 def to_seconds(value: Any) -> int:
     """Epoch seconds from a millisecond (or, below 1e11, second) timestamp; ValueError if invalid."""
+    ts = to_raw_time(value)
+    return ts // 1000 if ts >= 100_000_000_000 else ts
+
+
+def to_raw_time(value: Any) -> int:
+    """The timestamp as the file has it (milliseconds in Amazon Reviews 2023); ValueError if invalid."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"bad timestamp {value!r}")
     ts = int(float(value)) if isinstance(value, str) else int(value)
     if ts < 0:
         raise ValueError(f"negative timestamp {value!r}")
-    return ts // 1000 if ts >= 100_000_000_000 else ts
+    return ts
 
 
-def read_meta_titles(path: Path, bad: BadLines) -> tuple[dict[str, str], FileRecord, dict[str, int]]:
-    """``parent_asin -> title`` for meta lines with a usable title, the file record and counts."""
+def read_meta_titles(path: Path, bad: BadLines, paper: bool = False) -> tuple[dict[str, str], FileRecord, dict[str, Any]]:
+    """``parent_asin -> title`` for meta lines with a usable title, the file record and counts.
+
+    A ``parent_asin`` on several lines: ``clean`` keeps the first line, ``paper`` the last (as
+    ``set_index("parent_asin")["title"].to_dict()`` does, even when the last one has no title); the
+    repeats are counted either way."""
     record = FileRecord.stat(path)
-    titles: dict[str, str] = {}
-    untitled = 0
+    raw_titles: dict[str, str | None] = {}
+    repeats = 0
     for lineno, line in open_lines(path, record, bad):
         try:
             obj = json.loads(line)
@@ -55,39 +83,56 @@ def read_meta_titles(path: Path, bad: BadLines) -> tuple[dict[str, str], FileRec
         except (ValueError, KeyError, TypeError) as exc:
             bad.bad(lineno, f"{type(exc).__name__}: {str(exc)[:80]}")
             continue
-        title = clean_title(obj.get("title"))
-        if title is None:
-            untitled += 1
-        else:
-            titles[asin] = title
-    return titles, record, {"meta_lines": record.lines - record.bad_lines, "meta_titled": len(titles), "meta_untitled": untitled}
+        if asin in raw_titles:
+            repeats += 1
+            if not paper:
+                continue
+        raw_titles[asin] = (paper_title if paper else clean_title)(obj.get("title"))
+    titles = {asin: title for asin, title in raw_titles.items() if title is not None}
+    counts = {"meta_lines": record.lines - record.bad_lines, "meta_ids": len(raw_titles), "meta_titled": len(titles),
+              "meta_untitled": len(raw_titles) - len(titles), "meta_repeated_ids": repeats,
+              "meta_repeats_keep": "last" if paper else "first"}
+    return titles, record, counts
 
 
 def _finish(dataset: str, cols: Columns, users: IdMap, items: IdMap, titles: dict[str, str], files: list[FileRecord],
-            bad: BadLines, read: int, no_title: int, meta_counts: dict[str, int]) -> RawData:
+            bad: BadLines, read: int, no_title: int, meta_counts: dict[str, Any], paper: bool) -> RawData:
     arrays = cols.to_numpy()
     steps = [
         {"step": "meta", **meta_counts},
-        {"step": "read", "rows": read},
+        {"step": "read", "rows": read, "rating_rule": "any number" if paper else "1..5",
+         "timestamp_unit": "ms" if paper else "s"},
         {"step": "drop_untitled_items", "rows": len(cols), "dropped_rows": no_title, "users": len(users), "items": len(items)},
     ]
-    return RawData(dataset, "rating", users.ids, items.ids, [titles[i] for i in items.ids], arrays, files, steps, bad.summary())
+    rules = {"latest_ties": "first", "paper_split": "floor_train"} if paper else {"paper_split": "floor_train"}
+    return RawData(dataset, "rating", users.ids, items.ids, [titles[i] for i in items.ids], arrays, files, steps, bad.summary(),
+                   rules=rules)
 
 
-def read_amazon_reviews(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, bad_lines_allowed: int = 0) -> RawData:
+def read_amazon_reviews(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, bad_lines_allowed: int = 0,
+                        preprocessing: str = "clean") -> RawData:
     """Stream ``Movies_and_TV.jsonl[.gz]`` joined with the titles of ``meta_Movies_and_TV.jsonl[.gz]``."""
     folder = require_dir(raw_dir, "amazon-movies", f"{' or '.join(REVIEW_NAMES)} and {' or '.join(META_NAMES)}")
     meta_path = find_file(folder, META_NAMES, "amazon-movies meta")
     review_path = find_file(folder, REVIEW_NAMES, "amazon-movies reviews")
+    paper = _is_paper(preprocessing)
     bad = BadLines(max_bad_fraction, allowed=bad_lines_allowed)
-    titles, meta_record, meta_counts = read_meta_titles(meta_path, bad)
+    titles, meta_record, meta_counts = read_meta_titles(meta_path, bad, paper)
     record = FileRecord.stat(review_path)
     users, items, cols, read, no_title = read_json_ratings(
-        review_path, record, bad, ("user_id", "parent_asin", "rating", "timestamp"), to_seconds, titles)
-    return _finish("amazon-movies", cols, users, items, titles, [meta_record, record], bad, read, no_title, meta_counts)
+        review_path, record, bad, ("user_id", "parent_asin", "rating", "timestamp"), to_raw_time if paper else to_seconds,
+        titles, parse_any_rating if paper else parse_rating)
+    return _finish("amazon-movies", cols, users, items, titles, [meta_record, record], bad, read, no_title, meta_counts, paper)
 
 
-def read_amazon_csv(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, bad_lines_allowed: int = 0) -> RawData:
+def _is_paper(preprocessing: str) -> bool:
+    if preprocessing not in ("paper", "clean"):
+        raise ValueError(f"preprocessing must be 'paper' or 'clean', got {preprocessing!r}")
+    return preprocessing == "paper"
+
+
+def read_amazon_csv(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, bad_lines_allowed: int = 0,
+                    preprocessing: str = "clean") -> RawData:
     """Read the official benchmark CSVs ``Movies_and_TV.{train,valid,test}.csv`` (train required) and
     the meta titles; ``origin`` keeps each row's official split. The ``history`` column is ignored
     (it is implied by the rows themselves)."""
@@ -95,8 +140,10 @@ def read_amazon_csv(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, 
     folder = require_dir(raw_dir, "amazon-movies-csv", f"{', '.join(names)} and {' or '.join(META_NAMES)}")
     meta_path = find_file(folder, META_NAMES, "amazon-movies-csv meta")
     find_file(folder, (names[0],), "amazon-movies-csv")
+    paper = _is_paper(preprocessing)
     bad = BadLines(max_bad_fraction, allowed=bad_lines_allowed)
-    titles, meta_record, meta_counts = read_meta_titles(meta_path, bad)
+    titles, meta_record, meta_counts = read_meta_titles(meta_path, bad, paper)
+    rating_parser, time_parser = (parse_any_rating, to_raw_time) if paper else (parse_rating, to_seconds)
     files = [meta_record]
     users, items = IdMap(), IdMap()
     cols = Columns(user="i", item="i", label="f", timestamp="q", origin="b")
@@ -118,8 +165,8 @@ def read_amazon_csv(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, 
                 user, asin = fields[0], fields[1]
                 if not user or not asin:
                     raise ValueError("empty user_id or parent_asin")
-                rating = parse_rating(fields[2])
-                ts = to_seconds(fields[3])
+                rating = rating_parser(fields[2])
+                ts = time_parser(fields[3])
             except (ValueError, UnicodeDecodeError) as exc:
                 bad.bad(lineno, f"{type(exc).__name__}: {str(exc)[:80]}")
                 continue
@@ -128,7 +175,7 @@ def read_amazon_csv(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, 
                 no_title += 1
                 continue
             cols.append(user=users.get(user), item=items.get(asin), label=rating, timestamp=ts, origin=code)
-    return _finish("amazon-movies-csv", cols, users, items, titles, files, bad, read, no_title, meta_counts)
+    return _finish("amazon-movies-csv", cols, users, items, titles, files, bad, read, no_title, meta_counts, paper)
 
 
 def raw_files(raw_dir: str | Path, csv: bool = False) -> list[Path]:
@@ -142,8 +189,10 @@ def raw_files(raw_dir: str | Path, csv: bool = False) -> list[Path]:
 
 register_dataset(Dataset("amazon-movies", "rating", "Amazon Reviews 2023 Movies_and_TV reviews + metadata (JSON Lines)", "movie_tv",
                          raw=RawFormat(lambda d: raw_files(d.raw_dir),
-                                       lambda d: read_amazon_reviews(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed))))
+                                       lambda d: read_amazon_reviews(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed,
+                                                                     d.preprocessing))))
 register_dataset(Dataset("amazon-movies-csv", "rating", "Amazon Reviews 2023 Movies_and_TV benchmark CSV splits + metadata",
                          "movie_tv",
                          raw=RawFormat(lambda d: raw_files(d.raw_dir, csv=True),
-                                       lambda d: read_amazon_csv(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed))))
+                                       lambda d: read_amazon_csv(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed,
+                                                                 d.preprocessing))))

@@ -12,7 +12,9 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
+import zlib
 from array import array
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +30,10 @@ MAX_REPORTED = 5
 """How many bad lines are reported by file and line number (the rest are only counted)."""
 EARLY_STOP_LINES = 1000
 """If every one of the first this-many lines of a file is bad, stop at once (wrong file)."""
+
+
+class RawFileError(PumaError):
+    """A raw file that cannot be used at all (empty, truncated, not the format it should be); the message names it."""
 
 
 @dataclass
@@ -152,26 +158,35 @@ def open_lines(path: Path, record: FileRecord, bad: BadLines, name: str | None =
     """
     name = name or path.name
     bad.start(path, name)
+    if path.stat().st_size == 0:
+        raise RawFileError(f"{name}: the file is empty (0 bytes); is the download complete?")
     raw = _HashingReader(open(path, "rb"))
     buffered = io.BufferedReader(raw, buffer_size=1 << 20)
     stream: Any = gzip.GzipFile(fileobj=buffered, mode="rb") if buffered.peek(2)[:2] == GZIP_MAGIC else buffered
     if stream is not buffered:
         stream = io.BufferedReader(stream, buffer_size=1 << 20)
+    gz = stream is not buffered
+    nonblank = 0
     try:
         for lineno, line in enumerate(stream, 1):
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue
+            nonblank += 1
             bad.line()
             yield lineno, line
         # drain anything left (gzip trailer) so the hash covers the whole file
         while buffered.read(1 << 20):
             pass
-    except (OSError, EOFError) as exc:
-        raise PumaError(f"{path.name}: cannot be read to the end ({exc}); is the download complete?") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        what = "gzip stream" if gz else "file"
+        raise RawFileError(f"{name}: the {what} cannot be read to the end ({' '.join(str(exc).split())}); "
+                           "is the download complete?") from None
     finally:
         stream.close()
         buffered.close()
+    if nonblank == 0:
+        raise RawFileError(f"{name}: {'the gzip stream holds' if gz else 'the file holds'} no lines; is the download complete?")
     record.sha256 = raw.hash.hexdigest()
     counts = bad.per_file[name]
     record.lines, record.bad_lines = counts["lines"], counts["bad"]
@@ -218,6 +233,11 @@ class RawData:
     bad: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     """Arrays that are not per row (``history_offsets``, ``history_items``) and ``unlabeled_*`` rows."""
+    rules: dict[str, str] = field(default_factory=dict)
+    """How the published scripts did what ``prepare``/the split redo: ``latest_ties`` (``first``: the earlier
+    rows win ties at the "latest N" cut, as ``nlargest(keep="first")``; default ``last``) and ``paper_split``
+    (``floor_train``: ``int(n * 0.8)`` train rows; ``floor_valid_min1``: ``max(1, int(n * 0.2))`` valid rows;
+    ``official``: the rows' ``origin``). Recorded in the manifest."""
 
     def __len__(self) -> int:
         return len(self.arrays["user"])
@@ -249,17 +269,31 @@ def parse_rating(value: Any) -> float:
     return rating
 
 
+def parse_any_rating(value: Any) -> float:
+    """Any finite number as a rating (``paper`` mode: the published scripts keep 0.0 and other out-of-range
+    values); ValueError for what is not a number (they would carry a NaN or stop)."""
+    if value is None or isinstance(value, bool):
+        raise ValueError(f"rating {value!r} is not a number")
+    rating = float(value)
+    if not math.isfinite(rating):
+        raise ValueError(f"rating {value!r} is not finite")
+    return rating
+
+
 def file_size_text(path: Path) -> str:
     return f"{os.path.getsize(path) / 1e6:.1f} MB"
 
 
 def read_json_ratings(path: Path, record: "FileRecord", bad: "BadLines", keys: tuple[str, str, str, str],
-                      parse_time: Callable[[Any], int], known: Container[str]) -> tuple["IdMap", "IdMap", "Columns", int, int]:
+                      parse_time: Callable[[Any], int], known: Container[str],
+                      rating_parser: Callable[[Any], float] = parse_rating) -> tuple["IdMap", "IdMap", "Columns", int, int]:
     """Stream a JSON Lines review file into (user, item, rating, time) columns.
 
     ``keys`` names the user, item, rating and time fields. Malformed lines are counted in ``bad``;
     rows whose item is not in ``known`` (no usable item text) are dropped and counted. Returns the
     user and item id maps, the columns, the rows read and the rows dropped for an unknown item.
+    ``rating_parser`` decides which ratings are valid (:func:`parse_rating`: 1..5; :func:`parse_any_rating`:
+    any number, as the published scripts).
     """
     user_key, item_key, rating_key, time_key = keys
     users, items = IdMap(), IdMap()
@@ -271,7 +305,7 @@ def read_json_ratings(path: Path, record: "FileRecord", bad: "BadLines", keys: t
             user, item = obj[user_key], obj[item_key]
             if not (isinstance(user, str) and user and isinstance(item, str) and item):
                 raise ValueError(f"{user_key} or {item_key} missing")
-            rating = parse_rating(obj[rating_key])
+            rating = rating_parser(obj[rating_key])
             ts = parse_time(obj[time_key])
         except (ValueError, KeyError, TypeError) as exc:
             bad.bad(lineno, f"{type(exc).__name__}: {str(exc)[:80]}")
