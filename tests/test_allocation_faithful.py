@@ -8,10 +8,10 @@ compared with :func:`puma_lightning.selection.faithful.faithful_allocation`: per
 per pass, the random top-up and the final cut. Random *users* differ (pandas' ``sample`` against a
 numpy Generator); counts must not.
 
-Two transcriptions: ``published_numpy`` (always runs: pandas is not a dependency of the project
-and not in its venv; ``qcut`` is re-implemented below from the pandas 2.2 source and pinned to
-outputs observed with pandas 2.2.3 and 3.1.1) and ``published_pandas`` (the code nearly verbatim;
-runs only where pandas is importable, against the package told to follow that pandas' ``qcut``).
+Two transcriptions: ``published_numpy`` (plain loops; ``qcut`` re-implemented below from the pandas
+2.2 source and pinned to outputs observed with pandas 2.2.3 and 3.1.1) and ``published_pandas`` (the
+code nearly verbatim, on the test dependency pandas, against the package told to follow that
+pandas' ``qcut``). The package itself does not need pandas.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ import pytest
 from puma_lightning.selection import SelectionContext, select_users
 from puma_lightning.selection.faithful import faithful_allocation, published_variance, quantile_bins
 
-try:
-    import pandas as pd
-except ImportError:  # pragma: no cover - the project's venv has no pandas
-    pd = None
+import pandas as pd  # a test dependency (setup.cfg [test]): missing is a failure, not a skip
 
 
 def _edges_of(version: str) -> str:
@@ -37,7 +34,7 @@ def _edges_of(version: str) -> str:
     return "pandas3" if major >= 3 else "pandas2.2" if minor >= 2 else "pandas2.0"
 
 
-PANDAS_EDGES = None if pd is None else _edges_of(pd.__version__)
+PANDAS_EDGES = _edges_of(pd.__version__)
 
 
 # --------------------------------------------------------------------------- transcriptions
@@ -255,7 +252,7 @@ def published_pandas(variance, clusters, num_users_to_select, num_clusters=None,
     return selected_users
 
 
-TRANSCRIPTIONS = [published_numpy] + ([published_pandas] if pd is not None else [])
+TRANSCRIPTIONS = [published_numpy, published_pandas]
 
 
 def _too_many(n: int, available: int) -> None:
@@ -265,7 +262,7 @@ def _too_many(n: int, available: int) -> None:
 
 def lowest_ids(ids_or_df, n):
     """Deterministic draw for the transcriptions: the ``n`` lowest user ids (raises like ``sample``)."""
-    if pd is not None and isinstance(ids_or_df, pd.DataFrame):
+    if isinstance(ids_or_df, pd.DataFrame):
         _too_many(n, len(ids_or_df))
         return ids_or_df.sort_values("UserID").iloc[:n]
     _too_many(n, len(ids_or_df))
