@@ -226,6 +226,31 @@ def test_nan_in_a_prompt_bank_stops_training_with_one_line(tmp_path, capsys, mon
     assert not (tmp_path / "source" / "stage.json").exists() and not (tmp_path / "source" / "bank").exists()
 
 
+@pytest.mark.parametrize("override,key", [("data.max_users=-5", "data.max_users"), ("data.max_users=0", "data.max_users"),
+                                          ("top_k=0", "top_k"), ("rows_per_shard=0", "rows_per_shard")])
+def test_bad_values_are_one_line_errors_before_anything_is_written(override, key, tmp_path, capsys):
+    code = main(["fit", "--config", str(ROOT / "configs" / "smoke.yaml"), f"run_dir={tmp_path / 'run'}", override])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and f"'{key}'" in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_command_leaves_the_run_directory_as_it_was(tmp_path, capsys):
+    args = ["predict", "--config", str(ROOT / "configs" / "smoke.yaml"), f"bank={tmp_path / 'no-bank'}",
+            f"pairs={tmp_path / 'no-pairs.csv'}", f"out={tmp_path / 'out.csv'}"]
+    assert main([*args, f"run_dir={tmp_path / 'new' / 'run'}"]) == 2  # fails after the run directory was made
+    assert "pairs file not found" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # the folders made for it are gone again
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.yaml").write_text("mine: 1\n")
+    (run / "notes.txt").write_text("kept")
+    assert main([*args, f"run_dir={run}"]) == 2
+    assert (run / "config.yaml").read_text() == "mine: 1\n"  # the earlier config, not the failed command's
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "notes.txt"]
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_report_case_count():
     """Prints how many fuzz cases ran (see the report)."""
     total = sum(COUNTS.values())

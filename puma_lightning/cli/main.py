@@ -172,11 +172,11 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
         return 0
     setup_runtime(cfg)
     from puma_lightning.io.lock import RunLock
-    from puma_lightning.pipeline.run_dir import RunDir
+    from puma_lightning.pipeline.run_dir import RunDir, as_it_was_on_failure
 
     run_dir = RunDir.of(cfg).path
 
-    with RunLock(run_dir, command=" ".join([command, *overrides])):
+    with as_it_was_on_failure(run_dir), RunLock(run_dir, command=" ".join([command, *overrides])):
         return _run_locked(command, cfg, run_dir)
 
 

@@ -9,12 +9,14 @@ directories of their own inside this one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from puma_lightning.io.atomic import atomic_write_text
+from puma_lightning.io.atomic import atomic_write_bytes, atomic_write_text
 from puma_lightning.pipeline.distributed import on_rank_zero
 
 log = logging.getLogger(__name__)
@@ -64,3 +66,29 @@ class RunDir:
         record = {"key": key, **record}
         on_rank_zero(lambda: atomic_write_text(self.stage(name) / RECORD_FILE, json.dumps(record, indent=1)))
         return record
+
+
+@contextlib.contextmanager
+def as_it_was_on_failure(path: str | Path, files: Sequence[str] = ("config.yaml",)) -> Iterator[None]:
+    """Leave the run directory ``path`` as it was when the body raises: each of ``files`` gets its
+    earlier content back (or is removed if it is new), and the folder, with any parents created for
+    it, is removed again if it was new and is empty. Nothing else is deleted: finished stages were
+    written atomically and stay, so a rerun resumes from them."""
+    path = Path(path)
+    created = [p for p in [path, *path.parents] if not p.exists()]
+    before = {name: (path / name).read_bytes() if (path / name).is_file() else None for name in files}
+    try:
+        yield
+    except BaseException:
+        for name, content in before.items():
+            target = path / name
+            if content is None:
+                target.unlink(missing_ok=True)
+            elif not target.is_file() or target.read_bytes() != content:
+                atomic_write_bytes(target, content)
+        for folder in created:  # innermost first
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                break
+        raise
