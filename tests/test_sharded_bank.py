@@ -4,6 +4,7 @@ import json
 from unittest import mock
 
 import pytest
+import numpy as np
 import torch
 
 from puma_lightning.io import bank as bank_module
@@ -109,3 +110,17 @@ def test_migrate_streams_shard_by_shard_and_equals_mapping_in_memory(tmp_path, m
         expected = adapter(source.prompts) * 2.0
     assert torch.allclose(migrated.prompts, expected, atol=1e-6) and migrated.user_ids == source.user_ids
     assert migrated.model_fingerprint == "fp-t" and len(out.shards) == 5 and migrated.info["lineage"]["sources"]
+
+
+def test_scattered_lazy_reads_return_exactly_the_rows_asked_for(tmp_path):
+    """Rows in any order, repeated, clustered or far apart (read in separate runs) equal the full tensor's."""
+    from puma_lightning.io.bank import READ_GAP_ROWS, LazyPromptBank, PromptBank
+
+    torch.manual_seed(1)
+    full = torch.randn(1000, 1, 4)
+    PromptBank(full, [f"u{i}" for i in range(1000)], "m", "fp").save(tmp_path / "b", rows_per_shard=400)
+    lazy = LazyPromptBank(tmp_path / "b")
+    rng = np.random.default_rng(0)
+    for rows in (rng.integers(0, 1000, 50), np.array([999, 0, 0, 399, 400, 5 + READ_GAP_ROWS, 5, 6]), np.arange(1000)[::-1],
+                 np.array([3 * READ_GAP_ROWS])):
+        assert torch.equal(lazy.rows(rows), full[torch.as_tensor(rows)])

@@ -38,6 +38,8 @@ FORMAT_VERSION = 1
 SHARDED_FORMAT_VERSION = 2
 DEFAULT_ROWS_PER_SHARD = 1_000_000
 """Banks with more rows than this are written as shards unless ``save`` is told otherwise."""
+READ_GAP_ROWS = 64
+"""A lazy read copies a span of rows it does not need only when the span is at most this many rows."""
 
 
 def shard_name(index: int, count: int) -> str:
@@ -360,10 +362,18 @@ class LazyPromptBank:
             _check_shard(self.path, info)
             self._verified.add(info["file"])
         self.shards_opened.append(info["file"])
-        lo, hi = int(local.min()), int(local.max()) + 1
+        wanted = np.unique(local)
+        # contiguous runs of wanted rows, split where the gap is wide, so a few scattered users do not
+        # copy the whole span between them out of the mapping
+        cuts = np.flatnonzero(np.diff(wanted) > READ_GAP_ROWS) + 1
+        parts = []
         with safe_open(str(file), framework="pt") as fh:
-            block = fh.get_slice("prompts")[lo:hi]  # only this row range is copied out of the mapping
-        return block[torch.as_tensor(local - lo)]
+            tensor = fh.get_slice("prompts")
+            for run in np.split(wanted, cuts):
+                lo, hi = int(run[0]), int(run[-1]) + 1
+                parts.append(tensor[lo:hi][torch.as_tensor(run - lo)])  # only this row range is copied
+        block = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return block[torch.as_tensor(np.searchsorted(wanted, local))]
 
     def blocks(self, size: int) -> Iterator[torch.Tensor]:
         """Consecutive row blocks of at most ``size`` rows, in bank order (one block in memory at a time)."""
