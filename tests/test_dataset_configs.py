@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from puma_lightning.cli.main import main
-import test_raw_amazon  # noqa: E402  (pytest puts tests/ on sys.path)
-import test_raw_mind
+import test_mind_paper  # noqa: E402  (pytest puts tests/ on sys.path)
+import test_raw_amazon
 import test_raw_yelp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +18,9 @@ TINY = ["source.name=tiny-llama", "target.name=tiny-gemma3", "prompt.epochs=1", 
 CASES = {
     "amazon": (test_raw_amazon.make_fixture, ["data.min_user_ratings=5", "data.min_item_ratings=0"], "rmse"),
     "yelp": (test_raw_yelp.make_fixture, ["data.min_user_ratings=5", "data.max_rows_per_user=8"], "rmse"),
-    "mind": (test_raw_mind.make_fixture, ["data.history_titles=2", "data.max_item_tokens=12"], "uauc"),
+    # mind.yaml runs the published chain (data.preprocessing=paper): a fixture whose users pass it
+    "mind": (test_mind_paper.make_paper_fixture, ["data.history_titles=2", "data.max_item_tokens=12", "data.max_users=8",
+                                                  "selection.budget=4"], "uauc"),
 }
 
 

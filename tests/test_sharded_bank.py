@@ -121,6 +121,6 @@ def test_scattered_lazy_reads_return_exactly_the_rows_asked_for(tmp_path):
     PromptBank(full, [f"u{i}" for i in range(1000)], "m", "fp").save(tmp_path / "b", rows_per_shard=400)
     lazy = LazyPromptBank(tmp_path / "b")
     rng = np.random.default_rng(0)
-    for rows in (rng.integers(0, 1000, 50), np.array([999, 0, 0, 399, 400, 5 + READ_GAP_ROWS, 5, 6]), np.arange(1000)[::-1],
+    for rows in (rng.integers(0, 1000, 50), np.array([999, 0, 0, 399, 400, 5 + READ_GAP_ROWS, 5, 6]), np.arange(1000)[::-1].copy(),
                  np.array([3 * READ_GAP_ROWS])):
         assert torch.equal(lazy.rows(rows), full[torch.as_tensor(rows)])

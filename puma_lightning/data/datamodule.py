@@ -183,9 +183,9 @@ class PromptDataModule(L.LightningDataModule):
         if len(self.dataset("test")) == 0:
             split = self.table.meta.get("split", {})
             raise EmptySplitError(
-                f"the test split is empty (data.split_by={split.get('split_by', split.get('method', '?'))}, "
-                f"test_ratio={split.get('test_ratio', '?')}): evaluate with split=valid, or split with test rows "
-                "(data.split_by=chronological and data.test_ratio > 0)")
+                f"the test split is empty (split {split.get('method', '?')}, test_ratio={split.get('test_ratio', '?')}); "
+                "stages that test need test rows: use data.split_by=chronological with data.test_ratio > 0, or the "
+                "'test' command with split=valid")
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:

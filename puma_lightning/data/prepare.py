@@ -258,8 +258,9 @@ def prepare_dataset(dcfg: DictConfig, seed: int = 0, force: bool = False) -> Pat
     start = time.perf_counter()
     raw = _read_raw(dcfg)
     if len(raw) == 0:
-        raise PumaError(f"{dcfg.name}: the raw files hold no usable interactions ({json.dumps(raw.steps[-2:])}); "
-                        f"are they the right files? ({', '.join(Path(f.path).name for f in raw.files)})")
+        raise PumaError(f"{dcfg.name}: no interactions left after reading the raw files and the reader's own steps "
+                        f"(data.preprocessing={dcfg.preprocessing}; {json.dumps(raw.steps[-3:])}); are they the right "
+                        f"files? ({', '.join(Path(f.path).name for f in raw.files)})")
     data = apply_filters(raw, params)
     if len(data) == 0:
         raise PumaError(f"{dcfg.name}: no interactions left after the filters ({json.dumps(data.steps[-3:])}); "

@@ -358,7 +358,7 @@ def _parse_behavior(fields: list[str]) -> tuple[str, int, list[str], list[str], 
     return user_id, parse_time(time_text), ([] if history in PANDAS_NA else history.split()), news, labels
 
 
-def _sample_positions(n: int, k: int, seed: int) -> np.ndarray:
+def sample_positions(n: int, k: int, seed: int) -> np.ndarray:
     """The positions ``DataFrame.sample(k, random_state=seed)`` takes from ``n`` rows (legacy RandomState)."""
     return np.random.RandomState(seed).permutation(n)[:k]
 
@@ -372,9 +372,9 @@ def _cap_rows(rows: np.ndarray, label: np.ndarray, cap: int, seed: int) -> np.nd
     n_pos = min(len(pos), int(cap * 0.5))
     n_neg = cap - n_pos
     if len(pos) > n_pos:
-        pos = pos[_sample_positions(len(pos), n_pos, seed)]
+        pos = pos[sample_positions(len(pos), n_pos, seed)]
     if len(neg) > n_neg:
-        neg = neg[_sample_positions(len(neg), n_neg, seed)]
+        neg = neg[sample_positions(len(neg), n_neg, seed)]
     return np.concatenate([pos, neg])
 
 

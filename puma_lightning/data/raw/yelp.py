@@ -84,7 +84,7 @@ def paper_valid(obj: dict[str, Any]) -> dict[str, bool]:
     return {"name": _nonblank(obj.get("name")), "review_count": valid_count, "categories": _nonblank(obj.get("categories"))}
 
 
-def _column_text(values: list[Any]) -> Callable[[Any], str]:
+def column_text(values: list[Any]) -> Callable[[Any], str]:
     """How one value prints once pandas has made a column of ``values`` (int64, float64 or object)."""
     present = [v for v in values if not _missing(v)]
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
@@ -146,7 +146,7 @@ def read_businesses(path: Path, bad: BadLines, paper: bool = False) -> tuple[dic
         else:
             texts[bid] = text
     if paper:
-        stars_text, count_text = _column_text(stars), _column_text(review_counts)
+        stars_text, count_text = column_text(stars), column_text(review_counts)
         texts = {bid: paper_business_text(obj, stars_text, count_text) for bid, obj in kept.items()}
     summary = {"business_lines": counts["lines"], "business_ids": len(seen), "kept": len(texts),
                "dropped_lines" if paper else "dropped_ids": counts["dropped"],
