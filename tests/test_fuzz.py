@@ -256,3 +256,20 @@ def test_report_case_count():
     total = sum(COUNTS.values())
     print(f"fuzz cases: {total} {COUNTS}")
     assert total == 0 or total >= 3 * CASES_PER_DATASET
+
+
+@pytest.mark.parametrize("override,expected", [("data.preprocessing=tidy", "'data.preprocessing'"),
+                                               ("data.split_by=random", "'data.split_by'"),
+                                               ("data.split_by=paper", "always splits chronologically")])
+def test_data_choices_are_checked_when_the_config_loads(override, expected, tmp_path, capsys):
+    code = main(["fit", "--config", str(ROOT / "configs" / "smoke.yaml"), f"run_dir={tmp_path / 'run'}", override])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_test_rows_stops_before_any_training(tmp_path, capsys):
+    code = main(["fit", "--config", str(ROOT / "configs" / "smoke.yaml"), f"run_dir={tmp_path / 'run'}", "data.test_ratio=0"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("error:") and "no test rows" in lines[-1], lines
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from puma_lightning.config import ADAPTER_VALIDATION, INPUT_NORMS, PROMPT_OPTIMIZERS, PROMPT_STARTS, ExperimentConfig
+from puma_lightning.config import (ADAPTER_VALIDATION, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
+                                   SPLIT_METHODS, ExperimentConfig)
 from puma_lightning.data.registry import dataset_names
 from puma_lightning.errors import PumaError
 
@@ -37,6 +38,8 @@ def adapter_kinds() -> tuple[str, ...]:
 CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "data.name": dataset_names,
     "data.task": ("rating", "click"),
+    "data.preprocessing": PREPROCESSING_MODES,
+    "data.split_by": SPLIT_METHODS,
     "source.dtype": ("auto", "float32", "bfloat16"),
     "target.dtype": ("auto", "float32", "bfloat16"),
     "prompt.init": ("uniform", "scaled"),
@@ -154,6 +157,10 @@ def validate(cfg: DictConfig) -> None:
     from puma_lightning.data.registry import get_dataset
     from puma_lightning.data.templates import TEMPLATES
 
+    dataset = get_dataset(str(cfg.data.name))
+    if dataset.raw is None and cfg.data.split_by != "chronological":
+        raise ConfigError(f"'data.split_by' is {cfg.data.split_by!r}, but dataset {cfg.data.name!r} is built in and always splits "
+                          "chronologically; split_by applies to the datasets read from raw files")
     if cfg.data.template == "auto":  # the dataset's own template, from the registry
         cfg.data.template = get_dataset(str(cfg.data.name)).template
     if cfg.data.template not in TEMPLATES:

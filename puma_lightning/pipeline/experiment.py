@@ -148,6 +148,15 @@ class Experiment:
         """Write ``stage.json`` (global rank 0 only; every rank returns the record)."""
         return self.runs.write_record(name, key, record)
 
+    def require_test_rows(self, stage: str) -> None:
+        """Stop before any training when the data has no test rows: every stage ends by testing."""
+        if self.table.n_users and not len(self.table.rows("test")):
+            from puma_lightning.errors import PumaError
+
+            raise PumaError(f"stage {stage!r} tests on the test split, but data {self.cfg.data.name!r} has no test rows "
+                            f"(data.split_by={self.cfg.data.get('split_by')!r}, data.test_ratio={self.cfg.data.get('test_ratio')}); "
+                            "use data.split_by=chronological with data.test_ratio > 0")
+
     # -- stages ----------------------------------------------------------------------------------
     def pretrain(self, which: str = "source", stage: str | None = None, *, train_prompts: bool = True,
                  epochs: int | None = None, save_bank: bool = True, shared: bool = False) -> dict[str, Any]:
@@ -155,6 +164,7 @@ class Experiment:
 
         ``shared``: one prompt for every user instead (no bank saved)."""
         stage = stage or ("source" if which == "source" else "full_retrain")
+        self.require_test_rows(stage)
         cfg = self.cfg
         epochs = epochs or cfg.prompt.epochs
         key = config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, train_prompts, epochs, trainer_key(cfg.trainer),
@@ -208,6 +218,7 @@ class Experiment:
 
     def migrate_stage(self) -> dict[str, Any]:
         """PUMA: select users, train the adapter through the target model, map every prompt, test."""
+        self.require_test_rows("puma")
         cfg = self.cfg
         source_bank = PromptBank.load(self.stage_dir("source") / "bank")
         key = config_key(cfg.data, cfg.source, cfg.target, cfg.prompt, cfg.adapter, cfg.selection, cfg.seed,
