@@ -85,6 +85,8 @@ class ModelConfig:
 
 PROMPT_OPTIMIZERS = ("adamw", "lazy_adamw")
 """``prompt.optimizer`` choices (built by :func:`puma_lightning.tasks.optim.build_optimizer`)."""
+RESIDUAL_BASES = ("none", "item_bias", "user_item_bias")
+"""``prompt.residual`` choices (see :mod:`puma_lightning.pipeline.residual`)."""
 PROMPT_STARTS = ("random", "item_text")
 """``prompt.init_from`` choices (see :func:`puma_lightning.pipeline.builders.initial_prompts`)."""
 INPUT_NORMS = ("none", "standardize")
@@ -119,6 +121,11 @@ class PromptConfig:
     """``random`` (U(-0.1, 0.1), see ``init``) or ``item_text``: every prompt row starts at the mean input embedding of the text of the user's training items, plus the random draw (a start that already says what the user watched)."""
     user_bias: bool = False
     """Add a trainable per-user scalar to the head's output (trained at ``head_lr``), so that a user's average rating needs no prompt; rows trained with it say so (``user_bias`` in results.json). The bias stays with the run's stage; banks hold the prompts only."""
+    residual: str = "none"
+    """``none``, or a no-LLM bias model (``item_bias``, ``user_item_bias``) whose prediction is added to the head's output, so the
+    prompts and head learn only what it misses (rating tasks). The bias model is refitted from the dataset's training rows
+    wherever the prompts are used (regularisation chosen on valid, as the reference of that name), so it needs no storage and is
+    the same on every model: source, target, migrated and served banks share it."""
 
 
 @dataclass

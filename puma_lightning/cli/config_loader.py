@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from puma_lightning.config import (ADAPTER_VALIDATION, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
-                                   SPLIT_METHODS, ExperimentConfig)
+                                   RESIDUAL_BASES, SPLIT_METHODS, ExperimentConfig)
 from puma_lightning.data.registry import dataset_names
 from puma_lightning.errors import PumaError
 
@@ -45,6 +45,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "prompt.init": ("uniform", "scaled"),
     "prompt.optimizer": PROMPT_OPTIMIZERS,
     "prompt.init_from": PROMPT_STARTS,
+    "prompt.residual": RESIDUAL_BASES,
     "adapter.kind": adapter_kinds,
     "adapter.output_scale": ("none", "embedding_std"),
     "adapter.input_norm": INPUT_NORMS,

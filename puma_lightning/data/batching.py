@@ -40,6 +40,7 @@ class PadCollator:
             "user": torch.tensor([s["user"] for s in samples], dtype=torch.long),
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.float32),
             "row": torch.tensor([s["row"] for s in samples], dtype=torch.long),
+            "offset": torch.tensor([s.get("offset", 0.0) for s in samples], dtype=torch.float32),
         }
 
 

@@ -30,10 +30,12 @@ class EmptySplitError(PumaError):
 class PromptDataset(Dataset):
     """Rows of an :class:`InteractionTable` as encoded samples (one dict per row)."""
 
-    def __init__(self, table: InteractionTable, rows: np.ndarray, encoder: TemplateEncoder) -> None:
+    def __init__(self, table: InteractionTable, rows: np.ndarray, encoder: TemplateEncoder,
+                 row_offset: np.ndarray | None = None) -> None:
         self.table = table
         self.rows = np.asarray(rows, dtype=np.int64)
         self.encoder = encoder
+        self.row_offset = row_offset
         self.per_row = encoder.template.uses_history
         items = table.item[self.rows]
         if self.per_row:
@@ -66,6 +68,7 @@ class PromptDataset(Dataset):
             "user": int(self.table.user[row]),
             "label": float(self.table.label[row]),
             "row": row,
+            "offset": float(self.row_offset[row]) if self.row_offset is not None else 0.0,
         }
 
 
@@ -74,7 +77,8 @@ class PromptDataModule(L.LightningDataModule):
 
     Batches are dicts of ``input_ids`` / ``attention_mask`` ``[B, T]`` (right-padded to the batch's
     longest sample), ``slot_pos``, ``answer_pos``, ``user`` (row in the prompt bank), ``row``
-    (row in the table) ``[B]`` long, and ``label`` ``[B]`` float32.
+    (row in the table) ``[B]`` long, and ``label`` and ``offset`` ``[B]`` float32 (``offset``: added to the
+    model's output, ``row_offset[row]``, 0 without one — a residual base, see ``prompt.residual``).
     """
 
     def __init__(
@@ -90,9 +94,13 @@ class PromptDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         max_item_tokens: int | None = 48,
+        row_offset: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.table = table
+        if row_offset is not None and len(row_offset) != len(table):
+            raise ValueError(f"row_offset has {len(row_offset)} values for a table of {len(table)} rows")
+        self.row_offset = row_offset
         self.tokenizer = tokenizer
         self.template = template
         self.prompt_length = prompt_length
@@ -113,7 +121,8 @@ class PromptDataModule(L.LightningDataModule):
         """The encoded dataset of one split (``"train"``, ``"valid"``, ``"test"``), built on first use."""
         if split not in self._datasets:
             users = self.train_users if split == "train" else self.eval_users
-            self._datasets[split] = PromptDataset(self.table, self.table.rows(split, users), self.encoder)
+            self._datasets[split] = PromptDataset(self.table, self.table.rows(split, users), self.encoder,
+                                                  self.row_offset)
         return self._datasets[split]
 
     def setup(self, stage: str | None = None) -> None:

@@ -51,13 +51,17 @@ def load_frozen_lm(mcfg: DictConfig, dcfg: DictConfig, cache_dir: str | None, on
 
 
 def build_datamodule(table: InteractionTable, tokenizer: Any, cfg: DictConfig, batch_size: int,
-                     train_users: np.ndarray | None = None, eval_users: np.ndarray | None = None) -> Any:
-    """The datamodule rendering ``table`` through the configured template for ``tokenizer``."""
+                     train_users: np.ndarray | None = None, eval_users: np.ndarray | None = None,
+                     row_offset: np.ndarray | None = None) -> Any:
+    """The datamodule rendering ``table`` through the configured template for ``tokenizer``; each row's output
+    offset is ``row_offset``, else the configured residual base fitted on ``table`` (``prompt.residual``)."""
     from puma_lightning.data.datamodule import PromptDataModule
+    from puma_lightning.pipeline.residual import row_offsets
 
     return PromptDataModule(table, tokenizer, get_template(cfg.data.template), prompt_length=cfg.prompt.length,
                             batch_size=batch_size, eval_batch_size=2 * batch_size, train_users=train_users,
-                            eval_users=eval_users, seed=cfg.seed, max_item_tokens=cfg.data.max_item_tokens)
+                            eval_users=eval_users, seed=cfg.seed, max_item_tokens=cfg.data.max_item_tokens,
+                            row_offset=row_offset if row_offset is not None else row_offsets(cfg, table))
 
 
 def item_text_embeddings(lm: Any, item_texts: list[str], max_tokens: int, chunk: int = 256) -> "torch.Tensor":

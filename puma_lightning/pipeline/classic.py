@@ -58,19 +58,26 @@ def fit_biases(table: InteractionTable, reg: float, iterations: int = 15, users:
     return mu, bu, bi
 
 
+def fit_bias_model(table: InteractionTable, users: bool = True, items: bool = True) -> tuple[float, np.ndarray, np.ndarray, dict]:
+    """``(mu, b_u, b_i, chosen)`` of the bias model (user, item or both) whose regularisation scores best on the
+    validation split (the first of :data:`BIAS_REGS` without validation rows)."""
+    uv, iv, yv = _split(table, "valid")
+    best = None
+    for reg in BIAS_REGS:
+        mu, bu, bi = fit_biases(table, reg, users=users, items=items)
+        score = _rmse(np.clip(mu + bu[uv] + bi[iv], *RATING_RANGE), yv) if len(yv) else 0.0
+        if best is None or score < best[0]:
+            best = (score, reg, mu, bu, bi)
+    score, reg, mu, bu, bi = best
+    return mu, bu, bi, {"reg": reg, "valid_rmse": score}
+
+
 def _bias_model(users: bool, items: bool) -> Callable[[InteractionTable, int], tuple[np.ndarray, dict]]:
     """A bias reference (user, item or both), its regularisation chosen on the validation split."""
 
     def fit(table: InteractionTable, seed: int) -> tuple[np.ndarray, dict]:
-        uv, iv, yv = _split(table, "valid")
-        best = None
-        for reg in BIAS_REGS:
-            mu, bu, bi = fit_biases(table, reg, users=users, items=items)
-            score = _rmse(np.clip(mu + bu[uv] + bi[iv], *RATING_RANGE), yv) if len(yv) else 0.0
-            if best is None or score < best[0]:
-                best = (score, reg, mu, bu, bi)
-        _, reg, mu, bu, bi = best
-        return _predict_all(table, lambda u, i: mu + bu[u] + bi[i]), {"reg": reg, "valid_rmse": best[0]}
+        mu, bu, bi, chosen = fit_bias_model(table, users=users, items=items)
+        return _predict_all(table, lambda u, i: mu + bu[u] + bi[i]), chosen
 
     return fit
 

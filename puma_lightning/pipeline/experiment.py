@@ -118,8 +118,10 @@ class Experiment:
         return build_datamodule(self.table, lm.tokenizer, self.cfg, batch_size, train_users, eval_users)
 
     def mean_label(self) -> float:
-        """Mean training label (where a fresh rating head starts)."""
-        return float(self.table.label[self.table.rows("train")].mean())
+        """Where a fresh rating head starts: the mean training label (the mean residual with ``prompt.residual``)."""
+        from puma_lightning.pipeline.residual import start_label
+
+        return start_label(self.cfg, self.table)
 
     def stage_dir(self, name: str) -> Path:
         """The folder of stage ``name`` (``source`` may live elsewhere: ``source_dir``)."""
@@ -145,7 +147,12 @@ class Experiment:
         return load_predictions(self.method_dir(method))
 
     def write_stage(self, name: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
-        """Write ``stage.json`` (global rank 0 only; every rank returns the record)."""
+        """Write ``stage.json`` (global rank 0 only; every rank returns the record). LLM stages trained on a residual
+        base say which (``residual``)."""
+        from puma_lightning.pipeline.classic import REFERENCES
+
+        if self.cfg.prompt.get("residual", "none") != "none" and record.get("method") not in REFERENCES:
+            record = {**record, "residual": str(self.cfg.prompt.residual)}
         return self.runs.write_record(name, key, record)
 
     def require_test_rows(self, stage: str) -> None:

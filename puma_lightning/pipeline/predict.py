@@ -84,7 +84,10 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     rows: dict[int, tuple[float, list[float]]] = {}
     predict_s = 0.0
     if len(kept):
-        dm = build_datamodule(table, lm.tokenizer, cfg, 2 * int(cfg.prompt.batch_size))
+        from puma_lightning.pipeline.residual import pair_offsets
+
+        # a residual base is fitted on the dataset the bank was trained on, then read at the pairs
+        dm = build_datamodule(table, lm.tokenizer, cfg, 2 * int(cfg.prompt.batch_size), row_offset=pair_offsets(cfg, base, table))
         trainer = make_trainer(cfg, exp.run_dir, "predict", max_epochs=1, log=False)
         started = time.perf_counter()
         outputs = trainer.predict(module, datamodule=dm) or []

@@ -36,7 +36,7 @@ def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]]) -> d
         entry = {m: row["metrics"].get(m) for m in metric_names}
         entry.update(wall_s=row["wall_s"], train_samples=row["train_samples"], trainable_params=row["trainable_params"])
         for extra in ("selection", "selected_users", "allocation", "prefix_s", "prefixes_computed", "dtype", "dtype_reason", "prefix_cache",
-                      "user_bias", "epochs"):
+                      "user_bias", "residual", "epochs"):
             if extra in row:
                 entry[extra] = row[extra]
         methods[name] = entry
@@ -61,6 +61,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     for name, row in results["methods"].items():
         vals = [f"{row[m]:.4f}" if isinstance(row.get(m), float) else "n/a" for m in metric_names]
         desc = DESCRIPTIONS[name] + (" + a per-user bias" if row.get("user_bias") else "")
+        desc += f" + residual on {row['residual']}" if row.get("residual") else ""
         if name == "puma":
             desc += f" ({row.get('selected_users')} users by {row.get('selection')}"
             desc += f", allocation {row['allocation']})" if row.get("allocation") else ")"

@@ -66,7 +66,9 @@ def user_task_loss(lm: Any, head_state: dict[str, torch.Tensor] | None, prompts:
     if head_state is not None:
         head.load_state_dict(head_state)
     else:
-        head.init_bias(float(table.label[table.rows("train")].mean()))
+        from puma_lightning.pipeline.residual import start_label
+
+        head.init_bias(start_label(cfg, table))
     device = lm.device
     head = head.to(device).eval()
     was_training = lm.training
@@ -82,7 +84,7 @@ def user_task_loss(lm: Any, head_state: dict[str, torch.Tensor] | None, prompts:
         users = batch["user"]
         logits = lm.answer_logits(batch["input_ids"], batch["attention_mask"], batch["slot_pos"],
                                   prompts[users.cpu()].to(device), batch["answer_pos"])
-        output = head(logits)
+        output = head(logits) + batch["offset"].to(torch.float32)  # the residual base's prediction (0 without one)
         loss = _heads_per_row_loss(head, logits, output, batch["label"].float()).double().cpu().numpy()
         u = users.cpu().numpy()
         total += np.bincount(u, weights=loss, minlength=table.n_users)

@@ -78,7 +78,10 @@ class PromptTask(L.LightningModule):
         logits = self.backbone.answer_logits(
             batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"]
         )
-        return logits, self.head(logits) + self.output_offset(batch["user"])
+        output = self.head(logits) + self.output_offset(batch["user"])
+        if "offset" in batch:  # a residual base's prediction for the row (0 without one)
+            output = output + batch["offset"].to(output.dtype)
+        return logits, output
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits, output = self(batch)

@@ -1,0 +1,64 @@
+"""``prompt.residual``: prompts that learn what a no-LLM bias model misses.
+
+With ``prompt.residual=user_item_bias`` every row's model output is ``head(answer logits) + b(u, i)``
+where ``b(u, i) = mu + b_u + b_i`` is the regularised bias model fitted on the dataset's training
+rows (regularisation chosen on valid, exactly the ``user_item_bias`` reference). The soft prompts
+and the head then only have to learn the residual. The bias model is in rating units, so it is
+the same on every LLM: it is refitted from the table wherever prompts are trained, migrated,
+tested or served, and needs no storage in banks. ``item_bias`` keeps only the item side (the
+user part is then entirely the prompt's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from puma_lightning.data.table import InteractionTable
+from puma_lightning.errors import PumaError
+
+__all__ = ["bias_terms", "pair_offsets", "row_offsets", "start_label"]
+
+
+def bias_terms(cfg: Any, table: InteractionTable) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """``(mu, b_u, b_i)`` of the configured residual base fitted on ``table``, or None without one."""
+    base = str(cfg.prompt.get("residual", "none"))
+    if base == "none":
+        return None
+    if table.task != "rating":
+        raise PumaError(f"prompt.residual={base!r} is for rating tasks; dataset {table.meta.get('name')!r} is a {table.task} task")
+    from puma_lightning.pipeline.classic import fit_bias_model
+
+    mu, bu, bi, _ = fit_bias_model(table, users=base == "user_item_bias", items=True)
+    return mu, bu, bi
+
+
+def row_offsets(cfg: Any, table: InteractionTable) -> np.ndarray | None:
+    """float32 ``b(u, i)`` for every row of ``table`` (None without a residual base)."""
+    terms = bias_terms(cfg, table)
+    if terms is None:
+        return None
+    mu, bu, bi = terms
+    return (mu + bu[table.user] + bi[table.item]).astype(np.float32)
+
+
+def pair_offsets(cfg: Any, fitted_on: InteractionTable, pairs: InteractionTable) -> np.ndarray | None:
+    """``b(u, i)`` for the rows of ``pairs`` (users named by id, items by index into ``fitted_on``'s items), the
+    bias model fitted on ``fitted_on``'s training rows (``predict``: the dataset the bank was trained on)."""
+    terms = bias_terms(cfg, fitted_on)
+    if terms is None:
+        return None
+    mu, bu, bi = terms
+    index = {u: k for k, u in enumerate(fitted_on.user_ids)}
+    user_bias = np.array([bu[index[u]] if u in index else 0.0 for u in pairs.user_ids])
+    return (mu + user_bias[pairs.user] + bi[pairs.item]).astype(np.float32)
+
+
+def start_label(cfg: Any, table: InteractionTable) -> float:
+    """Where a fresh rating head's output starts: the mean training label, or with a residual base the mean
+    training residual (about 0)."""
+    rows = table.rows("train")
+    offsets = row_offsets(cfg, table)
+    target = table.label[rows].astype(np.float64) - (offsets[rows] if offsets is not None else 0.0)
+    return float(target.mean()) if len(rows) else 0.0
