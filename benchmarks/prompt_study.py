@@ -39,12 +39,19 @@ LEVERS: dict[str, list[str]] = {
     "long_lazy_bias_items": [*LONG, "prompt.optimizer=lazy_adamw", "prompt.user_bias=true", "prompt.init_from=item_text"],
     "long_lazy_l4": [*LONG, "prompt.optimizer=lazy_adamw", "prompt.length=4"],
     "long_lazy_wd": [*LONG, "prompt.optimizer=lazy_adamw", "prompt.weight_decay=0.01"],
+    "history": ["data.template=item_first_history", "data.rated_history=5"],
+    "residual": ["prompt.residual=user_item_bias"],
+    "residual_long": [*LONG, "prompt.residual=user_item_bias"],
+    "residual_item": ["prompt.residual=item_bias"],
     "shared": LONG,
     "shared_bias": [*LONG, "prompt.user_bias=true"],
+    "shared_residual": [*LONG, "prompt.residual=user_item_bias"],
 }
-"""Named override sets; ``shared`` and ``shared_bias`` train one prompt for all users (the latter with a per-user bias:
-what the frozen model adds about the items on top of a per-user average)."""
-SHARED = {"shared", "shared_bias"}
+"""Named override sets; ``shared*`` train one prompt for all users (``shared_bias`` with a per-user bias: what the frozen
+model adds about the items on top of a per-user average; ``shared_residual`` on top of the user + item bias model).
+``residual*`` add the bias model's prediction to the output (``prompt.residual``), so prompts learn what it misses;
+``history`` puts the user's 5 latest earlier training ratings into each row's text."""
+SHARED = {"shared", "shared_bias", "shared_residual"}
 REFERENCE = "user_item_bias"
 
 
