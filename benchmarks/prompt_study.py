@@ -43,6 +43,7 @@ LEVERS: dict[str, list[str]] = {
     "residual": ["prompt.residual=user_item_bias"],
     "residual_long": [*LONG, "prompt.residual=user_item_bias"],
     "residual_item": ["prompt.residual=item_bias"],
+    "residual_history": ["prompt.residual=user_item_bias", "data.template=item_first_history", "data.rated_history=5"],
     "shared": LONG,
     "shared_bias": [*LONG, "prompt.user_bias=true"],
     "shared_residual": [*LONG, "prompt.residual=user_item_bias"],
