@@ -33,6 +33,7 @@ STEPS = ["adapter.steps=600", "adapter.warmup_ratio=0.05", "adapter.lr=0.003", "
          "adapter.head_lr=0.0003", "adapter.validation=heldout", "adapter.early_stopping_patience=3"]
 LEVERS: dict[str, list[str]] = {
     "shipped": [],
+    "epochs2": ["adapter.epochs=2"],
     "steps": STEPS,
     "norm": ["adapter.input_norm=standardize"],
     "steps_norm": [*STEPS, "adapter.input_norm=standardize"],
