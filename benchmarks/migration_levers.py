@@ -34,6 +34,7 @@ STEPS = ["adapter.steps=600", "adapter.warmup_ratio=0.05", "adapter.lr=0.003", "
 LEVERS: dict[str, list[str]] = {
     "shipped": [],
     "epochs2": ["adapter.epochs=2"],
+    "random_selection": ["selection=random"],
     "steps": STEPS,
     "norm": ["adapter.input_norm=standardize"],
     "steps_norm": [*STEPS, "adapter.input_norm=standardize"],
