@@ -102,3 +102,18 @@ def test_residual_needs_a_rating_task_and_a_known_base(tmp_path, capsys):
 
     with pytest.raises(PumaError, match="rating tasks"):
         row_offsets(cfg, table)
+
+
+def test_the_bias_model_is_fitted_once_per_table(monkeypatch):
+    import puma_lightning.pipeline.classic as classic
+
+    calls = []
+    real = classic.fit_bias_model
+    monkeypatch.setattr(classic, "fit_bias_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = load_config([SMOKE], FAST)
+    table = build_table(cfg.data, 0)
+    first = row_offsets(cfg, table)
+    assert np.array_equal(row_offsets(cfg, table), first) and start_label(cfg, table) is not None
+    assert len(calls) == 1
+    row_offsets(cfg, build_table(cfg.data, 0))  # another table: fitted again
+    assert len(calls) == 2

@@ -11,6 +11,7 @@ user part is then entirely the prompt's).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -28,10 +29,19 @@ def bias_terms(cfg: Any, table: InteractionTable) -> tuple[float, np.ndarray, np
         return None
     if table.task != "rating":
         raise PumaError(f"prompt.residual={base!r} is for rating tasks; dataset {table.meta.get('name')!r} is a {table.task} task")
+    cached = _FITTED.get((id(table), base))
+    if cached is not None and cached[0]() is table:
+        return cached[1]
     from puma_lightning.pipeline.classic import fit_bias_model
 
     mu, bu, bi, _ = fit_bias_model(table, users=base == "user_item_bias", items=True)
+    _FITTED[(id(table), base)] = (weakref.ref(table, lambda _, key=(id(table), base): _FITTED.pop(key, None)), (mu, bu, bi))
     return mu, bu, bi
+
+
+_FITTED: dict[tuple[int, str], tuple[weakref.ref, tuple[float, np.ndarray, np.ndarray]]] = {}
+"""One fit per (table, base) while the table lives: every datamodule of a run, the head's start and ``predict``
+ask for the same bias model (a table's rows and labels are not changed after it is built)."""
 
 
 def row_offsets(cfg: Any, table: InteractionTable) -> np.ndarray | None:
