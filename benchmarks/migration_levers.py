@@ -45,6 +45,8 @@ LEVERS: dict[str, list[str]] = {
     "steps_norm_polish": [*STEPS, "adapter.input_norm=standardize", "adapter.polish_epochs=1"],
     "vocab_map": ["baselines.vocab_map=true"],
     "cheap": CHEAP,
+    "distill": ["adapter.distill_items=16", "adapter.distill_weight=0.5"],
+    "cheap_distill": [*CHEAP, "adapter.distill_items=16", "adapter.distill_weight=0.5"],
 }
 """Named override sets; ``polish`` levers report the polished row, ``vocab_map`` the training-free row."""
 BASELINES_OFF = ["baselines.source=false", "baselines.random_init=false", "baselines.full_retrain=false",

@@ -162,6 +162,10 @@ class AdapterConfig:
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
     validation: str = "selected"
     """Rows the adapter's best epoch is chosen on: ``selected`` (the selected users' own validation rows) or ``heldout`` (the validation rows of as many other, seeded, unselected users as the budget)."""
+    distill_items: int = 0
+    """Distillation: for each selected user, this many items it has not rated, scored by the source model (prompts, head, model) and added to the adapter's training rows with the source's predicted rating and answer distribution (click probability) as soft targets; 0: off. The teacher's forward passes are part of PUMA's cost."""
+    distill_weight: float = 0.5
+    """Weight of the teacher rows' mean loss against the real rows' mean task loss in each batch."""
 
 
 @dataclass

@@ -190,6 +190,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"'{part}.early_stopping_patience' must be >= 1 or null, got {patience}")
     if cfg.adapter.polish_epochs < 0:
         raise ConfigError(f"'adapter.polish_epochs' must be >= 0, got {cfg.adapter.polish_epochs}")
+    if cfg.adapter.distill_items < 0:
+        raise ConfigError(f"'adapter.distill_items' must be >= 0, got {cfg.adapter.distill_items}")
+    if not cfg.adapter.distill_weight >= 0:
+        raise ConfigError(f"'adapter.distill_weight' must be >= 0, got {cfg.adapter.distill_weight}")
     if cfg.adapter.steps is not None and cfg.adapter.steps < 1:
         raise ConfigError(f"'adapter.steps' must be >= 1 or null, got {cfg.adapter.steps}")
     bad_sides = [s for s in cfg.baselines.shared_prompt if s not in ("source", "target")]

@@ -40,6 +40,14 @@ class RatingHead(nn.Module):
         ce = F.cross_entropy(answer_logits.float(), target_class)
         return self.mse_weight * mse + self.ce_weight * ce
 
+    def soft_loss(self, answer_logits: torch.Tensor, output: torch.Tensor, target: torch.Tensor,
+                  target_distribution: torch.Tensor) -> torch.Tensor:
+        """The same mix against a teacher (distillation): MSE to its predicted rating, cross-entropy to its
+        answer distribution ``[B, 5]`` (a soft target instead of the rounded class)."""
+        mse = F.mse_loss(output, target)
+        ce = F.cross_entropy(answer_logits.float(), target_distribution.float())
+        return self.mse_weight * mse + self.ce_weight * ce
+
     @staticmethod
     def predict(output: torch.Tensor) -> torch.Tensor:
         """Rating prediction clamped to the valid range [1, 5]."""
@@ -66,6 +74,11 @@ class ClickHead(nn.Module):
     def loss(self, answer_logits: torch.Tensor, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy with logits."""
         return F.binary_cross_entropy_with_logits(output, label)
+
+    def soft_loss(self, answer_logits: torch.Tensor, output: torch.Tensor, target: torch.Tensor,
+                  target_distribution: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy to a teacher's click probability ``target`` (its distribution is that same number)."""
+        return F.binary_cross_entropy_with_logits(output, target.float())
 
     @staticmethod
     def predict(output: torch.Tensor) -> torch.Tensor:

@@ -225,6 +225,8 @@ class Experiment:
 
     def migrate_stage(self) -> dict[str, Any]:
         """PUMA: select users, train the adapter through the target model, map every prompt, test."""
+        from puma_lightning.pipeline.distillation import adapter_training_rows
+
         self.require_test_rows("puma")
         cfg = self.cfg
         source_bank = PromptBank.load(self.stage_dir("source") / "bank")
@@ -236,6 +238,8 @@ class Experiment:
             return cached
         table = self.table
         selection = self.select(source_bank)
+        users = selection["users"]
+        teacher, train_table, train_offsets = adapter_training_rows(self, users)  # + teacher rows when distilling
         lm = self.backbone("target")
         source = source_bank.rows_for(table.user_ids)
         seed_stage(cfg.seed, "puma")  # adapter init and its dropout masks: this stage's own streams
@@ -249,10 +253,10 @@ class Experiment:
         output_scale = lm.embedding_std() if cfg.adapter.output_scale == "embedding_std" else 1.0
         module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, head_lr=cfg.adapter.head_lr,
                            weight_decay=cfg.adapter.weight_decay, train_head=not cfg.adapter.freeze_head,
-                           output_scale=output_scale, warmup_ratio=cfg.adapter.warmup_ratio)
-        users = selection["users"]
+                           output_scale=output_scale, warmup_ratio=cfg.adapter.warmup_ratio, teacher=teacher)
         eval_users = users if cfg.adapter.validation == "selected" else heldout_users(table.n_users, users, cfg.seed)
-        dm = self.datamodule(lm, cfg.adapter.batch_size, train_users=users, eval_users=eval_users)
+        dm = build_datamodule(train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users, eval_users=eval_users,
+                              row_offset=train_offsets)
         before = start_stage_costs(lm)
         stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"), resume_key=key,
                          patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps)
@@ -271,13 +275,17 @@ class Experiment:
         on_rank_zero(lambda: PromptBank(migrated, list(table.user_ids), lm.name, lm.fingerprint,
                                         info=self._bank_info("migrate:puma", metrics, source=source_bank),
                                         head_state=module.head.state_dict()).save(out_dir / "bank"))
-        total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s, 2), train_samples=stats.train_samples,
+        teacher_s = teacher.seconds if teacher is not None else 0.0
+        total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s + teacher_s, 2),
+                           train_samples=stats.train_samples,
                            trainable_params=stats.trainable_params, epochs=stats.epochs, best_val_loss=stats.best_val_loss)
         return self.write_stage("puma", key, {"method": "puma", "metrics": metrics, **total.to_dict(),
                                                "selection_s": round(selection["seconds"], 2), "migrate_s": round(migrate_s, 2),
                                                "selection": selection["record"]["strategy"],
                                                "selected_users": selection["record"]["num_selected"],
-                                               "allocation": selection["record"]["params"].get("allocation"), **cost})
+                                               "allocation": selection["record"]["params"].get("allocation"),
+                                               "teacher_rows": int(len(train_table) - len(table)), "teacher_s": round(teacher_s, 2),
+                                               **cost})
 
     def fit(self) -> dict[str, Any]:
         """The whole experiment: source prompts, PUMA, the enabled baselines, then the results table."""

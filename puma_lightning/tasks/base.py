@@ -85,7 +85,7 @@ class PromptTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits, output = self(batch)
-        loss = self.head.loss(logits, output, batch["label"])
+        loss = self.training_loss(batch, logits, output)
         if not torch.isfinite(loss):
             users = batch["user"].unique().tolist()[:10]
             raise NonFiniteLossError(
@@ -93,6 +93,10 @@ class PromptTask(L.LightningModule):
             )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(output))
         return loss
+
+    def training_loss(self, batch: dict[str, torch.Tensor], logits: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The loss a training batch is optimised on: the head's task loss (subclasses may add to it)."""
+        return self.head.loss(logits, output, batch["label"])
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         logits, output = self(batch)
