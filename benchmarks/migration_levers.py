@@ -16,7 +16,9 @@ wall seconds, each method paying its own prefix work), ``levers.csv`` (one row p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
 import logging
 import sys
@@ -51,7 +53,10 @@ LEVERS: dict[str, list[str]] = {
 """Named override sets; ``polish`` levers report the polished row, ``vocab_map`` the training-free row."""
 BASELINES_OFF = ["baselines.source=false", "baselines.random_init=false", "baselines.full_retrain=false",
                  "baselines.classic=false"]
-CSV_FIELDS = ("lever", "budget", "seed", "method", "rmse", "mae", "auc", "uauc", "train_samples", "wall_s", "run_dir")
+CSV_FIELDS = ("lever", "budget", "seed", "method", "rmse", "mae", "auc", "uauc", "val_loss", "val_rmse", "val_auc", "train_samples",
+              "wall_s", "run_dir")
+VALIDATION_FILE = "val_all.json"
+"""Per stage folder: its bank's metrics on every user's validation rows (the criterion defaults are chosen by)."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -78,6 +83,30 @@ def lever_row(lever: str) -> str:
     return "puma_polish" if "adapter.polish_epochs=" in overrides and "polish_epochs=0" not in overrides else "puma"
 
 
+def all_user_validation(exp: Any, stage: str) -> dict[str, float]:
+    """``val/*`` metrics of the bank a stage wrote, on the validation rows of every user: the same rows for every lever
+    and for full retraining (a PUMA stage's own best epoch is chosen on its selected or held-out users only). Cached
+    in ``<stage>/val_all.json``; empty when the stage wrote no bank (``vocab_map``)."""
+    from puma_lightning.io.atomic import atomic_write_text
+    from puma_lightning.pipeline.bank_ops import evaluate_bank
+
+    folder = exp.method_dir(stage)
+    cached = folder / VALIDATION_FILE
+    if cached.is_file():
+        return json.loads(cached.read_text(encoding="utf-8"))
+    if not (folder / "bank").is_dir():
+        return {}
+    with contextlib.redirect_stdout(io.StringIO()):  # evaluate_bank prints its metrics for the CLI
+        metrics = evaluate_bank(exp.cfg, folder / "bank", "target", "valid")
+    atomic_write_text(cached, json.dumps(metrics, indent=1))
+    return metrics
+
+
+def validation_values(metrics: dict[str, float]) -> dict[str, float]:
+    """``val_loss``, ``val_rmse`` / ``val_auc`` of :func:`all_user_validation`'s metrics (those it has)."""
+    return {f"val_{k}": float(v) for k, v in metrics.items() if k in ("loss", "rmse", "auc")}
+
+
 def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequence[str], budgets: Sequence[float],
                seeds: Sequence[int], out: Path) -> dict[str, Any]:
     """Every seed's source and full retraining, every (lever, budget) cell, then the tables and the plot."""
@@ -102,9 +131,10 @@ def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequenc
         full = ref.pretrain("target", "full_retrain")
         n_users = ref.table.n_users
         task = ref.table.task
-        rows = {"full_retrain": SeedRow({**full["metrics"], "wall_s": full["wall_s"], "train_samples": full["train_samples"]},
-                                        ref.stage_dir("full_retrain"))}
-        csv_rows.append({"lever": "-", "budget": n_users, "seed": seed, "method": "full_retrain", **full["metrics"],
+        full_val = validation_values(all_user_validation(ref, "full_retrain"))
+        rows = {"full_retrain": SeedRow({**full["metrics"], "wall_s": full["wall_s"], "train_samples": full["train_samples"],
+                                         **full_val}, ref.stage_dir("full_retrain"))}
+        csv_rows.append({"lever": "-", "budget": n_users, "seed": seed, "method": "full_retrain", **full["metrics"], **full_val,
                          "train_samples": full["train_samples"], "wall_s": full["wall_s"], "run_dir": str(ref.run_dir)})
         del ref
         for lever in levers:
@@ -119,15 +149,16 @@ def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequenc
                 which = lever_row(lever)
                 rec = result["methods"][which]
                 name = f"{lever} @ {users} users"
+                val = validation_values(all_user_validation(exp, which))
                 rows[name] = SeedRow({m: rec.get(m) for m in ("rmse", "mae", "auc", "uauc") if m in rec} |
-                                     {"wall_s": rec["wall_s"], "train_samples": rec["train_samples"]},
+                                     {"wall_s": rec["wall_s"], "train_samples": rec["train_samples"], **val},
                                      exp.method_dir(which), ["full_retrain"])
-                csv_rows.append({"lever": lever, "budget": users, "seed": seed, "method": which,
+                csv_rows.append({"lever": lever, "budget": users, "seed": seed, "method": which, **val,
                                  **{m: rec.get(m) for m in ("rmse", "mae", "auc", "uauc")},
                                  "train_samples": rec["train_samples"], "wall_s": rec["wall_s"], "run_dir": str(run_dir)})
                 del exp
         runs[seed] = SeedRun(task, rows, {"machine": machine_record(dtypes.text())})
-    results = summarise(runs, ("wall_s", "train_samples"))
+    results = summarise(runs, ("wall_s", "train_samples", "val_loss", "val_rmse", "val_auc"))
     results["levers"] = {name: LEVERS[name] for name in levers}
     write_outputs(out, results, csv_rows, dtypes.text(), levers, to_markdown(results))
     return results
@@ -141,9 +172,14 @@ def write_outputs(out: Path, results: dict[str, Any], csv_rows: list[dict[str, A
     atomic_write_text(out / "levers.json", json.dumps(results, indent=1))
     lines = [describe_machine(dtype), "", "Levers (overrides on the config):", ""]
     lines += [f"- `{name}`: {' '.join(LEVERS[name]) or '(the config as shipped)'}" for name in levers]
-    cost = ["", "| row | train samples (mean) | wall s (mean) |", "|---|---|---|"]
-    cost += [f"| {name} | {row['train_samples']['mean']:,.0f} | {row['wall_s']['mean']:.1f} |"
-             for name, row in results["methods"].items()]
+    val = "val_rmse" if results["task"] == "rating" else "val_auc"
+    cost = ["", f"| row | train samples (mean) | wall s (mean) | validation loss, all users | validation {val[4:].upper()} |",
+            "|---|---|---|---|---|"]
+    cost += [f"| {name} | {row['train_samples']['mean']:,.0f} | {row['wall_s']['mean']:.1f} | {_mean(row, 'val_loss')} | "
+             f"{_mean(row, val)} |" for name, row in results["methods"].items()]
+    chosen = choose_on_validation(results)
+    if chosen:
+        cost += ["", f"Lowest validation loss on every user's validation rows (how defaults are chosen, never on test): {chosen}"]
     atomic_write_text(out / "levers.md", "\n".join([*lines, "", table_md, *cost]) + "\n")
     with atomic_path(out / "levers.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
@@ -168,6 +204,19 @@ def write_outputs(out: Path, results: dict[str, Any], csv_rows: list[dict[str, A
     atomic_write_with(out / "levers.png", lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     print((out / "levers.md").read_text(encoding="utf-8"))
+
+
+def _mean(row: dict[str, Any], key: str) -> str:
+    value = row.get(key, {}).get("mean")
+    return "-" if value is None or value != value else f"{value:.4f}"
+
+
+def choose_on_validation(results: dict[str, Any]) -> str | None:
+    """The migrated row (not full retraining) with the lowest mean all-user validation loss, or None if none has one."""
+    scored = {name: row["val_loss"]["mean"] for name, row in results["methods"].items()
+              if name != "full_retrain" and row.get("val_loss", {}).get("mean") == row.get("val_loss", {}).get("mean")
+              and row.get("val_loss", {}).get("mean") is not None}
+    return min(scored, key=scored.get) if scored else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

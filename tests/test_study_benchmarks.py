@@ -58,4 +58,14 @@ def test_migration_levers_table_csv_and_plot(tmp_path):
     # the source stage of a seed is trained once and shared by every cell of that seed
     assert not (out / "seed_0" / "norm_b8" / "source").exists() and (out / "seed_0" / "source" / "bank").is_dir()
     assert (out / "levers.png").stat().st_size > 1000
+    # every bank is validated on the same rows: every user's validation rows, whatever the lever validated on
+    for name in names:
+        assert doc["methods"][name]["val_loss"]["mean"] > 0, name
+    full = json.loads((out / "seed_0" / "full" / "full_retrain" / "val_all.json").read_text())
+    assert full["rmse"] == pytest.approx(float(next(r["val_rmse"] for r in rows if r["method"] == "full_retrain" and r["seed"] == "0")))
+    # full retraining validated on every user's rows already: its best epoch's loss is what its bank scores there
+    stage = json.loads((out / "seed_0" / "full" / "full_retrain" / "stage.json").read_text())
+    assert full["loss"] == pytest.approx(stage["best_val_loss"], abs=1e-4)
+    assert module.choose_on_validation(doc) in names - {"full_retrain"}
+    assert "Lowest validation loss" in (out / "levers.md").read_text()
     assert module.budget_users(0.05, 943) == 47 and module.budget_users(94, 943) == 94
