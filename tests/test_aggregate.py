@@ -96,3 +96,10 @@ def test_missing_users_under_the_error_policy_is_a_one_line_error(source_banks, 
 def test_bad_policy_is_rejected_by_the_config():
     with pytest.raises(PumaError, match="aggregate.missing"):
         load_config([AGG], ["aggregate.missing=ignore"])
+
+
+def test_distillation_with_an_aggregated_source_is_a_one_line_error(tmp_path, capsys):
+    code = main(["aggregate", "--config", AGG, f"run_dir={tmp_path / 'run'}", *TINY, "adapter.distill_items=4"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "adapter.distill_items" in err and "\n" not in err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -136,6 +136,9 @@ def run_aggregate(cfg: DictConfig) -> dict[str, Any]:
         raise PumaError(f"aggregate.banks has {len(banks_given)} entries but aggregate.sources has {len(sources)}")
     if max(len(sources), len(banks_given)) < 2:
         raise PumaError("aggregate needs at least two sources: aggregate.sources=[A,B] (or aggregate.banks=[PATH_A,PATH_B])")
+    if cfg.adapter.get("distill_items"):
+        raise PumaError(f"adapter.distill_items={cfg.adapter.distill_items}: an aggregated source has no single model to "
+                        "teach the adapter; use adapter.distill_items=0 with aggregate")
     if strategy_class(cfg.selection).needs:
         raise PumaError(f"selection {cfg.selection.name!r} needs per-user statistics from a source model, which an aggregated "
                         "bank does not have; use puma, random, variance_bucket or a kmeans_* strategy without loss")
