@@ -47,6 +47,7 @@ LEVERS: dict[str, list[str]] = {
     "steps_norm_polish": [*STEPS, "adapter.input_norm=standardize", "adapter.polish_epochs=1"],
     "vocab_map": ["baselines.vocab_map=true"],
     "cheap": CHEAP,
+    "cheap_half": [*CHEAP, "adapter.steps=47"],
     "distill": ["adapter.distill_items=16", "adapter.distill_weight=0.5"],
     "cheap_distill": [*CHEAP, "adapter.distill_items=16", "adapter.distill_weight=0.5"],
 }
