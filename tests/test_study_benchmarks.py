@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 import pytest
 from benchmark_loader import load_benchmark, machine_line
 
@@ -69,3 +70,16 @@ def test_migration_levers_table_csv_and_plot(tmp_path):
     assert module.choose_on_validation(doc) in names - {"full_retrain"}
     assert "Lowest validation loss" in (out / "levers.md").read_text()
     assert module.budget_users(0.05, 943) == 47 and module.budget_users(94, 943) == 94
+
+
+@pytest.mark.parametrize("benchmark", ["prompt_study", "migration_levers"])
+def test_every_lever_is_a_valid_set_of_overrides_on_the_real_data_config(benchmark):
+    from puma_lightning.cli.config_loader import load_config
+
+    module = load_benchmark(benchmark)
+    for name, overrides in module.LEVERS.items():
+        cfg = load_config([str(ROOT / "configs" / "ml100k.yaml")], list(overrides))
+        final = dict(override.split("=", 1) for override in overrides)  # a later override of a key wins
+        for key, value in final.items():  # each took effect (no key silently ignored)
+            key = "selection.name" if key == "selection" else key  # selection=NAME swaps the strategy's YAML
+            assert str(OmegaConf.select(cfg, key)).lower() == value.lower(), (benchmark, name, key)
