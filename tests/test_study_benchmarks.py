@@ -68,7 +68,21 @@ def test_migration_levers_table_csv_and_plot(tmp_path):
     stage = json.loads((out / "seed_0" / "full" / "full_retrain" / "stage.json").read_text())
     assert full["loss"] == pytest.approx(stage["best_val_loss"], abs=1e-4)
     assert module.choose_on_validation(doc) in names - {"full_retrain"}
-    assert "Lowest validation loss" in (out / "levers.md").read_text()
+    assert "Chosen on every user's validation rows" in (out / "levers.md").read_text()
+
+
+def test_validation_picks_the_lowest_loss_unless_a_cheaper_row_is_within_its_seed_spread():
+    module = load_benchmark("migration_levers")
+
+    def row(loss, std, samples):
+        return {"val_loss": {"mean": loss, "std": std}, "train_samples": {"mean": samples}}
+
+    methods = {"full_retrain": row(1.0, 0.0, 9000), "a": row(1.20, 0.01, 5000), "b": row(1.205, 0.0, 1000),
+               "c": row(1.30, 0.0, 10), "d": {"val_loss": {"mean": float("nan"), "std": float("nan")}, "train_samples": {"mean": 0}}}
+    assert module.choose_on_validation({"methods": methods}) == "b"  # within a's spread, 5x cheaper
+    methods["a"]["val_loss"]["std"] = 0.001
+    assert module.choose_on_validation({"methods": methods}) == "a"
+    assert module.choose_on_validation({"methods": {"full_retrain": row(1.0, 0.0, 1)}}) is None
     assert module.budget_users(0.05, 943) == 47 and module.budget_users(94, 943) == 94
 
 
