@@ -73,11 +73,8 @@ def teach(exp: Any, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, n
     residual base, as the source stage served them), and the seconds taken. Every rank returns every pair's."""
     from puma_lightning.io.bank import PromptBank
     from puma_lightning.models.heads import build_head
-    from puma_lightning.pipeline.builders import build_datamodule
     from puma_lightning.pipeline.distributed import gather_lists
-    from puma_lightning.pipeline.residual import pair_offsets
-    from puma_lightning.pipeline.training import make_trainer
-    from puma_lightning.tasks import PromptTuning
+    from puma_lightning.pipeline.predict import score_rows
 
     start = time.perf_counter()
     table = exp.table
@@ -87,13 +84,9 @@ def teach(exp: Any, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, n
     head = build_head(table.task)
     if bank.head_state is not None:
         head.load_state_dict(bank.head_state)
-    module = PromptTuning(lm, head, table.task, bank.rows_for(table.user_ids).float(), train_prompts=False, train_head=False)
-    dm = build_datamodule(pairs, lm.tokenizer, exp.cfg, 2 * int(exp.cfg.adapter.batch_size),
-                          row_offset=pair_offsets(exp.cfg, table, pairs))
-    outputs = make_trainer(exp.cfg, exp.run_dir, "puma_teacher", max_epochs=1, log=False).predict(module, datamodule=dm) or []
-    local = [(int(r), float(p), [float(x) for x in d]) for out in outputs
-             for r, p, d in zip(out["row"].tolist(), out["prediction"].tolist(), out["distribution"].tolist())]
-    by_row = {r: (p, d) for r, p, d in gather_lists(local)}
+    local = score_rows(exp.cfg, exp.run_dir, lm, head, bank.rows_for(table.user_ids).float(), pairs, table,
+                       2 * int(exp.cfg.adapter.batch_size), "puma_teacher")
+    by_row = dict(gather_lists(list(local.items())))
     if len(by_row) != len(users):
         raise RuntimeError(f"the teacher scored {len(by_row)} of {len(users)} pairs")
     prediction = np.array([by_row[r][0] for r in range(len(users))], dtype=np.float32)

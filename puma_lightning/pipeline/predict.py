@@ -56,10 +56,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.pairs`` with ``cfg.bank`` on ``cfg.model`` and write ``cfg.out``; returns a summary (counts, and
     ``predict_s``: seconds spent in the predict loop itself, without loading the model or the data)."""
     from puma_lightning.models.heads import build_head
-    from puma_lightning.pipeline.builders import build_datamodule
     from puma_lightning.pipeline.experiment import Experiment
-    from puma_lightning.pipeline.training import make_trainer
-    from puma_lightning.tasks import PromptTuning
 
     for key in ("bank", "pairs", "out"):
         if not cfg[key]:
@@ -80,21 +77,12 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     head = build_head(table.task)
     head.load_state_dict(bank.head_state)
     prompts = bank.rows_for(table.user_ids).float() if table.n_users else torch.zeros(0, bank.prompt_length, bank.hidden_size)
-    module = PromptTuning(lm, head, table.task, prompts, train_prompts=False, train_head=False)
     rows: dict[int, tuple[float, list[float]]] = {}
     predict_s = 0.0
     if len(kept):
-        from puma_lightning.pipeline.residual import pair_offsets
-
-        # a residual base is fitted on the dataset the bank was trained on, then read at the pairs
-        dm = build_datamodule(table, lm.tokenizer, cfg, 2 * int(cfg.prompt.batch_size), row_offset=pair_offsets(cfg, base, table))
-        trainer = make_trainer(cfg, exp.run_dir, "predict", max_epochs=1, log=False)
         started = time.perf_counter()
-        outputs = trainer.predict(module, datamodule=dm) or []
+        rows = score_rows(cfg, exp.run_dir, lm, head, prompts, table, base, 2 * int(cfg.prompt.batch_size), "predict")
         predict_s = time.perf_counter() - started
-        for out in outputs:
-            for r, p, d in zip(out["row"].tolist(), out["prediction"].tolist(), out["distribution"].tolist()):
-                rows[int(r)] = (float(p), [float(x) for x in d])
     header, out_rows = output_rows(pairs, kept, rows, table.task, cfg.top_k)
     from puma_lightning.pipeline.distributed import is_global_zero
 
@@ -105,6 +93,23 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
               + (f"; skipped: {'; '.join(notes)}" if notes else ""))
     return {"pairs": len(pairs), "scored": len(kept), "skipped": {k: len(v) for k, v in skipped.items()},
             "predict_s": predict_s}
+
+
+def score_rows(cfg: DictConfig, run_dir: Path, lm: Any, head: Any, prompts: torch.Tensor, pairs: InteractionTable,
+               fitted_on: InteractionTable, batch_size: int, stage: str) -> dict[int, tuple[float, list[float]]]:
+    """``{row: (prediction, answer distribution)}`` for this rank's test rows of ``pairs``, scored with fixed ``prompts``
+    (one per user of ``pairs``) and ``head`` on ``lm`` in Lightning's predict loop; a residual base is fitted on
+    ``fitted_on`` (the dataset the prompts were trained on) and read at the pairs."""
+    from puma_lightning.pipeline.builders import build_datamodule
+    from puma_lightning.pipeline.residual import pair_offsets
+    from puma_lightning.pipeline.training import make_trainer
+    from puma_lightning.tasks import PromptTuning
+
+    module = PromptTuning(lm, head, pairs.task, prompts, train_prompts=False, train_head=False)
+    dm = build_datamodule(pairs, lm.tokenizer, cfg, batch_size, row_offset=pair_offsets(cfg, fitted_on, pairs))
+    outputs = make_trainer(cfg, run_dir, stage, max_epochs=1, log=False).predict(module, datamodule=dm) or []
+    return {int(r): (float(p), [float(x) for x in d]) for out in outputs
+            for r, p, d in zip(out["row"].tolist(), out["prediction"].tolist(), out["distribution"].tolist())}
 
 
 def output_rows(pairs: list[tuple[str, str]], kept: list[int], rows: dict[int, tuple[float, list[float]]], task: str,
