@@ -121,6 +121,10 @@ class PromptConfig:
     """``random`` (U(-0.1, 0.1), see ``init``) or ``item_text``: every prompt row starts at the mean input embedding of the text of the user's training items, plus the random draw (a start that already says what the user watched)."""
     user_bias: bool = False
     """Add a trainable per-user scalar to the head's output (trained at ``head_lr``), so that a user's average rating needs no prompt; rows trained with it say so (``user_bias`` in results.json). The bias stays with the run's stage; banks hold the prompts only."""
+    hidden_readout: bool = False
+    """The head also reads the last hidden state at the answer position through a linear readout (zero at the start), not
+    only the answer tokens' logits. The readout belongs to the model it reads: where a head moves to another model
+    (PUMA's adapter training, ``vocab_map``) it restarts at zero on that model's width (and stays zero where nothing trains)."""
     residual: str = "none"
     """``none``, or a no-LLM bias model (``item_bias``, ``user_item_bias``) whose prediction is added to the head's output, so the
     prompts and head learn only what it misses (rating tasks). The bias model is refitted from the dataset's training rows

@@ -247,17 +247,40 @@ class FrozenLM(PrefixCachedForward, nn.Module):
         Differentiable with respect to ``prompts`` only; inputs are right-padded, ``answer_pos``
         is each row's last real token (the answer cue).
         """
+        return self.project_answers(self.answer_hidden(input_ids, attention_mask, slot_pos, prompts, answer_pos))
+
+    forward = answer_logits
+
+    def answer_hidden(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        slot_pos: int | Tensor,
+        prompts: Tensor,
+        answer_pos: int | Tensor,
+    ) -> Tensor:
+        """The last hidden state [B, d] at the answer position (what :meth:`project_answers` turns into the
+        answer logits), through the prefix cache where it is on and the batch allows."""
         if self.prefix_cache is not None:
-            logits = self.cached_answer_logits(input_ids, attention_mask, slot_pos, prompts, answer_pos)
-            if logits is not None:
-                return logits
+            hidden = self.cached_answer_hidden(input_ids, attention_mask, slot_pos, prompts, answer_pos)
+            if hidden is not None:
+                return hidden
             if self.prefix_cache.stats.plain_batches == 0:
                 log.warning("%s: a batch has a row with no text before the slot; such batches run the plain path "
                             "(counted in prefix_cache.stats.plain_batches)", self.name or type(self.model).__name__)
             self.prefix_cache.stats.plain_batches += 1
-        return self.plain_answer_logits(input_ids, attention_mask, slot_pos, prompts, answer_pos)
+        return self.plain_answer_hidden(input_ids, attention_mask, slot_pos, prompts, answer_pos)
 
-    forward = answer_logits
+    def plain_answer_hidden(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        slot_pos: int | Tensor,
+        prompts: Tensor,
+        answer_pos: int | Tensor,
+    ) -> Tensor:
+        """:meth:`answer_hidden` over the whole template, whether or not the prefix cache is on."""
+        return self.hidden_at(self.splice(input_ids, slot_pos, prompts), attention_mask, answer_pos)
 
     def plain_answer_logits(
         self,
@@ -268,9 +291,7 @@ class FrozenLM(PrefixCachedForward, nn.Module):
         answer_pos: int | Tensor,
     ) -> Tensor:
         """:meth:`answer_logits` over the whole template, whether or not the prefix cache is on."""
-        embeds = self.splice(input_ids, slot_pos, prompts)
-        hidden = self.hidden_at(embeds, attention_mask, answer_pos)
-        return self.project_answers(hidden)
+        return self.project_answers(self.plain_answer_hidden(input_ids, attention_mask, slot_pos, prompts, answer_pos))
 
     # -- torch.compile ---------------------------------------------------------------------------
     def set_compiled(self, on: bool = True) -> None:

@@ -176,7 +176,20 @@ class PrefixCachedForward:
         answer_pos: int | Tensor,
         cache: PrefixKVCache | None = None,
     ) -> Tensor | None:
-        """:meth:`answer_logits` running only [slot + rest] on cached prefix keys/values.
+        """:meth:`answer_logits` through :meth:`cached_answer_hidden` (None where a batch cannot use the cache)."""
+        hidden = self.cached_answer_hidden(input_ids, attention_mask, slot_pos, prompts, answer_pos, cache=cache)
+        return None if hidden is None else self.project_answers(hidden)
+
+    def cached_answer_hidden(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        slot_pos: int | Tensor,
+        prompts: Tensor,
+        answer_pos: int | Tensor,
+        cache: PrefixKVCache | None = None,
+    ) -> Tensor | None:
+        """:meth:`answer_hidden` running only [slot + rest] on cached prefix keys/values.
 
         Same result as the plain path (rows grouped by their prefix ``input_ids[:slot_pos]``,
         left-padded in the cache, real positions via ``position_ids``). Returns None when a batch
@@ -227,8 +240,7 @@ class PrefixCachedForward:
         out = self.body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                         use_cache=True, **{self._cache_arg: past})
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        hidden = hidden[torch.arange(batch, device=device), answer - slot]
-        return self.project_answers(hidden)
+        return hidden[torch.arange(batch, device=device), answer - slot]
 
     @torch.no_grad()
     def _probe_prefix_cache(self) -> str | None:

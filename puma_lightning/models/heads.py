@@ -4,6 +4,12 @@
   (5→32→12→1, ReLU) that regresses the rating; loss = 0.8·MSE + 0.2·CE, as published.
 * :class:`ClickHead` — binary cross-entropy on the "Yes" logit, with a learnable scale and bias so
   that the raw logit (often large) can be calibrated.
+
+Either head can also read the answer position's last hidden state (``hidden_size``): a
+:class:`HiddenReadout` adds a linear function of it to the output. The 5 answer logits are a
+narrow view of what the frozen model computes about an item; its hidden state carries more (on
+ml100k a ridge fit on it corrects a user + item bias model, README). The readout belongs to the
+model whose hidden states it reads: :func:`load_head` restarts it at zero on a model of another width.
 """
 
 from __future__ import annotations
@@ -13,25 +19,66 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class RatingHead(nn.Module):
+class HiddenReadout(nn.Module):
+    """``w · norm(h) + b`` of the answer position's hidden state ``h`` [B, d]; zero at the start, so a head
+    with a fresh readout predicts what it predicted without one."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.linear.in_features)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(hidden.float())).squeeze(-1)
+
+
+class _ReadsHidden(nn.Module):
+    """What both heads share: an optional :class:`HiddenReadout` added to their output."""
+
+    readout: HiddenReadout | None
+
+    def _with_readout(self, hidden_size: int | None) -> None:
+        self.readout = HiddenReadout(hidden_size) if hidden_size else None
+
+    @property
+    def reads_hidden(self) -> bool:
+        """Whether :meth:`forward` needs the hidden state."""
+        return self.readout is not None
+
+    def readout_term(self, hidden: torch.Tensor | None) -> torch.Tensor | float:
+        if self.readout is None:
+            return 0.0
+        if hidden is None:
+            raise ValueError("this head reads the hidden state (it has a readout): pass hidden=[B, d]")
+        return self.readout(hidden)
+
+
+class RatingHead(_ReadsHidden):
     """Hybrid regression + classification head for 1..5 ratings."""
 
     n_answers = 5
 
-    def __init__(self, mse_weight: float = 0.8, ce_weight: float = 0.2) -> None:
+    def __init__(self, mse_weight: float = 0.8, ce_weight: float = 0.2, hidden_size: int | None = None) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 12), nn.ReLU(), nn.Linear(12, 1))
         self.mse_weight = mse_weight
         self.ce_weight = ce_weight
+        self._with_readout(hidden_size)
 
     def init_bias(self, mean_label: float) -> None:
         """Start the regressor at the training mean so early predictions are sensible."""
         with torch.no_grad():
             self.mlp[-1].bias.fill_(float(mean_label))
 
-    def forward(self, answer_logits: torch.Tensor) -> torch.Tensor:
-        """Unclamped rating prediction [B] from the 5 answer logits [B, 5]."""
-        return self.mlp(answer_logits.float()).squeeze(-1)
+    def forward(self, answer_logits: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Unclamped rating prediction [B] from the 5 answer logits [B, 5] (+ the readout of ``hidden`` [B, d])."""
+        return self.mlp(answer_logits.float()).squeeze(-1) + self.readout_term(hidden)
 
     def loss(self, answer_logits: torch.Tensor, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """0.8·MSE(prediction, rating) + 0.2·CE(logits, rating class)."""
@@ -54,22 +101,23 @@ class RatingHead(nn.Module):
         return output.clamp(1.0, 5.0)
 
 
-class ClickHead(nn.Module):
+class ClickHead(_ReadsHidden):
     """Binary click head on the logit of the "Yes" token."""
 
     n_answers = 1
 
-    def __init__(self) -> None:
+    def __init__(self, hidden_size: int | None = None) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
         self.bias = nn.Parameter(torch.zeros(()))
+        self._with_readout(hidden_size)
 
     def init_bias(self, mean_label: float) -> None:
         """Nothing to do: the bias is fitted from the first steps (kept for a uniform interface)."""
 
-    def forward(self, answer_logits: torch.Tensor) -> torch.Tensor:
-        """Click logit [B] from the "Yes" logit [B, 1]."""
-        return answer_logits.float()[:, 0] * self.scale + self.bias
+    def forward(self, answer_logits: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Click logit [B] from the "Yes" logit [B, 1] (+ the readout of ``hidden`` [B, d])."""
+        return answer_logits.float()[:, 0] * self.scale + self.bias + self.readout_term(hidden)
 
     def loss(self, answer_logits: torch.Tensor, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy with logits."""
@@ -86,10 +134,36 @@ class ClickHead(nn.Module):
         return torch.sigmoid(output.double())
 
 
-def build_head(task: str) -> nn.Module:
-    """The head for a task name (``rating`` or ``click``)."""
+def build_head(task: str, hidden_size: int | None = None) -> nn.Module:
+    """The head for a task name (``rating`` or ``click``), with a :class:`HiddenReadout` of width
+    ``hidden_size`` when one is given."""
     if task == "rating":
-        return RatingHead()
+        return RatingHead(hidden_size=hidden_size)
     if task == "click":
-        return ClickHead()
+        return ClickHead(hidden_size=hidden_size)
     raise ValueError(f"unknown task {task!r}; expected 'rating' or 'click'")
+
+
+READOUT_PREFIX = "readout."
+
+
+def readout_width(state: dict[str, torch.Tensor]) -> int | None:
+    """The hidden width a saved head's readout reads (None: it has none)."""
+    weight = state.get(READOUT_PREFIX + "linear.weight")
+    return int(weight.shape[1]) if weight is not None else None
+
+
+def load_head(task: str, state: dict[str, torch.Tensor], hidden_size: int | None = None) -> nn.Module:
+    """The head a saved ``state`` describes (its readout, if it has one, sized from the state).
+
+    ``hidden_size``: the width of the model the head will run on; where the state's readout reads another
+    width (a head moved to another model), everything but the readout is loaded and the readout restarts
+    at zero on the new width."""
+    width = readout_width(state)
+    if width is None or hidden_size is None or width == hidden_size:
+        head = build_head(task, width)
+        head.load_state_dict(state)
+        return head
+    head = build_head(task, hidden_size)
+    head.load_state_dict({k: v for k, v in state.items() if not k.startswith(READOUT_PREFIX)}, strict=False)
+    return head

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from puma_lightning.errors import PumaError
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.adapters import InputStandardized, build_adapter
-from puma_lightning.models.heads import build_head
+from puma_lightning.models.heads import load_head
 
 
 def load_adapter(path: str | Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None, dict[str, str]]:
@@ -121,10 +121,9 @@ def evaluate_bank(cfg: DictConfig, bank_path: str | Path, which: str, split: str
     lm = exp.backbone(which)
     bank.check_model(lm.hidden_size, lm.fingerprint, where=str(bank_path))
     table = exp.table
-    head = build_head(table.task)
     if bank.head_state is None:
         raise PumaError(f"{bank_path}: bank has no trained head ({'head.safetensors'}); it cannot be evaluated alone")
-    head.load_state_dict(bank.head_state)
+    head = load_head(table.task, bank.head_state)
     module = PromptTuning(lm, head, table.task, bank.rows_for(table.user_ids), train_prompts=False, train_head=False)
     dm = exp.datamodule(lm, cfg.prompt.batch_size)
     trainer = make_trainer(cfg, exp.run_dir, f"test_{split}", max_epochs=1)

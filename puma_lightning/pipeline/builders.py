@@ -79,6 +79,16 @@ def item_text_embeddings(lm: Any, item_texts: list[str], max_tokens: int, chunk:
     return torch.cat(out) if out else torch.zeros(0, lm.hidden_size)
 
 
+def fresh_head(cfg: DictConfig, lm: Any, task: str, start: float) -> Any:
+    """A new head for ``task`` on ``lm``, its output starting at ``start``; it reads ``lm``'s hidden state too
+    under ``prompt.hidden_readout``."""
+    from puma_lightning.models.heads import build_head
+
+    head = build_head(task, lm.hidden_size if cfg.prompt.get("hidden_readout", False) else None)
+    head.init_bias(start)
+    return head
+
+
 def prompt_scale(cfg: DictConfig, lm: Any) -> float:
     """The parametrisation scale of prompts on ``lm``: its embedding unit under ``prompt.init=scaled``, else 1."""
     from puma_lightning.tasks import embedding_unit

@@ -71,10 +71,10 @@ class _NewUsers:
     def run(self, stage: str, which: str, init: torch.Tensor | None, epochs: int, extra_key: Any,
             lineage: dict[str, Any]) -> dict[str, Any]:
         """Tune (``epochs`` > 0) or only evaluate prompts on ``which``; save the bank; cache by config."""
-        from puma_lightning.models.heads import build_head
+        from puma_lightning.models.heads import load_head
         from puma_lightning.pipeline.experiment import config_key, seed_stage, trainer_key
         from puma_lightning.pipeline.training import fit_best, test_metrics
-        from puma_lightning.pipeline.builders import build_prompt_tuning, initial_prompts, prompt_scale
+        from puma_lightning.pipeline.builders import build_prompt_tuning, fresh_head, initial_prompts, prompt_scale
 
         exp, cfg = self.exp, self.exp.cfg
         key = config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, stage, epochs, extra_key, trainer_key(cfg.trainer))
@@ -86,11 +86,10 @@ class _NewUsers:
         table = exp.table
         seed_stage(cfg.seed, stage)
         init, scale = initial_prompts(cfg, lm, table) if init is None else (init, prompt_scale(cfg, lm))
-        head = build_head(table.task)
         if self.heads[which] is not None:
-            head.load_state_dict(self.heads[which])
+            head = load_head(table.task, self.heads[which], lm.hidden_size)
         else:
-            head.init_bias(exp.mean_label())
+            head = fresh_head(cfg, lm, table.task, exp.mean_label())
         module = build_prompt_tuning(cfg, lm, table, head, init, scale, train_prompts=epochs > 0, train_head=False)
         dm = exp.datamodule(lm, cfg.prompt.batch_size)
         stats = {"wall_s": 0.0, "train_samples": 0, "trainable_params": 0}

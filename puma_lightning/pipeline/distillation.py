@@ -72,7 +72,7 @@ def teach(exp: Any, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, n
     """The source model's prediction ``[R]`` and answer distribution ``[R, A]`` for each pair (source bank, head and
     residual base, as the source stage served them), and the seconds taken. Every rank returns every pair's."""
     from puma_lightning.io.bank import PromptBank
-    from puma_lightning.models.heads import build_head
+    from puma_lightning.models.heads import build_head, load_head
     from puma_lightning.pipeline.distributed import gather_lists
     from puma_lightning.pipeline.predict import score_rows
 
@@ -81,9 +81,7 @@ def teach(exp: Any, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, n
     bank = PromptBank.load(exp.stage_dir("source") / "bank")
     pairs = _pairs_as_test_rows(table, users, items)
     lm = exp.backbone("source")
-    head = build_head(table.task)
-    if bank.head_state is not None:
-        head.load_state_dict(bank.head_state)
+    head = load_head(table.task, bank.head_state) if bank.head_state is not None else build_head(table.task)
     local = score_rows(exp.cfg, exp.run_dir, lm, head, bank.rows_for(table.user_ids).float(), pairs, table,
                        2 * int(exp.cfg.adapter.batch_size), "puma_teacher")
     by_row = dict(gather_lists(list(local.items())))

@@ -31,8 +31,8 @@ from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import stage_lineage
 from puma_lightning.models.adapters import adapter_metadata, build_adapter, with_input_norm
-from puma_lightning.models.heads import build_head
-from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tuning, build_table, initial_prompts,
+from puma_lightning.models.heads import load_head
+from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tuning, fresh_head, build_table, initial_prompts,
                                              load_frozen_lm)
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
 from puma_lightning.pipeline.results import write_results
@@ -184,8 +184,7 @@ class Experiment:
         table = self.table
         seed_stage(cfg.seed, stage)  # head init, dropout, anything drawn from the global streams: this stage's own
         prompts, scale = initial_prompts(cfg, lm, table)
-        head = build_head(table.task)
-        head.init_bias(self.mean_label())
+        head = fresh_head(cfg, lm, table.task, self.mean_label())
         module = build_prompt_tuning(cfg, lm, table, head, prompts, scale, train_prompts=train_prompts, shared=shared)
         dm = self.datamodule(lm, cfg.prompt.batch_size)
         before = start_stage_costs(lm)
@@ -245,11 +244,10 @@ class Experiment:
         seed_stage(cfg.seed, "puma")  # adapter init and its dropout masks: this stage's own streams
         adapter = with_input_norm(build_adapter(cfg.adapter.kind, source_bank.hidden_size, lm.hidden_size, cfg.adapter.hidden,
                                                 cfg.adapter.dropout), cfg.adapter.input_norm, source)
-        head = build_head(table.task)
-        if source_bank.head_state is not None:
-            head.load_state_dict(source_bank.head_state)
+        if source_bank.head_state is not None:  # a readout of the source's hidden states restarts at zero on the target
+            head = load_head(table.task, source_bank.head_state, lm.hidden_size)
         else:
-            head.init_bias(self.mean_label())
+            head = fresh_head(cfg, lm, table.task, self.mean_label())
         output_scale = lm.embedding_std() if cfg.adapter.output_scale == "embedding_std" else 1.0
         module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, head_lr=cfg.adapter.head_lr,
                            weight_decay=cfg.adapter.weight_decay, train_head=not cfg.adapter.freeze_head,

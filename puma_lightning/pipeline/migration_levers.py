@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from puma_lightning.io.bank import PromptBank
-from puma_lightning.models.heads import build_head
+from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.distributed import on_rank_zero
 from puma_lightning.pipeline.experiment import config_key, seed_stage, start_stage_costs, stage_costs, trainer_key
 from puma_lightning.pipeline.training import fit_best, test_metrics
@@ -43,8 +43,7 @@ def polish_stage(exp: Any) -> dict[str, Any]:
         return cached
     lm, table = exp.backbone("target"), exp.table
     seed_stage(cfg.seed, stage)
-    head = build_head(table.task)
-    head.load_state_dict(bank.head_state)
+    head = load_head(table.task, bank.head_state, lm.hidden_size)
     module = build_prompt_tuning(cfg, lm, table, head, bank.rows_for(table.user_ids).float(), prompt_scale(cfg, lm),
                                  train_head=False)
     dm = exp.datamodule(lm, cfg.prompt.batch_size)
@@ -104,8 +103,7 @@ def vocab_map_stage(exp: Any) -> dict[str, Any]:
     weight = fit_vocab_map(source_table[torch.as_tensor(source_ids)], target_rows)
     mapped = bank.rows_for(exp.table.user_ids).float() @ weight
     fit_s = time.perf_counter() - start
-    head = build_head(exp.table.task)
-    head.load_state_dict(bank.head_state)
+    head = load_head(exp.table.task, bank.head_state, lm.hidden_size)  # a readout restarts at zero: nothing trains here
     evaluator = PromptTuning(lm, head, exp.table.task, mapped, train_prompts=False, train_head=False)
     before = start_stage_costs(lm)
     metrics = test_metrics(evaluator, exp.datamodule(lm, cfg.prompt.batch_size), cfg, exp.run_dir, stage)

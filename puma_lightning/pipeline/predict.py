@@ -55,7 +55,7 @@ def pairs_table(pairs: list[tuple[str, str]], bank_users: Sequence[str], table: 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.pairs`` with ``cfg.bank`` on ``cfg.model`` and write ``cfg.out``; returns a summary (counts, and
     ``predict_s``: seconds spent in the predict loop itself, without loading the model or the data)."""
-    from puma_lightning.models.heads import build_head
+    from puma_lightning.models.heads import load_head
     from puma_lightning.pipeline.experiment import Experiment
 
     for key in ("bank", "pairs", "out"):
@@ -74,8 +74,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         raise PumaError(f"predict: template {cfg.data.template!r} needs each row's history, which a pairs file does not carry")
     lm = exp.backbone(cfg.model)
     bank.check_model(lm.hidden_size, lm.fingerprint, where=str(cfg.bank))
-    head = build_head(table.task)
-    head.load_state_dict(bank.head_state)
+    head = load_head(table.task, bank.head_state)
     prompts = bank.rows_for(table.user_ids).float() if table.n_users else torch.zeros(0, bank.prompt_length, bank.hidden_size)
     rows: dict[int, tuple[float, list[float]]] = {}
     predict_s = 0.0

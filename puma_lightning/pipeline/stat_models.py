@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader
 
 from puma_lightning.data.batching import BucketBatchSampler
 from puma_lightning.data.table import InteractionTable
-from puma_lightning.models.heads import ClickHead, RatingHead, build_head
+from puma_lightning.models.heads import ClickHead, RatingHead, build_head, load_head
 from puma_lightning.pipeline.builders import build_datamodule
 from puma_lightning.selection.ffn import normalise_bits
+from puma_lightning.tasks.base import answer_outputs
 
 
 def _heads_per_row_loss(head: nn.Module, logits: torch.Tensor, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -62,10 +63,10 @@ def user_task_loss(lm: Any, head_state: dict[str, torch.Tensor] | None, prompts:
         prompts = prompts.unsqueeze(1)
     if prompts.shape[0] != table.n_users:
         raise ValueError(f"user_task_loss: {prompts.shape[0]} prompts for {table.n_users} users")
-    head = build_head(table.task)
     if head_state is not None:
-        head.load_state_dict(head_state)
+        head = load_head(table.task, head_state)
     else:
+        head = build_head(table.task)
         from puma_lightning.pipeline.residual import start_label
 
         head.init_bias(start_label(cfg, table))
@@ -82,9 +83,8 @@ def user_task_loss(lm: Any, head_state: dict[str, torch.Tensor] | None, prompts:
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         users = batch["user"]
-        logits = lm.answer_logits(batch["input_ids"], batch["attention_mask"], batch["slot_pos"],
-                                  prompts[users.cpu()].to(device), batch["answer_pos"])
-        output = head(logits) + batch["offset"].to(torch.float32)  # the residual base's prediction (0 without one)
+        logits, hidden = answer_outputs(lm, head, batch, prompts[users.cpu()].to(device))
+        output = head(logits, hidden) + batch["offset"].to(torch.float32)  # the residual base's prediction (0 without one)
         loss = _heads_per_row_loss(head, logits, output, batch["label"].float()).double().cpu().numpy()
         u = users.cpu().numpy()
         total += np.bincount(u, weights=loss, minlength=table.n_users)

@@ -16,6 +16,17 @@ from torch import nn
 from puma_lightning.tasks.metrics import UserAUC, build_metrics, update_metrics
 
 
+def answer_outputs(backbone: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor],
+                   prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The answer logits ``[B, A]`` of a batch with ``prompts`` spliced in, and the hidden state ``[B, d]`` they
+    come from when ``head`` reads it (None otherwise: the logits-only path, one projection fewer to keep)."""
+    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"])
+    if not getattr(head, "reads_hidden", False):
+        return backbone.answer_logits(*args), None
+    hidden = backbone.answer_hidden(*args)
+    return backbone.project_answers(hidden), hidden
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf: stops the run with the step and the users involved."""
 
@@ -75,10 +86,8 @@ class PromptTask(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Answer logits ``[B, A]`` and head output ``[B]`` for a batch."""
         prompts = self.prompts_for(batch["user"])
-        logits = self.backbone.answer_logits(
-            batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"]
-        )
-        output = self.head(logits) + self.output_offset(batch["user"])
+        logits, hidden = answer_outputs(self.backbone, self.head, batch, prompts)
+        output = self.head(logits, hidden) + self.output_offset(batch["user"])
         if "offset" in batch:  # a residual base's prediction for the row (0 without one)
             output = output + batch["offset"].to(output.dtype)
         return logits, output
