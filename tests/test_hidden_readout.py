@@ -1,0 +1,107 @@
+"""``prompt.hidden_readout``: the head reads the answer position's hidden state as well as the answer logits.
+
+A fresh readout changes nothing (it starts at zero); a saved one is reloaded where the width matches and
+restarts at zero on a model of another width; the hidden state the backbone returns is the one the answer
+logits come from, through the plain and the cached path; and a ``fit`` with it trains the readout, serves it
+from the bank, and moves it to the target model at that model's width.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from puma_lightning.cli.config_loader import load_config
+from puma_lightning.cli.main import main, setup_runtime
+from puma_lightning.io.bank import PromptBank
+from puma_lightning.models.backbone import FrozenLM
+from puma_lightning.models.heads import ClickHead, RatingHead, build_head, load_head, readout_width
+from puma_lightning.models.loading import load_backbone
+from puma_lightning.pipeline.bank_ops import evaluate_bank
+from puma_lightning.tasks.base import answer_outputs
+
+SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+FAST = ["prompt.epochs=2", "adapter.epochs=1", "data.n_users=20", "data.rows_per_user=8", "selection.budget=8",
+        "baselines.random_init=false", "baselines.full_retrain=false", "baselines.classic=false", "trainer.num_threads=1",
+        "prompt.hidden_readout=true"]
+
+
+@pytest.mark.parametrize("task", ["rating", "click"])
+def test_a_fresh_readout_leaves_the_head_output_unchanged_and_needs_the_hidden_state(task):
+    torch.manual_seed(0)
+    plain, reading = build_head(task), build_head(task, hidden_size=8)
+    reading.load_state_dict({**plain.state_dict(), **{k: v for k, v in reading.state_dict().items() if k.startswith("readout.")}})
+    logits, hidden = torch.randn(4, plain.n_answers), torch.randn(4, 8)
+    assert not plain.reads_hidden and reading.reads_hidden
+    torch.testing.assert_close(reading(logits, hidden), plain(logits))
+    with torch.no_grad():
+        reading.readout.linear.weight.copy_(torch.randn(1, 8))  # (a constant weight reads 0: the norm centres h)
+    assert not torch.allclose(reading(logits, hidden), plain(logits))  # once trained, it does add something
+    with pytest.raises(ValueError, match="hidden"):
+        reading(logits)
+
+
+def test_load_head_keeps_a_readout_of_the_same_width_and_restarts_one_of_another():
+    torch.manual_seed(1)
+    head = RatingHead(hidden_size=6)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.copy_(torch.randn_like(p))
+    state = head.state_dict()
+    assert readout_width(state) == 6 and readout_width(RatingHead().state_dict()) is None
+    logits, hidden = torch.randn(3, 5), torch.randn(3, 6)
+    same = load_head("rating", state)
+    torch.testing.assert_close(same(logits, hidden), head(logits, hidden))
+    torch.testing.assert_close(load_head("rating", state, hidden_size=6)(logits, hidden), head(logits, hidden))
+    moved = load_head("rating", state, hidden_size=10)
+    assert moved.readout.hidden_size == 10 and float(moved.readout.linear.weight.detach().abs().sum()) == 0.0
+    torch.testing.assert_close(moved(logits, torch.randn(3, 10)), head.mlp(logits).squeeze(-1))  # the MLP came along
+    assert not load_head("click", ClickHead().state_dict(), hidden_size=10).reads_hidden  # no readout saved: none made
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_answer_hidden_is_what_the_answer_logits_are_projected_from(name):
+    from tests.test_prefix_cache import ITEMS, RATING, make_batch
+
+    b = load_backbone(name)
+    lm = FrozenLM(b.model, b.tokenizer, RATING, name=b.name, prefix_cache_mb=64)
+    assert lm.prefix_cache is not None
+    batch = make_batch(lm.tokenizer, "item_first")
+    prompts = torch.randn(len(ITEMS), 1, lm.hidden_size, generator=torch.Generator().manual_seed(2))
+    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"])
+    cached = lm.cached_answer_hidden(*args)
+    plain = lm.plain_answer_hidden(*args)
+    assert cached is not None and cached.shape == (len(ITEMS), lm.hidden_size)
+    torch.testing.assert_close(cached.float(), plain.float(), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lm.project_answers(plain), lm.plain_answer_logits(*args))
+    head = RatingHead(hidden_size=lm.hidden_size)
+    logits, hidden = answer_outputs(lm, head, batch, prompts)
+    torch.testing.assert_close(hidden.float(), cached.float(), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(logits, lm.answer_logits(*args), atol=2e-5, rtol=2e-5)
+    assert answer_outputs(lm, RatingHead(), batch, prompts)[1] is None  # a head without a readout: logits only
+
+
+def test_fit_trains_the_readout_serves_it_from_the_bank_and_moves_it_to_the_target(tmp_path):
+    run = tmp_path / "run"
+    assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST]) == 0
+    cfg = load_config([SMOKE], [f"run_dir={run}", *FAST])
+    setup_runtime(cfg)
+    source = PromptBank.load(run / "source" / "bank")
+    puma = PromptBank.load(run / "puma" / "bank")
+    assert readout_width(source.head_state) == source.hidden_size
+    assert float(source.head_state["readout.linear.weight"].abs().sum()) > 0  # it trained
+    assert readout_width(puma.head_state) == puma.hidden_size != source.hidden_size  # at the target's width
+    # the bank serves what the stage measured: its test RMSE is the source stage's own
+    stage = json.loads((run / "source" / "stage.json").read_text())
+    metrics = evaluate_bank(cfg, run / "source" / "bank", "source", "test")
+    assert metrics["rmse"] == pytest.approx(stage["metrics"]["rmse"], abs=1e-4)
+    # and the readout is part of it: zeroed, the bank scores differently
+    zeroed = PromptBank(source.prompts, source.user_ids, source.model_name, source.model_fingerprint, info=source.info,
+                        head_state={k: (torch.zeros_like(v) if k.startswith("readout.") else v) for k, v in source.head_state.items()})
+    zeroed.save(tmp_path / "zeroed")
+    assert evaluate_bank(cfg, tmp_path / "zeroed", "source", "test")["rmse"] != pytest.approx(stage["metrics"]["rmse"], abs=1e-6)
+    assert np.isfinite(json.loads((run / "puma" / "stage.json").read_text())["metrics"]["rmse"])
