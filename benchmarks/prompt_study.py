@@ -44,19 +44,22 @@ LEVERS: dict[str, list[str]] = {
     "residual_long": [*LONG, "prompt.residual=user_item_bias"],
     "residual_item": ["prompt.residual=item_bias"],
     "residual_history": ["prompt.residual=user_item_bias", "data.template=item_first_history", "data.rated_history=5"],
-    "readout": ["prompt.hidden_readout=true"],
-    "readout_long": [*LONG, "prompt.hidden_readout=true"],
+    "readout": ["prompt.hidden_readout=trained"],
+    "ridge": ["prompt.hidden_readout=ridge"],
+    "ridge_history": ["prompt.hidden_readout=ridge", "data.template=item_first_history", "data.rated_history=5"],
     "shared": LONG,
     "shared_bias": [*LONG, "prompt.user_bias=true"],
     "shared_residual": [*LONG, "prompt.residual=user_item_bias"],
-    "shared_readout": ["prompt.hidden_readout=true"],
+    "shared_readout": ["prompt.hidden_readout=trained"],
+    "shared_ridge": ["prompt.hidden_readout=ridge"],
 }
 """Named override sets; ``shared*`` train one prompt for all users (``shared_bias`` with a per-user bias: what the frozen
 model adds about the items on top of a per-user average; ``shared_residual`` on top of the user + item bias model).
 ``residual*`` add the bias model's prediction to the output (``prompt.residual``), so prompts learn what it misses;
-``history`` puts the user's 5 latest earlier training ratings into each row's text; ``readout*`` let the head read the answer
-position's hidden state as well as the answer logits (``prompt.hidden_readout``)."""
-SHARED = {"shared", "shared_bias", "shared_residual", "shared_readout"}
+``history`` puts the user's 5 latest earlier training ratings into each row's text; ``readout`` lets the head read the answer
+position's hidden state as well as the answer logits, trained with it; ``ridge*`` fit that readout in closed form first and
+freeze it (``prompt.hidden_readout``)."""
+SHARED = {"shared", "shared_bias", "shared_residual", "shared_readout", "shared_ridge"}
 REFERENCE = "user_item_bias"
 
 

@@ -89,6 +89,8 @@ RESIDUAL_BASES = ("none", "item_bias", "user_item_bias")
 """``prompt.residual`` choices (see :mod:`puma_lightning.pipeline.residual`)."""
 PROMPT_STARTS = ("random", "item_text")
 """``prompt.init_from`` choices (see :func:`puma_lightning.pipeline.builders.initial_prompts`)."""
+HIDDEN_READOUTS = ("none", "trained", "ridge")
+"""``prompt.hidden_readout`` choices (see :mod:`puma_lightning.models.heads` and :mod:`puma_lightning.pipeline.readout_fit`)."""
 INPUT_NORMS = ("none", "standardize")
 """``adapter.input_norm`` choices (see :mod:`puma_lightning.models.adapters.normalized`)."""
 ADAPTER_VALIDATION = ("selected", "heldout")
@@ -121,10 +123,13 @@ class PromptConfig:
     """``random`` (U(-0.1, 0.1), see ``init``) or ``item_text``: every prompt row starts at the mean input embedding of the text of the user's training items, plus the random draw (a start that already says what the user watched)."""
     user_bias: bool = False
     """Add a trainable per-user scalar to the head's output (trained at ``head_lr``), so that a user's average rating needs no prompt; rows trained with it say so (``user_bias`` in results.json). The bias stays with the run's stage; banks hold the prompts only."""
-    hidden_readout: bool = False
-    """The head also reads the last hidden state at the answer position through a linear readout (zero at the start), not
-    only the answer tokens' logits. The readout belongs to the model it reads: where a head moves to another model
-    (PUMA's adapter training, ``vocab_map``) it restarts at zero on that model's width (and stays zero where nothing trains)."""
+    hidden_readout: str = "none"
+    """``none``: the head reads the answer tokens' logits only (as published). ``trained``: it also reads the last hidden state
+    at the answer position through a linear readout (zero at the start) trained with the head. ``ridge``: that readout is
+    fitted in closed form before the stage trains (on its training rows, read through one neutral prompt; penalty and
+    components chosen on its validation rows; see :mod:`puma_lightning.pipeline.readout_fit`) and then frozen. The readout
+    belongs to the model it reads: where a head moves to another model (PUMA's adapter, ``vocab_map``) it restarts at zero
+    on that model's width, and is refitted there under ``ridge`` where that stage trains (PUMA's adapter), from its rows."""
     residual: str = "none"
     """``none``, or a no-LLM bias model (``item_bias``, ``user_item_bias``) whose prediction is added to the head's output, so the
     prompts and head learn only what it misses (rating tasks). The bias model is refitted from the dataset's training rows

@@ -22,12 +22,13 @@ from puma_lightning.models.backbone import FrozenLM
 from puma_lightning.models.heads import ClickHead, RatingHead, build_head, load_head, readout_width
 from puma_lightning.models.loading import load_backbone
 from puma_lightning.pipeline.bank_ops import evaluate_bank
+from puma_lightning.pipeline.readout_fit import ridge_readout
 from puma_lightning.tasks.base import answer_outputs
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 FAST = ["prompt.epochs=2", "adapter.epochs=1", "data.n_users=20", "data.rows_per_user=8", "selection.budget=8",
         "baselines.random_init=false", "baselines.full_retrain=false", "baselines.classic=false", "trainer.num_threads=1",
-        "prompt.hidden_readout=true"]
+        "prompt.hidden_readout=trained"]
 
 
 @pytest.mark.parametrize("task", ["rating", "click"])
@@ -105,3 +106,50 @@ def test_fit_trains_the_readout_serves_it_from_the_bank_and_moves_it_to_the_targ
     zeroed.save(tmp_path / "zeroed")
     assert evaluate_bank(cfg, tmp_path / "zeroed", "source", "test")["rmse"] != pytest.approx(stage["metrics"]["rmse"], abs=1e-6)
     assert np.isfinite(json.loads((run / "puma" / "stage.json").read_text())["metrics"]["rmse"])
+
+
+def test_ridge_readout_finds_a_linear_signal_and_folds_it_into_one_linear_map():
+    gen = np.random.default_rng(0)
+    d, n = 12, 400
+    true = gen.normal(size=d)
+    x, vx = gen.normal(3.0, 2.0, size=(n, d)), gen.normal(3.0, 2.0, size=(n, d))
+    base, vbase = np.full(n, 3.0), np.full(n, 3.0)
+    label = base + 0.1 * (x - 3.0) @ true + gen.normal(0, 0.1, n)
+    vlabel = vbase + 0.1 * (vx - 3.0) @ true + gen.normal(0, 0.1, n)
+    weight, bias, record = ridge_readout((x, base, label), (vx, vbase, vlabel))
+    assert record["val_rmse_with"] < 0.5 * record["val_rmse_without"]
+    folded = np.sqrt(np.mean((np.clip(vbase + vx @ weight + bias, 1, 5) - vlabel) ** 2))
+    assert folded == pytest.approx(record["val_rmse_with"], abs=1e-4)  # w·x + b is the chosen fit itself
+
+
+def test_ridge_readout_stays_zero_where_validation_has_nothing_to_gain():
+    gen = np.random.default_rng(1)
+    x, vx = gen.normal(size=(200, 6)), gen.normal(size=(100, 6))
+    label = 3.0 + x[:, 0]  # a signal on the training rows only
+    vlabel = np.full(100, 3.0)  # the base is already exact on validation
+    weight, bias, record = ridge_readout((x, np.full(200, 3.0), label), (vx, np.full(100, 3.0), vlabel))
+    assert not weight.any() and bias == 0.0 and record["components"] is None
+
+
+def test_fit_with_a_ridge_readout_records_the_fit_and_does_not_train_it(tmp_path):
+    ridge = [*FAST[:-1], "prompt.hidden_readout=ridge", "prompt.residual=user_item_bias"]
+    trained = [*FAST, "prompt.residual=user_item_bias"]
+    assert main(["fit", "--config", SMOKE, f"run_dir={tmp_path / 'ridge'}", *ridge]) == 0
+    assert main(["fit", "--config", SMOKE, f"run_dir={tmp_path / 'trained'}", *trained]) == 0
+    for stage in ("source", "puma"):
+        record = json.loads((tmp_path / "ridge" / stage / "stage.json").read_text())
+        fit = record["readout"]
+        assert fit["val_rmse_with"] <= fit["val_rmse_without"] and fit["train_rows"] > 0 and fit["seconds"] >= 0
+        other = json.loads((tmp_path / "trained" / stage / "stage.json").read_text())
+        width = PromptBank.load(tmp_path / "ridge" / stage / "bank").hidden_size
+        assert other["trainable_params"] - record["trainable_params"] == width + 1  # the readout is fitted, not trained
+    puma = json.loads((tmp_path / "ridge" / "puma" / "stage.json").read_text())
+    selected = json.loads((tmp_path / "ridge" / "selection.json").read_text())["num_selected"]
+    assert puma["readout"]["train_rows"] <= 8 * selected  # the target's readout sees only the selected users' rows
+
+
+def test_a_ridge_readout_on_a_click_task_is_a_one_line_error(tmp_path, capsys):
+    code = main(["fit", "--config", SMOKE, f"run_dir={tmp_path / 'r'}", *FAST[:-1], "prompt.hidden_readout=ridge",
+                 "data.task=click"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "hidden_readout=ridge" in errors[0] and "click" in errors[0]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from puma_lightning.config import (ADAPTER_VALIDATION, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
+from puma_lightning.config import (ADAPTER_VALIDATION, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
                                    RESIDUAL_BASES, SPLIT_METHODS, ExperimentConfig)
 from puma_lightning.data.registry import dataset_names
 from puma_lightning.errors import PumaError
@@ -45,6 +45,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "prompt.init": ("uniform", "scaled"),
     "prompt.optimizer": PROMPT_OPTIMIZERS,
     "prompt.init_from": PROMPT_STARTS,
+    "prompt.hidden_readout": HIDDEN_READOUTS,
     "prompt.residual": RESIDUAL_BASES,
     "adapter.kind": adapter_kinds,
     "adapter.output_scale": ("none", "embedding_std"),

@@ -79,12 +79,17 @@ def item_text_embeddings(lm: Any, item_texts: list[str], max_tokens: int, chunk:
     return torch.cat(out) if out else torch.zeros(0, lm.hidden_size)
 
 
+def reads_hidden(cfg: DictConfig) -> bool:
+    """Whether the configured heads read the hidden state (``prompt.hidden_readout`` other than ``none``)."""
+    return str(cfg.prompt.get("hidden_readout", "none")) != "none"
+
+
 def fresh_head(cfg: DictConfig, lm: Any, task: str, start: float) -> Any:
     """A new head for ``task`` on ``lm``, its output starting at ``start``; it reads ``lm``'s hidden state too
-    under ``prompt.hidden_readout``."""
+    unless ``prompt.hidden_readout`` is ``none``."""
     from puma_lightning.models.heads import build_head
 
-    head = build_head(task, lm.hidden_size if cfg.prompt.get("hidden_readout", False) else None)
+    head = build_head(task, lm.hidden_size if reads_hidden(cfg) else None)
     head.init_bias(start)
     return head
 

@@ -32,6 +32,7 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import stage_lineage
 from puma_lightning.models.adapters import adapter_metadata, build_adapter, with_input_norm
 from puma_lightning.models.heads import load_head
+from puma_lightning.pipeline.readout_fit import fit_if_configured
 from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tuning, fresh_head, build_table, initial_prompts,
                                              load_frozen_lm)
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
@@ -188,6 +189,7 @@ class Experiment:
         module = build_prompt_tuning(cfg, lm, table, head, prompts, scale, train_prompts=train_prompts, shared=shared)
         dm = self.datamodule(lm, cfg.prompt.batch_size)
         before = start_stage_costs(lm)
+        readout = fit_if_configured(cfg, module, dm)
         stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage), resume_key=key,
                          patience=cfg.prompt.early_stopping_patience if train_prompts else None)
         metrics = test_metrics(module, dm, cfg, self.run_dir, stage)
@@ -197,8 +199,11 @@ class Experiment:
             on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                             info=self._bank_info(f"pretrain:{stage}", metrics),
                                             head_state=module.head.state_dict()).save(self.stage_dir(stage) / "bank"))
+        if readout is not None:
+            stats.wall_s = round(stats.wall_s + readout["seconds"], 2)
         return self.write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict(), **cost,
-                                              "user_bias": module.user_bias is not None, "shared_prompt": shared})
+                                              "user_bias": module.user_bias is not None, "shared_prompt": shared,
+                                              **({"readout": readout} if readout is not None else {})})
 
     def select(self, bank: PromptBank) -> dict[str, Any]:
         """Choose the users the adapter trains on; writes ``selection.json``."""
@@ -256,6 +261,7 @@ class Experiment:
         dm = build_datamodule(train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users, eval_users=eval_users,
                               row_offset=train_offsets)
         before = start_stage_costs(lm)
+        readout = fit_if_configured(cfg, module, dm)  # the target's own readout, from the adapter's rows
         stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"), resume_key=key,
                          patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps)
         start = time.perf_counter()
@@ -274,7 +280,8 @@ class Experiment:
                                         info=self._bank_info("migrate:puma", metrics, source=source_bank),
                                         head_state=module.head.state_dict()).save(out_dir / "bank"))
         teacher_s = teacher.seconds if teacher is not None else 0.0
-        total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s + teacher_s, 2),
+        readout_s = readout["seconds"] if readout is not None else 0.0
+        total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s + teacher_s + readout_s, 2),
                            train_samples=stats.train_samples,
                            trainable_params=stats.trainable_params, epochs=stats.epochs, best_val_loss=stats.best_val_loss)
         return self.write_stage("puma", key, {"method": "puma", "metrics": metrics, **total.to_dict(),
@@ -283,6 +290,7 @@ class Experiment:
                                                "selected_users": selection["record"]["num_selected"],
                                                "allocation": selection["record"]["params"].get("allocation"),
                                                "teacher_rows": int(len(train_table) - len(table)), "teacher_s": round(teacher_s, 2),
+                                               **({"readout": readout} if readout is not None else {}),
                                                **cost})
 
     def fit(self) -> dict[str, Any]:

@@ -1,0 +1,130 @@
+"""Fit a head's hidden-state readout in closed form before a stage trains (``prompt.hidden_readout=ridge``).
+
+The frozen model's last hidden state at the answer position says more about an item than the 5 answer logits
+the head reads (on ml100k a ridge fit on it corrects a user + item bias model; README). Trained by SGD next to
+the prompts, the readout overfits instead (its 576+ weights co-adapt with each user's prompt). Here it is fitted
+once, by ridge regression, on the rows the stage trains on, with every row read through the same neutral prompt
+(the mean of the stage's starting prompts), to what the head and the residual base miss; then it is frozen.
+
+The fit: features ``norm(h)`` (what the readout reads) standardised per dimension; a ridge regression on their
+top ``k`` principal components, ``k`` and the penalty chosen on the stage's validation rows among
+:data:`COMPONENTS` x :data:`PENALTIES`, or no readout at all where none beats it there; the solution is folded
+back into the readout's ``Linear`` so that serving needs nothing new. Rows with the same token sequence share
+one forward (under ``item_first`` that is one per item).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from puma_lightning.errors import PumaError
+from puma_lightning.tasks.base import answer_outputs
+
+COMPONENTS: tuple[int | None, ...] = (32, 128, None)
+"""Principal components the ridge fit may keep (None: all of them)."""
+PENALTIES: tuple[float, ...] = (100.0, 300.0, 1000.0, 3000.0, 10000.0)
+"""Ridge penalties tried (on standardised features, summed squared error)."""
+
+
+@torch.no_grad()
+def neutral_rows(module: Any, datamodule: Any, split: str, prompt: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(features [n, d], base [n], label [n])`` of a split's rows read through one ``prompt`` ``[l, d]``: the
+    readout's normalised input, the output without the readout (head + residual offset), and the label."""
+    data = datamodule.dataset(split)
+    samples = [data[i] for i in range(len(data))]
+    index: dict[tuple[int, ...], int] = {}
+    which = np.empty(len(samples), dtype=np.int64)
+    unique: list[dict] = []
+    for i, sample in enumerate(samples):
+        key = tuple(int(t) for t in sample["input_ids"])
+        if key not in index:
+            index[key] = len(unique)
+            unique.append(sample)
+        which[i] = index[key]
+    head, lm = module.head, module.backbone
+    device = next(head.parameters()).device
+    features, outputs = [], []
+    loader = DataLoader(unique, batch_size=2 * int(datamodule.batch_size), collate_fn=datamodule.collate)
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        prompts = prompt.to(device)[None].expand(len(batch["user"]), -1, -1)
+        logits, hidden = answer_outputs(lm, head, batch, prompts)
+        features.append(head.readout.norm(hidden.float()).double().cpu())
+        outputs.append((head(logits, hidden) - head.readout(hidden)).double().cpu())
+    feats = torch.cat(features).numpy()[which]
+    offset = np.array([s["offset"] for s in samples], dtype=np.float64)
+    label = np.array([s["label"] for s in samples], dtype=np.float64)
+    return feats, torch.cat(outputs).numpy()[which] + offset, label
+
+
+def _rmse(prediction: np.ndarray, label: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.clip(prediction, 1.0, 5.0) - label) ** 2)))
+
+
+def ridge_readout(train: tuple[np.ndarray, np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray, np.ndarray]
+                  ) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """``(weight [d], bias, record)`` of the readout ``w · x + b`` fitted on ``train``'s residuals (label - base) and
+    chosen on ``valid``'s clipped RMSE; ``weight`` all zero (and ``bias`` 0) where no fit beats none there."""
+    x, base, label = train
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    target = label - base
+    centre = float(target.mean())
+    u, s, vt = np.linalg.svd(z, full_matrices=False)
+    projected = u.T @ (target - centre)
+    vx, vbase, vlabel = valid
+    vz = (vx - mean) / std
+    before = _rmse(vbase, vlabel)
+    best = (before, None, None, np.zeros(x.shape[1]), 0.0)
+    for k in COMPONENTS:
+        kk = len(s) if k is None else min(k, len(s))
+        for penalty in PENALTIES:
+            coef = vt[:kk].T @ (s[:kk] * projected[:kk] / (s[:kk] ** 2 + penalty))  # in standardised units
+            score = _rmse(vbase + vz @ coef + centre, vlabel)
+            if score < best[0]:
+                best = (score, kk, penalty, coef, centre)
+    score, kk, penalty, coef, centre = best
+    weight = coef / std
+    bias = centre - float(weight @ mean) if kk is not None else 0.0
+    return weight, bias, {"components": kk, "penalty": penalty, "val_rmse_without": round(before, 5),
+                          "val_rmse_with": round(score, 5), "train_rows": int(len(label)), "valid_rows": int(len(vlabel))}
+
+
+def fit_if_configured(cfg: Any, module: Any, datamodule: Any) -> dict[str, Any] | None:
+    """:func:`fit_readout` under ``prompt.hidden_readout=ridge`` (its record), else nothing (None)."""
+    if str(cfg.prompt.get("hidden_readout", "none")) != "ridge" or getattr(module.head, "readout", None) is None:
+        return None
+    return fit_readout(module, datamodule)
+
+
+def fit_readout(module: Any, datamodule: Any) -> dict[str, Any]:
+    """Fit ``module.head``'s readout by ridge (see the module docstring) on ``datamodule``'s training rows, chosen
+    on its validation rows, freeze it, and return the record (chosen components and penalty, validation RMSE
+    without and with it, seconds). The neutral prompt is the mean starting prompt of the training rows' users."""
+    head = module.head
+    if getattr(head, "readout", None) is None:
+        raise PumaError("prompt.hidden_readout=ridge: the head has no readout")
+    if module.task != "rating":
+        raise PumaError(f"prompt.hidden_readout=ridge fits ratings; this is a {module.task} task (use 'trained')")
+    start = time.perf_counter()
+    datamodule.setup("fit")
+    train = datamodule.dataset("train")
+    users = torch.as_tensor(np.unique(train.table.user[train.rows]))
+    with torch.no_grad():
+        prompt = module.prompts_for(users.to(next(head.parameters()).device)).float().mean(0)
+    was_training = module.training
+    module.eval()
+    weight, bias, record = ridge_readout(neutral_rows(module, datamodule, "train", prompt),
+                                         neutral_rows(module, datamodule, "valid", prompt))
+    module.train(was_training)
+    with torch.no_grad():
+        head.readout.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32)[None])
+        head.readout.linear.bias.fill_(float(bias))
+    head.readout.requires_grad_(False)
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    return record
