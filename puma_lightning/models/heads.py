@@ -8,8 +8,11 @@
 Either head can also read the answer position's last hidden state (``hidden_size``): a
 :class:`HiddenReadout` adds a linear function of it to the output. The 5 answer logits are a
 narrow view of what the frozen model computes about an item; its hidden state carries more (on
-ml100k a ridge fit on it corrects a user + item bias model, README). The readout belongs to the
-model whose hidden states it reads: :func:`load_head` restarts it at zero on a model of another width.
+ml100k a ridge fit on it corrects a user + item bias model, README). A readout with a *neutral
+prompt* reads the hidden state of the row read through that fixed prompt instead of the user's own:
+a per-item term the user's prompt cannot bend (``prompt.hidden_readout=ridge``). The readout belongs
+to the model whose hidden states it reads: :func:`load_head` restarts it at zero on a model of another
+width.
 """
 
 from __future__ import annotations
@@ -19,20 +22,40 @@ import torch.nn.functional as F
 from torch import nn
 
 
+NEUTRAL_CACHE_ROWS = 262_144
+"""Most token sequences whose neutral hidden state a readout keeps (cleared when full)."""
+
+
 class HiddenReadout(nn.Module):
     """``w · norm(h) + b`` of the answer position's hidden state ``h`` [B, d]; zero at the start, so a head
-    with a fresh readout predicts what it predicted without one."""
+    with a fresh readout predicts what it predicted without one.
 
-    def __init__(self, hidden_size: int) -> None:
+    ``neutral_prompt`` (buffer ``[l, d]``, empty by default): when set, ``h`` is read with this prompt in
+    the slot instead of the user's, so the term depends on the row's text only; those hidden states are
+    kept per token sequence (:attr:`neutral_cache`, not saved) since the model and the prompt are fixed."""
+
+    def __init__(self, hidden_size: int, neutral_length: int = 0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
         self.linear = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
+        self.register_buffer("neutral_prompt", torch.zeros(neutral_length, hidden_size))
+        self.neutral_cache: dict[bytes, torch.Tensor] = {}
 
     @property
     def hidden_size(self) -> int:
         return int(self.linear.in_features)
+
+    @property
+    def neutral(self) -> bool:
+        """Whether it reads the rows through its neutral prompt."""
+        return self.neutral_prompt.shape[0] > 0
+
+    def set_neutral(self, prompt: torch.Tensor) -> None:
+        """Read every row through ``prompt`` ``[l, d]`` from now on (forgets cached hidden states)."""
+        self.neutral_prompt = prompt.detach().float().reshape(-1, self.hidden_size).to(self.linear.weight.device).clone()
+        self.neutral_cache = {}
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(hidden.float())).squeeze(-1)
@@ -145,6 +168,7 @@ def build_head(task: str, hidden_size: int | None = None) -> nn.Module:
 
 
 READOUT_PREFIX = "readout."
+NEUTRAL_KEY = READOUT_PREFIX + "neutral_prompt"
 
 
 def readout_width(state: dict[str, torch.Tensor]) -> int | None:
@@ -162,6 +186,9 @@ def load_head(task: str, state: dict[str, torch.Tensor], hidden_size: int | None
     width = readout_width(state)
     if width is None or hidden_size is None or width == hidden_size:
         head = build_head(task, width)
+        neutral = state.get(NEUTRAL_KEY)
+        if head.readout is not None and neutral is not None and neutral.shape[0] > 0:
+            head.readout.set_neutral(neutral)
         head.load_state_dict(state)
         return head
     head = build_head(task, hidden_size)

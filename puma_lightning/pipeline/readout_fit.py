@@ -1,16 +1,17 @@
-"""Fit a head's hidden-state readout in closed form before a stage trains (``prompt.hidden_readout=ridge``).
+"""Fit a head's readout in closed form before a stage trains (``prompt.hidden_readout=ridge``).
 
 The frozen model's last hidden state at the answer position says more about an item than the 5 answer logits
-the head reads (on ml100k a ridge fit on it corrects a user + item bias model; README). Trained by SGD next to
-the prompts, the readout overfits instead (its 576+ weights co-adapt with each user's prompt). Here it is fitted
-once, by ridge regression, on the rows the stage trains on, with every row read through the same neutral prompt
-(the mean of the stage's starting prompts), to what the head and the residual base miss; then it is frozen.
+the head reads (on ml100k a ridge fit on it corrects a user + item bias model; README). Trained by SGD on each
+user's own hidden state (``trained``), the readout overfits instead: its weights co-adapt with each user's
+prompt. Here it reads every row through one fixed *neutral* prompt (the mean of the stage's starting prompts),
+so its term depends on the row's text only, and it is fitted once, by ridge regression, on the stage's training
+rows to what the residual base misses; then it is frozen while the prompts and the head's MLP train.
 
 The fit: features ``norm(h)`` (what the readout reads) standardised per dimension; a ridge regression on their
 top ``k`` principal components, ``k`` and the penalty chosen on the stage's validation rows among
 :data:`COMPONENTS` x :data:`PENALTIES`, or no readout at all where none beats it there; the solution is folded
-back into the readout's ``Linear`` so that serving needs nothing new. Rows with the same token sequence share
-one forward (under ``item_first`` that is one per item).
+back into the readout's ``Linear`` so that serving needs nothing new. Each distinct token sequence is read
+once (under ``item_first`` that is once per item) and kept in the readout's cache for the training that follows.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from puma_lightning.errors import PumaError
-from puma_lightning.tasks.base import answer_outputs
+from puma_lightning.tasks.base import neutral_hidden
 
 COMPONENTS: tuple[int | None, ...] = (32, 128, None)
 """Principal components the ridge fit may keep (None: all of them)."""
@@ -32,34 +33,18 @@ PENALTIES: tuple[float, ...] = (100.0, 300.0, 1000.0, 3000.0, 10000.0)
 
 
 @torch.no_grad()
-def neutral_rows(module: Any, datamodule: Any, split: str, prompt: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(features [n, d], base [n], label [n])`` of a split's rows read through one ``prompt`` ``[l, d]``: the
-    readout's normalised input, the output without the readout (head + residual offset), and the label."""
-    data = datamodule.dataset(split)
-    samples = [data[i] for i in range(len(data))]
-    index: dict[tuple[int, ...], int] = {}
-    which = np.empty(len(samples), dtype=np.int64)
-    unique: list[dict] = []
-    for i, sample in enumerate(samples):
-        key = tuple(int(t) for t in sample["input_ids"])
-        if key not in index:
-            index[key] = len(unique)
-            unique.append(sample)
-        which[i] = index[key]
-    head, lm = module.head, module.backbone
-    device = next(head.parameters()).device
-    features, outputs = [], []
-    loader = DataLoader(unique, batch_size=2 * int(datamodule.batch_size), collate_fn=datamodule.collate)
-    for batch in loader:
+def neutral_rows(module: Any, datamodule: Any, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(features [n, d], base [n], label [n])`` of a split's rows: the normalised hidden state each is read with
+    through the readout's neutral prompt, the residual base's prediction (its offset) and the label."""
+    readout = module.head.readout
+    device = readout.linear.weight.device
+    features, base, label = [], [], []
+    for batch in DataLoader(datamodule.dataset(split), batch_size=2 * int(datamodule.batch_size), collate_fn=datamodule.collate):
         batch = {k: v.to(device) for k, v in batch.items()}
-        prompts = prompt.to(device)[None].expand(len(batch["user"]), -1, -1)
-        logits, hidden = answer_outputs(lm, head, batch, prompts)
-        features.append(head.readout.norm(hidden.float()).double().cpu())
-        outputs.append((head(logits, hidden) - head.readout(hidden)).double().cpu())
-    feats = torch.cat(features).numpy()[which]
-    offset = np.array([s["offset"] for s in samples], dtype=np.float64)
-    label = np.array([s["label"] for s in samples], dtype=np.float64)
-    return feats, torch.cat(outputs).numpy()[which] + offset, label
+        features.append(readout.norm(neutral_hidden(module.backbone, readout, batch)).double().cpu())
+        base.append(batch["offset"].double().cpu())
+        label.append(batch["label"].double().cpu())
+    return torch.cat(features).numpy(), torch.cat(base).numpy(), torch.cat(label).numpy()
 
 
 def _rmse(prediction: np.ndarray, label: np.ndarray) -> float:
@@ -116,11 +101,10 @@ def fit_readout(module: Any, datamodule: Any) -> dict[str, Any]:
     train = datamodule.dataset("train")
     users = torch.as_tensor(np.unique(train.table.user[train.rows]))
     with torch.no_grad():
-        prompt = module.prompts_for(users.to(next(head.parameters()).device)).float().mean(0)
+        head.readout.set_neutral(module.prompts_for(users.to(head.readout.linear.weight.device)).float().mean(0))
     was_training = module.training
     module.eval()
-    weight, bias, record = ridge_readout(neutral_rows(module, datamodule, "train", prompt),
-                                         neutral_rows(module, datamodule, "valid", prompt))
+    weight, bias, record = ridge_readout(neutral_rows(module, datamodule, "train"), neutral_rows(module, datamodule, "valid"))
     module.train(was_training)
     with torch.no_grad():
         head.readout.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32)[None])

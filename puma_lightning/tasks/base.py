@@ -21,10 +21,35 @@ def answer_outputs(backbone: nn.Module, head: nn.Module, batch: dict[str, torch.
     """The answer logits ``[B, A]`` of a batch with ``prompts`` spliced in, and the hidden state ``[B, d]`` they
     come from when ``head`` reads it (None otherwise: the logits-only path, one projection fewer to keep)."""
     args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"])
-    if not getattr(head, "reads_hidden", False):
+    readout = getattr(head, "readout", None)
+    if readout is None:
         return backbone.answer_logits(*args), None
+    if readout.neutral:
+        return backbone.answer_logits(*args), neutral_hidden(backbone, readout, batch)
     hidden = backbone.answer_hidden(*args)
     return backbone.project_answers(hidden), hidden
+
+
+@torch.no_grad()
+def neutral_hidden(backbone: nn.Module, readout: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The hidden state ``[B, d]`` of each row read through ``readout``'s neutral prompt (no gradient: the prompt
+    and the model are fixed), from its cache where that token sequence was read before."""
+    from puma_lightning.models.heads import NEUTRAL_CACHE_ROWS
+
+    ids, ends, slots = batch["input_ids"].cpu(), batch["answer_pos"].cpu() + 1, batch["slot_pos"].cpu()
+    keys = [ids[i, : int(ends[i])].numpy().tobytes() + slots[i].numpy().tobytes() for i in range(len(ids))]
+    cache = readout.neutral_cache
+    missing = [i for i, key in enumerate(keys) if key not in cache]
+    if missing:
+        if len(cache) + len(missing) > NEUTRAL_CACHE_ROWS:
+            cache.clear()
+        pick = torch.as_tensor(missing, device=batch["input_ids"].device)
+        sub = {k: batch[k].index_select(0, pick) for k in ("input_ids", "attention_mask", "slot_pos", "answer_pos")}
+        prompt = readout.neutral_prompt[None].expand(len(missing), -1, -1)
+        hidden = backbone.answer_hidden(sub["input_ids"], sub["attention_mask"], sub["slot_pos"], prompt, sub["answer_pos"])
+        for i, h in zip(missing, hidden.float().cpu()):
+            cache[keys[i]] = h
+    return torch.stack([cache[key] for key in keys]).to(batch["input_ids"].device)
 
 
 class NonFiniteLossError(RuntimeError):
