@@ -143,6 +143,14 @@ def test_fit_with_a_ridge_readout_records_the_fit_and_does_not_train_it(tmp_path
         other = json.loads((tmp_path / "trained" / stage / "stage.json").read_text())
         width = PromptBank.load(tmp_path / "ridge" / stage / "bank").hidden_size
         assert other["trainable_params"] - record["trainable_params"] == width + 1  # the readout is fitted, not trained
+    # the source bank serves what its stage measured, neutral readout included
+    cfg = load_config([SMOKE], [f"run_dir={tmp_path / 'ridge'}", *ridge])
+    setup_runtime(cfg)
+    source = PromptBank.load(tmp_path / "ridge" / "source" / "bank")
+    assert source.head_state["readout.neutral_prompt"].shape == (1, source.hidden_size)
+    metrics = evaluate_bank(cfg, tmp_path / "ridge" / "source" / "bank", "source", "test")
+    stage = json.loads((tmp_path / "ridge" / "source" / "stage.json").read_text())
+    assert metrics["rmse"] == pytest.approx(stage["metrics"]["rmse"], abs=1e-4)
     puma = json.loads((tmp_path / "ridge" / "puma" / "stage.json").read_text())
     selected = json.loads((tmp_path / "ridge" / "selection.json").read_text())["num_selected"]
     assert puma["readout"]["train_rows"] <= 8 * selected  # the target's readout sees only the selected users' rows
@@ -153,3 +161,30 @@ def test_a_ridge_readout_on_a_click_task_is_a_one_line_error(tmp_path, capsys):
                  "data.task=click"])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "hidden_readout=ridge" in errors[0] and "click" in errors[0]
+
+
+def test_a_neutral_readout_reads_every_row_through_its_own_prompt_once_per_sequence():
+    from tests.test_prefix_cache import ITEMS, RATING, make_batch
+
+    b = load_backbone("tiny-llama")
+    lm = FrozenLM(b.model, b.tokenizer, RATING, name=b.name, prefix_cache_mb=64)
+    batch = make_batch(lm.tokenizer, "item_first")
+    gen = torch.Generator().manual_seed(3)
+    neutral = torch.randn(1, lm.hidden_size, generator=gen)
+    head = RatingHead(hidden_size=lm.hidden_size)
+    head.readout.set_neutral(neutral)
+    first = torch.randn(len(ITEMS), 1, lm.hidden_size, generator=gen)
+    second = torch.randn(len(ITEMS), 1, lm.hidden_size, generator=gen)
+    logits_a, hidden_a = answer_outputs(lm, head, batch, first)
+    logits_b, hidden_b = answer_outputs(lm, head, batch, second)
+    assert not torch.allclose(logits_a, logits_b)  # the logits read the users' prompts ...
+    torch.testing.assert_close(hidden_a, hidden_b)  # ... the readout the neutral one
+    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"], neutral[None].expand(len(ITEMS), -1, -1),
+            batch["answer_pos"])
+    torch.testing.assert_close(hidden_a, lm.plain_answer_hidden(*args).float(), atol=2e-5, rtol=2e-5)
+    assert len(head.readout.neutral_cache) == len(set(ITEMS))  # one read per distinct sequence
+    with torch.no_grad():
+        head.readout.linear.weight.copy_(torch.randn(1, lm.hidden_size, generator=gen))
+    reloaded = load_head("rating", head.state_dict())
+    assert reloaded.readout.neutral
+    torch.testing.assert_close(reloaded(logits_a, answer_outputs(lm, reloaded, batch, first)[1]), head(logits_a, hidden_a))
