@@ -38,8 +38,16 @@ def neutral_rows(module: Any, datamodule: Any, split: str) -> tuple[np.ndarray, 
     through the readout's neutral prompt, the residual base's prediction (its offset) and the label."""
     readout = module.head.readout
     device = readout.linear.weight.device
+    data = datamodule.dataset(split)
+    size = 2 * int(datamodule.batch_size)
+    distinct: dict[tuple, dict] = {}
+    for i in range(len(data)):  # each distinct sequence read once, in full batches (the rows below then hit the cache)
+        sample = data[i]
+        distinct.setdefault((tuple(int(t) for t in sample["input_ids"]), int(sample["slot_pos"])), sample)
+    for batch in DataLoader(list(distinct.values()), batch_size=size, collate_fn=datamodule.collate):
+        neutral_hidden(module.backbone, readout, {k: v.to(device) for k, v in batch.items()})
     features, base, label = [], [], []
-    for batch in DataLoader(datamodule.dataset(split), batch_size=2 * int(datamodule.batch_size), collate_fn=datamodule.collate):
+    for batch in DataLoader(data, batch_size=size, collate_fn=datamodule.collate):
         batch = {k: v.to(device) for k, v in batch.items()}
         features.append(readout.norm(neutral_hidden(module.backbone, readout, batch)).double().cpu())
         base.append(batch["offset"].double().cpu())
