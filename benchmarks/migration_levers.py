@@ -50,8 +50,12 @@ LEVERS: dict[str, list[str]] = {
     "cheap_half": [*CHEAP, "adapter.steps=47"],
     "distill": ["adapter.distill_items=16", "adapter.distill_weight=0.5"],
     "cheap_distill": [*CHEAP, "adapter.distill_items=16", "adapter.distill_weight=0.5"],
+    "readout_all": ["adapter.readout_rows=all"],
+    "cheap_readout_all": [*CHEAP, "adapter.readout_rows=all"],
 }
-"""Named override sets; ``polish`` levers report the polished row, ``vocab_map`` the training-free row."""
+"""Named override sets; ``polish`` levers report the polished row, ``vocab_map`` the training-free row. ``*readout_all``
+matter under ``prompt.hidden_readout=ridge`` (given as an override for every cell): the target's readout is fitted on every
+user's rows instead of the selected users' only."""
 BASELINES_OFF = ["baselines.source=false", "baselines.random_init=false", "baselines.full_retrain=false",
                  "baselines.classic=false"]
 CSV_FIELDS = ("lever", "budget", "seed", "method", "rmse", "mae", "auc", "uauc", "val_loss", "val_rmse", "val_auc", "train_samples",

@@ -188,3 +188,18 @@ def test_a_neutral_readout_reads_every_row_through_its_own_prompt_once_per_seque
     reloaded = load_head("rating", head.state_dict())
     assert reloaded.readout.neutral
     torch.testing.assert_close(reloaded(logits_a, answer_outputs(lm, reloaded, batch, first)[1]), head(logits_a, hidden_a))
+
+
+def test_puma_fits_the_targets_readout_on_every_users_rows_when_asked(tmp_path):
+    ridge = [*FAST[:-1], "prompt.hidden_readout=ridge", "prompt.residual=user_item_bias", "adapter.readout_rows=all"]
+    assert main(["fit", "--config", SMOKE, f"run_dir={tmp_path / 'all'}", *ridge]) == 0
+    cfg = load_config([SMOKE], [f"run_dir={tmp_path / 'all'}", *ridge])
+    setup_runtime(cfg)
+    from puma_lightning.pipeline.experiment import Experiment
+
+    table = Experiment(cfg).table
+    puma = json.loads((tmp_path / "all" / "puma" / "stage.json").read_text())
+    assert puma["readout"]["train_rows"] == len(table.rows("train")) and puma["readout"]["valid_rows"] == len(table.rows("valid"))
+    chosen = np.array([table.user_ids.index(u) for u in json.loads((tmp_path / "all" / "selection.json").read_text())["user_ids"]])
+    assert len(chosen) < table.n_users  # the adapter still trains on the selected users' rows only (1 epoch)
+    assert puma["train_samples"] == len(table.rows("train", chosen)) < puma["readout"]["train_rows"]

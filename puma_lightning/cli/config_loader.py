@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from puma_lightning.config import (ADAPTER_VALIDATION, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
-                                   RESIDUAL_BASES, SPLIT_METHODS, ExperimentConfig)
+                                   READOUT_ROWS, RESIDUAL_BASES, SPLIT_METHODS, ExperimentConfig)
 from puma_lightning.data.registry import dataset_names
 from puma_lightning.errors import PumaError
 
@@ -46,6 +46,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "prompt.optimizer": PROMPT_OPTIMIZERS,
     "prompt.init_from": PROMPT_STARTS,
     "prompt.hidden_readout": HIDDEN_READOUTS,
+    "adapter.readout_rows": READOUT_ROWS,
     "prompt.residual": RESIDUAL_BASES,
     "adapter.kind": adapter_kinds,
     "adapter.output_scale": ("none", "embedding_std"),

@@ -261,7 +261,8 @@ class Experiment:
         dm = build_datamodule(train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users, eval_users=eval_users,
                               row_offset=train_offsets)
         before = start_stage_costs(lm)
-        readout = fit_if_configured(cfg, module, dm)  # the target's own readout, from the adapter's rows
+        readout_dm = dm if cfg.adapter.readout_rows == "selected" else self.datamodule(lm, cfg.adapter.batch_size)
+        readout = fit_if_configured(cfg, module, readout_dm)  # the target's own readout (closed form)
         stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"), resume_key=key,
                          patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps)
         start = time.perf_counter()
