@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from puma_lightning.errors import PumaError
-from puma_lightning.tasks.base import neutral_hidden
+from puma_lightning.tasks.base import neutral_hidden, share_template_prefixes
 
 COMPONENTS: tuple[int | None, ...] = (32, 128, None)
 """Principal components the ridge fit may keep (None: all of them)."""
@@ -38,6 +38,7 @@ def neutral_rows(module: Any, datamodule: Any, split: str) -> tuple[np.ndarray, 
     through the readout's neutral prompt, the residual base's prediction (its offset) and the label."""
     readout = module.head.readout
     device = readout.linear.weight.device
+    share_template_prefixes(module.backbone, datamodule)  # prefixes computed in their groups, as training will
     data = datamodule.dataset(split)
     size = 2 * int(datamodule.batch_size)
     distinct: dict[tuple, dict] = {}

@@ -52,6 +52,19 @@ def neutral_hidden(backbone: nn.Module, readout: nn.Module, batch: dict[str, tor
     return torch.stack([cache[key] for key in keys]).to(batch["input_ids"].device)
 
 
+def share_template_prefixes(backbone: nn.Module, datamodule: Any) -> None:
+    """Tell the backbone's prefix cache what the datamodule's prefixes are: the constant head every one
+    starts with (computed once), and all of them (so each is computed in a fixed group)."""
+    encoder = getattr(datamodule, "encoder", None)
+    set_stem = getattr(backbone, "set_prefix_stem", None)
+    if encoder is not None and callable(set_stem):
+        set_stem(encoder.constant_head())
+    universe = getattr(datamodule, "prefix_universe", None)
+    set_groups = getattr(backbone, "set_prefix_groups", None)
+    if callable(universe) and callable(set_groups):
+        set_groups(universe())
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf: stops the run with the step and the users involved."""
 
@@ -164,17 +177,7 @@ class PromptTask(L.LightningModule):
 
     # -- the template's constant head, computed once by the prefix cache ----------------------
     def _share_template_head(self) -> None:
-        """Tell the backbone's prefix cache what the datamodule's prefixes are: the constant head every one
-        starts with (computed once), and all of them (so each is computed in a fixed group)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        encoder = getattr(datamodule, "encoder", None)
-        set_stem = getattr(self.backbone, "set_prefix_stem", None)
-        if encoder is not None and callable(set_stem):
-            set_stem(encoder.constant_head())
-        universe = getattr(datamodule, "prefix_universe", None)
-        set_groups = getattr(self.backbone, "set_prefix_groups", None)
-        if callable(universe) and callable(set_groups):
-            set_groups(universe())
+        share_template_prefixes(self.backbone, getattr(self.trainer, "datamodule", None))
 
     def on_fit_start(self) -> None:
         self._share_template_head()
