@@ -203,3 +203,21 @@ def test_puma_fits_the_targets_readout_on_every_users_rows_when_asked(tmp_path):
     chosen = np.array([table.user_ids.index(u) for u in json.loads((tmp_path / "all" / "selection.json").read_text())["user_ids"]])
     assert len(chosen) < table.n_users  # the adapter still trains on the selected users' rows only (1 epoch)
     assert puma["train_samples"] == len(table.rows("train", chosen)) < puma["readout"]["train_rows"]
+
+
+def test_the_ridge_fit_leaves_every_modules_train_or_eval_mode_as_it_found_it(tmp_path):
+    from puma_lightning.pipeline.builders import build_datamodule, build_prompt_tuning, fresh_head, initial_prompts
+    from puma_lightning.pipeline.experiment import Experiment
+    from puma_lightning.pipeline.readout_fit import fit_readout
+
+    cfg = load_config([SMOKE], [f"run_dir={tmp_path}", *FAST[:-1], "prompt.hidden_readout=ridge", "prompt.residual=user_item_bias"])
+    setup_runtime(cfg)
+    exp = Experiment(cfg)
+    lm, table = exp.backbone("source"), exp.table
+    prompts, scale = initial_prompts(cfg, lm, table)
+    module = build_prompt_tuning(cfg, lm, table, fresh_head(cfg, lm, table.task, 0.0), prompts, scale)
+    module.train()
+    lm.eval()  # as the stages hold it: the frozen model in eval mode (no dropout, no recomputation) under a training task
+    before = [m.training for m in module.modules()]
+    fit_readout(module, build_datamodule(table, lm.tokenizer, cfg, 8))
+    assert [m.training for m in module.modules()] == before

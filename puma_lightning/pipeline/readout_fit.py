@@ -111,10 +111,11 @@ def fit_readout(module: Any, datamodule: Any) -> dict[str, Any]:
     users = torch.as_tensor(np.unique(train.table.user[train.rows]))
     with torch.no_grad():
         head.readout.set_neutral(module.prompts_for(users.to(head.readout.linear.weight.device)).float().mean(0))
-    was_training = module.training
+    modes = [(m, m.training) for m in module.modules()]  # the frozen model stays in eval mode: restore each flag, not one
     module.eval()
     weight, bias, record = ridge_readout(neutral_rows(module, datamodule, "train"), neutral_rows(module, datamodule, "valid"))
-    module.train(was_training)
+    for submodule, mode in modes:
+        submodule.training = mode
     with torch.no_grad():
         head.readout.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32)[None])
         head.readout.linear.bias.fill_(float(bias))
