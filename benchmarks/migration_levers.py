@@ -88,6 +88,15 @@ def lever_row(lever: str) -> str:
     return "puma_polish" if "adapter.polish_epochs=" in overrides and "polish_epochs=0" not in overrides else "puma"
 
 
+def references(lever: str, users: int, levers: Sequence[str]) -> list[str]:
+    """The rows a cell is paired with: full retraining, and for ``random_selection`` the ``shipped`` cell of the same
+    budget (when it is run too), so that the table says whether the shipped selection beats random users."""
+    refs = ["full_retrain"]
+    if lever == "random_selection" and "shipped" in levers:
+        refs.append(f"shipped @ {users} users")
+    return refs
+
+
 def all_user_validation(exp: Any, stage: str) -> dict[str, float]:
     """``val/*`` metrics of the bank a stage wrote, on the validation rows of every user: the same rows for every lever
     and for full retraining (a PUMA stage's own best epoch is chosen on its selected or held-out users only). Cached
@@ -157,7 +166,7 @@ def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequenc
                 val = validation_values(all_user_validation(exp, which))
                 rows[name] = SeedRow({m: rec.get(m) for m in ("rmse", "mae", "auc", "uauc") if m in rec} |
                                      {"wall_s": rec["wall_s"], "train_samples": rec["train_samples"], **val},
-                                     exp.method_dir(which), ["full_retrain"])
+                                     exp.method_dir(which), references(lever, users, levers))
                 csv_rows.append({"lever": lever, "budget": users, "seed": seed, "method": which, **val,
                                  **{m: rec.get(m) for m in ("rmse", "mae", "auc", "uauc")},
                                  "train_samples": rec["train_samples"], "wall_s": rec["wall_s"], "run_dir": str(run_dir)})
@@ -169,6 +178,21 @@ def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequenc
     return results
 
 
+def cost_shares(results: dict[str, Any], name: str) -> str:
+    """``1/a samples, 1/b wall``: full retraining's training samples and wall seconds over the row's, each ratio taken
+    within a seed (the two ran in the same run on the same machine) and averaged over the seeds; ``-`` for full
+    retraining itself or where a seed lacks either."""
+    if name == "full_retrain":
+        return "-"
+    per_seed, full = results["methods"][name]["per_seed"], results["methods"]["full_retrain"]["per_seed"]
+    parts = []
+    for key, label in (("train_samples", "samples"), ("wall_s", "wall")):
+        ratios = [float(full[s][key]) / float(v[key]) for s, v in per_seed.items()
+                  if s in full and v.get(key) and full[s].get(key)]
+        parts.append(f"1/{sum(ratios) / len(ratios):.1f} {label}" if ratios else f"- {label}")
+    return ", ".join(parts)
+
+
 def write_outputs(out: Path, results: dict[str, Any], csv_rows: list[dict[str, Any]], dtype: str | None,
                   levers: Sequence[str], table_md: str) -> None:
     """``levers.json``, ``levers.md``, ``levers.csv`` and ``levers.png``."""
@@ -178,10 +202,10 @@ def write_outputs(out: Path, results: dict[str, Any], csv_rows: list[dict[str, A
     lines = [describe_machine(dtype), "", "Levers (overrides on the config):", ""]
     lines += [f"- `{name}`: {' '.join(LEVERS[name]) or '(the config as shipped)'}" for name in levers]
     val = "val_rmse" if results["task"] == "rating" else "val_auc"
-    cost = ["", f"| row | train samples (mean) | wall s (mean) | validation loss, all users | validation {val[4:].upper()} |",
-            "|---|---|---|---|---|"]
-    cost += [f"| {name} | {row['train_samples']['mean']:,.0f} | {row['wall_s']['mean']:.1f} | {_mean(row, 'val_loss')} | "
-             f"{_mean(row, val)} |" for name, row in results["methods"].items()]
+    cost = ["", f"| row | train samples (mean) | wall s (mean) | share of full retraining's samples / wall (per-seed ratios, "
+            f"mean) | validation loss, all users | validation {val[4:].upper()} |", "|---|---|---|---|---|---|"]
+    cost += [f"| {name} | {row['train_samples']['mean']:,.0f} | {row['wall_s']['mean']:.1f} | {cost_shares(results, name)} | "
+             f"{_mean(row, 'val_loss')} | {_mean(row, val)} |" for name, row in results["methods"].items()]
     chosen = choose_on_validation(results)
     if chosen:
         cost += ["", "Chosen on every user's validation rows (never on test): the lowest mean validation loss, or the cheapest row "
