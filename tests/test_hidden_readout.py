@@ -22,7 +22,7 @@ from puma_lightning.models.backbone import FrozenLM
 from puma_lightning.models.heads import ClickHead, RatingHead, build_head, load_head, readout_width
 from puma_lightning.models.loading import load_backbone
 from puma_lightning.pipeline.bank_ops import evaluate_bank
-from puma_lightning.pipeline.readout_fit import ridge_readout
+from puma_lightning.pipeline.readout_fit import ReadoutRows, ridge_readout
 from puma_lightning.tasks.base import answer_outputs
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
@@ -116,10 +116,30 @@ def test_ridge_readout_finds_a_linear_signal_and_folds_it_into_one_linear_map():
     base, vbase = np.full(n, 3.0), np.full(n, 3.0)
     label = base + 0.1 * (x - 3.0) @ true + gen.normal(0, 0.1, n)
     vlabel = vbase + 0.1 * (vx - 3.0) @ true + gen.normal(0, 0.1, n)
-    weight, bias, record = ridge_readout((x, base, label), (vx, vbase, vlabel))
+    weight, bias, record = ridge_readout(ReadoutRows.per_row(x, base, label), ReadoutRows.per_row(vx, vbase, vlabel))
     assert record["val_rmse_with"] < 0.5 * record["val_rmse_without"]
     folded = np.sqrt(np.mean((np.clip(vbase + vx @ weight + bias, 1, 5) - vlabel) ** 2))
     assert folded == pytest.approx(record["val_rmse_with"], abs=1e-4)  # w·x + b is the chosen fit itself
+
+
+def test_ridge_readout_on_distinct_sequences_equals_the_fit_on_every_row():
+    """Rows sharing a sequence (an item read by many users) are stored once with an index; the fit must be the one on
+    the rows expanded, weights and all (a fit that ignored the counts would weigh a popular item like a rare one)."""
+    gen = np.random.default_rng(2)
+    m, d, n = 30, 8, 500
+    distinct, vdistinct = gen.normal(1.0, 2.0, size=(m, d)), gen.normal(1.0, 2.0, size=(m, d))
+    index = np.minimum(gen.geometric(0.08, size=n) - 1, m - 1)  # skewed: a few sequences hold most rows
+    vindex = gen.integers(0, m, size=200)
+    true = gen.normal(size=d)
+    base, vbase = gen.normal(3.0, 0.3, n), gen.normal(3.0, 0.3, 200)
+    label = base + 0.2 * distinct[index] @ true + gen.normal(0, 0.3, n)
+    vlabel = vbase + 0.2 * vdistinct[vindex] @ true + gen.normal(0, 0.3, 200)
+    grouped = ridge_readout(ReadoutRows(distinct, index, base, label), ReadoutRows(vdistinct, vindex, vbase, vlabel))
+    expanded = ridge_readout(ReadoutRows.per_row(distinct[index], base, label), ReadoutRows.per_row(vdistinct[vindex], vbase, vlabel))
+    assert grouped[2]["penalty"] == expanded[2]["penalty"] and grouped[2]["val_rmse_with"] < grouped[2]["val_rmse_without"]
+    np.testing.assert_allclose(grouped[0], expanded[0], rtol=1e-8, atol=1e-10)
+    assert grouped[1] == pytest.approx(expanded[1], abs=1e-8)
+    assert grouped[2]["val_rmse_with"] == expanded[2]["val_rmse_with"] and grouped[2]["train_rows"] == n
 
 
 def test_ridge_readout_stays_zero_where_validation_has_nothing_to_gain():
@@ -127,7 +147,8 @@ def test_ridge_readout_stays_zero_where_validation_has_nothing_to_gain():
     x, vx = gen.normal(size=(200, 6)), gen.normal(size=(100, 6))
     label = 3.0 + x[:, 0]  # a signal on the training rows only
     vlabel = np.full(100, 3.0)  # the base is already exact on validation
-    weight, bias, record = ridge_readout((x, np.full(200, 3.0), label), (vx, np.full(100, 3.0), vlabel))
+    weight, bias, record = ridge_readout(ReadoutRows.per_row(x, np.full(200, 3.0), label),
+                                         ReadoutRows.per_row(vx, np.full(100, 3.0), vlabel))
     assert not weight.any() and bias == 0.0 and record["components"] is None
 
 

@@ -17,6 +17,7 @@ once (under ``item_first`` that is once per item) and kept in the readout's cach
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,61 +33,96 @@ PENALTIES: tuple[float, ...] = (100.0, 300.0, 1000.0, 3000.0, 10000.0)
 """Ridge penalties tried (on standardised features, summed squared error)."""
 
 
+@dataclass(frozen=True)
+class ReadoutRows:
+    """A split's rows for the ridge fit, stored per distinct token sequence: ``features [m, d]`` (the normalised hidden
+    state of each distinct sequence read through the neutral prompt), ``index [n]`` (each row's sequence), and per row
+    ``base [n]`` (the residual base's prediction) and ``label [n]``. Memory grows with the distinct sequences (the
+    items, under ``item_first``), not with the rows."""
+
+    features: np.ndarray
+    index: np.ndarray
+    base: np.ndarray
+    label: np.ndarray
+
+    @classmethod
+    def per_row(cls, features: np.ndarray, base: np.ndarray, label: np.ndarray) -> "ReadoutRows":
+        """Rows that each have their own feature vector."""
+        return cls(np.asarray(features, dtype=np.float64), np.arange(len(label)), np.asarray(base, dtype=np.float64),
+                   np.asarray(label, dtype=np.float64))
+
+    def counts(self) -> np.ndarray:
+        """Rows per distinct sequence ``[m]``."""
+        return np.bincount(self.index, minlength=len(self.features)).astype(np.float64)
+
+    def sums(self, per_row: np.ndarray) -> np.ndarray:
+        """``per_row [n]`` summed over each distinct sequence's rows ``[m]``."""
+        return np.bincount(self.index, weights=per_row, minlength=len(self.features))
+
+
 @torch.no_grad()
-def neutral_rows(module: Any, datamodule: Any, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(features [n, d], base [n], label [n])`` of a split's rows: the normalised hidden state each is read with
-    through the readout's neutral prompt, the residual base's prediction (its offset) and the label."""
+def neutral_rows(module: Any, datamodule: Any, split: str) -> ReadoutRows:
+    """A split's :class:`ReadoutRows`: each distinct sequence read once through the readout's neutral prompt, in full
+    batches (and kept in the readout's cache for the training that follows)."""
     readout = module.head.readout
     device = readout.linear.weight.device
     share_template_prefixes(module.backbone, datamodule)  # prefixes computed in their groups, as training will
     data = datamodule.dataset(split)
     size = 2 * int(datamodule.batch_size)
-    distinct: dict[tuple, dict] = {}
-    for i in range(len(data)):  # each distinct sequence read once, in full batches (the rows below then hit the cache)
+    distinct: dict[tuple, int] = {}
+    firsts: list[dict] = []
+    index, base, label = np.empty(len(data), dtype=np.int64), np.empty(len(data)), np.empty(len(data))
+    for i in range(len(data)):  # each row encoded once
         sample = data[i]
-        distinct.setdefault((tuple(int(t) for t in sample["input_ids"]), int(sample["slot_pos"])), sample)
-    for batch in DataLoader(list(distinct.values()), batch_size=size, collate_fn=datamodule.collate):
-        neutral_hidden(module.backbone, readout, {k: v.to(device) for k, v in batch.items()})
-    features, base, label = [], [], []
-    for batch in DataLoader(data, batch_size=size, collate_fn=datamodule.collate):
+        key = (tuple(int(t) for t in sample["input_ids"]), int(sample["slot_pos"]))
+        if key not in distinct:
+            distinct[key] = len(firsts)
+            firsts.append(sample)
+        index[i] = distinct[key]
+        base[i], label[i] = np.float32(sample.get("offset", 0.0)), np.float32(sample["label"])  # as the batches carry them
+    features = []
+    for batch in DataLoader(firsts, batch_size=size, collate_fn=datamodule.collate):
         batch = {k: v.to(device) for k, v in batch.items()}
         features.append(readout.norm(neutral_hidden(module.backbone, readout, batch)).double().cpu())
-        base.append(batch["offset"].double().cpu())
-        label.append(batch["label"].double().cpu())
-    return torch.cat(features).numpy(), torch.cat(base).numpy(), torch.cat(label).numpy()
+    return ReadoutRows(torch.cat(features).numpy(), index, base, label)
 
 
 def _rmse(prediction: np.ndarray, label: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.clip(prediction, 1.0, 5.0) - label) ** 2)))
 
 
-def ridge_readout(train: tuple[np.ndarray, np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray, np.ndarray]
-                  ) -> tuple[np.ndarray, float, dict[str, Any]]:
+def ridge_readout(train: ReadoutRows, valid: ReadoutRows) -> tuple[np.ndarray, float, dict[str, Any]]:
     """``(weight [d], bias, record)`` of the readout ``w · x + b`` fitted on ``train``'s residuals (label - base) and
-    chosen on ``valid``'s clipped RMSE; ``weight`` all zero (and ``bias`` 0) where no fit beats none there."""
-    x, base, label = train
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    z = (x - mean) / std
-    target = label - base
+    chosen on ``valid``'s clipped RMSE; ``weight`` all zero (and ``bias`` 0) where no fit beats none there.
+
+    The same fit as on one feature row per training row, computed from per-sequence sums: standardisation by the
+    rows' mean and std, principal components of the row-weighted features (``sqrt(count) * z`` has the rows' Gram
+    matrix), and the ridge right-hand side ``Z^T (t - centre)`` summed per sequence."""
+    counts = train.counts()
+    n = float(counts.sum())
+    mean = counts @ train.features / n
+    std = np.sqrt(counts @ (train.features - mean) ** 2 / n) + 1e-6
+    z = (train.features - mean) / std
+    target = train.label - train.base
     centre = float(target.mean())
-    u, s, vt = np.linalg.svd(z, full_matrices=False)
-    projected = u.T @ (target - centre)
-    vx, vbase, vlabel = valid
-    vz = (vx - mean) / std
-    before = _rmse(vbase, vlabel)
-    best = (before, None, None, np.zeros(x.shape[1]), 0.0)
+    _, s, vt = np.linalg.svd(np.sqrt(counts)[:, None] * z, full_matrices=False)
+    gradient = vt @ (z.T @ train.sums(target - centre))  # V^T Z^T (t - centre), per component
+    vz = (valid.features - mean) / std
+    before = _rmse(valid.base, valid.label)
+    best = (before, None, None, np.zeros(z.shape[1]), 0.0)
     for k in COMPONENTS:
         kk = len(s) if k is None else min(k, len(s))
         for penalty in PENALTIES:
-            coef = vt[:kk].T @ (s[:kk] * projected[:kk] / (s[:kk] ** 2 + penalty))  # in standardised units
-            score = _rmse(vbase + vz @ coef + centre, vlabel)
+            coef = vt[:kk].T @ (gradient[:kk] / (s[:kk] ** 2 + penalty))  # in standardised units
+            score = _rmse(valid.base + (vz @ coef)[valid.index] + centre, valid.label)
             if score < best[0]:
                 best = (score, kk, penalty, coef, centre)
     score, kk, penalty, coef, centre = best
     weight = coef / std
     bias = centre - float(weight @ mean) if kk is not None else 0.0
     return weight, bias, {"components": kk, "penalty": penalty, "val_rmse_without": round(before, 5),
-                          "val_rmse_with": round(score, 5), "train_rows": int(len(label)), "valid_rows": int(len(vlabel))}
+                          "val_rmse_with": round(score, 5), "train_rows": int(len(train.label)),
+                          "valid_rows": int(len(valid.label))}
 
 
 def fit_if_configured(cfg: Any, module: Any, datamodule: Any) -> dict[str, Any] | None:
