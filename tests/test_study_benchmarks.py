@@ -86,6 +86,19 @@ def test_validation_picks_the_lowest_loss_unless_a_cheaper_row_is_within_its_see
     assert module.budget_users(0.05, 943) == 47 and module.budget_users(94, 943) == 94
 
 
+def test_random_selection_is_paired_with_the_shipped_selection_and_costs_are_shares_within_a_seed():
+    module = load_benchmark("migration_levers")
+    assert module.references("random_selection", 47, ["shipped", "random_selection"]) == ["full_retrain", "shipped @ 47 users"]
+    assert module.references("random_selection", 47, ["random_selection"]) == ["full_retrain"]  # no shipped cell to pair
+    assert module.references("cheap", 47, ["shipped", "cheap"]) == ["full_retrain"]
+    per_seed = lambda *pairs: {str(s): {"train_samples": n, "wall_s": w} for s, (n, w) in enumerate(pairs)}
+    results = {"methods": {"full_retrain": {"per_seed": per_seed((800, 400.0), (800, 200.0))},
+                           "a": {"per_seed": per_seed((100, 50.0), (100, 40.0))}}}
+    # each seed's own ratio (400/50 = 8, 200/40 = 5), averaged: 6.5, not the ratio of the means (300/45 = 6.7)
+    assert module.cost_shares(results, "a") == "1/8.0 samples, 1/6.5 wall"
+    assert module.cost_shares(results, "full_retrain") == "-"
+
+
 @pytest.mark.parametrize("benchmark", ["prompt_study", "migration_levers"])
 def test_every_lever_is_a_valid_set_of_overrides_on_the_real_data_config(benchmark):
     from puma_lightning.cli.config_loader import load_config
