@@ -97,6 +97,27 @@ def test_ddp_test_metrics_equal_single_process(single_run: Path, tmp_path: Path)
     assert one["mae"] == pytest.approx(recorded["mae"], abs=1e-6)
 
 
+def test_ddp_predict_writes_every_pair_as_one_process_does(single_run: Path, tmp_path: Path) -> None:
+    """Each rank scores its shard of the pairs; the file rank 0 writes must hold all of them, in file order."""
+    import csv
+
+    from puma_lightning.cli.config_loader import load_config
+    from puma_lightning.data.table import SPLIT_NAMES
+    from puma_lightning.pipeline.builders import build_table
+
+    table = build_table(load_config([SMOKE], SMALL).data, 0)
+    rows = np.flatnonzero(table.split == SPLIT_NAMES["test"])
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user,item\n" + "".join(f"{table.user_ids[table.user[r]]},{table.item_id_list()[table.item[r]]}\n"
+                                             for r in rows), encoding="utf-8")
+    args = ["predict", "--config", SMOKE, *SMALL, f"bank={single_run / 'puma' / 'bank'}", "model=target", f"pairs={pairs}"]
+    _cli(*args, f"run_dir={tmp_path / 'one'}", f"out={tmp_path / 'one.csv'}")
+    _cli(*args, *DDP, f"run_dir={tmp_path / 'two'}", f"out={tmp_path / 'two.csv'}")
+    one, two = (list(csv.DictReader(open(tmp_path / f"{n}.csv", encoding="utf-8"))) for n in ("one", "two"))
+    assert len(one) == len(rows) > 8 and [(r["user"], r["item"]) for r in two] == [(r["user"], r["item"]) for r in one]
+    assert np.allclose([float(r["prediction"]) for r in two], [float(r["prediction"]) for r in one], atol=1e-5)
+
+
 @pytest.mark.slow
 def test_ddp_chain_finishes_with_complete_outputs(tmp_path: Path) -> None:
     run_dir = tmp_path / "chain"

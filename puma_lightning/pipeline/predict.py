@@ -82,8 +82,10 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         started = time.perf_counter()
         rows = score_rows(cfg, exp.run_dir, lm, head, prompts, table, base, 2 * int(cfg.prompt.batch_size), "predict")
         predict_s = time.perf_counter() - started
+    from puma_lightning.pipeline.distributed import gather_lists, is_global_zero
+
+    rows = dict(gather_lists(list(rows.items())))  # under DDP each rank scored its shard: rank 0 writes them all
     header, out_rows = output_rows(pairs, kept, rows, table.task, cfg.top_k)
-    from puma_lightning.pipeline.distributed import is_global_zero
 
     if is_global_zero():
         write_table(cfg.out, header, out_rows)
