@@ -95,7 +95,7 @@ INPUT_NORMS = ("none", "standardize")
 """``adapter.input_norm`` choices (see :mod:`puma_lightning.models.adapters.normalized`)."""
 ADAPTER_VALIDATION = ("selected", "heldout")
 """``adapter.validation`` choices."""
-READOUT_ROWS = ("selected", "all")
+READOUT_ROWS = ("selected", "adapter_items", "all")
 """``adapter.readout_rows`` choices."""
 
 
@@ -175,9 +175,11 @@ class AdapterConfig:
     """Rows the adapter's best epoch is chosen on: ``selected`` (the selected users' own validation rows) or ``heldout`` (the validation rows of as many other, seeded, unselected users as the budget)."""
     readout_rows: str = "selected"
     """Under ``prompt.hidden_readout=ridge``, the rows the target's readout is fitted on (closed form, no gradient step:
-    one neutral forward per distinct item text): ``selected`` (the adapter's own training and validation rows) or
-    ``all`` (every user's training and validation rows, as full retraining's readout sees them; recorded as
-    ``readout.train_rows``, not as training samples)."""
+    one neutral forward per distinct item text): ``selected`` (the adapter's own training and validation rows),
+    ``adapter_items`` (every user's training and validation rows of the items those rows name: more rows for the fit,
+    no item the stage would not read anyway) or ``all`` (every user's training and validation rows, as full
+    retraining's readout sees them, every item's prefix included); recorded as ``readout.train_rows``, not as training
+    samples."""
     distill_items: int = 0
     """Distillation: for each selected user, this many items it has not rated, scored by the source model (prompts, head, model) and added to the adapter's training rows with the source's predicted rating and answer distribution (click probability) as soft targets; 0: off. The teacher's forward passes are part of PUMA's cost."""
     distill_weight: float = 0.5

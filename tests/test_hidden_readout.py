@@ -226,6 +226,27 @@ def test_puma_fits_the_targets_readout_on_every_users_rows_when_asked(tmp_path):
     assert puma["train_samples"] == len(table.rows("train", chosen)) < puma["readout"]["train_rows"]
 
 
+def test_puma_can_fit_the_readout_on_every_users_rows_of_the_adapters_items(tmp_path):
+    from puma_lightning.pipeline.readout_fit import adapter_items, rows_of_items
+    from puma_lightning.pipeline.experiment import Experiment, heldout_users
+
+    ridge = [*FAST[:-1], "prompt.hidden_readout=ridge", "prompt.residual=user_item_bias", "adapter.readout_rows=adapter_items",
+             "adapter.validation=heldout"]
+    assert main(["fit", "--config", SMOKE, f"run_dir={tmp_path / 'items'}", *ridge]) == 0
+    cfg = load_config([SMOKE], [f"run_dir={tmp_path / 'items'}", *ridge])
+    setup_runtime(cfg)
+    table = Experiment(cfg).table
+    chosen = np.array([table.user_ids.index(u) for u in json.loads((tmp_path / "items" / "selection.json").read_text())["user_ids"]])
+    items = adapter_items(table, chosen, heldout_users(table.n_users, chosen, cfg.seed))
+    kept = rows_of_items(table, items)
+    assert set(np.unique(table.item[kept.rows("train")])) <= set(items) and len(kept.rows("test")) < len(table.rows("test"))
+    np.testing.assert_array_equal(kept.user, table.user)  # indices unchanged: prompts and offsets line up
+    puma = json.loads((tmp_path / "items" / "puma" / "stage.json").read_text())
+    assert puma["readout"]["train_rows"] == len(kept.rows("train")) and puma["readout"]["valid_rows"] == len(kept.rows("valid"))
+    assert len(table.rows("train", chosen)) < puma["readout"]["train_rows"] < len(table.rows("train"))  # more than the adapter's own
+    assert puma["train_samples"] == len(table.rows("train", chosen))
+
+
 def test_the_ridge_fit_leaves_every_modules_train_or_eval_mode_as_it_found_it(tmp_path):
     from puma_lightning.pipeline.builders import build_datamodule, build_prompt_tuning, fresh_head, initial_prompts
     from puma_lightning.pipeline.experiment import Experiment

@@ -32,7 +32,8 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import stage_lineage
 from puma_lightning.models.adapters import adapter_metadata, build_adapter, with_input_norm
 from puma_lightning.models.heads import load_head
-from puma_lightning.pipeline.readout_fit import fit_if_configured
+from puma_lightning.pipeline.readout_fit import adapter_items, fit_if_configured, rows_of_items
+from puma_lightning.pipeline.residual import row_offsets
 from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tuning, fresh_head, build_table, initial_prompts,
                                              load_frozen_lm)
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
@@ -261,7 +262,7 @@ class Experiment:
         dm = build_datamodule(train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users, eval_users=eval_users,
                               row_offset=train_offsets)
         before = start_stage_costs(lm)
-        readout_dm = dm if cfg.adapter.readout_rows == "selected" else self.datamodule(lm, cfg.adapter.batch_size)
+        readout_dm = self.readout_datamodule(lm, dm, users, eval_users)
         readout = fit_if_configured(cfg, module, readout_dm)  # the target's own readout (closed form)
         stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"), resume_key=key,
                          patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps)
@@ -293,6 +294,19 @@ class Experiment:
                                                "teacher_rows": int(len(train_table) - len(table)), "teacher_s": round(teacher_s, 2),
                                                **({"readout": readout} if readout is not None else {}),
                                                **cost})
+
+    def readout_datamodule(self, lm: Any, adapter_dm: Any, users: np.ndarray, eval_users: np.ndarray) -> Any:
+        """The rows PUMA fits the target's readout on (``adapter.readout_rows``): the adapter's own (``adapter_dm``),
+        every user's rows of the adapter's items, or every user's rows."""
+        cfg = self.cfg
+        if cfg.adapter.readout_rows == "selected":
+            return adapter_dm
+        if cfg.adapter.readout_rows == "all":
+            return self.datamodule(lm, cfg.adapter.batch_size)
+        table = self.table
+        offsets = row_offsets(cfg, table)  # the residual base fitted on every training row, as everywhere else
+        return build_datamodule(rows_of_items(table, adapter_items(table, users, eval_users)), lm.tokenizer, cfg,
+                                cfg.adapter.batch_size, row_offset=offsets)
 
     def fit(self) -> dict[str, Any]:
         """The whole experiment: source prompts, PUMA, the enabled baselines, then the results table."""

@@ -16,6 +16,7 @@ once (under ``item_first`` that is once per item) and kept in the readout's cach
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from puma_lightning.data.table import InteractionTable
 from puma_lightning.errors import PumaError
 from puma_lightning.tasks.base import neutral_hidden, share_template_prefixes
 
@@ -31,6 +33,8 @@ COMPONENTS: tuple[int | None, ...] = (32, 128, None)
 """Principal components the ridge fit may keep (None: all of them)."""
 PENALTIES: tuple[float, ...] = (100.0, 300.0, 1000.0, 3000.0, 10000.0)
 """Ridge penalties tried (on standardised features, summed squared error)."""
+NO_SPLIT = -1
+"""Split value of the rows :func:`rows_of_items` leaves out (in no split: no stage reads them)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,19 @@ def ridge_readout(train: ReadoutRows, valid: ReadoutRows) -> tuple[np.ndarray, f
     return weight, bias, {"components": kk, "penalty": penalty, "val_rmse_without": round(before, 5),
                           "val_rmse_with": round(score, 5), "train_rows": int(len(train.label)),
                           "valid_rows": int(len(valid.label))}
+
+
+def rows_of_items(table: InteractionTable, items: np.ndarray) -> InteractionTable:
+    """``table`` with only the rows of ``items`` left in their splits (the others in none): every user's rows of those
+    items. Items, users and their indices are unchanged, so prefixes, prompts and residual offsets line up."""
+    split = np.where(np.isin(table.item, items), table.split, np.int8(NO_SPLIT)).astype(table.split.dtype)
+    return dataclasses.replace(table, split=split)
+
+
+def adapter_items(table: InteractionTable, train_users: np.ndarray, eval_users: np.ndarray) -> np.ndarray:
+    """The items of the adapter's own rows: its users' training rows and its validation users' validation rows."""
+    rows = np.concatenate([table.rows("train", train_users), table.rows("valid", eval_users)])
+    return np.unique(table.item[rows])
 
 
 def fit_if_configured(cfg: Any, module: Any, datamodule: Any) -> dict[str, Any] | None:
