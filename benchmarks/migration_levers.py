@@ -52,13 +52,15 @@ LEVERS: dict[str, list[str]] = {
     "cheap_distill": [*CHEAP, "adapter.distill_items=16", "adapter.distill_weight=0.5"],
     "readout_all": ["adapter.readout_rows=all"],
     "cheap_readout_all": [*CHEAP, "adapter.readout_rows=all"],
+    "cheap_readout_selected": [*CHEAP, "adapter.readout_rows=selected"],
     "readout_items": ["adapter.readout_rows=adapter_items"],
     "cheap_readout_items": [*CHEAP, "adapter.readout_rows=adapter_items"],
+    "cheap_half_readout_items": [*CHEAP, "adapter.steps=47", "adapter.readout_rows=adapter_items"],
 }
 """Named override sets; ``polish`` levers report the polished row, ``vocab_map`` the training-free row. ``*readout_all`` and
 ``*readout_items`` matter under ``prompt.hidden_readout=ridge`` (shipped by ``ml100k`` and ``demo``): the target's readout is
-fitted on every user's rows, or on every user's rows of the adapter's items (no extra item prefixes), instead of the
-adapter's own rows."""
+fitted on every user's rows, or on every user's rows of the adapter's items (no extra item prefixes), or (``*_selected``)
+on the adapter's own rows; the others keep the config's ``adapter.readout_rows``."""
 BASELINES_OFF = ["baselines.source=false", "baselines.random_init=false", "baselines.full_retrain=false",
                  "baselines.classic=false"]
 CSV_FIELDS = ("lever", "budget", "seed", "method", "rmse", "mae", "auc", "uauc", "val_loss", "val_rmse", "val_auc", "train_samples",
