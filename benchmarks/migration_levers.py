@@ -150,6 +150,7 @@ def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequenc
         full = ref.pretrain("target", "full_retrain")
         n_users = ref.table.n_users
         task = ref.table.task
+        about = {"dataset": ref.table.meta.get("name"), "num_test_rows": int(len(ref.table.rows("test")))}
         full_val = validation_values(all_user_validation(ref, "full_retrain"))
         rows = {"full_retrain": SeedRow({**full["metrics"], "wall_s": full["wall_s"], "train_samples": full["train_samples"],
                                          **full_val}, ref.stage_dir("full_retrain"))}
@@ -176,7 +177,7 @@ def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequenc
                                  **{m: rec.get(m) for m in ("rmse", "mae", "auc", "uauc")},
                                  "train_samples": rec["train_samples"], "wall_s": rec["wall_s"], "run_dir": str(run_dir)})
                 del exp
-        runs[seed] = SeedRun(task, rows, {"machine": machine_record(dtypes.text())})
+        runs[seed] = SeedRun(task, rows, {"machine": machine_record(dtypes.text()), **about})
     results = summarise(runs, ("wall_s", "train_samples", "val_loss", "val_rmse", "val_auc"))
     results["levers"] = {name: LEVERS[name] for name in levers}
     write_outputs(out, results, csv_rows, dtypes.text(), levers, to_markdown(results))

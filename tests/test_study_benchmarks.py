@@ -69,6 +69,7 @@ def test_migration_levers_table_csv_and_plot(tmp_path):
     assert full["loss"] == pytest.approx(stage["best_val_loss"], abs=1e-4)
     assert module.choose_on_validation(doc) in names - {"full_retrain"}
     assert "Chosen on every user's validation rows" in (out / "levers.md").read_text()
+    assert doc["dataset"] == "synthetic_rating" and int(doc["num_test_rows"]["0"]) > 0  # the footer names the data, not "None"
 
 
 def test_validation_picks_the_lowest_loss_unless_a_cheaper_row_is_within_its_seed_spread():
