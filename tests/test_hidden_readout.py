@@ -227,7 +227,7 @@ def test_puma_fits_the_targets_readout_on_every_users_rows_when_asked(tmp_path):
 
 
 def test_puma_can_fit_the_readout_on_every_users_rows_of_the_adapters_items(tmp_path):
-    from puma_lightning.pipeline.readout_fit import adapter_items, rows_of_items
+    from puma_lightning.pipeline.readout_fit import adapter_items
     from puma_lightning.pipeline.experiment import Experiment, heldout_users
 
     ridge = [*FAST[:-1], "prompt.hidden_readout=ridge", "prompt.residual=user_item_bias", "adapter.readout_rows=adapter_items",
@@ -238,7 +238,7 @@ def test_puma_can_fit_the_readout_on_every_users_rows_of_the_adapters_items(tmp_
     table = Experiment(cfg).table
     chosen = np.array([table.user_ids.index(u) for u in json.loads((tmp_path / "items" / "selection.json").read_text())["user_ids"]])
     items = adapter_items(table, chosen, heldout_users(table.n_users, chosen, cfg.seed))
-    kept = rows_of_items(table, items)
+    kept = table.only_items(items)
     assert set(np.unique(table.item[kept.rows("train")])) <= set(items) and len(kept.rows("test")) < len(table.rows("test"))
     np.testing.assert_array_equal(kept.user, table.user)  # indices unchanged: prompts and offsets line up
     puma = json.loads((tmp_path / "items" / "puma" / "stage.json").read_text())

@@ -7,13 +7,15 @@ ids and the items' texts live beside the arrays. The split column is filled by
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
+NO_SPLIT = -1
+"""Split value of a row left out of every split (:meth:`InteractionTable.only_items`): no stage reads it."""
 
 
 @dataclass
@@ -77,6 +79,12 @@ class InteractionTable:
         if users is not None:
             mask &= np.isin(self.user, np.asarray(users))
         return np.flatnonzero(mask)
+
+    def only_items(self, items: np.ndarray) -> "InteractionTable":
+        """This table with only the rows of ``items`` left in their splits (the others in none): every user's rows of
+        those items. Users, items and row indices are unchanged, so prompts and per-row offsets still line up."""
+        split = np.where(np.isin(self.item, items), self.split, np.int8(NO_SPLIT)).astype(self.split.dtype)
+        return replace(self, split=split)
 
     def label_variance(self) -> np.ndarray:
         """Per-user sample variance (ddof=1) of training labels; 0 for users with < 2 rows."""

@@ -32,7 +32,7 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import stage_lineage
 from puma_lightning.models.adapters import adapter_metadata, build_adapter, with_input_norm
 from puma_lightning.models.heads import load_head
-from puma_lightning.pipeline.readout_fit import adapter_items, fit_if_configured, rows_of_items
+from puma_lightning.pipeline.readout_fit import adapter_items, fit_if_configured
 from puma_lightning.pipeline.residual import row_offsets
 from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tuning, fresh_head, build_table, initial_prompts,
                                              load_frozen_lm)
@@ -305,7 +305,7 @@ class Experiment:
             return self.datamodule(lm, cfg.adapter.batch_size)
         table = self.table
         offsets = row_offsets(cfg, table)  # the residual base fitted on every training row, as everywhere else
-        return build_datamodule(rows_of_items(table, adapter_items(table, users, eval_users)), lm.tokenizer, cfg,
+        return build_datamodule(table.only_items(adapter_items(table, users, eval_users)), lm.tokenizer, cfg,
                                 cfg.adapter.batch_size, row_offset=offsets)
 
     def fit(self) -> dict[str, Any]:

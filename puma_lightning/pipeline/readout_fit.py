@@ -16,7 +16,6 @@ once (under ``item_first`` that is once per item) and kept in the readout's cach
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +32,6 @@ COMPONENTS: tuple[int | None, ...] = (32, 128, None)
 """Principal components the ridge fit may keep (None: all of them)."""
 PENALTIES: tuple[float, ...] = (100.0, 300.0, 1000.0, 3000.0, 10000.0)
 """Ridge penalties tried (on standardised features, summed squared error)."""
-NO_SPLIT = -1
-"""Split value of the rows :func:`rows_of_items` leaves out (in no split: no stage reads them)."""
 
 
 @dataclass(frozen=True)
@@ -127,13 +124,6 @@ def ridge_readout(train: ReadoutRows, valid: ReadoutRows) -> tuple[np.ndarray, f
     return weight, bias, {"components": kk, "penalty": penalty, "val_rmse_without": round(before, 5),
                           "val_rmse_with": round(score, 5), "train_rows": int(len(train.label)),
                           "valid_rows": int(len(valid.label))}
-
-
-def rows_of_items(table: InteractionTable, items: np.ndarray) -> InteractionTable:
-    """``table`` with only the rows of ``items`` left in their splits (the others in none): every user's rows of those
-    items. Items, users and their indices are unchanged, so prefixes, prompts and residual offsets line up."""
-    split = np.where(np.isin(table.item, items), table.split, np.int8(NO_SPLIT)).astype(table.split.dtype)
-    return dataclasses.replace(table, split=split)
 
 
 def adapter_items(table: InteractionTable, train_users: np.ndarray, eval_users: np.ndarray) -> np.ndarray:
