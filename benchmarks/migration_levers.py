@@ -59,7 +59,7 @@ LEVERS: dict[str, list[str]] = {
 }
 """Named override sets; ``polish`` levers report the polished row, ``vocab_map`` the training-free row. ``*readout_all`` and
 ``*readout_items`` matter under ``prompt.hidden_readout=ridge`` (shipped by ``ml100k`` and ``demo``): the target's readout is
-fitted on every user's rows, or on every user's rows of the adapter's items (no extra item prefixes), or (``*_selected``)
+fitted on every user's rows, or on every user's rows of the adapter's items, or (``*_selected``)
 on the adapter's own rows; the others keep the config's ``adapter.readout_rows``."""
 BASELINES_OFF = ["baselines.source=false", "baselines.random_init=false", "baselines.full_retrain=false",
                  "baselines.classic=false"]

@@ -176,8 +176,9 @@ class AdapterConfig:
     readout_rows: str = "selected"
     """Under ``prompt.hidden_readout=ridge``, the rows the target's readout is fitted on (closed form, no gradient step:
     one neutral forward per distinct item text): ``selected`` (the adapter's own training and validation rows),
-    ``adapter_items`` (every user's training and validation rows of the items those rows name: more rows for the fit,
-    no item the stage would not read anyway) or ``all`` (every user's training and validation rows, as full
+    ``adapter_items`` (every user's training and validation rows of the items those rows name: more rows for the fit
+    from items the adapter reads anyway; with prefixes computed in fixed groups its prefix cost is close to ``all``'s,
+    README) or ``all`` (every user's training and validation rows, as full
     retraining's readout sees them, every item's prefix included); recorded as ``readout.train_rows``, not as training
     samples."""
     distill_items: int = 0
