@@ -64,6 +64,31 @@ def test_results_say_how_and_where_each_stage_computed(smoke_run):
     assert "of it prefix s" in md and f"({results['machine']['capability']}," in md and "machine: CPU" in md
 
 
+def test_one_run_pairs_every_row_with_full_retraining_on_the_same_test_rows(smoke_run):
+    """A single seed's table carries each row's paired difference from full retraining, recomputable from the
+    per-row predictions the stages left; the reference row has none."""
+    import numpy as np
+
+    from puma_lightning.tasks.uncertainty import metric_on_rows
+
+    methods = json.loads((smoke_run / "results.json").read_text())["methods"]
+    assert "vs_full_retrain" not in methods["full_retrain"]
+    ref = np.load(smoke_run / "full_retrain" / "test_predictions.npz")
+    for name in ("source", "random_init", "puma", "user_item_bias"):
+        paired = methods[name]["vs_full_retrain"]
+        folder = smoke_run / (f"classic/{name}" if name in CLASSIC else name)
+        pred = np.load(folder / "test_predictions.npz")
+        expected = metric_on_rows("rmse", pred["prediction"], ref["label"]) - metric_on_rows("rmse", ref["prediction"], ref["label"])
+        assert paired["diff"] == pytest.approx(expected, abs=1e-9), name
+        assert paired["low"] <= paired["diff"] <= paired["high"] and paired["rows"] == len(ref["label"]), name
+        assert paired["verdict"] == ("no difference" if paired["low"] <= 0 <= paired["high"]
+                                     else "better" if paired["high"] < 0 else "worse"), name
+    md = (smoke_run / "results.md").read_text()
+    puma = methods["puma"]["vs_full_retrain"]
+    assert "RMSE vs full_retrain [95 %]" in md
+    assert f"{puma['diff']:+.4f} [{puma['low']:+.4f}, {puma['high']:+.4f}] {puma['verdict']}" in md
+
+
 def test_selection_and_banks_are_consistent(smoke_run):
     selection = json.loads((smoke_run / "selection.json").read_text())
     assert selection["strategy"] == "puma" and selection["num_selected"] == 30 == len(set(selection["user_ids"]))

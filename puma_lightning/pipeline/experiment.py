@@ -332,7 +332,7 @@ class Experiment:
             rows[f"shared_prompt_{which}"] = self.pretrain(which, f"shared_prompt_{which}", shared=True)
         if cfg.baselines.classic and self.table.task == "rating":
             rows.update(self.classic_references())
-        return write_results(self.run_dir, self.table, rows)
+        return write_results(self.run_dir, self.table, rows, {name: self.test_predictions(name) for name in rows})
 
     def classic_references(self) -> dict[str, dict[str, Any]]:
         """The no-LLM references fitted on the training split (tuned on valid), tested on the same rows."""

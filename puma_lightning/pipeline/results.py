@@ -6,10 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.io.atomic import atomic_write_text
 
 from puma_lightning.pipeline.classic import REFERENCES
+from puma_lightning.tasks.uncertainty import paired_bootstrap, verdict
+
+PAIRED_REFERENCE = "full_retrain"
+"""The row every other row of one run's table is compared with, paired on the same test rows."""
 
 METHOD_ORDER = ("source", "random_init", "full_retrain", "puma", "puma_polish", "vocab_map", "shared_prompt_source", "shared_prompt_target", *REFERENCES)
 DESCRIPTIONS = {
@@ -25,9 +30,30 @@ DESCRIPTIONS = {
 }
 
 
-def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The ``results.json`` document."""
+def paired_with_reference(predictions: dict[str, dict[str, np.ndarray] | None], metric: str,
+                          reference: str = PAIRED_REFERENCE) -> dict[str, dict[str, Any]]:
+    """Per method, ``metric(method) - metric(reference)`` on the same test rows of one run, with its paired 95 %
+    bootstrap interval and verdict: one seed's table then says which gaps its test rows can tell apart. Methods
+    without per-row predictions, or tested on other rows, are left out."""
+    ref = predictions.get(reference)
+    if ref is None:
+        return {}
+    out = {}
+    for name, pred in predictions.items():
+        if name == reference or pred is None or not np.array_equal(pred["row"], ref["row"]):
+            continue
+        interval = paired_bootstrap(metric, pred["prediction"], ref["prediction"], ref["label"], user=ref["user"])
+        out[name] = {**interval, "metric": metric, "reference": reference,
+                     "verdict": verdict(metric, interval["low"], interval["high"])}
+    return out
+
+
+def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]],
+                  predictions: dict[str, dict[str, np.ndarray] | None] | None = None) -> dict[str, Any]:
+    """The ``results.json`` document; with ``predictions`` (per method, its per-row test predictions) each row also
+    carries ``vs_full_retrain``: its paired difference from full retraining on the same rows."""
     metric_names = ("rmse", "mae") if table.task == "rating" else ("auc", "uauc")
+    paired = paired_with_reference(predictions or {}, metric_names[0])
     methods = {}
     for name in METHOD_ORDER:
         if name not in rows:
@@ -39,6 +65,8 @@ def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]]) -> d
                       "user_bias", "residual", "epochs"):
             if extra in row:
                 entry[extra] = row[extra]
+        if name in paired:
+            entry[f"vs_{PAIRED_REFERENCE}"] = paired[name]
         methods[name] = entry
     return {
         "task": table.task,
@@ -55,8 +83,10 @@ def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]]) -> d
 def to_markdown(results: dict[str, Any]) -> str:
     """A markdown table of the results, with the noise floor when known."""
     metric_names = ("rmse", "mae") if results["task"] == "rating" else ("auc", "uauc")
-    head = ["method", *[m.upper() for m in metric_names], "trainable params", "train samples", "wall s", "of it prefix s",
-            "dtype", "what it is"]
+    paired = any(f"vs_{PAIRED_REFERENCE}" in row for row in results["methods"].values())
+    head = ["method", *[m.upper() for m in metric_names],
+            *([f"{metric_names[0].upper()} vs {PAIRED_REFERENCE} [95 %]"] if paired else []),
+            "trainable params", "train samples", "wall s", "of it prefix s", "dtype", "what it is"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in results["methods"].items():
         vals = [f"{row[m]:.4f}" if isinstance(row.get(m), float) else "n/a" for m in metric_names]
@@ -65,6 +95,8 @@ def to_markdown(results: dict[str, Any]) -> str:
         if name == "puma":
             desc += f" ({row.get('selected_users')} users by {row.get('selection')}"
             desc += f", allocation {row['allocation']})" if row.get("allocation") else ")"
+        if paired:
+            vals.append(_paired_cell(row.get(f"vs_{PAIRED_REFERENCE}"), name))
         prefix = f"{row['prefix_s']:.1f}" if isinstance(row.get("prefix_s"), (int, float)) else "n/a"
         lines.append(f"| {name} | " + " | ".join(vals) + f" | {row['trainable_params']:,} | {row['train_samples']:,} | "
                      f"{row['wall_s']:.1f} | {prefix} | {row.get('dtype') or 'n/a'} | {desc} |")
@@ -73,6 +105,10 @@ def to_markdown(results: dict[str, Any]) -> str:
         notes.append(f"noise floor (best achievable test RMSE): {results['floor_rmse']:.4f}")
     if results.get("floor_auc") is not None:
         notes.append(f"best achievable test AUC: {results['floor_auc']:.4f}")
+    if paired:
+        notes.append(f"vs {PAIRED_REFERENCE}: the method's {metric_names[0].upper()} minus {PAIRED_REFERENCE}'s on the same "
+                     "test rows, with a paired bootstrap 95 % interval (one seed: it says how much these rows can tell "
+                     "apart, not how another seed would move; `seeds=[0,1,2]` pools seeds)")
     notes.append("wall s: the stage's training (puma: + selection and mapping); prefix s: seconds of the stage, its "
                  "test included, spent computing template prefixes (each stage starts with an empty prefix cache)")
     if results.get("machine"):
@@ -84,12 +120,21 @@ def to_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def write_results(run_dir: Path, table: InteractionTable, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _paired_cell(comparison: dict[str, Any] | None, name: str) -> str:
+    if name == PAIRED_REFERENCE:
+        return "–"
+    if comparison is None:
+        return "n/a"
+    return f"{comparison['diff']:+.4f} [{comparison['low']:+.4f}, {comparison['high']:+.4f}] {comparison['verdict']}"
+
+
+def write_results(run_dir: Path, table: InteractionTable, rows: dict[str, dict[str, Any]],
+                  predictions: dict[str, dict[str, np.ndarray] | None] | None = None) -> dict[str, Any]:
     """Write ``results.json`` and ``results.md`` atomically and print the table (global rank 0
     only under DDP; every rank returns the results)."""
     from puma_lightning.pipeline.distributed import is_global_zero
 
-    results = build_results(table, rows)
+    results = build_results(table, rows, predictions)
     if not is_global_zero():
         return results
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
