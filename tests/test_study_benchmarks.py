@@ -72,18 +72,27 @@ def test_migration_levers_table_csv_and_plot(tmp_path):
     assert doc["dataset"] == "synthetic_rating" and int(doc["num_test_rows"]["0"]) > 0  # the footer names the data, not "None"
 
 
-def test_validation_picks_the_lowest_loss_unless_a_cheaper_row_is_within_its_seed_spread():
+def test_validation_picks_the_lowest_loss_unless_a_cheaper_row_is_within_its_paired_seed_spread():
     module = load_benchmark("migration_levers")
 
-    def row(loss, std, samples):
-        return {"val_loss": {"mean": loss, "std": std}, "train_samples": {"mean": samples}}
+    def row(losses, samples):
+        per_seed = {str(s): {"val_loss": v} for s, v in enumerate(losses)}
+        mean = sum(losses) / len(losses) if losses else float("nan")
+        return {"val_loss": {"mean": mean}, "train_samples": {"mean": samples}, "per_seed": per_seed}
 
-    methods = {"full_retrain": row(1.0, 0.0, 9000), "a": row(1.20, 0.01, 5000), "b": row(1.205, 0.0, 1000),
-               "c": row(1.30, 0.0, 10), "d": {"val_loss": {"mean": float("nan"), "std": float("nan")}, "train_samples": {"mean": 0}}}
-    assert module.choose_on_validation({"methods": methods}) == "b"  # within a's spread, 5x cheaper
-    methods["a"]["val_loss"]["std"] = 0.001
+    # b is 5x cheaper than a and its per-seed differences from a (+0.01, -0.005, +0.004) straddle their spread
+    methods = {"full_retrain": row([1.0, 1.0, 1.0], 9000), "a": row([1.20, 1.10, 1.30], 5000),
+               "b": row([1.21, 1.095, 1.304], 1000), "c": row([1.40, 1.30, 1.50], 10),
+               "d": {"val_loss": {"mean": float("nan")}, "train_samples": {"mean": 0}}}
+    assert module.choose_on_validation({"methods": methods}) == "b"
+    # the same means, but b loses to a by the same amount on every seed: outside the paired spread, though far inside
+    # the seeds' own spread (each seed draws other users)
+    methods["b"] = row([1.2033, 1.1033, 1.3033], 1000)
     assert module.choose_on_validation({"methods": methods}) == "a"
-    assert module.choose_on_validation({"methods": {"full_retrain": row(1.0, 0.0, 1)}}) is None
+    # one seed: no spread to be inside of, so only the best row counts
+    one = {"a": row([1.20], 5000), "b": row([1.2001], 1000)}
+    assert module.choose_on_validation({"methods": one}) == "a"
+    assert module.choose_on_validation({"methods": {"full_retrain": row([1.0], 1)}}) is None
     assert module.budget_users(0.05, 943) == 47 and module.budget_users(94, 943) == 94
 
 

@@ -86,6 +86,19 @@ class InteractionTable:
         split = np.where(np.isin(self.item, items), self.split, np.int8(NO_SPLIT)).astype(self.split.dtype)
         return replace(self, split=split)
 
+    def pairs_to_score(self, users: np.ndarray, items: np.ndarray, user_ids: list[str] | None = None,
+                       row_text: list[str] | None = None, **meta: Any) -> "InteractionTable":
+        """Unlabelled (user, item) pairs as the test rows of a table over this table's items (what a predict loop
+        reads): ``users`` index ``user_ids`` (this table's users when None), ``items`` this table's items; ``meta``
+        is added to the dataset's name."""
+        n = len(users)
+        return InteractionTable(user=np.asarray(users, dtype=np.int64), item=np.asarray(items, dtype=np.int64),
+                                label=np.zeros(n, np.float32), timestamp=np.zeros(n, np.int64),
+                                split=np.full(n, TEST, np.int8),
+                                user_ids=list(self.user_ids if user_ids is None else user_ids),
+                                item_texts=self.item_texts, task=self.task, item_ids=self.item_ids,
+                                meta={"name": self.meta.get("name"), **meta}, row_text=row_text)
+
     def label_variance(self) -> np.ndarray:
         """Per-user sample variance (ddof=1) of training labels; 0 for users with < 2 rows."""
         from puma_lightning.data.user_moments import UserMoments

@@ -46,15 +46,6 @@ def unrated_pairs(table: InteractionTable, users: np.ndarray, per_user: int, see
     return np.concatenate(out_users), np.concatenate(out_items).astype(np.int64)
 
 
-def _pairs_as_test_rows(table: InteractionTable, users: np.ndarray, items: np.ndarray) -> InteractionTable:
-    """The pairs as the test rows of a table over the same users and items (what the predict loop reads)."""
-    n = len(users)
-    return InteractionTable(user=users, item=items, label=np.zeros(n, np.float32), timestamp=np.zeros(n, np.int64),
-                            split=np.full(n, SPLIT_NAMES["test"], np.int8), user_ids=table.user_ids,
-                            item_texts=table.item_texts, task=table.task, meta={"name": table.meta.get("name")},
-                            row_text=_latest_history(table, users), item_ids=table.item_ids)
-
-
 def _latest_history(table: InteractionTable, users: np.ndarray) -> list[str] | None:
     """Per-row context for new pairs: each user's latest training row's text (None when the table has none)."""
     if table.row_text is None:
@@ -79,7 +70,7 @@ def teach(exp: Any, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, n
     start = time.perf_counter()
     table = exp.table
     bank = PromptBank.load(exp.stage_dir("source") / "bank")
-    pairs = _pairs_as_test_rows(table, users, items)
+    pairs = table.pairs_to_score(users, items, row_text=_latest_history(table, users))
     lm = exp.backbone("source")
     head = load_head(table.task, bank.head_state) if bank.head_state is not None else build_head(table.task)
     local = score_rows(exp.cfg, exp.run_dir, lm, head, bank.rows_for(table.user_ids).float(), pairs, table,

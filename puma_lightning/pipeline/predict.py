@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from puma_lightning.data.table import SPLIT_NAMES, InteractionTable
+from puma_lightning.data.table import InteractionTable
 from puma_lightning.errors import PumaError
 from puma_lightning.io.pair_files import read_pairs, write_table
 from puma_lightning.io.bank import PromptBank
@@ -42,13 +42,8 @@ def pairs_table(pairs: list[tuple[str, str]], bank_users: Sequence[str], table: 
         else:
             kept.append(k)
     users = {u: i for i, u in enumerate(dict.fromkeys(pairs[k][0] for k in kept))}
-    n = len(kept)
-    out = InteractionTable(
-        user=np.array([users[pairs[k][0]] for k in kept], dtype=np.int64),
-        item=np.array([items[pairs[k][1]] for k in kept], dtype=np.int64),
-        label=np.zeros(n, np.float32), timestamp=np.zeros(n, np.int64), split=np.full(n, SPLIT_NAMES["test"], np.int8),
-        user_ids=list(users), item_texts=table.item_texts, task=table.task, item_ids=table.item_ids,
-        meta={"name": table.meta.get("name"), "predict": True})
+    out = table.pairs_to_score(np.array([users[pairs[k][0]] for k in kept], dtype=np.int64),
+                               np.array([items[pairs[k][1]] for k in kept], dtype=np.int64), user_ids=list(users), predict=True)
     return out, kept, skipped
 
 
