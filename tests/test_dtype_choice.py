@@ -117,7 +117,7 @@ def test_cpu_without_native_bf16_gets_fp32(tmp_path):
     real measurement finds bf16 far slower and ``auto`` picks fp32: the measurement, not a flag, decides."""
     code = (
         "import torch, puma_lightning.models.dtype_choice as dc;"
-        f"c = dc.choose_dtype('auto', tiny=False, device='cpu', hidden=576, intermediate=1536, cache_dir=None);"
+        "c = dc.choose_dtype('auto', tiny=False, device='cpu', hidden=576, intermediate=1536, cache_dir=None);"
         "print(c.dtype, c.bf16_speedup)"
     )
     env = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "PATH": "/usr/bin:/bin"}

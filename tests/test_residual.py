@@ -13,7 +13,7 @@ import torch
 from puma_lightning.cli.config_loader import load_config
 from puma_lightning.cli.main import main
 from puma_lightning.pipeline.builders import build_datamodule, build_table
-from puma_lightning.pipeline.classic import REFERENCES, fit_bias_model
+from puma_lightning.pipeline.classic import REFERENCES
 from puma_lightning.pipeline.residual import pair_offsets, row_offsets, start_label
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,6 +13,19 @@ def _sources() -> list[Path]:
     return [p for folder in OWN for p in (ROOT / folder).rglob("*.py")]
 
 
+def test_no_undefined_or_unused_names():
+    """pyflakes' rules (ruff ``F``): an undefined name is a crash waiting on the path that reaches it, an unused import
+    a leftover of a change."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    assert ruff, "ruff is part of the [test] extra: pip install -e '.[test]'"
+    done = subprocess.run([ruff, "check", "--select", "F", "--output-format", "concise", "--no-cache",
+                           *(str(ROOT / f) for f in (*OWN, "tests"))], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_no_private_names_are_imported_from_another_module():
     found = []
     for path in _sources():

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from puma_lightning.errors import PumaError
 from puma_lightning.io.bank import PromptBank, content_hash
 from puma_lightning.io.lineage import ancestor_hashes, format_history
 

@@ -3,13 +3,16 @@ its answer tokens, and the datamodule."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig
 
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.data.templates import get_template
+
+if TYPE_CHECKING:
+    import torch
 
 
 def build_table(dcfg: DictConfig, seed: int) -> InteractionTable:

@@ -90,8 +90,7 @@ def with_teacher_rows(cfg: Any, table: InteractionTable, users: np.ndarray, item
     every row's residual offset from the bias model fitted on ``table`` alone (teacher labels never enter that fit)."""
     from puma_lightning.pipeline.residual import bias_terms, row_offsets
 
-    extra = _pairs_as_test_rows(table, users, items)
-    history = None if table.row_text is None else [*table.row_text, *extra.row_text]
+    history = None if table.row_text is None else [*table.row_text, *_latest_history(table, users)]
     last = int(table.timestamp.max()) + 1 if len(table) else 0
     grown = InteractionTable(
         user=np.concatenate([table.user, users]), item=np.concatenate([table.item, items]),

@@ -7,11 +7,14 @@ is never written into checkpoints.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from puma_lightning.tasks.metrics import UserAUC, build_metrics, update_metrics
 
@@ -185,7 +188,7 @@ class PromptTask(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._test_rows = []
 
-    def test_predictions(self) -> dict[str, "np.ndarray"]:
+    def test_predictions(self) -> dict[str, np.ndarray]:
         """The last test run's ``row``, ``user``, ``prediction`` and ``label`` per test row, sorted by row
         (every rank's rows under DDP)."""
         import numpy as np
