@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.io.atomic import atomic_write_text
-
 from puma_lightning.pipeline.classic import REFERENCES
 from puma_lightning.tasks.uncertainty import paired_bootstrap, verdict
 
