@@ -192,7 +192,7 @@ def paired_against(rows: list[dict[str, Any]], reference: str = PAIRED_REFERENCE
     """Each strategy minus ``reference`` at the same budget, paired on the same test rows of the same seed and
     pooled over seeds: the difference of the primary metric, its 95 % bootstrap interval and verdict."""
     from puma_lightning.pipeline.seeds import load_predictions
-    from puma_lightning.tasks.uncertainty import paired_bootstrap, verdict
+    from puma_lightning.tasks.uncertainty import paired_comparison
 
     by_cell = {(r["strategy"], int(r["budget"]), int(r["seed"])): r for r in rows}
     out = []
@@ -212,9 +212,8 @@ def paired_against(rows: list[dict[str, Any]], reference: str = PAIRED_REFERENCE
             continue
         pred, ref_pred, label, user = (np.concatenate(x) for x in zip(*parts))
         metric = rows[0]["metric"]
-        c = paired_bootstrap(metric, pred, ref_pred, label, user=user)
-        out.append({"strategy": strategy, "budget": budget, "seeds": len(parts), "metric": metric, **c,
-                    "verdict": verdict(metric, c["low"], c["high"])})
+        out.append({"strategy": strategy, "budget": budget, "seeds": len(parts), "metric": metric,
+                    **paired_comparison(metric, pred, ref_pred, label, user=user)})
     return out
 
 

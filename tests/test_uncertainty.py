@@ -12,7 +12,7 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, roc_auc_sco
 
 from puma_lightning.pipeline.classic import REFERENCES as CLASSIC
 from puma_lightning.cli.main import main
-from puma_lightning.tasks.uncertainty import mean_std, metric_on_rows, paired_bootstrap, verdict
+from puma_lightning.tasks.uncertainty import mean_std, metric_on_rows, paired_bootstrap, paired_comparison, verdict
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 
@@ -49,6 +49,9 @@ def test_paired_bootstrap_sees_a_real_difference_and_none_where_there_is_none():
     assert auc["low"] > 0 and verdict("auc", auc["low"], auc["high"]) == "better"  # higher AUC is better
     with pytest.raises(ValueError, match="same"):
         paired_bootstrap("rmse", good[:10], bad, label)
+    # the tables' one call: the same interval, with the verdict it implies
+    assert paired_comparison("rmse", good, bad, label) == {**c, "verdict": "better"}
+    assert paired_comparison("rmse", bad, good, label)["verdict"] == "worse"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.io.atomic import atomic_write_text
 from puma_lightning.pipeline.classic import REFERENCES
-from puma_lightning.tasks.uncertainty import paired_bootstrap, verdict
+from puma_lightning.tasks.uncertainty import paired_comparison
 
 PAIRED_REFERENCE = "full_retrain"
 """The row every other row of one run's table is compared with, paired on the same test rows."""
@@ -42,9 +42,8 @@ def paired_with_reference(predictions: dict[str, dict[str, np.ndarray] | None], 
     for name, pred in predictions.items():
         if name == reference or pred is None or not np.array_equal(pred["row"], ref["row"]):
             continue
-        interval = paired_bootstrap(metric, pred["prediction"], ref["prediction"], ref["label"], user=ref["user"])
-        out[name] = {**interval, "metric": metric, "reference": reference,
-                     "verdict": verdict(metric, interval["low"], interval["high"])}
+        out[name] = {**paired_comparison(metric, pred["prediction"], ref["prediction"], ref["label"], user=ref["user"]),
+                     "metric": metric, "reference": reference}
     return out
 
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from puma_lightning.io.atomic import atomic_write_text
 from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.sub_runs import metric_names, sub_config
-from puma_lightning.tasks.uncertainty import mean_std, paired_bootstrap, verdict
+from puma_lightning.tasks.uncertainty import mean_std, paired_comparison
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +134,7 @@ def summarise(runs: Mapping[int, SeedRun], extra_values: Sequence[str] = ("wall_
                 unpaired[reference] = pooled
                 continue
             pred, ref, label, user = pooled
-            comparisons[reference] = {}
-            for name in names:
-                interval = paired_bootstrap(name, pred, ref, label, user=user)
-                interval["verdict"] = verdict(name, interval["low"], interval["high"])
-                comparisons[reference][name] = interval
+            comparisons[reference] = {name: paired_comparison(name, pred, ref, label, user=user) for name in names}
         entry["vs"] = comparisons
         if unpaired:
             entry["not_compared"] = unpaired

@@ -36,7 +36,8 @@ def answer_outputs(backbone: nn.Module, head: nn.Module, batch: dict[str, torch.
 @torch.no_grad()
 def neutral_hidden(backbone: nn.Module, readout: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The hidden state ``[B, d]`` of each row read through ``readout``'s neutral prompt (no gradient: the prompt
-    and the model are fixed), from its cache where that token sequence was read before."""
+    and the model are fixed), from its cache where that token sequence was read before. The cache holds the states
+    on the device that computed them, so a hit costs no copy; keying a batch costs one host copy of its token ids."""
     from puma_lightning.models.heads import NEUTRAL_CACHE_ROWS
 
     ids, ends, slots = batch["input_ids"].cpu(), batch["answer_pos"].cpu() + 1, batch["slot_pos"].cpu()
@@ -50,9 +51,9 @@ def neutral_hidden(backbone: nn.Module, readout: nn.Module, batch: dict[str, tor
         sub = {k: batch[k].index_select(0, pick) for k in ("input_ids", "attention_mask", "slot_pos", "answer_pos")}
         prompt = readout.neutral_prompt[None].expand(len(missing), -1, -1)
         hidden = backbone.answer_hidden(sub["input_ids"], sub["attention_mask"], sub["slot_pos"], prompt, sub["answer_pos"])
-        for i, h in zip(missing, hidden.float().cpu()):
+        for i, h in zip(missing, hidden.float().unbind(0)):
             cache[keys[i]] = h
-    return torch.stack([cache[key] for key in keys]).to(batch["input_ids"].device)
+    return torch.stack([cache[key] for key in keys]).to(batch["input_ids"].device)  # no copy unless the device moved
 
 
 def share_template_prefixes(backbone: nn.Module, datamodule: Any) -> None:

@@ -9,7 +9,7 @@ interval contains 0 is "no difference", whatever its sign.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -71,6 +71,14 @@ def paired_bootstrap(name: str, prediction: np.ndarray, reference: np.ndarray, l
     low, high = (np.quantile(samples, [tail, 1.0 - tail]) if len(samples) else (float("nan"), float("nan")))
     return {"diff": float(diff), "low": float(low), "high": float(high), "rows": int(len(label)),
             "resamples": int(resamples), "level": level}
+
+
+def paired_comparison(name: str, prediction: np.ndarray, reference: np.ndarray, label: np.ndarray,
+                      user: np.ndarray | None = None, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """:func:`paired_bootstrap` with its :func:`verdict` added (``"verdict"``): what every table prints."""
+    interval: dict[str, Any] = paired_bootstrap(name, prediction, reference, label, user=user, resamples=resamples, seed=seed)
+    interval["verdict"] = verdict(name, interval["low"], interval["high"])
+    return interval
 
 
 def verdict(name: str, low: float, high: float) -> str:
