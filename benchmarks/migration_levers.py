@@ -42,6 +42,8 @@ LEVERS: dict[str, list[str]] = {
     "random_selection": ["selection=random"],
     "steps": STEPS,
     "norm": ["adapter.input_norm=standardize"],
+    "heldout": ["adapter.validation=heldout"],
+    "norm_heldout": ["adapter.input_norm=standardize", "adapter.validation=heldout"],
     "steps_norm": [*STEPS, "adapter.input_norm=standardize"],
     "polish": ["adapter.polish_epochs=1"],
     "steps_norm_polish": [*STEPS, "adapter.input_norm=standardize", "adapter.polish_epochs=1"],
