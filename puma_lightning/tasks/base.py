@@ -40,8 +40,11 @@ def neutral_hidden(backbone: nn.Module, readout: nn.Module, batch: dict[str, tor
     on the device that computed them, so a hit costs no copy; keying a batch costs one host copy of its token ids."""
     from puma_lightning.models.heads import NEUTRAL_CACHE_ROWS
 
-    ids, ends, slots = batch["input_ids"].cpu(), batch["answer_pos"].cpu() + 1, batch["slot_pos"].cpu()
-    keys = [ids[i, : int(ends[i])].numpy().tobytes() + slots[i].numpy().tobytes() for i in range(len(ids))]
+    ids = batch["input_ids"]
+    width = ids.shape[1]
+    host = torch.cat([ids, batch["answer_pos"].reshape(-1, 1).to(ids.dtype),
+                      batch["slot_pos"].reshape(-1, 1).to(ids.dtype)], dim=1).cpu().numpy()  # the one host copy
+    keys = [row[: int(row[width]) + 1].tobytes() + row[width + 1 :].tobytes() for row in host]
     cache = readout.neutral_cache
     missing = [i for i, key in enumerate(keys) if key not in cache]
     if missing:
