@@ -44,6 +44,8 @@ LEVERS: dict[str, list[str]] = {
     "norm": ["adapter.input_norm=standardize"],
     "heldout": ["adapter.validation=heldout"],
     "norm_heldout": ["adapter.input_norm=standardize", "adapter.validation=heldout"],
+    "heldout_all": ["adapter.validation=heldout_all"],
+    "norm_heldout_all": ["adapter.input_norm=standardize", "adapter.validation=heldout_all"],
     "steps_norm": [*STEPS, "adapter.input_norm=standardize"],
     "polish": ["adapter.polish_epochs=1"],
     "steps_norm_polish": [*STEPS, "adapter.input_norm=standardize", "adapter.polish_epochs=1"],
@@ -58,6 +60,7 @@ LEVERS: dict[str, list[str]] = {
     "readout_items": ["adapter.readout_rows=adapter_items"],
     "cheap_readout_items": [*CHEAP, "adapter.readout_rows=adapter_items"],
     "cheap_half_readout_items": [*CHEAP, "adapter.steps=47", "adapter.readout_rows=adapter_items"],
+    "cheap_heldout_all": [*CHEAP, "adapter.validation=heldout_all"],
 }
 """Named override sets; ``polish`` levers report the polished row, ``vocab_map`` the training-free row. ``*readout_all`` and
 ``*readout_items`` matter under ``prompt.hidden_readout=ridge`` (shipped by ``ml100k`` and ``demo``): the target's readout is

@@ -93,7 +93,7 @@ HIDDEN_READOUTS = ("none", "trained", "ridge")
 """``prompt.hidden_readout`` choices (see :mod:`puma_lightning.models.heads` and :mod:`puma_lightning.pipeline.readout_fit`)."""
 INPUT_NORMS = ("none", "standardize")
 """``adapter.input_norm`` choices (see :mod:`puma_lightning.models.adapters.normalized`)."""
-ADAPTER_VALIDATION = ("selected", "heldout")
+ADAPTER_VALIDATION = ("selected", "heldout", "heldout_all")
 """``adapter.validation`` choices."""
 READOUT_ROWS = ("selected", "adapter_items", "all")
 """``adapter.readout_rows`` choices."""
@@ -172,7 +172,7 @@ class AdapterConfig:
     input_norm: str = "none"
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
     validation: str = "selected"
-    """Rows the adapter's best epoch is chosen on: ``selected`` (the selected users' own validation rows) or ``heldout`` (the validation rows of as many other, seeded, unselected users as the budget)."""
+    """Rows the adapter's best epoch is chosen on: ``selected`` (the selected users' own validation rows), ``heldout`` (the validation rows of as many other, seeded, unselected users as the budget) or ``heldout_all`` (the validation rows of every unselected user: a steadier choice for one forward pass per row and epoch, no gradient)."""
     readout_rows: str = "selected"
     """Under ``prompt.hidden_readout=ridge``, the rows the target's readout is fitted on (closed form, no gradient step:
     one neutral forward per distinct item text): ``selected`` (the adapter's own training and validation rows),

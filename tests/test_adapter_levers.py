@@ -15,7 +15,7 @@ from puma_lightning.cli.main import main
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.adapters import InputStandardized, build_adapter, with_input_norm
 from puma_lightning.pipeline.bank_ops import load_adapter
-from puma_lightning.pipeline.experiment import heldout_users
+from puma_lightning.pipeline.experiment import adapter_validation_users, heldout_users
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 FAST = ["prompt.epochs=1", "adapter.epochs=1", "data.n_users=20", "data.rows_per_user=8", "selection.budget=8",
@@ -68,6 +68,23 @@ def test_adapter_step_budget_head_lr_and_heldout_validation(tmp_path):
                  "adapter.head_lr=0.0001", "adapter.validation=heldout", "adapter.warmup_ratio=0.2"]) == 0
     record = json.loads((run / "puma" / "stage.json").read_text())
     assert record["train_samples"] == 6 * 8
+
+
+def test_heldout_all_validation_chooses_the_epoch_on_every_unselected_user(tmp_path):
+    run = tmp_path / "run"
+    assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.validation=heldout_all"]) == 0
+    record = json.loads((run / "puma" / "stage.json").read_text())
+    assert (record["selected_users"], record["validation_users"]) == (8, 20 - 8)  # FAST: 20 users, budget 8
+
+
+def test_adapter_validation_users_per_mode():
+    selected = np.array([1, 4, 7])
+    assert adapter_validation_users("selected", 20, selected, seed=0).tolist() == [1, 4, 7]
+    assert adapter_validation_users("heldout", 20, selected, seed=0).tolist() == heldout_users(20, selected, seed=0).tolist()
+    assert adapter_validation_users("heldout_all", 10, selected, seed=0).tolist() == [0, 2, 3, 5, 6, 8, 9]
+    assert adapter_validation_users("heldout_all", 3, np.array([0, 1, 2]), seed=0).tolist() == [0, 1, 2]  # nobody left
+    with pytest.raises(ValueError, match="heldout_all"):
+        adapter_validation_users("all", 10, selected, seed=0)
 
 
 def test_heldout_users_are_seeded_unselected_and_as_many_as_the_budget():

@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
+from puma_lightning.config import ADAPTER_VALIDATION
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
 from puma_lightning.io.bank import PromptBank
@@ -258,7 +259,7 @@ class Experiment:
         module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, head_lr=cfg.adapter.head_lr,
                            weight_decay=cfg.adapter.weight_decay, train_head=not cfg.adapter.freeze_head,
                            output_scale=output_scale, warmup_ratio=cfg.adapter.warmup_ratio, teacher=teacher)
-        eval_users = users if cfg.adapter.validation == "selected" else heldout_users(table.n_users, users, cfg.seed)
+        eval_users = adapter_validation_users(cfg.adapter.validation, table.n_users, users, cfg.seed)
         dm = build_datamodule(train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users, eval_users=eval_users,
                               row_offset=train_offsets)
         before = start_stage_costs(lm)
@@ -290,6 +291,7 @@ class Experiment:
                                                "selection_s": round(selection["seconds"], 2), "migrate_s": round(migrate_s, 2),
                                                "selection": selection["record"]["strategy"],
                                                "selected_users": selection["record"]["num_selected"],
+                                               "validation_users": int(len(eval_users)),
                                                "allocation": selection["record"]["params"].get("allocation"),
                                                "teacher_rows": int(len(train_table) - len(table)), "teacher_s": round(teacher_s, 2),
                                                **({"readout": readout} if readout is not None else {}),
@@ -394,6 +396,19 @@ class Experiment:
         flat.update({"stage": stage, "source": self.cfg.source.name, "target": self.cfg.target.name, "seed": self.cfg.seed,
                      "selection": str(self.cfg.selection.name)})
         return flat
+
+
+def adapter_validation_users(mode: str, n_users: int, selected: np.ndarray, seed: int) -> np.ndarray:
+    """The users whose validation rows choose the adapter's best epoch (``adapter.validation``): the selected users
+    themselves, :func:`heldout_users`, or (``heldout_all``) every unselected user (the selected ones if none is left)."""
+    if mode == "selected":
+        return np.asarray(selected)
+    if mode == "heldout":
+        return heldout_users(n_users, selected, seed)
+    if mode == "heldout_all":
+        others = np.setdiff1d(np.arange(n_users), np.asarray(selected))
+        return others if len(others) else np.asarray(selected)
+    raise ValueError(f"adapter.validation must be one of {', '.join(ADAPTER_VALIDATION)}; got {mode!r}")
 
 
 def heldout_users(n_users: int, selected: np.ndarray, seed: int) -> np.ndarray:
