@@ -47,6 +47,7 @@ from puma_lightning.models.adapters import build_adapter  # noqa: E402
 from puma_lightning.models.backbone import FrozenLM  # noqa: E402
 from puma_lightning.models.heads import build_head  # noqa: E402
 from puma_lightning.models.loading import load_backbone  # noqa: E402
+from puma_lightning.models.templated_rows import TemplatedRows  # noqa: E402
 from puma_lightning.pipeline.builders import build_datamodule, build_table  # noqa: E402
 from puma_lightning.tasks import Migration, PromptTuning, init_prompts  # noqa: E402
 
@@ -77,13 +78,11 @@ class Way:
 
 
 def plain(lm: FrozenLM, batch: dict[str, torch.Tensor], prompts: torch.Tensor) -> torch.Tensor:
-    return lm.plain_answer_logits(batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts,
-                                  batch["answer_pos"])
+    return lm.plain_answer_logits(TemplatedRows.of(batch), prompts)
 
 
 def cached(lm: FrozenLM, batch: dict[str, torch.Tensor], prompts: torch.Tensor) -> torch.Tensor:
-    out = lm.cached_answer_logits(batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts,
-                                  batch["answer_pos"])
+    out = lm.cached_answer_logits(TemplatedRows.of(batch), prompts)
     if out is None:
         raise RuntimeError("batch cannot use the prefix cache")
     return out

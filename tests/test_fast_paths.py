@@ -19,6 +19,7 @@ from puma_lightning.data.batching import PadCollator
 from puma_lightning.data.encoding import TemplateEncoder
 from puma_lightning.data.templates import get_template
 from puma_lightning.models.dtype_choice import BF16_MIN_SPEEDUP
+from puma_lightning.models.templated_rows import TemplatedRows
 from puma_lightning.models.tiny import TINY_MODEL_NAMES
 from puma_lightning.pipeline.builders import load_frozen_lm
 from puma_lightning.selection.kmeans import resolve_backend
@@ -42,8 +43,7 @@ def _run_batches(lm, template: str) -> None:
     batch = PadCollator(lm.tokenizer.pad_token_id)(samples)
     prompts = torch.zeros(len(ITEMS), 1, lm.hidden_size, requires_grad=True)
     for _ in range(2):
-        lm.answer_logits(batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts,
-                         batch["answer_pos"]).sum().backward()
+        lm.answer_logits(TemplatedRows.of(batch), prompts).sum().backward()
 
 
 def _assert_cache_used(lm, template: str) -> None:

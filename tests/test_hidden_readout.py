@@ -21,6 +21,7 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.backbone import FrozenLM
 from puma_lightning.models.heads import ClickHead, RatingHead, build_head, load_head, readout_width
 from puma_lightning.models.loading import load_backbone
+from puma_lightning.models.templated_rows import TemplatedRows
 from puma_lightning.pipeline.bank_ops import evaluate_bank
 from puma_lightning.pipeline.readout_fit import ReadoutRows, ridge_readout
 from puma_lightning.tasks.base import answer_outputs
@@ -73,7 +74,7 @@ def test_answer_hidden_is_what_the_answer_logits_are_projected_from(name):
     assert lm.prefix_cache is not None
     batch = make_batch(lm.tokenizer, "item_first")
     prompts = torch.randn(len(ITEMS), 1, lm.hidden_size, generator=torch.Generator().manual_seed(2))
-    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"])
+    args = (TemplatedRows.of(batch), prompts)
     cached = lm.cached_answer_hidden(*args)
     plain = lm.plain_answer_hidden(*args)
     assert cached is not None and cached.shape == (len(ITEMS), lm.hidden_size)
@@ -200,8 +201,7 @@ def test_a_neutral_readout_reads_every_row_through_its_own_prompt_once_per_seque
     logits_b, hidden_b = answer_outputs(lm, head, batch, second)
     assert not torch.allclose(logits_a, logits_b)  # the logits read the users' prompts ...
     torch.testing.assert_close(hidden_a, hidden_b)  # ... the readout the neutral one
-    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"], neutral[None].expand(len(ITEMS), -1, -1),
-            batch["answer_pos"])
+    args = (TemplatedRows.of(batch), neutral[None].expand(len(ITEMS), -1, -1))
     torch.testing.assert_close(hidden_a, lm.plain_answer_hidden(*args).float(), atol=2e-5, rtol=2e-5)
     assert len(head.readout.neutral_cache) == len(set(ITEMS))  # one read per distinct sequence
     with torch.no_grad():

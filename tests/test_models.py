@@ -15,6 +15,7 @@ from puma_lightning.models.packaged import (
     is_converted,
     packaged_model_dir,
 )
+from puma_lightning.models.templated_rows import TemplatedRows
 from puma_lightning.models.tiny import TINY_MODEL_NAMES, build_tiny_model, build_tiny_tokenizer
 
 RATING = ("1", "2", "3", "4", "5")
@@ -260,7 +261,7 @@ def test_answer_logits_match_full_model(frozen):
     ids, mask, slot, ans = make_batch(frozen.tokenizer, ITEMS, prompt_len=2)
     assert ids.shape[1] > 8  # longer than tiny-gemma3's sliding window
     prompts = torch.randn(len(ITEMS), 2, frozen.hidden_size) * frozen.embedding_std()
-    got = frozen.answer_logits(ids, mask, slot, prompts, ans)
+    got = frozen.answer_logits(TemplatedRows(ids, mask, slot, ans), prompts)
     assert got.shape == (len(ITEMS), 5) and got.dtype == torch.float32
     with torch.no_grad():
         full = frozen.model(inputs_embeds=frozen.splice(ids, slot, prompts), attention_mask=mask).logits
@@ -272,10 +273,10 @@ def test_padded_batch_matches_single_rows(frozen):
     ids, mask, slot, ans = make_batch(frozen.tokenizer, ITEMS)
     assert (mask == 0).any()  # really padded
     prompts = torch.randn(len(ITEMS), 1, frozen.hidden_size) * frozen.embedding_std()
-    batched = frozen.answer_logits(ids, mask, slot, prompts, ans)
+    batched = frozen.answer_logits(TemplatedRows(ids, mask, slot, ans), prompts)
     for i in range(len(ITEMS)):
         n = int(mask[i].sum())
-        single = frozen.answer_logits(ids[i : i + 1, :n], mask[i : i + 1, :n], int(slot[i]), prompts[i : i + 1], n - 1)
+        single = frozen.answer_logits(TemplatedRows(ids[i : i + 1, :n], mask[i : i + 1, :n], int(slot[i]), n - 1), prompts[i : i + 1])
         torch.testing.assert_close(batched[i : i + 1], single, atol=2e-5, rtol=1e-4)
 
 
@@ -287,7 +288,7 @@ def test_gradient_reaches_only_prompts(frozen):
     assert not any(p.requires_grad for p in parent.parameters())
     ids, mask, slot, ans = make_batch(frozen.tokenizer, ITEMS[:2])
     prompts = torch.nn.Parameter(torch.randn(2, 1, frozen.hidden_size))
-    logits = frozen.answer_logits(ids, mask, slot, prompts, ans)
+    logits = frozen.answer_logits(TemplatedRows(ids, mask, slot, ans), prompts)
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 4])).backward()
     assert prompts.grad is not None and prompts.grad.abs().sum() > 0
     assert all(p.grad is None for p in frozen.model.parameters())
@@ -298,7 +299,7 @@ def test_prompt_gradient_matches_full_model_path(frozen):
     init = torch.randn(3, 1, frozen.hidden_size) * frozen.embedding_std()
     target = torch.tensor([1, 3, 4])
     p1 = init.clone().requires_grad_()
-    loss1 = torch.nn.functional.cross_entropy(frozen.answer_logits(ids, mask, slot, p1, ans), target)
+    loss1 = torch.nn.functional.cross_entropy(frozen.answer_logits(TemplatedRows(ids, mask, slot, ans), p1), target)
     loss1.backward()
     p2 = init.clone().requires_grad_()
     full = frozen.model(inputs_embeds=frozen.splice(ids, slot, p2), attention_mask=mask).logits

@@ -15,6 +15,7 @@ import torch
 from puma_lightning.models.backbone import FrozenLM
 from puma_lightning.models.loading import load_backbone
 from puma_lightning.models.packaged import default_cache_dir, ensure_packaged_model, is_converted
+from puma_lightning.models.templated_rows import TemplatedRows
 
 pytestmark = pytest.mark.real_model
 
@@ -76,7 +77,7 @@ def test_smollm2_soft_prompt_steps_reduce_loss(smollm2):
     opt = torch.optim.Adam([prompts], lr=0.5 * std)
     losses = []
     for _ in range(6):
-        loss = torch.nn.functional.cross_entropy(lm.answer_logits(ids, mask, slot, prompts, ans), target)
+        loss = torch.nn.functional.cross_entropy(lm.answer_logits(TemplatedRows(ids, mask, slot, ans), prompts), target)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -109,7 +110,7 @@ def test_gemma_answer_logits_match_full_model(gemma):
     b, lm = gemma
     ids, mask, slot, ans = make_batch(b.tokenizer, ITEMS[:2])
     prompts = torch.randn(2, 1, lm.hidden_size) * lm.embedding_std()
-    got = lm.answer_logits(ids, mask, slot, prompts, ans)
+    got = lm.answer_logits(TemplatedRows(ids, mask, slot, ans), prompts)
     with torch.no_grad():
         full = b.model(inputs_embeds=lm.splice(ids, slot, prompts), attention_mask=mask, logits_to_keep=0).logits
     ref = full[torch.arange(2), ans][:, lm.answer_ids].float()

@@ -22,6 +22,7 @@ from puma_lightning.data.templates import get_template
 from puma_lightning.models.backbone import FrozenLM
 from puma_lightning.models.loading import load_backbone
 from puma_lightning.models.prefix_cache import PrefixKVCache, static_support_reason
+from puma_lightning.models.templated_rows import TemplatedRows
 from puma_lightning.models.tiny import TINY_MODEL_NAMES
 
 RATING = ("1", "2", "3", "4", "5")
@@ -50,7 +51,7 @@ def make_batch(tokenizer, template: str, items=ITEMS, prompt_length: int = 1) ->
 def logits_and_grad(lm: FrozenLM, batch: dict[str, torch.Tensor], prompts: torch.Tensor, cached: bool):
     """Answer logits and d(loss)/d(prompts) through the plain or the cached path."""
     p = prompts.clone().requires_grad_(True)
-    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"], p, batch["answer_pos"])
+    args = (TemplatedRows.of(batch), p)
     logits = lm.cached_answer_logits(*args) if cached else lm.plain_answer_logits(*args)
     assert logits is not None
     weights = torch.linspace(-1.0, 1.0, logits.numel()).reshape(logits.shape)
@@ -103,7 +104,7 @@ def test_answer_logits_dispatches_to_cache_and_shares_prefixes(tiny_lm):
     before = (cache.stats.hits, cache.stats.misses)
     batch = make_batch(tiny_lm.tokenizer, "item_first")
     prompts = torch.zeros(len(ITEMS), 1, tiny_lm.hidden_size)
-    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"])
+    args = (TemplatedRows.of(batch), prompts)
     first = tiny_lm.answer_logits(*args)
     distinct = len(set(ITEMS))
     assert len(cache) == distinct and cache.stats.misses - before[1] == distinct
@@ -116,8 +117,7 @@ def test_answer_logits_dispatches_to_cache_and_shares_prefixes(tiny_lm):
 def test_prefix_entries_never_require_grad_and_model_gets_none(tiny_lm):
     batch = make_batch(tiny_lm.tokenizer, "movie")
     prompts = torch.randn(len(ITEMS), 1, tiny_lm.hidden_size, requires_grad=True)
-    logits = tiny_lm.answer_logits(batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts,
-                                   batch["answer_pos"])
+    logits = tiny_lm.answer_logits(TemplatedRows.of(batch), prompts)
     logits.sum().backward()
     assert prompts.grad is not None and float(prompts.grad.abs().sum()) > 0
     assert all(p.grad is None for p in tiny_lm.model.parameters())
@@ -128,11 +128,11 @@ def test_entries_made_in_inference_mode_serve_training_steps():
     b = load_backbone("tiny-llama")
     lm = FrozenLM(b.model, b.tokenizer, RATING, prefix_cache_mb=8)
     batch = make_batch(lm.tokenizer, "item_first")
-    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"])
+    rows = TemplatedRows.of(batch)
     with torch.inference_mode():  # as in Lightning's validation loop
-        lm.answer_logits(*args, torch.zeros(len(ITEMS), 1, lm.hidden_size), batch["answer_pos"])
+        lm.answer_logits(rows, torch.zeros(len(ITEMS), 1, lm.hidden_size))
     prompts = torch.randn(len(ITEMS), 1, lm.hidden_size, requires_grad=True)
-    lm.answer_logits(*args, prompts, batch["answer_pos"]).sum().backward()  # reuses those entries
+    lm.answer_logits(rows, prompts).sum().backward()  # reuses those entries
     assert lm.prefix_cache.stats.hits == len(set(ITEMS)) and prompts.grad is not None
 
 
@@ -290,7 +290,7 @@ def test_probe_mismatch_falls_back_with_a_logged_reason(monkeypatch, caplog):
     assert "prefix KV cache not used" in caplog.text
     batch = make_batch(lm.tokenizer, "movie")
     prompts = torch.zeros(len(ITEMS), 1, lm.hidden_size)
-    out = lm.answer_logits(batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"])
+    out = lm.answer_logits(TemplatedRows.of(batch), prompts)
     assert out.shape == (len(ITEMS), 5)  # the plain path
 
 
@@ -298,10 +298,10 @@ def test_rows_without_prefix_use_the_plain_path(tiny_lm):
     ids = torch.randint(5, 50, (2, 6))
     prompts = torch.randn(2, 1, tiny_lm.hidden_size)
     slot, answer = torch.tensor([0, 2]), torch.tensor([5, 5])
-    assert tiny_lm.cached_answer_logits(ids, None, slot, prompts, answer) is None
+    assert tiny_lm.cached_answer_logits(TemplatedRows(ids, None, slot, answer), prompts) is None
     before = tiny_lm.prefix_cache.stats.plain_batches
-    out = tiny_lm.answer_logits(ids, None, slot, prompts, answer)
-    torch.testing.assert_close(out, tiny_lm.plain_answer_logits(ids, None, slot, prompts, answer))
+    out = tiny_lm.answer_logits(TemplatedRows(ids, None, slot, answer), prompts)
+    torch.testing.assert_close(out, tiny_lm.plain_answer_logits(TemplatedRows(ids, None, slot, answer), prompts))
     assert tiny_lm.prefix_cache.stats.plain_batches == before + 1  # counted, never silent
 
 
@@ -313,7 +313,7 @@ def test_slot_out_of_range_is_an_error(tiny_lm):
     with pytest.raises(ValueError, match="outside"):
         tiny_lm.splice(ids, 5, prompts)
     with pytest.raises(ValueError, match="outside"):
-        tiny_lm.cached_answer_logits(ids, None, torch.tensor([1, 5]), prompts, torch.tensor([5, 5]))
+        tiny_lm.cached_answer_logits(TemplatedRows(ids, None, torch.tensor([1, 5]), torch.tensor([5, 5])), prompts)
 
 
 # -- real models -----------------------------------------------------------------------------------
@@ -383,8 +383,7 @@ def test_fixed_groups_make_prefixes_independent_of_cache_state(monkeypatch):
 
     def logits(batch):
         n = len(batch["user"])
-        return lm.answer_logits(batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts[:n],
-                                batch["answer_pos"])
+        return lm.answer_logits(TemplatedRows.of(batch), prompts[:n])
 
     cold = logits(full)
     lm.clear_prefix_cache()
@@ -394,7 +393,7 @@ def test_fixed_groups_make_prefixes_independent_of_cache_state(monkeypatch):
     lm.prefix_cache.max_bytes = 1  # nothing fits: every prefix recomputed, every time
     evicted = logits(full)
     assert torch.equal(cold, warm) and torch.equal(cold, evicted)
-    plain = lm.plain_answer_logits(full["input_ids"], full["attention_mask"], full["slot_pos"], prompts, full["answer_pos"])
+    plain = lm.plain_answer_logits(TemplatedRows.of(full), prompts)
     assert float((plain - cold).abs().max()) < 0.1 * max(1.0, float(plain.abs().max()))  # and still the same function
 
 

@@ -80,7 +80,7 @@ def test_warmup_then_cosine():
 class _Logits(torch.nn.Module):
     """Stands in for the backbone: answer logits = the prompt's first 5 features."""
 
-    def answer_logits(self, input_ids, attention_mask, slot_pos, prompts, answer_pos):  # noqa: ANN001
+    def answer_logits(self, rows, prompts):  # noqa: ANN001
         return prompts[:, 0, :5]
 
 

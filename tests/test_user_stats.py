@@ -13,6 +13,7 @@ from puma_lightning.cli.config_loader import load_config
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.backbone import FrozenLM
 from puma_lightning.models.heads import build_head
+from puma_lightning.models.templated_rows import TemplatedRows
 from puma_lightning.models.tiny import build_tiny_model
 from puma_lightning.pipeline import user_stats
 from puma_lightning.pipeline.experiment import Experiment
@@ -106,7 +107,7 @@ def test_user_task_loss_is_mean_over_training_rows(experiment):
             if s["user"] != 3:
                 continue
             b = dm.collate([s])
-            logits = lm.answer_logits(b["input_ids"], b["attention_mask"], b["slot_pos"], prompts[[3]], b["answer_pos"])
+            logits = lm.answer_logits(TemplatedRows.of(b), prompts[[3]])
             per_row.append(float(head.loss(logits, head(logits), b["label"])))
     assert loss[3] == pytest.approx(np.mean(per_row), rel=1e-4)
 

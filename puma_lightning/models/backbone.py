@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from puma_lightning.models.answers import resolve_answer_ids
 from puma_lightning.models.cached_forward import PrefixCachedForward, as_positions
 from puma_lightning.models.prefix_cache import PrefixKVCache, cache_argument, text_config
+from puma_lightning.models.templated_rows import TemplatedRows
 
 log = logging.getLogger(__name__)
 
@@ -234,64 +235,36 @@ class FrozenLM(PrefixCachedForward, nn.Module):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def answer_logits(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None,
-        slot_pos: int | Tensor,
-        prompts: Tensor,
-        answer_pos: int | Tensor,
-    ) -> Tensor:
-        """Answer-token logits [B, A] (float32) with ``prompts`` [B, l, d] spliced at ``slot_pos``.
+    def answer_logits(self, rows: TemplatedRows, prompts: Tensor) -> Tensor:
+        """Answer-token logits [B, A] (float32) of ``rows`` with ``prompts`` [B, l, d] spliced at their slots.
 
-        Differentiable with respect to ``prompts`` only; inputs are right-padded, ``answer_pos``
-        is each row's last real token (the answer cue).
+        Differentiable with respect to ``prompts`` only; the rows are right-padded and each one's
+        ``answer_pos`` is its last real token (the answer cue).
         """
-        return self.project_answers(self.answer_hidden(input_ids, attention_mask, slot_pos, prompts, answer_pos))
+        return self.project_answers(self.answer_hidden(rows, prompts))
 
     forward = answer_logits
 
-    def answer_hidden(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None,
-        slot_pos: int | Tensor,
-        prompts: Tensor,
-        answer_pos: int | Tensor,
-    ) -> Tensor:
+    def answer_hidden(self, rows: TemplatedRows, prompts: Tensor) -> Tensor:
         """The last hidden state [B, d] at the answer position (what :meth:`project_answers` turns into the
         answer logits), through the prefix cache where it is on and the batch allows."""
         if self.prefix_cache is not None:
-            hidden = self.cached_answer_hidden(input_ids, attention_mask, slot_pos, prompts, answer_pos)
+            hidden = self.cached_answer_hidden(rows, prompts)
             if hidden is not None:
                 return hidden
             if self.prefix_cache.stats.plain_batches == 0:
                 log.warning("%s: a batch has a row with no text before the slot; such batches run the plain path "
                             "(counted in prefix_cache.stats.plain_batches)", self.name or type(self.model).__name__)
             self.prefix_cache.stats.plain_batches += 1
-        return self.plain_answer_hidden(input_ids, attention_mask, slot_pos, prompts, answer_pos)
+        return self.plain_answer_hidden(rows, prompts)
 
-    def plain_answer_hidden(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None,
-        slot_pos: int | Tensor,
-        prompts: Tensor,
-        answer_pos: int | Tensor,
-    ) -> Tensor:
+    def plain_answer_hidden(self, rows: TemplatedRows, prompts: Tensor) -> Tensor:
         """:meth:`answer_hidden` over the whole template, whether or not the prefix cache is on."""
-        return self.hidden_at(self.splice(input_ids, slot_pos, prompts), attention_mask, answer_pos)
+        return self.hidden_at(self.splice(rows.input_ids, rows.slot_pos, prompts), rows.attention_mask, rows.answer_pos)
 
-    def plain_answer_logits(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None,
-        slot_pos: int | Tensor,
-        prompts: Tensor,
-        answer_pos: int | Tensor,
-    ) -> Tensor:
+    def plain_answer_logits(self, rows: TemplatedRows, prompts: Tensor) -> Tensor:
         """:meth:`answer_logits` over the whole template, whether or not the prefix cache is on."""
-        return self.project_answers(self.plain_answer_hidden(input_ids, attention_mask, slot_pos, prompts, answer_pos))
+        return self.project_answers(self.plain_answer_hidden(rows, prompts))
 
     # -- torch.compile ---------------------------------------------------------------------------
     def set_compiled(self, on: bool = True) -> None:

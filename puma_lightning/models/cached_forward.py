@@ -24,6 +24,7 @@ from puma_lightning.models.prefix_cache import (
     compute_prefix_kv,
     static_support_reason,
 )
+from puma_lightning.models.templated_rows import TemplatedRows
 
 log = logging.getLogger("puma_lightning.models.backbone")
 
@@ -167,28 +168,12 @@ class PrefixCachedForward:
             out[i] = kv
         return out  # type: ignore[return-value]
 
-    def cached_answer_logits(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None,
-        slot_pos: int | Tensor,
-        prompts: Tensor,
-        answer_pos: int | Tensor,
-        cache: PrefixKVCache | None = None,
-    ) -> Tensor | None:
+    def cached_answer_logits(self, rows: TemplatedRows, prompts: Tensor, cache: PrefixKVCache | None = None) -> Tensor | None:
         """:meth:`answer_logits` through :meth:`cached_answer_hidden` (None where a batch cannot use the cache)."""
-        hidden = self.cached_answer_hidden(input_ids, attention_mask, slot_pos, prompts, answer_pos, cache=cache)
+        hidden = self.cached_answer_hidden(rows, prompts, cache=cache)
         return None if hidden is None else self.project_answers(hidden)
 
-    def cached_answer_hidden(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None,
-        slot_pos: int | Tensor,
-        prompts: Tensor,
-        answer_pos: int | Tensor,
-        cache: PrefixKVCache | None = None,
-    ) -> Tensor | None:
+    def cached_answer_hidden(self, rows: TemplatedRows, prompts: Tensor, cache: PrefixKVCache | None = None) -> Tensor | None:
         """:meth:`answer_hidden` running only [slot + rest] on cached prefix keys/values.
 
         Same result as the plain path (rows grouped by their prefix ``input_ids[:slot_pos]``,
@@ -196,6 +181,7 @@ class PrefixCachedForward:
         cannot use it (a row without a prefix, or an answer before its slot). Costs one small
         device-to-host copy per batch (token ids and positions, to key the cache).
         """
+        input_ids, attention_mask, slot_pos, answer_pos = rows
         cache = cache if cache is not None else self.prefix_cache
         if cache is None:
             raise RuntimeError("no prefix cache: call enable_prefix_cache() first")
@@ -263,8 +249,9 @@ class PrefixCachedForward:
         ids, mask, slot, answer = ids.to(device), mask.to(device), slot.to(device), answer.to(device)
         prompts = self.embed(torch.randint(0, vocab, (len(shapes), 2), generator=gen).to(device))
         try:
-            plain = self.plain_answer_logits(ids, mask, slot, prompts, answer)
-            cached = self.cached_answer_logits(ids, mask, slot, prompts, answer, cache=PrefixKVCache(64))
+            rows = TemplatedRows(ids, mask, slot, answer)
+            plain = self.plain_answer_logits(rows, prompts)
+            cached = self.cached_answer_logits(rows, prompts, cache=PrefixKVCache(64))
         except Exception as err:  # an architecture the cached path cannot drive
             return f"probe batch failed on the cached path ({type(err).__name__}: {err})"
         assert cached is not None

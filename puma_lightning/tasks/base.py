@@ -16,6 +16,7 @@ from torch import nn
 if TYPE_CHECKING:
     import numpy as np
 
+from puma_lightning.models.templated_rows import TemplatedRows
 from puma_lightning.tasks.metrics import UserAUC, build_metrics, update_metrics
 
 
@@ -23,13 +24,13 @@ def answer_outputs(backbone: nn.Module, head: nn.Module, batch: dict[str, torch.
                    prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The answer logits ``[B, A]`` of a batch with ``prompts`` spliced in, and the hidden state ``[B, d]`` they
     come from when ``head`` reads it (None otherwise: the logits-only path, one projection fewer to keep)."""
-    args = (batch["input_ids"], batch["attention_mask"], batch["slot_pos"], prompts, batch["answer_pos"])
+    rows = TemplatedRows.of(batch)
     readout = getattr(head, "readout", None)
     if readout is None:
-        return backbone.answer_logits(*args), None
+        return backbone.answer_logits(rows, prompts), None
     if readout.neutral:
-        return backbone.answer_logits(*args), neutral_hidden(backbone, readout, batch)
-    hidden = backbone.answer_hidden(*args)
+        return backbone.answer_logits(rows, prompts), neutral_hidden(backbone, readout, batch)
+    hidden = backbone.answer_hidden(rows, prompts)
     return backbone.project_answers(hidden), hidden
 
 
@@ -51,9 +52,8 @@ def neutral_hidden(backbone: nn.Module, readout: nn.Module, batch: dict[str, tor
         if len(cache) + len(missing) > NEUTRAL_CACHE_ROWS:
             cache.clear()
         pick = torch.as_tensor(missing, device=batch["input_ids"].device)
-        sub = {k: batch[k].index_select(0, pick) for k in ("input_ids", "attention_mask", "slot_pos", "answer_pos")}
         prompt = readout.neutral_prompt[None].expand(len(missing), -1, -1)
-        hidden = backbone.answer_hidden(sub["input_ids"], sub["attention_mask"], sub["slot_pos"], prompt, sub["answer_pos"])
+        hidden = backbone.answer_hidden(TemplatedRows.of(batch).select(pick), prompt)
         for i, h in zip(missing, hidden.float().unbind(0)):
             cache[keys[i]] = h
     return torch.stack([cache[key] for key in keys]).to(batch["input_ids"].device)  # no copy unless the device moved
