@@ -42,6 +42,7 @@ LEVERS: dict[str, list[str]] = {
     "random_selection": ["selection=random"],
     "steps": STEPS,
     "norm": ["adapter.input_norm=standardize"],
+    "selected": ["adapter.validation=selected"],
     "heldout": ["adapter.validation=heldout"],
     "norm_heldout": ["adapter.input_norm=standardize", "adapter.validation=heldout"],
     "heldout_all": ["adapter.validation=heldout_all"],
@@ -62,7 +63,8 @@ LEVERS: dict[str, list[str]] = {
     "cheap_half_readout_items": [*CHEAP, "adapter.steps=47", "adapter.readout_rows=adapter_items"],
     "cheap_heldout_all": [*CHEAP, "adapter.validation=heldout_all"],
 }
-"""Named override sets; ``polish`` levers report the polished row, ``vocab_map`` the training-free row. ``*readout_all`` and
+"""Named override sets (each on top of the config, so ``shipped`` follows the config's defaults; ``selected`` and ``heldout``
+pin the adapter's validation rows either way); ``polish`` levers report the polished row, ``vocab_map`` the training-free row. ``*readout_all`` and
 ``*readout_items`` matter under ``prompt.hidden_readout=ridge`` (shipped by ``ml100k`` and ``demo``): the target's readout is
 fitted on every user's rows, or on every user's rows of the adapter's items, or (``*_selected``)
 on the adapter's own rows; the others keep the config's ``adapter.readout_rows``."""
@@ -110,19 +112,24 @@ def references(lever: str, users: int, levers: Sequence[str]) -> list[str]:
 def all_user_validation(exp: Any, stage: str) -> dict[str, float]:
     """``val/*`` metrics of the bank a stage wrote, on the validation rows of every user: the same rows for every lever
     and for full retraining (a PUMA stage's own best epoch is chosen on its selected or held-out users only). Cached
-    in ``<stage>/val_all.json``; empty when the stage wrote no bank (``vocab_map``)."""
+    in ``<stage>/val_all.json`` with the key of the stage record it measured, and measured again when the stage was
+    retrained since (another key: a config default changed under a lever); empty when the stage wrote no bank
+    (``vocab_map``)."""
     from puma_lightning.io.atomic import atomic_write_text
     from puma_lightning.pipeline.bank_ops import evaluate_bank
 
     folder = exp.method_dir(stage)
-    cached = folder / VALIDATION_FILE
-    if cached.is_file():
-        return json.loads(cached.read_text(encoding="utf-8"))
     if not (folder / "bank").is_dir():
         return {}
+    key = json.loads((folder / "stage.json").read_text(encoding="utf-8")).get("key")
+    cached = folder / VALIDATION_FILE
+    if cached.is_file():
+        saved = json.loads(cached.read_text(encoding="utf-8"))
+        if saved.get("stage_key") == key:  # the bank it measured is the one there now (a retrained stage has another key)
+            return saved["metrics"]
     with contextlib.redirect_stdout(io.StringIO()):  # evaluate_bank prints its metrics for the CLI
         metrics = evaluate_bank(exp.cfg, folder / "bank", "target", "valid")
-    atomic_write_text(cached, json.dumps(metrics, indent=1))
+    atomic_write_text(cached, json.dumps({"stage_key": key, "metrics": metrics}, indent=1))
     return metrics
 
 

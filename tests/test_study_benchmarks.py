@@ -62,7 +62,7 @@ def test_migration_levers_table_csv_and_plot(tmp_path):
     # every bank is validated on the same rows: every user's validation rows, whatever the lever validated on
     for name in names:
         assert doc["methods"][name]["val_loss"]["mean"] > 0, name
-    full = json.loads((out / "seed_0" / "full" / "full_retrain" / "val_all.json").read_text())
+    full = json.loads((out / "seed_0" / "full" / "full_retrain" / "val_all.json").read_text())["metrics"]
     assert full["rmse"] == pytest.approx(float(next(r["val_rmse"] for r in rows if r["method"] == "full_retrain" and r["seed"] == "0")))
     # full retraining validated on every user's rows already: its best epoch's loss is what its bank scores there
     stage = json.loads((out / "seed_0" / "full" / "full_retrain" / "stage.json").read_text())
@@ -70,6 +70,15 @@ def test_migration_levers_table_csv_and_plot(tmp_path):
     assert module.choose_on_validation(doc) in names - {"full_retrain"}
     assert "Chosen on every user's validation rows" in (out / "levers.md").read_text()
     assert doc["dataset"] == "synthetic_rating" and int(doc["num_test_rows"]["0"]) > 0  # the footer names the data, not "None"
+    # a cached validation measured another bank (the stage was retrained since, another key): it is measured again
+    cached = out / "seed_0" / "norm_b8" / "puma" / "val_all.json"
+    saved = json.loads(cached.read_text())
+    cached.write_text(json.dumps({"stage_key": "stale", "metrics": {**saved["metrics"], "loss": 99.0}}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert module.main(["--config", SMOKE, "--levers", "norm", "--budgets", "0.4", "--seeds", "0",
+                            "--out", str(out), *TINY, "prompt.epochs=1", "adapter.epochs=1"]) == 0
+    again = json.loads(cached.read_text())
+    assert again["metrics"]["loss"] == pytest.approx(saved["metrics"]["loss"]) and again["stage_key"] == saved["stage_key"]
 
 
 def test_validation_picks_the_lowest_loss_unless_a_cheaper_row_is_within_its_paired_seed_spread():
