@@ -332,3 +332,18 @@ def test_tiny_weights_do_not_depend_on_the_transformers_init_code(name, monkeypa
     other, _ = build_tiny_model(name)
     for (key, a), (_, b) in zip(reference.state_dict().items(), other.state_dict().items()):
         assert torch.equal(a, b), key
+
+
+def test_templated_rows_from_a_batch_and_a_selection_of_them():
+    ids = torch.arange(12).reshape(3, 4)
+    batch = {"input_ids": ids, "attention_mask": torch.ones(3, 4), "slot_pos": torch.tensor([1, 2, 1]),
+             "answer_pos": torch.tensor([3, 3, 2]), "label": torch.zeros(3)}
+    rows = TemplatedRows.of(batch)
+    assert rows.input_ids is ids and rows.slot_pos.tolist() == [1, 2, 1]
+    picked = rows.select(torch.tensor([2, 0]))
+    assert picked.input_ids.tolist() == [[8, 9, 10, 11], [0, 1, 2, 3]]
+    assert picked.slot_pos.tolist() == [1, 1] and picked.answer_pos.tolist() == [2, 3]
+    assert picked.attention_mask.shape == (2, 4)
+    fixed = TemplatedRows(ids, None, 1, 3).select(torch.tensor([1]))  # int positions and no mask stay as they are
+    assert fixed.slot_pos == 1 and fixed.answer_pos == 3 and fixed.attention_mask is None and fixed.input_ids.tolist() == [[4, 5, 6, 7]]
+    assert TemplatedRows.of({k: v for k, v in batch.items() if k != "attention_mask"}).attention_mask is None

@@ -12,10 +12,6 @@ from typing import Mapping, NamedTuple
 
 from torch import Tensor
 
-BATCH_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "slot_pos", "answer_pos")
-"""The keys of a datamodule batch that make up its :class:`TemplatedRows`."""
-
-
 class TemplatedRows(NamedTuple):
     """Right-padded token rows of a template with a soft-prompt slot."""
 
@@ -30,7 +26,8 @@ class TemplatedRows(NamedTuple):
 
     @classmethod
     def of(cls, batch: Mapping[str, Tensor]) -> TemplatedRows:
-        """The rows of a datamodule batch (its :data:`BATCH_KEYS`; other keys such as labels are ignored)."""
+        """The rows of a datamodule batch (its ``input_ids``, ``attention_mask``, ``slot_pos`` and ``answer_pos``; other
+        keys such as labels are ignored)."""
         return cls(batch["input_ids"], batch.get("attention_mask"), batch["slot_pos"], batch["answer_pos"])
 
     def select(self, index: Tensor) -> TemplatedRows:
