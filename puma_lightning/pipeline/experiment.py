@@ -406,15 +406,20 @@ def adapter_validation_users(mode: str, n_users: int, selected: np.ndarray, seed
     if mode == "heldout":
         return heldout_users(n_users, selected, seed)
     if mode == "heldout_all":
-        others = np.setdiff1d(np.arange(n_users), np.asarray(selected))
+        others = unselected_users(n_users, selected)
         return others if len(others) else np.asarray(selected)
     raise ValueError(f"adapter.validation must be one of {', '.join(ADAPTER_VALIDATION)}; got {mode!r}")
+
+
+def unselected_users(n_users: int, selected: np.ndarray) -> np.ndarray:
+    """The users (row indices, sorted) that are not in ``selected``."""
+    return np.setdiff1d(np.arange(n_users), np.asarray(selected))
 
 
 def heldout_users(n_users: int, selected: np.ndarray, seed: int) -> np.ndarray:
     """As many users as ``selected`` (or all the others, if fewer), drawn seeded from the unselected ones:
     the adapter's validation users under ``adapter.validation=heldout``."""
-    others = np.setdiff1d(np.arange(n_users), np.asarray(selected))
+    others = unselected_users(n_users, selected)
     if not len(others):
         return np.asarray(selected)
     rng = np.random.default_rng(stage_seed(seed, "adapter_validation"))
