@@ -172,7 +172,10 @@ class AdapterConfig:
     input_norm: str = "none"
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
     validation: str = "selected"
-    """Rows the adapter's best epoch is chosen on: ``selected`` (the selected users' own validation rows), ``heldout`` (the validation rows of as many other, seeded, unselected users as the budget) or ``heldout_all`` (the validation rows of every unselected user: a steadier choice for one forward pass per row and epoch, no gradient)."""
+    """Rows the adapter's best epoch is chosen on: ``selected`` (the selected users' own validation rows), ``heldout`` (the validation rows of as many other, seeded, unselected users as the budget) or ``heldout_all`` (the validation rows of every unselected user, up to ``validation_max_users``: a steadier choice for one forward pass per row and epoch, no gradient)."""
+    validation_max_users: Optional[int] = 2000
+    """Under ``validation=heldout_all``, at most this many unselected users (a seeded draw) validate the adapter, so that
+    each validation's cost stays bounded on millions of users; None: every unselected user."""
     readout_rows: str = "selected"
     """Under ``prompt.hidden_readout=ridge``, the rows the target's readout is fitted on (closed form, no gradient step:
     one neutral forward per distinct item text): ``selected`` (the adapter's own training and validation rows),

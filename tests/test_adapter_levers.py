@@ -75,6 +75,10 @@ def test_heldout_all_validation_chooses_the_epoch_on_every_unselected_user(tmp_p
     assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.validation=heldout_all"]) == 0
     record = json.loads((run / "puma" / "stage.json").read_text())
     assert (record["selected_users"], record["validation_users"]) == (8, 20 - 8)  # FAST: 20 users, budget 8
+    capped = tmp_path / "capped"
+    assert main(["fit", "--config", SMOKE, f"run_dir={capped}", *FAST, "adapter.validation=heldout_all",
+                 "adapter.validation_max_users=5"]) == 0
+    assert json.loads((capped / "puma" / "stage.json").read_text())["validation_users"] == 5
 
 
 def test_adapter_validation_users_per_mode():
@@ -87,6 +91,16 @@ def test_adapter_validation_users_per_mode():
         adapter_validation_users("all", 10, selected, seed=0)
 
 
+def test_heldout_all_draws_at_most_max_users_of_the_unselected():
+    selected = np.array([1, 4, 7])
+    capped = adapter_validation_users("heldout_all", 20, selected, seed=0, max_users=5)
+    assert len(capped) == 5 and not set(capped.tolist()) & {1, 4, 7}
+    assert capped.tolist() == heldout_users(20, selected, seed=0, size=5).tolist()  # seeded: the same draw again
+    assert capped.tolist() != adapter_validation_users("heldout_all", 20, selected, seed=1, max_users=5).tolist()
+    # a cap at or above the unselected users changes nothing
+    assert adapter_validation_users("heldout_all", 10, selected, seed=0, max_users=7).tolist() == [0, 2, 3, 5, 6, 8, 9]
+
+
 def test_heldout_users_are_seeded_unselected_and_as_many_as_the_budget():
     selected = np.array([1, 4, 7])
     a = heldout_users(20, selected, seed=0)
@@ -95,7 +109,8 @@ def test_heldout_users_are_seeded_unselected_and_as_many_as_the_budget():
 
 
 @pytest.mark.parametrize("override", ["adapter.steps=0", "adapter.input_norm=pca", "adapter.validation=all",
-                                      "adapter.warmup_ratio=-0.1", "adapter.early_stopping_patience=0"])
+                                      "adapter.warmup_ratio=-0.1", "adapter.early_stopping_patience=0",
+                                      "adapter.validation_max_users=0"])
 def test_bad_adapter_levers_name_the_key(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         load_config([SMOKE], [override])

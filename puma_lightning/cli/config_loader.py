@@ -177,7 +177,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("prompt.length", "prompt.epochs", "prompt.batch_size", "adapter.hidden", "adapter.epochs", "adapter.batch_size"):
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"'{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
-    for key in ("data.max_users", "rows_per_shard", "top_k"):
+    for key in ("data.max_users", "rows_per_shard", "top_k", "adapter.validation_max_users"):
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"'{key}' must be >= 1 or null, got {value}")

@@ -259,7 +259,9 @@ class Experiment:
         module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, head_lr=cfg.adapter.head_lr,
                            weight_decay=cfg.adapter.weight_decay, train_head=not cfg.adapter.freeze_head,
                            output_scale=output_scale, warmup_ratio=cfg.adapter.warmup_ratio, teacher=teacher)
-        eval_users = adapter_validation_users(cfg.adapter.validation, table.n_users, users, cfg.seed)
+        eval_users = adapter_validation_users(cfg.adapter.validation, table.n_users, users, cfg.seed,
+                                              cfg.adapter.validation_max_users)
+        log.info("adapter validation: %d users (%s)", len(eval_users), cfg.adapter.validation)
         dm = build_datamodule(train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users, eval_users=eval_users,
                               row_offset=train_offsets)
         before = start_stage_costs(lm)
@@ -398,16 +400,20 @@ class Experiment:
         return flat
 
 
-def adapter_validation_users(mode: str, n_users: int, selected: np.ndarray, seed: int) -> np.ndarray:
+def adapter_validation_users(mode: str, n_users: int, selected: np.ndarray, seed: int,
+                             max_users: int | None = None) -> np.ndarray:
     """The users whose validation rows choose the adapter's best epoch (``adapter.validation``): the selected users
-    themselves, :func:`heldout_users`, or (``heldout_all``) every unselected user (the selected ones if none is left)."""
+    themselves, :func:`heldout_users`, or (``heldout_all``) every unselected user, or a seeded draw of ``max_users`` of
+    them where there are more (the selected ones if none is left)."""
     if mode == "selected":
         return np.asarray(selected)
     if mode == "heldout":
         return heldout_users(n_users, selected, seed)
     if mode == "heldout_all":
         others = unselected_users(n_users, selected)
-        return others if len(others) else np.asarray(selected)
+        if not len(others):
+            return np.asarray(selected)
+        return others if max_users is None or len(others) <= max_users else heldout_users(n_users, selected, seed, max_users)
     raise ValueError(f"adapter.validation must be one of {', '.join(ADAPTER_VALIDATION)}; got {mode!r}")
 
 
@@ -416,14 +422,15 @@ def unselected_users(n_users: int, selected: np.ndarray) -> np.ndarray:
     return np.setdiff1d(np.arange(n_users), np.asarray(selected))
 
 
-def heldout_users(n_users: int, selected: np.ndarray, seed: int) -> np.ndarray:
-    """As many users as ``selected`` (or all the others, if fewer), drawn seeded from the unselected ones:
-    the adapter's validation users under ``adapter.validation=heldout``."""
+def heldout_users(n_users: int, selected: np.ndarray, seed: int, size: int | None = None) -> np.ndarray:
+    """``size`` users (default: as many as ``selected``; all the others, if fewer), drawn seeded from the unselected
+    ones: the adapter's validation users under ``adapter.validation=heldout``."""
     others = unselected_users(n_users, selected)
     if not len(others):
         return np.asarray(selected)
     rng = np.random.default_rng(stage_seed(seed, "adapter_validation"))
-    return np.sort(rng.choice(others, size=min(len(selected), len(others)), replace=False))
+    size = len(selected) if size is None else int(size)
+    return np.sort(rng.choice(others, size=min(size, len(others)), replace=False))
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
