@@ -164,7 +164,11 @@ class AdapterConfig:
     polish_epochs: int = 0
     """After mapping, fine-tune every migrated prompt on the target for this many epochs (row ``puma_polish``, with its own cost); 0: no polish."""
     steps: Optional[int] = None
-    """Train the adapter for this many optimiser steps (validation after every pass over the selected users) instead of ``epochs``; None: ``epochs``."""
+    """Train the adapter for this many optimiser steps instead of ``epochs`` (validated ``validations`` times); None: ``epochs``."""
+    validations: int = 2
+    """Under ``steps``: validate the adapter this many times, evenly spaced over its steps, the last after the final
+    step, whatever the length of a pass over the selected users (a short pass would otherwise validate often, and a
+    budget shorter than one pass never); under ``epochs``: after every epoch."""
     warmup_ratio: float = 0.0
     """Fraction of the adapter's steps over which its learning rate rises linearly before the cosine decay."""
     early_stopping_patience: Optional[int] = None

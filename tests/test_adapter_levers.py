@@ -70,6 +70,31 @@ def test_adapter_step_budget_head_lr_and_heldout_validation(tmp_path):
     assert record["train_samples"] == 6 * 8
 
 
+def validation_steps(run: Path, stage: str = "puma") -> list[int]:
+    """The optimiser steps done when each of a stage's validations ran, from its ``val/loss`` points in TensorBoard
+    (Lightning logs a validation at the step count before the batch that preceded it: hence + 1)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb" / stage))
+    events.Reload()
+    return [e.step + 1 for e in events.Scalars("val/loss")]
+
+
+@pytest.mark.parametrize(("steps", "validations", "expected"), [
+    (6, 2, [3, 6]),  # 4 batches a pass: without the spread it validated after step 4 only
+    (3, 2, [2, 3]),  # a budget shorter than one pass still validates, the last time after its final step
+    (6, 4, [2, 4, 6]),  # ceil(6 / 4) = 2 steps apart: three fit, the last on the final step
+])
+def test_step_budget_validates_evenly_and_after_the_final_step(tmp_path, steps, validations, expected):
+    run = tmp_path / "run"
+    # 8 selected users x 4 training rows = 32 rows = 4 batches of 8 a pass
+    assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, f"adapter.steps={steps}", "adapter.batch_size=8",
+                 f"adapter.validations={validations}"]) == 0
+    assert validation_steps(run) == expected
+    record = json.loads((run / "puma" / "stage.json").read_text())
+    assert record["train_samples"] == steps * 8 and record["best_val_loss"] is not None
+
+
 def test_heldout_all_validation_chooses_the_epoch_on_every_unselected_user(tmp_path):
     run = tmp_path / "run"
     assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.validation=heldout_all"]) == 0
@@ -110,7 +135,7 @@ def test_heldout_users_are_seeded_unselected_and_as_many_as_the_budget():
 
 @pytest.mark.parametrize("override", ["adapter.steps=0", "adapter.input_norm=pca", "adapter.validation=all",
                                       "adapter.warmup_ratio=-0.1", "adapter.early_stopping_patience=0",
-                                      "adapter.validation_max_users=0"])
+                                      "adapter.validation_max_users=0", "adapter.validations=0"])
 def test_bad_adapter_levers_name_the_key(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         load_config([SMOKE], [override])

@@ -174,7 +174,8 @@ def validate(cfg: DictConfig) -> None:
     if history and not TEMPLATES[cfg.data.template].uses_history:
         raise ConfigError(f"'data.rated_history' is {history} but template {cfg.data.template!r} has no {{history}}; "
                           f"use one of: {', '.join(n for n, t in TEMPLATES.items() if t.uses_history)}")
-    for key in ("prompt.length", "prompt.epochs", "prompt.batch_size", "adapter.hidden", "adapter.epochs", "adapter.batch_size"):
+    for key in ("prompt.length", "prompt.epochs", "prompt.batch_size", "adapter.hidden", "adapter.epochs", "adapter.batch_size",
+                "adapter.validations"):
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"'{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
     for key in ("data.max_users", "rows_per_shard", "top_k", "adapter.validation_max_users"):

@@ -268,7 +268,8 @@ class Experiment:
         readout_dm = self.readout_datamodule(lm, dm, users, eval_users)
         readout = fit_if_configured(cfg, module, readout_dm)  # the target's own readout (closed form)
         stats = fit_best(module, dm, cfg, self.run_dir, "puma", cfg.adapter.epochs, hparams=self._hparams("puma"), resume_key=key,
-                         patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps)
+                         patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps,
+                         validations=cfg.adapter.validations)
         start = time.perf_counter()
         migrated = module.migrate_all()
         migrate_s = time.perf_counter() - start

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,23 @@ class SampleCounter(Callback):
         self.samples += int(batch["label"].shape[0])
 
 
+class ValidateAfterFinalStep(Callback):
+    """Under a step budget, have Lightning validate after the last step as well: its step-interval validation runs
+    only on multiples of the interval (a request to stop is what makes it validate off them)."""
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = int(max_steps)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step >= self.max_steps:
+            trainer.should_stop = True
+
+
+def validation_interval(max_steps: int, validations: int) -> int:
+    """Steps between validations when ``validations`` of them are spread evenly over ``max_steps`` steps."""
+    return max(1, math.ceil(int(max_steps) / max(1, int(validations))))
+
+
 def runs_on_gpu(tcfg: DictConfig) -> bool:
     """Whether the trainer settings put the work on a CUDA GPU."""
     return tcfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
@@ -60,9 +78,10 @@ def default_precision(tcfg: DictConfig) -> str:
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, callbacks: list[Callback] | None = None,
-                 log: bool = True, max_steps: int | None = None) -> L.Trainer:
+                 log: bool = True, max_steps: int | None = None, val_every_steps: int | None = None) -> L.Trainer:
     """A Trainer configured from ``cfg.trainer`` that logs to ``<run_dir>/tb/<stage>`` (``max_steps``: stop after
-    that many optimiser steps, however many epochs that takes)."""
+    that many optimiser steps, however many epochs that takes; ``val_every_steps``: validate every that many steps,
+    across epochs, instead of after every epoch)."""
     t = cfg.trainer
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version=stage, default_hp_metric=False) if log else False
     kwargs: dict[str, Any] = dict(
@@ -86,6 +105,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, ca
         # exactly (no duplicated evaluation samples), so Lightning must not wrap it
         use_distributed_sampler=False,
     )
+    if val_every_steps:
+        kwargs.update(val_check_interval=int(val_every_steps), check_val_every_n_epoch=None)
     if t.limit_train_batches is not None:
         kwargs["limit_train_batches"] = t.limit_train_batches
     if t.limit_val_batches is not None:
@@ -95,7 +116,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, ca
 
 def fit_best(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path, stage: str,
              epochs: int, hparams: dict[str, Any] | None = None, resume_key: str | None = None,
-             patience: int | None = None, max_steps: int | None = None) -> StageStats:
+             patience: int | None = None, max_steps: int | None = None, validations: int | None = None) -> StageStats:
     """Train ``module`` and leave it holding the weights of its best epoch by ``val/loss``.
 
     A full-state ``<run_dir>/<stage>/checkpoints/last.ckpt`` is written atomically every
@@ -103,7 +124,9 @@ def fit_best(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictCon
     resumes from it (``resume``: null = automatically, true, false = start over) when it was made
     with the same ``resume_key`` (the stage's config hash). ``best.ckpt`` (by ``val/loss``) and its
     score survive the resume through the checkpoint callback's saved state. ``patience``: stop once
-    ``val/loss`` has not improved for that many epochs (Lightning's ``EarlyStopping``).
+    ``val/loss`` has not improved for that many validations (Lightning's ``EarlyStopping``). With ``max_steps``,
+    ``validations`` spreads that many validations evenly over the steps, the last after the final step (None: after
+    every epoch, as without ``max_steps``).
     """
     ckpt_dir = run_dir / stage / "checkpoints"
     key = resume_key or hashlib.sha256(json.dumps([hparams, epochs], sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -116,7 +139,10 @@ def fit_best(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictCon
     callbacks: list[Callback] = [checkpoint, last, state]
     if patience is not None:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=int(patience)))
-    trainer = make_trainer(cfg, run_dir, stage, epochs, callbacks=callbacks, max_steps=max_steps)
+    val_every = validation_interval(max_steps, validations) if max_steps and validations else None
+    if val_every:
+        callbacks.append(ValidateAfterFinalStep(max_steps))
+    trainer = make_trainer(cfg, run_dir, stage, epochs, callbacks=callbacks, max_steps=max_steps, val_every_steps=val_every)
     if hparams and trainer.logger is not None and ckpt_path is None:
         trainer.logger.log_hyperparams(hparams)
     if ckpt_path is not None:
