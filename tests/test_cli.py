@@ -87,3 +87,23 @@ def test_each_command_help_shows_its_own_keys_and_the_strategies_parameters(caps
         main(["select", "--help"])
     out = capsys.readouterr().out
     assert "selection=kmeans_pca" in out and "selection.n_components (default 32): Principal components kept" in out
+
+
+LOG_ONCE = """
+import logging, sys
+if sys.argv[1] == "basicConfig":
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+from puma_lightning.cli.config_loader import load_config
+from puma_lightning.cli.main import setup_runtime
+setup_runtime(load_config([sys.argv[2]], []))
+setup_runtime(load_config([sys.argv[2]], []))  # once per cell, as the benchmarks do
+logging.getLogger("puma_lightning.probe").info("probe line")
+"""
+
+
+@pytest.mark.parametrize("setup", ["basicConfig", "bare"])
+def test_each_log_line_is_printed_once_whether_or_not_the_script_configured_logging(setup):
+    out = subprocess.run([sys.executable, "-c", LOG_ONCE, setup, str(ROOT / "configs" / "smoke.yaml")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("probe line") == 1, out.stderr

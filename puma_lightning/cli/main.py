@@ -219,13 +219,21 @@ class _QuietLightning(logging.Filter):
         return not str(record.getMessage()).startswith(self.NOISE)
 
 
+def root_logs_to_console() -> bool:
+    """Whether the application already gave the root logger a handler writing to the console (``logging.basicConfig``
+    in a script or notebook): our records propagate to it, so a handler of our own would print each line twice."""
+    consoles = (sys.stderr, sys.__stderr__, sys.stdout, sys.__stdout__)
+    return any(isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in consoles
+               for h in logging.getLogger().handlers)
+
+
 def setup_runtime(cfg) -> None:  # noqa: ANN001 - DictConfig
     import torch
 
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     ours = logging.getLogger("puma_lightning")
-    if not ours.handlers:
+    if not ours.handlers and not root_logs_to_console():  # else every line would print twice (ours, then the root's)
         ours.addHandler(handler)
     ours.setLevel(logging.INFO)
     # Lightning repeats hardware and advertising lines for every Trainer; keep the useful ones
