@@ -62,12 +62,16 @@ LEVERS: dict[str, list[str]] = {
     "cheap_readout_items": [*CHEAP, "adapter.readout_rows=adapter_items"],
     "cheap_half_readout_items": [*CHEAP, "adapter.steps=47", "adapter.readout_rows=adapter_items"],
     "cheap_heldout_all": [*CHEAP, "adapter.validation=heldout_all"],
+    "vocab_init": ["adapter.init=vocab_map"],
+    "vocab_init_half": ["adapter.init=vocab_map", "adapter.steps=47"],
 }
 """Named override sets (each on top of the config, so ``shipped`` follows the config's defaults; ``selected`` and ``heldout``
 pin the adapter's validation rows either way); ``polish`` levers report the polished row, ``vocab_map`` the training-free row. ``*readout_all`` and
 ``*readout_items`` matter under ``prompt.hidden_readout=ridge`` (shipped by ``ml100k`` and ``demo``): the target's readout is
 fitted on every user's rows, or on every user's rows of the adapter's items, or (``*_selected``)
-on the adapter's own rows; the others keep the config's ``adapter.readout_rows``."""
+on the adapter's own rows; the others keep the config's ``adapter.readout_rows``. ``vocab_init*`` start the adapter as the
+training-free vocabulary map (``adapter.init=vocab_map``; needs a ``compact`` adapter, as ``ml100k`` ships), the
+``_half`` one with half of ``ml100k``'s 94 steps."""
 BASELINES_OFF = ["baselines.source=false", "baselines.random_init=false", "baselines.full_retrain=false",
                  "baselines.classic=false"]
 CSV_FIELDS = ("lever", "budget", "seed", "method", "rmse", "mae", "auc", "uauc", "val_loss", "val_rmse", "val_auc", "train_samples",

@@ -97,6 +97,8 @@ ADAPTER_VALIDATION = ("selected", "heldout", "heldout_all")
 """``adapter.validation`` choices."""
 READOUT_ROWS = ("selected", "adapter_items", "all")
 """``adapter.readout_rows`` choices."""
+ADAPTER_INITS = ("random", "vocab_map")
+"""``adapter.init`` choices (``vocab_map``: see :mod:`puma_lightning.pipeline.vocab_map`)."""
 
 
 @dataclass
@@ -173,6 +175,12 @@ class AdapterConfig:
     """Fraction of the adapter's steps over which its learning rate rises linearly before the cosine decay."""
     early_stopping_patience: Optional[int] = None
     """Stop the adapter when ``val/loss`` has not improved for this many validations (None: never)."""
+    init: str = "random"
+    """``random`` (each layer's default initialisation) or ``vocab_map``: start the adapter as the least-squares map
+    between the two models' embeddings of shared single-token strings (its linear path set to that map, its nonlinear
+    correction to zero), so training starts from the training-free migration instead of from noise; the map's fit,
+    loading the source model included, is part of PUMA's cost. Needs an adapter with a linear path
+    (``compact``)."""
     input_norm: str = "none"
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
     validation: str = "selected"

@@ -156,7 +156,7 @@ def test_polish_and_vocab_map_rows(tmp_path):
 
 
 def test_vocab_map_recovers_a_linear_relation():
-    from puma_lightning.pipeline.migration_levers import fit_vocab_map
+    from puma_lightning.pipeline.vocab_map import fit_vocab_map
 
     torch.manual_seed(0)
     x = torch.randn(400, 8)
@@ -165,7 +165,7 @@ def test_vocab_map_recovers_a_linear_relation():
 
 
 def test_single_token_pairs_keep_only_strings_both_encode_as_one_token():
-    from puma_lightning.pipeline.migration_levers import single_token_pairs
+    from puma_lightning.pipeline.vocab_map import single_token_pairs
 
     class Tok:
         def __init__(self, vocab):
@@ -183,3 +183,70 @@ def test_single_token_pairs_keep_only_strings_both_encode_as_one_token():
     source = Tok({"ab": 0, "c": 1, " ": 2, "xyz": 3})
     target = Tok({"c": 7, "ab": 9, "x": 1, "y": 2, "z": 3})
     assert single_token_pairs(source, target) == ([0, 1], [9, 7])
+
+
+def test_compact_adapter_starts_as_the_given_linear_map_behind_standardisation():
+    from puma_lightning.models.adapters import init_as_linear
+
+    torch.manual_seed(0)
+    prompts = torch.randn(40, 2, 6) * torch.tensor([0.01, 1, 5, 0.1, 2, 3]) + 4
+    weight, bias = torch.randn(6, 5), torch.randn(5)
+    for norm in ("none", "standardize"):
+        adapter = with_input_norm(build_adapter("compact", 6, 5, hidden=16, dropout=0.1), norm, prompts)
+        assert not torch.allclose(adapter.eval()(prompts), prompts @ weight + bias, atol=1e-3)
+        init_as_linear(adapter, weight, bias)
+        assert torch.allclose(adapter.eval()(prompts), prompts @ weight + bias, atol=1e-4), norm
+        # the correction still trains: its output layer has a gradient at the start
+        adapter.train()(prompts).pow(2).sum().backward()
+        inner = adapter.inner if norm == "standardize" else adapter
+        assert inner.mlp[-1].weight.grad.abs().sum() > 0
+
+
+def test_only_adapters_with_a_linear_path_accept_the_vocab_map_start():
+    from puma_lightning.models.adapters import init_as_linear, linear_path_kinds
+
+    assert "compact" in linear_path_kinds() and "puma" not in linear_path_kinds()
+    with pytest.raises(ValueError, match="no linear path"):
+        init_as_linear(build_adapter("puma", 6, 5, hidden=8), torch.zeros(6, 5))
+    with pytest.raises(ConfigError, match=r"'adapter\.init' is 'vocab_map'.*'puma' has none; use one of: compact"):
+        load_config([SMOKE], ["adapter.init=vocab_map", "adapter.kind=puma"])
+    with pytest.raises(ConfigError, match=r"'adapter\.init' is 'zeros'; expected one of: random, vocab_map"):
+        load_config([SMOKE], ["adapter.init=zeros"])
+
+
+def test_vocab_map_start_makes_the_untrained_adapter_the_training_free_map(tmp_path):
+    """With a learning rate too small to move it, the PUMA bank is the source bank through the vocabulary map; under the
+    default start it is not. The map's seconds are recorded with PUMA's wall."""
+    from puma_lightning.pipeline.experiment import Experiment
+    from puma_lightning.pipeline.vocab_map import experiment_vocab_map
+
+    still = [*FAST, "adapter.steps=2", "adapter.lr=1e-12", "adapter.freeze_head=true", "adapter.input_norm=standardize",
+             "adapter.output_scale=embedding_std"]
+    banks = {}
+    for init in ("vocab_map", "random"):
+        run = tmp_path / init
+        assert main(["fit", "--config", SMOKE, f"run_dir={run}", *still, f"adapter.init={init}"]) == 0
+        record = json.loads((run / "puma" / "stage.json").read_text())
+        assert record["init"] == init
+        assert record["init_s"] >= 0 if init == "vocab_map" else record["init_s"] == 0  # tiny models load in ~1 ms
+        assert record["wall_s"] >= record["init_s"]
+        banks[init] = PromptBank.load(run / "puma" / "bank")
+    exp = Experiment(load_config([SMOKE], [f"run_dir={tmp_path / 'vocab_map'}", *still]))
+    source = PromptBank.load(tmp_path / "vocab_map" / "source" / "bank")
+    expected = source.rows_for(banks["vocab_map"].user_ids).float() @ experiment_vocab_map(exp).weight
+    assert torch.allclose(banks["vocab_map"].rows_for(banks["vocab_map"].user_ids).float(), expected, atol=1e-4)
+    assert not torch.allclose(banks["random"].rows_for(banks["random"].user_ids).float(), expected, atol=1e-2)
+
+
+def test_vocab_map_start_refuses_an_aggregated_source_bank_in_one_line():
+    from types import SimpleNamespace
+
+    from puma_lightning.errors import PumaError
+    from puma_lightning.pipeline.vocab_map import adapter_start_map
+
+    exp = SimpleNamespace(cfg=load_config([SMOKE], ["adapter.init=vocab_map"]))
+    merged = SimpleNamespace(info={"aggregate": {"sources": ["a", "b"]}}, model_name="a+b", hidden_size=12)
+    with pytest.raises(PumaError, match=r"aggregates several models' prompts \(a\+b\).*adapter\.init=random"):
+        adapter_start_map(exp, merged)
+    exp.cfg.adapter.init = "random"
+    assert adapter_start_map(exp, merged) is None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from puma_lightning.config import (ADAPTER_VALIDATION, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
+from puma_lightning.config import (ADAPTER_INITS, ADAPTER_VALIDATION, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
                                    READOUT_ROWS, RESIDUAL_BASES, SPLIT_METHODS, ExperimentConfig)
 from puma_lightning.data.registry import dataset_names
 from puma_lightning.errors import PumaError
@@ -51,6 +51,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "adapter.kind": adapter_kinds,
     "adapter.output_scale": ("none", "embedding_std"),
     "adapter.input_norm": INPUT_NORMS,
+    "adapter.init": ADAPTER_INITS,
     "adapter.validation": ADAPTER_VALIDATION,
     "model": ("source", "target"),
     "split": ("valid", "test"),
@@ -199,6 +200,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"'adapter.distill_weight' must be >= 0, got {cfg.adapter.distill_weight}")
     if cfg.adapter.steps is not None and cfg.adapter.steps < 1:
         raise ConfigError(f"'adapter.steps' must be >= 1 or null, got {cfg.adapter.steps}")
+    if cfg.adapter.init == "vocab_map":
+        from puma_lightning.models.adapters import linear_path_kinds
+
+        if cfg.adapter.kind not in linear_path_kinds():
+            raise ConfigError(f"'adapter.init' is 'vocab_map', which sets an adapter's linear path, but 'adapter.kind' "
+                              f"{cfg.adapter.kind!r} has none; use one of: {', '.join(linear_path_kinds())}")
     bad_sides = [s for s in cfg.baselines.shared_prompt if s not in ("source", "target")]
     if bad_sides:
         raise ConfigError(f"'baselines.shared_prompt' lists {bad_sides}; expected a list of: source, target")

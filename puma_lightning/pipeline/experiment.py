@@ -31,7 +31,7 @@ from puma_lightning.data.table import InteractionTable
 from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import stage_lineage
-from puma_lightning.models.adapters import adapter_metadata, build_adapter, with_input_norm
+from puma_lightning.models.adapters import adapter_metadata, build_adapter, init_as_linear, with_input_norm
 from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.readout_fit import adapter_items, fit_if_configured
 from puma_lightning.pipeline.residual import row_offsets
@@ -43,6 +43,7 @@ from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.seeds import PREDICTIONS_FILE, load_predictions
 from puma_lightning.pipeline.training import StageStats, fit_best, runs_on_gpu, test_metrics
 from puma_lightning.pipeline.user_stats import build_selection_context
+from puma_lightning.pipeline.vocab_map import adapter_start_map
 from puma_lightning.selection import select_users
 from puma_lightning.tasks import Migration, PromptTuning
 
@@ -246,16 +247,19 @@ class Experiment:
         selection = self.select(source_bank)
         users = selection["users"]
         teacher, train_table, train_offsets = adapter_training_rows(self, users)  # + teacher rows when distilling
+        start_map = adapter_start_map(self, source_bank)  # adapter.init=vocab_map (loads the source model, then the target)
         lm = self.backbone("target")
         source = source_bank.rows_for(table.user_ids)
         seed_stage(cfg.seed, "puma")  # adapter init and its dropout masks: this stage's own streams
         adapter = with_input_norm(build_adapter(cfg.adapter.kind, source_bank.hidden_size, lm.hidden_size, cfg.adapter.hidden,
                                                 cfg.adapter.dropout), cfg.adapter.input_norm, source)
+        output_scale = lm.embedding_std() if cfg.adapter.output_scale == "embedding_std" else 1.0
+        if start_map is not None:  # the module multiplies the adapter's output by output_scale
+            init_as_linear(adapter, start_map.weight / output_scale)
         if source_bank.head_state is not None:  # a readout of the source's hidden states restarts at zero on the target
             head = load_head(table.task, source_bank.head_state, lm.hidden_size)
         else:
             head = fresh_head(cfg, lm, table.task, self.mean_label())
-        output_scale = lm.embedding_std() if cfg.adapter.output_scale == "embedding_std" else 1.0
         module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, head_lr=cfg.adapter.head_lr,
                            weight_decay=cfg.adapter.weight_decay, train_head=not cfg.adapter.freeze_head,
                            output_scale=output_scale, warmup_ratio=cfg.adapter.warmup_ratio, teacher=teacher)
@@ -287,7 +291,8 @@ class Experiment:
                                         head_state=module.head.state_dict()).save(out_dir / "bank"))
         teacher_s = teacher.seconds if teacher is not None else 0.0
         readout_s = readout["seconds"] if readout is not None else 0.0
-        total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s + teacher_s + readout_s, 2),
+        init_s = start_map.seconds if start_map is not None else 0.0
+        total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s + teacher_s + readout_s + init_s, 2),
                            train_samples=stats.train_samples,
                            trainable_params=stats.trainable_params, epochs=stats.epochs, best_val_loss=stats.best_val_loss)
         return self.write_stage("puma", key, {"method": "puma", "metrics": metrics, **total.to_dict(),
@@ -297,6 +302,7 @@ class Experiment:
                                                "validation_users": int(len(eval_users)),
                                                "allocation": selection["record"]["params"].get("allocation"),
                                                "teacher_rows": int(len(train_table) - len(table)), "teacher_s": round(teacher_s, 2),
+                                               "init": str(cfg.adapter.init), "init_s": round(init_s, 2),
                                                **({"readout": readout} if readout is not None else {}),
                                                **cost})
 

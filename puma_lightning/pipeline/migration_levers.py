@@ -2,31 +2,27 @@
 
 - ``puma_polish`` (``adapter.polish_epochs`` > 0): every migrated prompt, with the adapter's head,
   fine-tuned per user on the target for a few epochs; its cost is the mapping's plus its own.
-- ``vocab_map`` (``baselines.vocab_map``): no training at all. Strings that both tokenizers encode as
-  one token give pairs of input embeddings (source row, target row); a ridge least-squares map
-  ``W`` [d_s, d_t] fitted on them sends every source prompt to ``prompt @ W``, evaluated with the
-  source head on the target. It asks whether the two embedding spaces align well enough that the
-  prompts carry over without the target model in the loop.
+- ``vocab_map`` (``baselines.vocab_map``): no training at all. Every source prompt goes through the
+  least-squares map between the two models' embeddings of shared single-token strings
+  (:mod:`puma_lightning.pipeline.vocab_map`), evaluated with the source head on the target. It asks
+  whether the two embedding spaces align well enough that the prompts carry over without the target
+  model in the loop.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
-import torch
 
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.distributed import on_rank_zero
 from puma_lightning.pipeline.experiment import config_key, seed_stage, start_stage_costs, stage_costs, trainer_key
 from puma_lightning.pipeline.training import fit_best, test_metrics
+from puma_lightning.pipeline.vocab_map import VOCAB_RIDGE, experiment_vocab_map
 
 log = logging.getLogger(__name__)
-
-VOCAB_RIDGE = 1e-2
-"""Ridge strength of the vocabulary map, relative to the mean squared source embedding."""
 
 
 def polish_stage(exp: Any) -> dict[str, Any]:
@@ -61,23 +57,6 @@ def polish_stage(exp: Any) -> dict[str, Any]:
     return exp.write_stage(stage, key, {"method": stage, "metrics": metrics, **record, **cost})
 
 
-def single_token_pairs(source_tokenizer: Any, target_tokenizer: Any) -> tuple[list[int], list[int]]:
-    """Token ids ``(source, target)`` of the strings each tokenizer encodes as exactly one token."""
-    pairs = [(int(sid), source_tokenizer.convert_tokens_to_string([token])) for token, sid in source_tokenizer.get_vocab().items()]
-    pairs = [(sid, text) for sid, text in pairs if text.strip()]
-    encoded = target_tokenizer([text for _, text in pairs], add_special_tokens=False)["input_ids"] if pairs else []
-    kept = [(sid, ids[0]) for (sid, _), ids in zip(pairs, encoded) if len(ids) == 1]
-    return [s for s, _ in kept], [int(t) for _, t in kept]
-
-
-def fit_vocab_map(source_emb: torch.Tensor, target_emb: torch.Tensor, ridge: float = VOCAB_RIDGE) -> torch.Tensor:
-    """Ridge least squares ``W`` minimising ``|source_emb @ W - target_emb|^2 + ridge * mean(|x|^2) * |W|^2``."""
-    x, y = source_emb.double(), target_emb.double()
-    lam = ridge * float((x * x).sum(1).mean())
-    gram = x.T @ x + lam * torch.eye(x.shape[1], dtype=x.dtype)
-    return torch.linalg.solve(gram, x.T @ y).float()
-
-
 def vocab_map_stage(exp: Any) -> dict[str, Any]:
     """``vocab_map``: the source bank mapped by the embedding-space least-squares map, tested on the target."""
     from puma_lightning.tasks import PromptTuning
@@ -89,25 +68,14 @@ def vocab_map_stage(exp: Any) -> dict[str, Any]:
     cached = exp.read_stage(stage, key)
     if cached is not None:
         return cached
-    start = time.perf_counter()
-    source_lm = exp.backbone("source")
-    source_tok = source_lm.tokenizer
-    with torch.no_grad():
-        source_table = source_lm.embed(torch.arange(len(source_tok.get_vocab()), device=source_lm.device)).float().cpu()
-    lm = exp.backbone("target")  # loads the target (only one real model is kept at a time)
-    source_ids, target_ids = single_token_pairs(source_tok, lm.tokenizer)
-    if len(source_ids) < 2 * source_table.shape[1]:
-        log.warning("vocab_map: only %d shared single-token strings for a %d-wide map", len(source_ids), source_table.shape[1])
-    with torch.no_grad():
-        target_rows = lm.embed(torch.as_tensor(target_ids, device=lm.device)).float().cpu()
-    weight = fit_vocab_map(source_table[torch.as_tensor(source_ids)], target_rows)
-    mapped = bank.rows_for(exp.table.user_ids).float() @ weight
-    fit_s = time.perf_counter() - start
+    fitted = experiment_vocab_map(exp)
+    lm = exp.backbone("target")
+    mapped = bank.rows_for(exp.table.user_ids).float() @ fitted.weight
     head = load_head(exp.table.task, bank.head_state, lm.hidden_size)  # a readout restarts at zero: nothing trains here
     evaluator = PromptTuning(lm, head, exp.table.task, mapped, train_prompts=False, train_head=False)
     before = start_stage_costs(lm)
     metrics = test_metrics(evaluator, exp.datamodule(lm, cfg.prompt.batch_size), cfg, exp.run_dir, stage)
     cost = stage_costs(lm, before)
     exp.save_test_predictions(stage, evaluator.test_predictions())
-    return exp.write_stage(stage, key, {"method": stage, "metrics": metrics, "wall_s": round(fit_s, 2), "train_samples": 0,
-                                        "trainable_params": 0, "shared_tokens": len(source_ids), **cost})
+    return exp.write_stage(stage, key, {"method": stage, "metrics": metrics, "wall_s": round(fitted.seconds, 2), "train_samples": 0,
+                                        "trainable_params": 0, "shared_tokens": fitted.shared_tokens, **cost})

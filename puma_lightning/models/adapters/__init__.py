@@ -8,7 +8,8 @@ the registry. To add your own, write a module with ``@register_adapter("name")``
 from puma_lightning.models.adapters import puma  # noqa: F401  isort: skip
 from puma_lightning.models.adapters import compact  # noqa: F401  isort: skip
 from puma_lightning.models.adapters.normalized import INPUT_NORMS, InputStandardized, with_input_norm
-from puma_lightning.models.adapters.registry import ADAPTERS, adapter_metadata, build_adapter, register_adapter
+from puma_lightning.models.adapters.registry import (ADAPTERS, adapter_metadata, build_adapter, init_as_linear, linear_path_kinds,
+                                                     register_adapter)
 
-__all__ = ["ADAPTERS", "INPUT_NORMS", "InputStandardized", "adapter_metadata", "build_adapter", "register_adapter",
-           "with_input_norm"]
+__all__ = ["ADAPTERS", "INPUT_NORMS", "InputStandardized", "adapter_metadata", "build_adapter", "init_as_linear",
+           "linear_path_kinds", "register_adapter", "with_input_norm"]

@@ -24,3 +24,12 @@ class CompactAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.residual(x) + self.mlp(x)
+
+    @torch.no_grad()
+    def set_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Start as ``x @ weight + bias``: the projection takes the map, the MLP's output layer starts at zero (its
+        gradient is not zero, so the correction trains from the first step)."""
+        self.residual.weight.copy_(weight.T)
+        self.residual.bias.copy_(bias)
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from puma_lightning.config import INPUT_NORMS
+from puma_lightning.models.adapters.registry import init_as_linear
 
 
 class InputStandardized(nn.Module):
@@ -37,6 +38,12 @@ class InputStandardized(nn.Module):
 
     def forward(self, prompts: torch.Tensor) -> torch.Tensor:
         return self.inner((prompts - self.mean.to(prompts.dtype)) / self.std.to(prompts.dtype))
+
+    def set_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Start the whole as ``prompts @ weight + bias``: the inner adapter sees ``z = (p - mean) / std``, so it gets
+        ``z @ (std[:, None] * weight) + (mean @ weight + bias)``."""
+        weight = weight.float()
+        init_as_linear(self.inner, self.std[:, None] * weight, self.mean @ weight + bias.float())
 
 
 def with_input_norm(adapter: nn.Module, kind: str, prompts: torch.Tensor) -> nn.Module:

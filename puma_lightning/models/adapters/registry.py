@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
+import torch
 from torch import nn
 
 ADAPTERS: dict[str, type[nn.Module]] = {}
@@ -27,6 +28,24 @@ def build_adapter(kind: str, source_dim: int, target_dim: int, hidden: int = 409
     if kind not in ADAPTERS:
         raise ValueError(f"unknown adapter {kind!r}; choose one of {sorted(ADAPTERS)}")
     return ADAPTERS[kind](source_dim, target_dim, hidden=hidden, dropout=dropout)
+
+
+def linear_path_kinds() -> tuple[str, ...]:
+    """Registered adapters that can start as a given linear map (their class defines ``set_linear``)."""
+    return tuple(name for name, cls in ADAPTERS.items() if callable(getattr(cls, "set_linear", None)))
+
+
+def init_as_linear(adapter: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """Make ``adapter`` compute ``x @ weight + bias`` (``weight`` ``[d_s, d_t]``) before it trains.
+
+    An adapter (or a wrapper around one, such as input standardisation) supports this by a ``set_linear(weight, bias)``
+    method; ValueError for one without a linear path.
+    """
+    setter = getattr(adapter, "set_linear", None)
+    if not callable(setter):
+        raise ValueError(f"adapter {type(adapter).__name__} has no linear path to initialise; "
+                         f"adapters with one: {', '.join(linear_path_kinds())}")
+    setter(weight, torch.zeros(weight.shape[1]) if bias is None else bias)
 
 
 def adapter_metadata(acfg: Any, source_bank: Any, target_lm: Any, output_scale: float = 1.0) -> dict[str, str]:
