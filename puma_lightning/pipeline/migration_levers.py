@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.distributed import on_rank_zero

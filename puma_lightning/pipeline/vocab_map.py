@@ -9,11 +9,14 @@ so that the adapter's first step already maps every prompt where the two vocabul
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 VOCAB_RIDGE = 1e-2
 """Ridge strength of the vocabulary map, relative to the mean squared source embedding."""
@@ -51,8 +54,6 @@ def fit_vocab_map(source_emb: torch.Tensor, target_emb: torch.Tensor, ridge: flo
 
 def experiment_vocab_map(exp: Any) -> VocabMap:
     """The map from ``exp``'s source model to its target model; leaves the target loaded (one model at a time)."""
-    import logging
-
     start = time.perf_counter()
     source_lm = exp.backbone("source")
     source_tok = source_lm.tokenizer
@@ -63,8 +64,8 @@ def experiment_vocab_map(exp: Any) -> VocabMap:
     target_load_s = time.perf_counter() - loading
     source_ids, target_ids = single_token_pairs(source_tok, lm.tokenizer)
     if len(source_ids) < 2 * source_table.shape[1]:
-        logging.getLogger(__name__).warning("vocab_map: only %d shared single-token strings for a %d-wide map",
-                                            len(source_ids), source_table.shape[1])
+        log.warning("vocab_map: only %d shared single-token strings for a %d-wide map",
+                    len(source_ids), source_table.shape[1])
     with torch.no_grad():
         target_rows = lm.embed(torch.as_tensor(target_ids, device=lm.device)).float().cpu()
     weight = fit_vocab_map(source_table[torch.as_tensor(source_ids)], target_rows)
