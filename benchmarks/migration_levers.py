@@ -201,9 +201,12 @@ def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequenc
 
 
 def cost_shares(results: dict[str, Any], name: str) -> str:
-    """``1/a samples, 1/b wall``: full retraining's training samples and wall seconds over the row's, each ratio taken
-    within a seed (the two ran in the same run on the same machine) and averaged over the seeds; ``-`` for full
-    retraining itself or where a seed lacks either."""
+    """``1/a samples, 1/b ± s wall``: full retraining's training samples and wall seconds over the row's, each ratio
+    taken within a seed (the two ran in the same run on the same machine) and averaged over the seeds, with the seeds'
+    std (ddof 1) where the ratios differ (wall seconds move with the machine's load; sample counts do not); ``-`` for
+    full retraining itself or where a seed lacks either."""
+    from puma_lightning.tasks.uncertainty import mean_std
+
     if name == "full_retrain":
         return "-"
     per_seed, full = results["methods"][name]["per_seed"], results["methods"]["full_retrain"]["per_seed"]
@@ -211,7 +214,12 @@ def cost_shares(results: dict[str, Any], name: str) -> str:
     for key, label in (("train_samples", "samples"), ("wall_s", "wall")):
         ratios = [float(full[s][key]) / float(v[key]) for s, v in per_seed.items()
                   if s in full and v.get(key) and full[s].get(key)]
-        parts.append(f"1/{sum(ratios) / len(ratios):.1f} {label}" if ratios else f"- {label}")
+        if not ratios:
+            parts.append(f"- {label}")
+            continue
+        mean, std = mean_std(ratios)
+        spread = f" ± {std:.1f}" if std > 0 else ""
+        parts.append(f"1/{mean:.1f}{spread} {label}")
     return ", ".join(parts)
 
 
@@ -225,7 +233,7 @@ def write_outputs(out: Path, results: dict[str, Any], csv_rows: list[dict[str, A
     lines += [f"- `{name}`: {' '.join(LEVERS[name]) or '(the config as shipped)'}" for name in levers]
     val = "val_rmse" if results["task"] == "rating" else "val_auc"
     cost = ["", f"| row | train samples (mean) | wall s (mean) | share of full retraining's samples / wall (per-seed ratios, "
-            f"mean) | validation loss, all users | validation {val[4:].upper()} |", "|---|---|---|---|---|---|"]
+            f"mean ± std) | validation loss, all users | validation {val[4:].upper()} |", "|---|---|---|---|---|---|"]
     cost += [f"| {name} | {row['train_samples']['mean']:,.0f} | {row['wall_s']['mean']:.1f} | {cost_shares(results, name)} | "
              f"{_mean(row, 'val_loss')} | {_mean(row, val)} |" for name, row in results["methods"].items()]
     chosen = choose_on_validation(results)

@@ -113,8 +113,11 @@ def test_random_selection_is_paired_with_the_shipped_selection_and_costs_are_sha
     per_seed = lambda *pairs: {str(s): {"train_samples": n, "wall_s": w} for s, (n, w) in enumerate(pairs)}
     results = {"methods": {"full_retrain": {"per_seed": per_seed((800, 400.0), (800, 200.0))},
                            "a": {"per_seed": per_seed((100, 50.0), (100, 40.0))}}}
-    # each seed's own ratio (400/50 = 8, 200/40 = 5), averaged: 6.5, not the ratio of the means (300/45 = 6.7)
-    assert module.cost_shares(results, "a") == "1/8.0 samples, 1/6.5 wall"
+    # each seed's own ratio (400/50 = 8, 200/40 = 5), averaged: 6.5, not the ratio of the means (300/45 = 6.7), with
+    # the seeds' std (ddof 1) where the ratios differ: sqrt(((8 - 6.5)^2 + (5 - 6.5)^2) / 1) = 2.1
+    assert module.cost_shares(results, "a") == "1/8.0 samples, 1/6.5 ± 2.1 wall"
+    one = {"methods": {"full_retrain": {"per_seed": per_seed((800, 400.0))}, "a": {"per_seed": per_seed((100, 50.0))}}}
+    assert module.cost_shares(one, "a") == "1/8.0 samples, 1/8.0 wall"  # one seed: no spread to print
     assert module.cost_shares(results, "full_retrain") == "-"
 
 
