@@ -3,7 +3,9 @@
 What LLM personalisation has to beat on the same test rows: the global mean, regularised item
 biases, user biases, user + item biases, and a biased matrix factorisation (Funk SVD with biases, SGD). Regularisation (and
 the factorisation's size) is chosen on the validation split; predictions are clipped to the rating
-range. Rating tasks only.
+range. Tables whose items carry attributes (the synthetic generator's genre, mood, decade) also get a per-user ridge on
+them over the biases (:mod:`~puma_lightning.pipeline.classic_attributes`); click tables get popularity and item-item
+co-occurrence scores instead (:mod:`~puma_lightning.pipeline.classic_click`). :func:`references_for` says which apply.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Callable
 import numpy as np
 
 from puma_lightning.data.table import InteractionTable
+from puma_lightning.pipeline.classic_attributes import attribute_ridge, has_item_attributes
+from puma_lightning.pipeline.classic_click import item_item, popularity
 
 RATING_RANGE = (1.0, 5.0)
 BIAS_REGS = (0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0)
@@ -28,7 +32,15 @@ class Reference:
     name: str
     description: str
     fit: Callable[[InteractionTable, int], tuple[np.ndarray, dict]]
-    """(table, seed) -> (prediction for every row of the table, chosen parameters)."""
+    """(table, seed) -> (prediction for every row of the table, chosen parameters): a rating, or a click score."""
+    task: str = "rating"
+    """The table task it scores: ``rating`` (RMSE/MAE) or ``click`` (AUC/uAUC of its scores)."""
+    needs: Callable[[InteractionTable], bool] | None = None
+    """Whether a table of that task has what it reads (e.g. item attributes); None: every such table."""
+
+    def applies(self, table: InteractionTable) -> bool:
+        """True when this reference can be fitted on ``table``."""
+        return self.task == table.task and (self.needs is None or self.needs(table))
 
 
 def _rmse(pred: np.ndarray, label: np.ndarray) -> float:
@@ -142,3 +154,13 @@ register(Reference("item_bias", "no LLM: mean + regularised item biases (what is
 register(Reference("user_bias", "no LLM: mean + regularised user biases (a per-user average)", user_bias))
 register(Reference("user_item_bias", "no LLM: mean + regularised user and item biases (reg on valid)", user_item_bias))
 register(Reference("biased_mf", "no LLM: biased matrix factorisation, SGD (size and reg on valid)", biased_mf))
+register(Reference("attribute_ridge", "no LLM: per-user ridge on the item attributes over the user + item biases (reg on valid)",
+                   attribute_ridge, needs=has_item_attributes))
+register(Reference("popularity", "no LLM, not personal: the item's training positives", popularity, task="click"))
+register(Reference("item_item", "no LLM: summed cosine co-occurrence of the item with the user's training positives",
+                   item_item, task="click"))
+
+
+def references_for(table: InteractionTable) -> dict[str, Reference]:
+    """The registered references that apply to ``table`` (its task, and what each needs), in registry order."""
+    return {name: ref for name, ref in REFERENCES.items() if ref.applies(table)}
