@@ -20,7 +20,7 @@ from puma_lightning.errors import PumaError
 
 
 EXPERIMENT_KEYS = ("run_dir", "seed", "seeds", "data", "source", "target", "prompt", "adapter", "selection", "baselines",
-                   "trainer", "cache_dir", "source_dir", "resume")
+                   "trainer", "cache_dir", "source_dir", "resume", "placebo")
 """The config keys of a whole experiment (what ``fit`` and the topologies read)."""
 
 
@@ -84,6 +84,12 @@ def _test(cfg, run_dir: Path) -> None:  # noqa: ANN001
     evaluate_bank(cfg, cfg.bank, cfg.model, cfg.split)
 
 
+def _placebo(cfg, run_dir: Path) -> None:  # noqa: ANN001
+    from puma_lightning.pipeline.placebo import run_placebo
+
+    run_placebo(cfg)
+
+
 def _predict(cfg, run_dir: Path) -> None:  # noqa: ANN001
     from puma_lightning.pipeline.predict import run_predict
 
@@ -121,6 +127,12 @@ COMMANDS: dict[str, Command] = {
                        ("run_dir", "bank", "adapter_path", "out", "rows_per_shard", "trainer")),
     "test": Command("Evaluate a prompt bank on a model and split.", _test,
                     ("run_dir", "bank", "model", "split", "data", "source", "target", "prompt", "trainer", "cache_dir")),
+    "placebo": Command("Score a prompt bank's test rows with each user's own prompt and with its prompts dealt to other "
+                       "users (a derangement seeded by seed; same head and rows); prints, per metric, both values and the "
+                       "personal gain (how much better the own prompts are) with its 95 % bootstrap interval, and writes "
+                       "run_dir/placebo.json. An interval holding 0: no measurable personalisation.", _placebo,
+                       ("run_dir", "seed", "bank", "model", "placebo", "data", "source", "target", "prompt", "trainer",
+                        "cache_dir")),
     "predict": Command("Score (user, item) pairs with a prompt bank on a model, or rank each user's candidates (top_k).",
                        _predict, ("run_dir", "bank", "model", "pairs", "top_k", "out", "data", "source", "target", "prompt",
                                   "trainer", "cache_dir")),

@@ -73,6 +73,7 @@ class _NewUsers:
         """Tune (``epochs`` > 0) or only evaluate prompts on ``which``; save the bank; cache by config."""
         from puma_lightning.models.heads import load_head
         from puma_lightning.pipeline.experiment import config_key, seed_stage, trainer_key
+        from puma_lightning.pipeline.placebo import placebo_pass
         from puma_lightning.pipeline.training import fit_best, test_metrics
         from puma_lightning.pipeline.builders import build_prompt_tuning, fresh_head, initial_prompts, prompt_scale
 
@@ -98,11 +99,13 @@ class _NewUsers:
             stats = {"wall_s": st.wall_s, "train_samples": st.train_samples, "trainable_params": st.trainable_params}
         metrics = test_metrics(module, dm, cfg, exp.run_dir, f"{stage}_test")
         exp.save_test_predictions(stage, module.test_predictions())
+        placebo = placebo_pass(exp, stage, module, dm)
         lineage = {**lineage, "metrics": metrics, "model": {"name": lm.name, "fingerprint": lm.fingerprint, "hidden_size": lm.hidden_size}}
         on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                         info={"made_by": f"cold_start:{stage}", "metrics": metrics, "lineage": lineage},
                                         head_state=module.head.state_dict()).save(exp.stage_dir(stage) / "bank"))
-        return {**exp.write_stage(stage, key, {"method": stage, "model": which, "metrics": metrics, **stats}), **where}
+        return {**exp.write_stage(stage, key, {"method": stage, "model": which, "metrics": metrics, **stats,
+                                               **({"placebo": placebo} if placebo is not None else {})}), **where}
 
 
 def run_cold_start(cfg: DictConfig) -> dict[str, Any]:

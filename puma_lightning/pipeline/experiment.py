@@ -39,6 +39,7 @@ from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tun
                                              load_frozen_lm)
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
 from puma_lightning.pipeline.results import write_results
+from puma_lightning.pipeline.placebo import load_placebo, placebo_pass
 from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.seeds import PREDICTIONS_FILE, load_predictions
 from puma_lightning.pipeline.training import StageStats, fit_best, runs_on_gpu, test_metrics
@@ -199,6 +200,7 @@ class Experiment:
         cost = stage_costs(lm, before)
         self.save_test_predictions(stage, module.test_predictions())
         if save_bank and not shared:  # rank 0 writes; the others wait so that later stages can read it
+        placebo = None if shared else placebo_pass(self, stage, module, dm)  # its prompts dealt to other users
             on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                             info=self._bank_info(f"pretrain:{stage}", metrics),
                                             head_state=module.head.state_dict()).save(self.stage_dir(stage) / "bank"))
@@ -207,6 +209,7 @@ class Experiment:
         return self.write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict(), **cost,
                                               "user_bias": module.user_bias is not None, "shared_prompt": shared,
                                               **({"readout": readout} if readout is not None else {})})
+                                              **({"placebo": placebo} if placebo is not None else {}),
 
     def select(self, bank: PromptBank) -> dict[str, Any]:
         """Choose the users the adapter trains on; writes ``selection.json``."""
@@ -288,6 +291,7 @@ class Experiment:
         self.save_test_predictions("puma", evaluator.test_predictions())
         on_rank_zero(lambda: PromptBank(migrated, list(table.user_ids), lm.name, lm.fingerprint,
                                         info=self._bank_info("migrate:puma", metrics, source=source_bank),
+        placebo = placebo_pass(self, "puma", evaluator, test_dm)
                                         head_state=module.head.state_dict()).save(out_dir / "bank"))
         teacher_s = teacher.seconds if teacher is not None else 0.0
         readout_s = readout["seconds"] if readout is not None else 0.0
@@ -306,6 +310,7 @@ class Experiment:
                                                **({"readout": readout} if readout is not None else {}),
                                                **cost})
 
+                                               **({"placebo": placebo} if placebo is not None else {}),
     def readout_datamodule(self, lm: Any, adapter_dm: Any, users: np.ndarray, eval_users: np.ndarray) -> Any:
         """The rows PUMA fits the target's readout on (``adapter.readout_rows``): the adapter's own (``adapter_dm``),
         every user's rows of the adapter's items, or every user's rows."""
@@ -343,7 +348,8 @@ class Experiment:
             rows[f"shared_prompt_{which}"] = self.pretrain(which, f"shared_prompt_{which}", shared=True)
         if cfg.baselines.classic and self.table.task == "rating":
             rows.update(self.classic_references())
-        return write_results(self.run_dir, self.table, rows, {name: self.test_predictions(name) for name in rows})
+        return write_results(self.run_dir, self.table, rows, {name: self.test_predictions(name) for name in rows},
+                             {name: load_placebo(self.method_dir(name)) for name in rows}, int(cfg.placebo.resamples))
 
     def classic_references(self) -> dict[str, dict[str, Any]]:
         """The no-LLM references fitted on the training split (tuned on valid), tested on the same rows."""

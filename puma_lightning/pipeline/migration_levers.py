@@ -18,6 +18,7 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.distributed import on_rank_zero
 from puma_lightning.pipeline.experiment import config_key, seed_stage, start_stage_costs, stage_costs, trainer_key
+from puma_lightning.pipeline.placebo import placebo_pass
 from puma_lightning.pipeline.training import fit_best, test_metrics
 from puma_lightning.pipeline.vocab_map import VOCAB_RIDGE, experiment_vocab_map
 
@@ -47,13 +48,15 @@ def polish_stage(exp: Any) -> dict[str, Any]:
     metrics = test_metrics(module, dm, cfg, exp.run_dir, stage)
     cost = stage_costs(lm, before)
     exp.save_test_predictions(stage, module.test_predictions())
+    placebo = placebo_pass(exp, stage, module, dm)
     on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                     info={"made_by": f"migrate:{stage}", "metrics": metrics},
                                     head_state=module.head.state_dict()).save(exp.stage_dir(stage) / "bank"))
     record = stats.to_dict()
     record.update(wall_s=round(stats.wall_s + puma["wall_s"], 2), train_samples=stats.train_samples + puma["train_samples"],
                   polish_wall_s=stats.wall_s, polish_train_samples=stats.train_samples)
-    return exp.write_stage(stage, key, {"method": stage, "metrics": metrics, **record, **cost})
+    return exp.write_stage(stage, key, {"method": stage, "metrics": metrics, **record, **cost,
+                                        **({"placebo": placebo} if placebo is not None else {})})
 
 
 def vocab_map_stage(exp: Any) -> dict[str, Any]:
@@ -73,8 +76,11 @@ def vocab_map_stage(exp: Any) -> dict[str, Any]:
     head = load_head(exp.table.task, bank.head_state, lm.hidden_size)  # a readout restarts at zero: nothing trains here
     evaluator = PromptTuning(lm, head, exp.table.task, mapped, train_prompts=False, train_head=False)
     before = start_stage_costs(lm)
-    metrics = test_metrics(evaluator, exp.datamodule(lm, cfg.prompt.batch_size), cfg, exp.run_dir, stage)
+    dm = exp.datamodule(lm, cfg.prompt.batch_size)
+    metrics = test_metrics(evaluator, dm, cfg, exp.run_dir, stage)
     cost = stage_costs(lm, before)
     exp.save_test_predictions(stage, evaluator.test_predictions())
+    placebo = placebo_pass(exp, stage, evaluator, dm)
     return exp.write_stage(stage, key, {"method": stage, "metrics": metrics, "wall_s": round(fitted.seconds, 2), "train_samples": 0,
-                                        "trainable_params": 0, "shared_tokens": fitted.shared_tokens, **cost})
+                                        "trainable_params": 0, "shared_tokens": fitted.shared_tokens, **cost,
+                                        **({"placebo": placebo} if placebo is not None else {})})

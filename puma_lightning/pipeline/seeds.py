@@ -26,7 +26,8 @@ from omegaconf import DictConfig
 from puma_lightning.io.atomic import atomic_write_text
 from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.sub_runs import metric_names, sub_config
-from puma_lightning.tasks.uncertainty import mean_std, paired_comparison
+from puma_lightning.pipeline.placebo import NOTE as PLACEBO_NOTE, captured_shares, cell, load_placebo, placebo_columns, pooled
+from puma_lightning.tasks.uncertainty import mean_std, metric_on_rows, paired_comparison
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class SeedRow:
     stage_dir: str | Path | None = None
     references: Sequence[str] = ()
     """Names of the rows this row is compared with, paired on the same test rows."""
+    full_reference: str | None = None
+    """The row whose personal gain this (migrated) row's is a share of (``retained``), e.g. full retraining."""
 
 
 @dataclass
@@ -89,7 +92,7 @@ def run_over_seeds(cfg: DictConfig, command: SeededCommand) -> dict[str, Any]:
     for i, seed in enumerate(seeds):
         log.info("seed %d (%d of %d) in %s", seed, i + 1, len(seeds), RunDir.of(cfg).seed(seed))
         runs[seed] = command.run(sub_config(cfg, RunDir.of(cfg).seed(seed), seed=seed, seeds=None))
-    results = summarise(runs, command.extra_values)
+    results = summarise(runs, command.extra_values, int(cfg.placebo.resamples))
     from puma_lightning.pipeline.distributed import is_global_zero
 
     if is_global_zero():
@@ -115,8 +118,36 @@ def _pooled(runs: Mapping[int, SeedRun], row: str, reference: str) -> tuple[np.n
     return tuple(np.concatenate(x) for x in zip(*parts))
 
 
-def summarise(runs: Mapping[int, SeedRun], extra_values: Sequence[str] = ("wall_s",)) -> dict[str, Any]:
-    """The document over seeds: per-seed values, mean ± std, paired intervals and verdicts per row."""
+def _pooled_of(runs: Mapping[int, SeedRun], row: str, load: Callable[[Any], dict[str, np.ndarray] | None]
+               ) -> dict[str, np.ndarray] | None:
+    """``load`` (own or placebo predictions) of ``row``'s stage in every seed, pooled; None if a seed lacks them."""
+    if any(row not in run.rows for run in runs.values()):
+        return None
+    return pooled([(seed, load(run.rows[row].stage_dir)) for seed, run in runs.items()])
+
+
+def _placebo_entry(runs: Mapping[int, SeedRun], row: str, names: Sequence[str], resamples: int) -> dict[str, Any]:
+    """The placebo columns of one row over seeds: placebo metrics (mean ± std over seeds) and, pooled over seeds,
+    the personal gain on each metric and ``retained`` against the row's ``full_reference``."""
+    own, dealt = _pooled_of(runs, row, load_predictions), _pooled_of(runs, row, load_placebo)
+    if own is None or dealt is None:
+        return {}
+    full_name = next(run.rows[row].full_reference for run in runs.values())
+    full = (_pooled_of(runs, full_name, load_predictions), _pooled_of(runs, full_name, load_placebo)) if full_name else ()
+    entry: dict[str, Any] = placebo_columns(names[0], own, dealt, *full, resamples=resamples)
+    if not entry:
+        return {}
+    per_seed = [load_placebo(run.rows[row].stage_dir) for run in runs.values()]
+    entry["placebo"] = {m: dict(zip(("mean", "std"), mean_std([metric_on_rows(m, p["prediction"], p["label"], p["user"])
+                                                                for p in per_seed]))) for m in names}
+    for other in names[1:]:
+        entry[f"personal_gain_{other}"] = placebo_columns(other, own, dealt, resamples=resamples)["personal_gain"]
+    return entry
+
+
+def summarise(runs: Mapping[int, SeedRun], extra_values: Sequence[str] = ("wall_s",), resamples: int = 1000) -> dict[str, Any]:
+    """The document over seeds: per-seed values, mean ± std, paired intervals and verdicts per row, and the placebo
+    columns (:mod:`puma_lightning.pipeline.placebo`) pooled over seeds."""
     first = next(iter(runs.values()))
     names = metric_names(first.task)
     order = list(dict.fromkeys(name for run in runs.values() for name in run.rows))
@@ -138,7 +169,10 @@ def summarise(runs: Mapping[int, SeedRun], extra_values: Sequence[str] = ("wall_
         entry["vs"] = comparisons
         if unpaired:
             entry["not_compared"] = unpaired
+        entry.update(_placebo_entry(runs, row, names, resamples))
         rows[row] = entry
+    for row, share in captured_shares(names[0], {r: _pooled_of(runs, r, load_predictions) for r in order}, resamples).items():
+        rows[row]["captured_share"] = share
     return {"task": first.task, "seeds": [int(s) for s in runs], "methods": rows,
             **{k: {str(s): run.info.get(k) for s, run in runs.items()} for k in ("num_test_rows",)},
             "dataset": first.info.get("dataset"), "machine": first.info.get("machine")}
@@ -165,7 +199,10 @@ def to_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {method} | {reference} | {c['diff']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}] | {c['verdict']} |")
         for reference, why in row.get("not_compared", {}).items():
             lines.append(f"| {method} | {reference} | n/a | n/a | not paired: {why} |")
+    lines += _placebo_markdown(results, primary, n)
     notes = []
+    if any("personal_gain" in row for row in results["methods"].values()):
+        notes.append(PLACEBO_NOTE)
     counts = results.get("num_test_rows") or {}
     if any(v is not None for v in counts.values()):
         notes.append(f"test rows {', '.join(f'seed {s}: {r}' for s, r in counts.items())}")
@@ -177,13 +214,36 @@ def to_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {x}" for x in notes) + "\n"
 
 
+def _placebo_markdown(results: dict[str, Any], primary: str, n: int) -> list[str]:
+    """The personalisation table over seeds (none when no row has a placebo)."""
+    rows = {m: r for m, r in results["methods"].items()
+            if any(k in r for k in ("personal_gain", "captured_share"))}
+    if not rows:
+        return []
+    lines = ["", f"What the prompts know about their user ({primary.upper()}, pooled over {n} seed{'s' if n > 1 else ''}, "
+             "95 % bootstrap interval):", "",
+             f"| method | placebo {primary.upper()} (mean ± std) | personal gain | retained | captured share |",
+             "|---|---|---|---|---|"]
+    for method, row in rows.items():
+        dealt = (row.get("placebo") or {}).get(primary)
+        dealt_text = f"{dealt['mean']:.4f} ± {dealt['std']:.4f}" if dealt else "n/a"
+        lines.append(f"| {method} | {dealt_text} | {cell(row.get('personal_gain'))} | "
+                     f"{cell(row.get('retained'), 1, percent=True) if 'retained' in row else '–'} | "
+                     f"{cell(row.get('captured_share'), 1, percent=True) if 'captured_share' in row else '–'} |")
+    return lines
+
+
 # -- the commands that take ``seeds`` -------------------------------------------------------------
 def _fit_one(cfg: DictConfig) -> SeedRun:
     from puma_lightning.pipeline.experiment import Experiment
 
     exp = Experiment(cfg)
     result = exp.fit()
-    rows = {m: SeedRow(values, exp.method_dir(m), [r for r in FIT_REFERENCES if r != m and r in result["methods"]])
+    from puma_lightning.pipeline.results import MIGRATED_ROWS, PAIRED_REFERENCE
+
+    full = PAIRED_REFERENCE if PAIRED_REFERENCE in result["methods"] else None
+    rows = {m: SeedRow(values, exp.method_dir(m), [r for r in FIT_REFERENCES if r != m and r in result["methods"]],
+                       full if m in MIGRATED_ROWS else None)
             for m, values in result["methods"].items()}
     return SeedRun(result["task"], rows, {"num_test_rows": result.get("num_test_rows"), "dataset": result.get("dataset"),
                                           "machine": result.get("machine")})
@@ -201,7 +261,8 @@ def _chain_one(cfg: DictConfig) -> SeedRun:
             continue
         full = f"{tag} full_retrain"
         rows[f"{tag} migrated"] = SeedRow({**hop["migrated"], "wall_s": hop["migrate_wall_s"], "gain": hop["gain"]},
-                                          Path(hop["dir"]) / "puma", [full] if hop["full_retrain"] else [])
+                                          Path(hop["dir"]) / "puma", [full] if hop["full_retrain"] else [],
+                                          full if hop["full_retrain"] else None)
         if hop["full_retrain"]:
             rows[full] = SeedRow({**hop["full_retrain"], "wall_s": hop["full_wall_s"]}, Path(hop["dir"]) / "full_retrain")
     return SeedRun(doc["task"], rows)
@@ -213,7 +274,8 @@ def _aggregate_one(cfg: DictConfig) -> SeedRun:
     doc = run_aggregate(cfg)
     full = next((r["method"] for r in doc["rows"] if r["kind"] == "full_retrain"), None)
     rows = {r["method"]: SeedRow({**r["metrics"], "wall_s": r["wall_s"], "train_samples": r["train_samples"]}, r.get("stage_dir"),
-                                 [full] if full and r["method"] != full else [])
+                                 [full] if full and r["method"] != full else [],
+                                 full if full and r["method"] != full else None)
             for r in doc["rows"]}
     return SeedRun(doc["task"], rows)
 
@@ -223,7 +285,8 @@ def _cold_start_one(cfg: DictConfig) -> SeedRun:
 
     doc = run_cold_start(cfg)
     rows = {name: SeedRow({**r["metrics"], "wall_s": r["wall_s"], "target_train_samples": r["target_train_samples"]},
-                          r.get("stage_dir"), [] if name == "scratch" else ["scratch"])
+                          r.get("stage_dir"), [] if name == "scratch" else ["scratch"],
+                          None if name == "scratch" else "scratch")
             for name, r in doc["methods"].items()}
     return SeedRun(doc["task"], rows)
 
