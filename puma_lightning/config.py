@@ -277,13 +277,13 @@ class ColdStartConfig:
 
 
 @dataclass
-class ExperimentConfig:
-@dataclass
 class PlaceboConfig:
     resamples: int = 1000
     """Bootstrap resamples of the placebo intervals (personal gain, retained, captured share; see ``puma_lightning.tasks.placebo``). Every bank stage scores its test rows a second time with its prompts dealt to other users (a derangement seeded by ``seed``); the ``placebo`` command does the same for any bank."""
 
 
+@dataclass
+class ExperimentConfig:
     run_dir: str = "runs/default"
     """Directory a run writes into (config, banks, adapter, selection, results, TensorBoard logs)."""
     seed: int = 0
@@ -334,7 +334,7 @@ class PlaceboConfig:
     """Aggregated migration [A, B] -> target (``aggregate`` command)."""
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
     """Users new on the target (``cold-start`` command)."""
-    resume: Optional[bool] = None
-    """Resume an interrupted training stage from its ``last.ckpt``: null = automatically when the run directory holds an unfinished stage of the same config, true = same (and say so), false = start the stage over."""
     placebo: PlaceboConfig = field(default_factory=PlaceboConfig)
     """What each bank's prompts know about their own user: the placebo columns and the ``placebo`` command."""
+    resume: Optional[bool] = None
+    """Resume an interrupted training stage from its ``last.ckpt``: null = automatically when the run directory holds an unfinished stage of the same config, true = same (and say so), false = start the stage over."""

@@ -38,8 +38,8 @@ from puma_lightning.pipeline.residual import row_offsets
 from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tuning, fresh_head, build_table, initial_prompts,
                                              load_frozen_lm)
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
-from puma_lightning.pipeline.results import write_results
 from puma_lightning.pipeline.placebo import load_placebo, placebo_pass
+from puma_lightning.pipeline.results import write_results
 from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.seeds import PREDICTIONS_FILE, load_predictions
 from puma_lightning.pipeline.training import StageStats, fit_best, runs_on_gpu, test_metrics
@@ -199,8 +199,8 @@ class Experiment:
         metrics = test_metrics(module, dm, cfg, self.run_dir, stage)
         cost = stage_costs(lm, before)
         self.save_test_predictions(stage, module.test_predictions())
-        if save_bank and not shared:  # rank 0 writes; the others wait so that later stages can read it
         placebo = None if shared else placebo_pass(self, stage, module, dm)  # its prompts dealt to other users
+        if save_bank and not shared:  # rank 0 writes; the others wait so that later stages can read it
             on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
                                             info=self._bank_info(f"pretrain:{stage}", metrics),
                                             head_state=module.head.state_dict()).save(self.stage_dir(stage) / "bank"))
@@ -208,8 +208,8 @@ class Experiment:
             stats.wall_s = round(stats.wall_s + readout["seconds"], 2)
         return self.write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict(), **cost,
                                               "user_bias": module.user_bias is not None, "shared_prompt": shared,
-                                              **({"readout": readout} if readout is not None else {})})
                                               **({"placebo": placebo} if placebo is not None else {}),
+                                              **({"readout": readout} if readout is not None else {})})
 
     def select(self, bank: PromptBank) -> dict[str, Any]:
         """Choose the users the adapter trains on; writes ``selection.json``."""
@@ -286,12 +286,13 @@ class Experiment:
             lambda p: save_file({k: v.contiguous() for k, v in module.trainable_state_dict().items()}, str(p),
                                 metadata=adapter_metadata(cfg.adapter, source_bank, lm, output_scale))))
         evaluator = PromptTuning(lm, module.head, table.task, migrated, train_prompts=False, train_head=False)
-        metrics = test_metrics(evaluator, self.datamodule(lm, cfg.adapter.batch_size), cfg, self.run_dir, "puma_test")
+        test_dm = self.datamodule(lm, cfg.adapter.batch_size)
+        metrics = test_metrics(evaluator, test_dm, cfg, self.run_dir, "puma_test")
         cost = stage_costs(lm, before)
         self.save_test_predictions("puma", evaluator.test_predictions())
+        placebo = placebo_pass(self, "puma", evaluator, test_dm)
         on_rank_zero(lambda: PromptBank(migrated, list(table.user_ids), lm.name, lm.fingerprint,
                                         info=self._bank_info("migrate:puma", metrics, source=source_bank),
-        placebo = placebo_pass(self, "puma", evaluator, test_dm)
                                         head_state=module.head.state_dict()).save(out_dir / "bank"))
         teacher_s = teacher.seconds if teacher is not None else 0.0
         readout_s = readout["seconds"] if readout is not None else 0.0
@@ -308,9 +309,9 @@ class Experiment:
                                                "teacher_rows": int(len(train_table) - len(table)), "teacher_s": round(teacher_s, 2),
                                                "init": str(cfg.adapter.init), "init_s": round(init_s, 2),
                                                **({"readout": readout} if readout is not None else {}),
+                                               **({"placebo": placebo} if placebo is not None else {}),
                                                **cost})
 
-                                               **({"placebo": placebo} if placebo is not None else {}),
     def readout_datamodule(self, lm: Any, adapter_dm: Any, users: np.ndarray, eval_users: np.ndarray) -> Any:
         """The rows PUMA fits the target's readout on (``adapter.readout_rows``): the adapter's own (``adapter_dm``),
         every user's rows of the adapter's items, or every user's rows."""
