@@ -1,6 +1,7 @@
 """The pandas behaviours ``data.preprocessing=paper`` emulates without pandas, checked against pandas itself:
 ``read_csv``'s default quoting and NaN strings on MIND's news.tsv, ``DataFrame.sample(random_state=...)``,
-``nlargest(keep="first")`` at the Amazon "latest 85" cut, and how a Yelp number prints from its column."""
+``nlargest(keep="first")`` at the Amazon "latest 85" cut, how a Yelp number prints from its column, and the
+whole Amazon script (``build_dataset/build_dataset_amazon.py``, Kimagure7/Dont-Start-Over 30964e2) step by step."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from puma_lightning.data.raw.common import BadLines, FileRecord, open_lines  # n
 from puma_lightning.data.raw.mind import PANDAS_NA, sample_positions, pandas_tsv_records  # noqa: E402
 from puma_lightning.data.raw.yelp import column_text  # noqa: E402
 from test_mind_paper import make_paper_fixture  # noqa: E402
-from test_preprocessing_paper import make_amazon  # noqa: E402
+from test_preprocessing_paper import amazon_cfg, make_amazon  # noqa: E402
 from test_raw_amazon import write  # noqa: E402
 
 
@@ -74,3 +75,84 @@ def test_yelp_numbers_print_as_their_pandas_column(values):
     text = column_text(values)
     for k, v in enumerate(values):
         assert text(v) == f"{frame.iloc[k]['v']}"
+
+
+def jsonl_frame(path) -> "pd.DataFrame":
+    """A JSON Lines file (plain or gzip) as the script loads it, less the lines that do not parse (on which
+    the script would stop; our reader counts them as malformed)."""
+    import gzip
+
+    data = path.read_bytes()
+    records = []
+    for line in (gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return pd.DataFrame(records)
+
+
+def amazon_script_steps(raw) -> dict:
+    """The published Amazon script's pandas operations, in its order, on our fixture: the rows after each step
+    (both forms of its "85 latest" cut: ``nlargest`` per group, and a (user, -time) sort then ``head``)."""
+    meta = jsonl_frame(raw / "meta_Movies_and_TV.jsonl.gz")
+    reviews = jsonl_frame(raw / "Movies_and_TV.jsonl")
+    titles = meta.set_index("parent_asin")["title"].to_dict()  # a repeated id: its last line
+    frame = reviews[["user_id", "parent_asin", "rating", "timestamp"]].copy()
+    frame["ItemTitle"] = frame["parent_asin"].map(titles)
+    frame = frame.dropna(subset=["ItemTitle"])
+    frame = frame[frame["ItemTitle"].str.strip() != ""]
+    out = {"titled": frame}
+    per_item = frame["parent_asin"].value_counts()
+    frame = frame[frame["parent_asin"].isin(per_item[per_item >= 10].index)]
+    out["items"] = frame
+    per_user = frame["user_id"].value_counts()
+    frame = frame[frame["user_id"].isin(per_user[per_user >= 20].index)]
+    out["users"] = frame
+    out["latest_nlargest"] = pd.concat([g.nlargest(85, "timestamp") if len(g) > 85 else g
+                                        for _, g in frame.groupby("user_id")])
+    out["latest"] = (frame.sort_values(["user_id", "timestamp"], ascending=[True, False])
+                     .groupby("user_id", as_index=False).head(85))
+    n = out["latest"].groupby("user_id").size()
+    train = int(sum(int(k * (1 - 0.2)) for k in n))
+    out["split"] = {"train": train, "valid": int(n.sum()) - train, "test": 0}
+    out["titles"] = titles
+    return out
+
+
+def row_set(frame) -> list[tuple]:
+    return sorted(zip(frame["user_id"], frame["parent_asin"], frame["rating"].astype(float),
+                      frame["timestamp"].astype(int)))
+
+
+def test_amazon_paper_is_the_published_script(tmp_path):
+    """Counts after every step, the rows, the split sizes and the titles of ``paper`` equal the script's own pandas
+    steps on a fixture with titles blank after ``str.strip()``, negative timestamps and ties at the 85 cut."""
+    from puma_lightning.data.prepare import prepare_dataset
+    from puma_lightning.data.prepared import load_prepared
+
+    raw = make_amazon(tmp_path / "raw")
+    want = amazon_script_steps(raw)
+    # the fixture exercises what changed: blank-after-strip titles, negative timestamps, a tie split at the cut
+    blank = [t for t in want["titles"].values() if isinstance(t, str) and t and not t.strip()]
+    assert len(blank) >= 4 and (want["latest"]["timestamp"] < 0).sum() > 20
+    assert row_set(want["latest"]) == row_set(want["latest_nlargest"])  # both forms of the cut agree
+    dropped = want["users"].drop(want["latest"].index)
+    kept_min = want["latest"].groupby("user_id")["timestamp"].min()
+    assert any(((dropped["user_id"] == u) & (dropped["timestamp"] == t)).any() and t < 0 for u, t in kept_min.items())
+
+    cfg = amazon_cfg(raw, tmp_path)
+    manifest = json.loads((prepare_dataset(cfg) / "manifest.json").read_text())
+    st = {s["step"]: s for s in manifest["steps"]}
+    for step, key in (("drop_untitled_items", "titled"), ("items_with_>=10", "items"), ("users_with_>=20", "users"),
+                      ("latest_85_per_user", "latest")):
+        frame = want[key]
+        assert (st[step]["rows"], st[step]["users"], st[step]["items"]) == (
+            len(frame), frame["user_id"].nunique(), frame["parent_asin"].nunique()), step
+    assert manifest["final"]["rows_per_split"] == want["split"]
+    table = load_prepared(cfg, seed=0)
+    ids = table.item_id_list()
+    got = sorted((table.user_ids[u], ids[i], float(y), int(t)) for u, i, y, t in
+                 zip(table.user, table.item, table.label, table.timestamp))
+    assert got == row_set(want["latest"])
+    assert dict(zip(ids, table.item_texts)) == {i: want["titles"][i] for i in ids}

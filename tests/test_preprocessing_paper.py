@@ -1,10 +1,12 @@
 """``data.preprocessing: paper | clean`` for Amazon (both readers) and Yelp, the published split
 (``data.split_by=paper``), empty splits for ratios of 0, and unusable raw files named in one line.
 
-The fixtures are small raw files in the real formats, with the quirks the published notebooks
-(build_dataset_amazon.ipynb, build_dataset_yelp.ipynb) treat in their own way. The expected counts come
-from ``published_amazon`` / ``published_yelp`` below: our own plain-Python reading of those notebooks
-(pandas-free), written independently of the readers, compared with the manifest's counts.
+The fixtures are small raw files in the real formats, with the quirks the published code treats in its
+own way (Amazon: the script ``build_dataset/build_dataset_amazon.py`` at Kimagure7/Dont-Start-Over 30964e2,
+which replaced the first commit's notebook; Yelp: build_dataset_yelp.ipynb). The expected counts come from
+``published_amazon`` / ``published_yelp`` below: our own plain-Python reading of that code (pandas-free),
+written independently of the readers, compared with the manifest's counts. tests/test_preprocessing_pandas.py
+runs the Amazon script's own pandas steps on the same fixture.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from omegaconf import OmegaConf
 from puma_lightning.config import DataConfig
 from puma_lightning.data.prepare import prepare_dataset
 from puma_lightning.data.prepared import load_prepared
-from puma_lightning.data.raw.amazon import read_amazon_csv, read_amazon_reviews
+from puma_lightning.data.raw.amazon import PUBLISHED_SCRIPT, read_amazon_csv, read_amazon_reviews
 from puma_lightning.data.raw.common import RawFileError
 from puma_lightning.data.raw.yelp import read_yelp
 from puma_lightning.data.splits import chronological_split, paper_split
@@ -37,13 +39,28 @@ def amazon_meta() -> list[str]:
     meta += [
         json.dumps({"parent_asin": "I40", "title": "Forty"}), json.dumps({"parent_asin": "I40", "title": None}),  # paper: last (null)
         json.dumps({"parent_asin": "I41", "title": None}), json.dumps({"parent_asin": "I41", "title": "Forty-one"}),  # paper: last
-        json.dumps({"parent_asin": "I42", "title": "   "}),  # whitespace only: the notebook keeps it
+        json.dumps({"parent_asin": "I42", "title": "   "}),  # blank after str.strip(): the script drops it
         json.dumps({"parent_asin": "I43", "title": ""}),  # dropped by both
         json.dumps({"parent_asin": "I44", "price": 3.0}),  # no title key: NaN, dropped by both
         json.dumps({"parent_asin": "I45", "title": "First 45"}), json.dumps({"parent_asin": "I45", "title": "Last 45"}),
         '{"parent_asin": "I46", "title": "broken',
+        json.dumps({"parent_asin": "I39", "title": " \t "}),  # paper: the last line of I39, blank after strip
     ]
+    # common items with titles blank after str.strip() (dropped), a padded one (kept verbatim) and a
+    # zero-width space (not whitespace to str.strip(): kept)
+    for i, title in ((5, "\t \n"), (7, "\u3000"), (11, "\xa0 "), (8, "  Film 8  "), (9, "\u200b")):
+        meta[i] = json.dumps({"parent_asin": f"I{i}", "title": title})
     return meta
+
+
+def amazon_time(u: int, k: int) -> int:
+    """Review ``k`` of user ``u``: ties for u10/u11; u8 wholly and u23 partly before 1970 (negative, kept
+    by the script), with ties at u23's "latest 85" cut."""
+    if u == 8:
+        return -T0 + 1000 * (k // 2)
+    if u == 23:
+        return 1000 * (k // 4 - 10)
+    return T0 + 1000 * (k // 2) + (k % 2) * 7 if u not in (10, 11) else T0 + 1000 * (k // 9)
 
 
 def amazon_reviews(seed: int = 1) -> list[str]:
@@ -56,7 +73,7 @@ def amazon_reviews(seed: int = 1) -> list[str]:
             # items I30.. are rare (some fall under 10 ratings), I0..I19 common
             item = items[int(rng.integers(30, len(items)))] if k % 7 == 3 else items[int(rng.integers(0, 30 if u % 3 else 20))]
             rating = float(rng.integers(1, 6)) if (u * 7 + k) % 53 else 0.0  # a few 0.0 (kept by the notebook)
-            ts = T0 + 1000 * (k // 2) + (k % 2) * 7 if u not in (10, 11) else T0 + 1000 * (k // 9)  # many ties for u10/u11
+            ts = amazon_time(u, k)
             lines.append(json.dumps({"rating": rating, "title": "t", "text": "x", "images": [], "asin": item + "a",
                                      "parent_asin": item, "user_id": f"U{u}", "timestamp": ts, "helpful_vote": 0,
                                      "verified_purchase": True}))
@@ -74,8 +91,9 @@ def make_amazon(folder: Path) -> Path:
 
 
 def published_amazon(folder: Path) -> dict:
-    """Our reading of build_dataset_amazon.ipynb: title map with the last meta line of an id, drop null/"" titles,
-    items >= 10, users >= 20 (one pass each), each user's 85 latest (ties: first rows), 80/20 split."""
+    """Our reading of build_dataset/build_dataset_amazon.py (30964e2): title map with the last meta line of an id,
+    drop null titles and strings blank after str.strip(), keep any timestamp (negative too), items >= 10, users >= 20
+    (one pass each), each user's 85 latest (ties: first rows), 80/20 split."""
     titles = {}
     for line in gzip.decompress((folder / "meta_Movies_and_TV.jsonl.gz").read_bytes()).decode().splitlines():
         try:
@@ -90,7 +108,7 @@ def published_amazon(folder: Path) -> dict:
         except ValueError:
             continue
         title = titles.get(obj["parent_asin"])
-        if title is not None and title != "":
+        if title is not None and not (isinstance(title, str) and title.strip() == ""):
             rows.append((obj["user_id"], obj["parent_asin"], obj["rating"], obj["timestamp"]))
     out = {"titled": len(rows)}
     per_item = {}
@@ -118,6 +136,7 @@ def published_amazon(folder: Path) -> dict:
         valid += n - int(n * (1 - 0.2))
     out["split"] = {"train": train, "valid": valid, "test": 0}
     out["zero_ratings"] = sum(r[2] == 0.0 for r in latest)
+    out["negative"] = sum(r[3] < 0 for r in latest)
     return out
 
 
@@ -128,7 +147,7 @@ def amazon_cfg(raw: Path, tmp_path: Path, **kw) -> DataConfig:
     return OmegaConf.structured(DataConfig(**{**base, **kw}))
 
 
-def test_amazon_paper_counts_match_the_published_notebook(tmp_path):
+def test_amazon_paper_counts_match_the_published_script(tmp_path):
     raw = make_amazon(tmp_path / "raw")
     expected = published_amazon(raw)
     path = prepare_dataset(amazon_cfg(raw, tmp_path))
@@ -141,7 +160,9 @@ def test_amazon_paper_counts_match_the_published_notebook(tmp_path):
     assert st["latest_85_per_user"]["rows"] == expected["latest"]
     assert manifest["final"]["rows_per_split"] == expected["split"]
     assert manifest["final"]["rows"] == expected["latest"] and manifest["final"]["users"] == expected["users"][0]
-    assert st["meta"]["meta_repeated_ids"] == 3 and st["meta"]["meta_repeats_keep"] == "last"
+    assert st["meta"]["meta_repeated_ids"] == 4 and st["meta"]["meta_repeats_keep"] == "last"
+    assert manifest["rules"]["follows"] == PUBLISHED_SCRIPT and "Kimagure7/Dont-Start-Over" in PUBLISHED_SCRIPT
+    assert "/30964e2/build_dataset/build_dataset_amazon.py" in PUBLISHED_SCRIPT
     # the rows themselves (ties at the 85 cut included: the earlier rows win, as nlargest(keep="first"))
     table = load_prepared(amazon_cfg(raw, tmp_path), seed=0)
     ids = table.item_id_list()
@@ -152,25 +173,35 @@ def test_amazon_paper_counts_match_the_published_notebook(tmp_path):
     assert {k: int((table.split == c).sum()) for k, c in (("train", 0), ("valid", 1), ("test", 2))} == expected["split"]
     texts = dict(zip(ids, table.item_texts))
     assert texts.get("I45") in (None, "Last 45") and "I40" not in texts
+    assert not {"I5", "I7", "I11", "I39", "I42"} & set(texts)  # blank after str.strip()
+    assert texts["I8"] == "  Film 8  " and texts["I9"] == "\u200b"
+    negative = [u for u in ("U8", "U23") if u in table.user_ids]
+    assert negative == ["U8", "U23"] and (table.timestamp < 0).sum() == expected["negative"] > 0
 
 
 def test_amazon_fixture_pins(tmp_path):
-    """The numbers of this fixture, also obtained by running the notebook's own pandas cells on it."""
+    """The numbers of this fixture, also obtained by running the script's own pandas steps on it
+    (tests/test_preprocessing_pandas.py)."""
     expected = published_amazon(make_amazon(tmp_path / "raw"))
-    assert (expected["titled"], expected["items"], expected["users"], expected["latest"]) == (1101, 1066, (18, 928), 854)
-    assert expected["split"] == {"train": 680, "valid": 174, "test": 0}
+    assert (expected["titled"], expected["items"], expected["users"], expected["latest"]) == (969, 941, (16, 779), 737)
+    assert expected["split"] == {"train": 585, "valid": 152, "test": 0}
 
 
 def test_amazon_clean_drops_and_counts(tmp_path):
     raw = make_amazon(tmp_path / "raw")
-    data = read_amazon_reviews(raw, max_bad_fraction=0.05)
+    data = read_amazon_reviews(raw, max_bad_fraction=0.15)
     st = {s["step"]: s for s in data.steps}
-    assert st["meta"]["meta_repeats_keep"] == "first" and st["meta"]["meta_repeated_ids"] == 3
+    assert st["meta"]["meta_repeats_keep"] == "first" and st["meta"]["meta_repeated_ids"] == 4
     assert "I40" in data.item_ids and "I41" not in data.item_ids and "I42" not in data.item_ids
-    assert dict(zip(data.item_ids, data.item_texts)).get("I45", "First 45") == "First 45"
-    zeros = sum(json.loads(line)["rating"] == 0.0 for line in amazon_reviews() if line.startswith("{\"rating\""))
-    assert data.bad["per_file"]["Movies_and_TV.jsonl"]["bad"] == 1 + zeros  # 0.0 is outside 1..5 here
-    path = prepare_dataset(amazon_cfg(raw, tmp_path, preprocessing="clean"))
+    texts = dict(zip(data.item_ids, data.item_texts))
+    assert texts.get("I45", "First 45") == "First 45" and texts["I39"] == "Film 39" and texts["I8"] == "Film 8"
+    reviews = [json.loads(line) for line in amazon_reviews() if line.startswith("{\"rating\"")]
+    zeros = sum(r["rating"] == 0.0 for r in reviews)
+    negative = sum(r["timestamp"] < 0 and r["rating"] != 0.0 for r in reviews)
+    assert negative > 20 and (data.arrays["timestamp"] >= 0).all()
+    # 0.0 is outside 1..5 here, and a review before 1970 is a broken value
+    assert data.bad["per_file"]["Movies_and_TV.jsonl"]["bad"] == 1 + zeros + negative
+    path = prepare_dataset(amazon_cfg(raw, tmp_path, preprocessing="clean", max_bad_fraction=0.15))
     manifest = json.loads((path / "manifest.json").read_text())
     dup = next(s for s in manifest["steps"] if s["step"] == "drop_exact_duplicates")
     assert dup["dropped_rows"] > 0 and manifest["preprocessing"] == "clean"
@@ -178,15 +209,18 @@ def test_amazon_clean_drops_and_counts(tmp_path):
     assert paper["params"] != manifest["params"]  # the two modes never share a processed folder
 
 
-def test_amazon_csv_paper_keeps_what_the_notebook_keeps(tmp_path):
+def test_amazon_csv_paper_keeps_what_the_script_keeps(tmp_path):
     write(tmp_path / "meta_Movies_and_TV.jsonl", amazon_meta())
     head = "user_id,parent_asin,rating,timestamp,history"
     write(tmp_path / "Movies_and_TV.train.csv", [head, f"u1,I41,0.0,{T0},", f"u1,I41,0.0,{T0},", f"u1,I40,4.0,{T0 + 1},",
-                                                 f"u1,I42,5.0,{T0 + 2},"])
+                                                 f"u1,I42,5.0,{T0 + 2},", f"u1,I8,4.0,{T0 + 3},", "u1,I8,3.0,-86400000,"])
     paper = read_amazon_csv(tmp_path, max_bad_fraction=0.5, preprocessing="paper")
-    assert paper.item_ids == ["I41", "I42"] and len(paper) == 3 and paper.arrays["timestamp"][0] == T0
+    assert paper.item_ids == ["I41", "I8"] and len(paper) == 4 and paper.arrays["timestamp"].tolist() == [
+        T0, T0, T0 + 3, -86400000]
+    assert paper.rules["follows"] == PUBLISHED_SCRIPT
     clean = read_amazon_csv(tmp_path, max_bad_fraction=0.6)
-    assert clean.item_ids == ["I40"] and len(clean) == 1 and clean.arrays["timestamp"][0] == T0 // 1000
+    assert clean.item_ids == ["I40", "I8"] and len(clean) == 2 and clean.arrays["timestamp"][0] == T0 // 1000
+    assert "follows" not in clean.rules and any("negative timestamp" in e for e in clean.bad["examples"])
 
 
 # -- Yelp ---------------------------------------------------------------------------------------------

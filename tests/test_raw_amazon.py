@@ -92,6 +92,42 @@ def test_read_counts_and_quirks(raw):
                                                                              "Movies_and_TV.jsonl": 64}
 
 
+def test_paper_titles_and_times_follow_the_published_script(tmp_path):
+    """``paper``: a title blank after ``str.strip()`` is dropped, others are kept verbatim (a non-string one as its
+    ``str``); a negative timestamp is kept as it is. ``clean`` counts a negative timestamp as malformed."""
+    from puma_lightning.data.raw.amazon import PUBLISHED_SCRIPT
+
+    titles = {"W1": " ", "W2": "\t\r\n", "W3": "\u3000\u2003", "W4": "\xa0", "K1": " Kept ", "K2": "\u200b", "K3": 1984,
+              "K4": "x"}
+    write(tmp_path / "meta_Movies_and_TV.jsonl", [json.dumps({"parent_asin": a, "title": t}) for a, t in titles.items()])
+    write(tmp_path / "Movies_and_TV.jsonl", [review("u1", a, 4.0, T0 + k) for k, a in enumerate(titles)]
+          + [review("u2", "K4", 3.0, -1), review("u2", "K4", 2.0, -T0), review("u2", "K1", 1.0, 0)])
+    paper = read_amazon_reviews(tmp_path, preprocessing="paper")
+    # what the script's ``ItemTitle.str.strip() != ''`` keeps (a non-string gives NaN there, which is not '')
+    kept = [a for a, t in titles.items() if not (isinstance(t, str) and t.strip() == "")]
+    assert paper.item_ids == kept == ["K1", "K2", "K3", "K4"]
+    assert paper.item_texts == [" Kept ", "\u200b", "1984", "x"]
+    assert paper.steps[0]["meta_untitled"] == 4 and paper.steps[2]["dropped_rows"] == 4
+    u2 = paper.arrays["user"] == 1
+    assert paper.arrays["timestamp"][u2].tolist() == [-1, -T0, 0] and paper.bad["per_file"]["Movies_and_TV.jsonl"]["bad"] == 0
+    assert paper.rules["follows"] == PUBLISHED_SCRIPT
+    clean = read_amazon_reviews(tmp_path, bad_lines_allowed=2)
+    assert clean.item_ids == ["K1", "K4"] and clean.item_texts == ["Kept", "x"]
+    assert clean.bad["per_file"]["Movies_and_TV.jsonl"]["bad"] == 2 and "negative timestamp" in clean.bad["examples"][0]
+    assert "follows" not in clean.rules
+
+
+@pytest.mark.parametrize("mode", ["paper", "clean"])
+def test_timestamps_beyond_int64_are_bad_lines_not_tracebacks(tmp_path, mode):
+    write(tmp_path / "meta_Movies_and_TV.jsonl", [json.dumps({"parent_asin": "A1", "title": "One"})])
+    lines = [review("u1", "A1", 4.0, T0)] + ['{"user_id": "u1", "parent_asin": "A1", "rating": 4.0, "timestamp": %s}' % v
+                                            for v in ("Infinity", "-Infinity", "NaN", "1e30", str(2**63), '"1e400"')]
+    write(tmp_path / "Movies_and_TV.jsonl", lines)
+    data = read_amazon_reviews(tmp_path, preprocessing=mode, bad_lines_allowed=6)
+    assert len(data) == 1 and data.bad["per_file"]["Movies_and_TV.jsonl"]["bad"] == 6
+    assert all("timestamp" in e for e in data.bad["examples"])
+
+
 def test_gzip_detected_by_magic_not_extension(raw):
     # gzip bytes under the plain name and plain bytes under the .gz name both read the same
     (raw / "Movies_and_TV.jsonl").unlink()

@@ -8,13 +8,23 @@ Two modes (``data.preprocessing``):
   repeated in the meta file keeps its first line (the repeats are counted); ratings outside 1..5 are
   malformed lines; timestamps are stored as whole seconds (a value below 1e11 is taken as seconds
   already). Exact duplicate reviews are dropped (and counted) by ``prepare``.
-- ``paper``: what the authors' published notebook keeps: the title map is built with the *last*
-  meta line of a repeated ``parent_asin`` (``set_index(...).to_dict()``; repeats counted), a title is
-  usable unless it is null or exactly ``""`` (whitespace-only titles survive) and is kept verbatim,
-  every numeric rating survives (0.0 included) and so does every duplicate review; timestamps stay
-  in milliseconds, the unit the published "latest 85" ordering used.
+- ``paper``: what the authors' published script keeps, at the version :data:`PUBLISHED_SCRIPT` names
+  (recorded as ``rules.follows`` in the manifest): the title map is built with the *last* meta line of
+  a repeated ``parent_asin`` (``set_index(...).to_dict()``; repeats counted), a title is usable unless
+  it is null/NaN or a string that is empty after ``str.strip()`` (``"   "``, ``"\\t"``, ``"\\u3000"`` are
+  dropped; a non-string title survives as its ``str``) and is kept verbatim, every numeric rating
+  survives (0.0 included) and so does every duplicate review and every negative (pre-1970) timestamp;
+  timestamps stay in milliseconds, the unit the published "latest 85" ordering used.
 
-Lines that do not parse are malformed in both modes (the published notebook would stop on them).
+Negative timestamps: ``paper`` keeps them (the published script never looks at the sign); ``clean``
+counts them as malformed lines, as it does ratings outside 1..5: no Amazon review predates 1970, so
+the value is broken, and ``clean`` drops and counts broken values rather than ordering rows by them.
+
+Lines that do not parse are malformed in both modes (the published script would stop on them), and
+so are reviews without a string ``user_id``/``parent_asin`` or a numeric rating/timestamp (the
+script would carry a NaN: its item filter counts a row without ``user_id`` before the user filter
+drops it, and it keeps a row without a rating with a NaN label). Timestamps outside int64 (or not
+finite) are malformed too; a fractional one is truncated to an integer.
 """
 
 from __future__ import annotations
@@ -32,6 +42,11 @@ REVIEW_NAMES = (f"{CATEGORY}.jsonl", f"{CATEGORY}.jsonl.gz")
 META_NAMES = (f"meta_{CATEGORY}.jsonl", f"meta_{CATEGORY}.jsonl.gz")
 CSV_SPLITS = (("train", 0), ("valid", 1), ("test", 2))
 CSV_HEADER = ["user_id", "parent_asin", "rating", "timestamp", "history"]
+PUBLISHED_SCRIPT = "https://github.com/Kimagure7/Dont-Start-Over/blob/30964e2/build_dataset/build_dataset_amazon.py"
+"""The published preprocessing ``paper`` mode follows: repository, commit and path (the script at the
+repository's HEAD when this was written; the first-commit notebook ``build_dataset_amazon.ipynb`` kept
+whitespace-only titles). Recorded as ``rules.follows``; a processed folder made under another is prepared again."""
+INT64_MAX = 2**63 - 1
 
 
 def clean_title(value: Any) -> str | None:
@@ -43,25 +58,36 @@ def clean_title(value: Any) -> str | None:
 
 
 def paper_title(value: Any) -> str | None:
-    """``paper`` mode: the title as published keeps it (dropped only when null/NaN or exactly ``""``)."""
-    if value is None or (isinstance(value, float) and value != value) or value == "":
+    """``paper`` mode: the title as the published script keeps it, verbatim; None when it is null/NaN
+    (``dropna``) or a string that is empty after ``str.strip()`` (``ItemTitle.str.strip() != ''``; a
+    non-string title gives NaN there, which is not ``''``, so it survives)."""
+    if value is None or (isinstance(value, float) and value != value):
         return None
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        return value if value.strip() else None
+    return str(value)
 
 
 def to_seconds(value: Any) -> int:
-    """Epoch seconds from a millisecond (or, below 1e11, second) timestamp; ValueError if invalid."""
+    """``clean``: epoch seconds from a millisecond (or, below 1e11, second) timestamp; ValueError if invalid
+    or negative (a review before 1970 is a broken value)."""
     ts = to_raw_time(value)
+    if ts < 0:
+        raise ValueError(f"negative timestamp {value!r}")
     return ts // 1000 if ts >= 100_000_000_000 else ts
 
 
 def to_raw_time(value: Any) -> int:
-    """The timestamp as the file has it (milliseconds in Amazon Reviews 2023); ValueError if invalid."""
+    """``paper``: the timestamp as the file has it (milliseconds in Amazon Reviews 2023), negative ones
+    included; ValueError when it is not a finite number within int64."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"bad timestamp {value!r}")
-    ts = int(float(value)) if isinstance(value, str) else int(value)
-    if ts < 0:
-        raise ValueError(f"negative timestamp {value!r}")
+    try:
+        ts = int(float(value)) if isinstance(value, str) else int(value)
+    except (OverflowError, ValueError):
+        raise ValueError(f"timestamp {value!r} is not a finite number") from None
+    if not -INT64_MAX - 1 <= ts <= INT64_MAX:
+        raise ValueError(f"timestamp {value!r} is outside int64")
     return ts
 
 
@@ -104,7 +130,8 @@ def _finish(dataset: str, cols: Columns, users: IdMap, items: IdMap, titles: dic
          "timestamp_unit": "ms" if paper else "s"},
         {"step": "drop_untitled_items", "rows": len(cols), "dropped_rows": no_title, "users": len(users), "items": len(items)},
     ]
-    rules = {"latest_ties": "first", "paper_split": "floor_train"} if paper else {"paper_split": "floor_train"}
+    rules = ({"latest_ties": "first", "paper_split": "floor_train", "follows": PUBLISHED_SCRIPT} if paper
+             else {"paper_split": "floor_train"})
     return RawData(dataset, "rating", users.ids, items.ids, [titles[i] for i in items.ids], arrays, files, steps, bad.summary(),
                    rules=rules)
 
