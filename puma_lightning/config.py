@@ -316,6 +316,9 @@ class ExperimentConfig:
     """``migrate``: path of the adapter checkpoint to apply."""
     out: Optional[str] = None
     """``migrate``: path of the bank to write; ``predict``: the predictions to write (``.csv``, or ``.parquet`` with pyarrow)."""
+    overwrite: bool = False
+    """``predict``: replace an existing ``out`` file that puma_lightning did not write (or that changed since it did);
+    without it such a file stops the command. ``out`` is never allowed to be one of the inputs."""
     rows_per_shard: Optional[int] = None
     """``migrate``: rows per output shard, which is also the block one process maps at a time and so bounds its memory
     (None: the source bank's shard size)."""

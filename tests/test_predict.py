@@ -112,3 +112,21 @@ def test_a_damaged_parquet_file_is_one_line_error(run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and err[-1].startswith("error:") and "bad.parquet" in err[-1] and "Parquet" in err[-1]
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_an_out_file_we_wrote_is_replaced_one_the_user_changed_needs_overwrite(run, tmp_path, capsys):
+    _test_pairs(run, tmp_path / "pairs.csv")
+    out = tmp_path / "pred.csv"
+    args = ["predict", "--config", SMOKE, f"run_dir={tmp_path / 'r'}", *FAST, f"bank={run / 'puma' / 'bank'}", "model=target",
+            f"pairs={tmp_path / 'pairs.csv'}", f"out={out}"]
+    assert main(args) == 0
+    first = out.read_bytes()
+    assert main([*args, "top_k=1"]) == 0  # ours, unchanged since: replaced without asking
+    assert out.read_bytes() != first and "rank" in out.read_text().splitlines()[0]
+    out.write_text(out.read_text() + "a line the user added\n")
+    edited = out.read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2  # changed since we wrote it: no longer ours to replace
+    assert "overwrite=true" in capsys.readouterr().err and out.read_bytes() == edited
+    assert main([*args, "overwrite=true"]) == 0
+    assert out.read_bytes() == first

@@ -117,7 +117,7 @@ def export_peft(path: str | Path, user: str, out: str | Path, base_model: str | 
                                 num_transformer_submodules=1, base_model_name_or_path=base_model or bank.model_name,
                                 inference_mode=True)
     out = Path(out)
-    with atomic_dir(out, "adapter_config.json", "PEFT adapter folder") as tmp:
+    with atomic_dir(out, "peft", "PEFT adapter folder") as tmp:
         config.save_pretrained(str(tmp))
         save_file({"prompt_embeddings": prompt}, str(tmp / "adapter_model.safetensors"),
                   metadata={"format": "pt", "puma_bank": str(Path(path).resolve()), "user_id": str(user),

@@ -134,7 +134,7 @@ COMMANDS: dict[str, Command] = {
                        ("run_dir", "seed", "bank", "model", "placebo", "data", "source", "target", "prompt", "trainer",
                         "cache_dir")),
     "predict": Command("Score (user, item) pairs with a prompt bank on a model, or rank each user's candidates (top_k).",
-                       _predict, ("run_dir", "bank", "model", "pairs", "top_k", "out", "data", "source", "target", "prompt",
+                       _predict, ("run_dir", "bank", "model", "pairs", "top_k", "out", "overwrite", "data", "source", "target", "prompt",
                                   "trainer", "cache_dir")),
     "chain": Command("Chained migration over chain.models [A, B, C, ...]: table and plot of the metric per hop vs full "
                      "retraining.", _chain, (*EXPERIMENT_KEYS, "chain")),
@@ -184,12 +184,32 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
         return 0
     setup_runtime(cfg)
     from puma_lightning.io.lock import RunLock
+    from puma_lightning.io.ownership import RECORD_FILE, check_run_dir_path, claim_run_dir
     from puma_lightning.pipeline.run_dir import RunDir, as_it_was_on_failure
 
     run_dir = RunDir.of(cfg).path
+    check_run_dir_path(run_dir)
+    check_outputs(cfg, config_files)
+    with as_it_was_on_failure(run_dir, ("config.yaml", RECORD_FILE)):
+        claim_run_dir(run_dir)  # a folder we did not make is refused before anything is written into it
+        with RunLock(run_dir, command=" ".join([command, *overrides])):
+            return _run_locked(command, cfg, run_dir)
 
-    with as_it_was_on_failure(run_dir), RunLock(run_dir, command=" ".join([command, *overrides])):
-        return _run_locked(command, cfg, run_dir)
+
+OUTPUT_INPUTS = ("bank", "pairs", "adapter_path", "source_dir")
+"""Config keys naming inputs that ``out`` may never replace (with the config files themselves)."""
+
+
+def check_outputs(cfg, config_files: Sequence[str]) -> None:  # noqa: ANN001 - DictConfig
+    """Refuse, before any work, an ``out`` that is one of the command's inputs (or inside one, or holding one)."""
+    from puma_lightning.io.ownership import check_not_an_input
+
+    out = cfg.get("out")
+    if not out:
+        return
+    inputs = {key: cfg.get(key) for key in OUTPUT_INPUTS}
+    inputs.update({f"--config #{i + 1}": path for i, path in enumerate(config_files)})
+    check_not_an_input(out, inputs)
 
 
 def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - DictConfig

@@ -34,7 +34,6 @@ from puma_lightning.config import PREPROCESSING_MODES
 from puma_lightning.errors import PumaError
 from puma_lightning.io.atomic import check_replaceable
 
-from .processed import MANIFEST as PROCESSED_MANIFEST
 from .processed import FORMAT_VERSION, read_manifest, write_processed
 from .raw.common import FileRecord, RawData
 from .registry import get_dataset, raw_dataset_names
@@ -253,7 +252,7 @@ def prepare_dataset(dcfg: DictConfig, seed: int = 0, force: bool = False) -> Pat
         return path
     if not dcfg.raw_dir:
         raise PumaError(f"{dcfg.name}: no processed dataset in {path} ({reason}); set data.raw_dir=PATH to the downloaded files")
-    check_replaceable(path, PROCESSED_MANIFEST, "processed dataset")  # before any work: never replace what is not ours
+    check_replaceable(path, "processed", "processed dataset")  # before any work: never replace what is not ours
     log.info("preparing %s from %s into %s (%s)", dcfg.name, dcfg.raw_dir, path, reason)
     start = time.perf_counter()
     raw = _read_raw(dcfg)

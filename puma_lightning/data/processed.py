@@ -31,7 +31,7 @@ _ROW_ARRAYS = ("user", "item", "label", "timestamp", "origin", "history")
 def write_processed(path: str | Path, data: RawData, manifest: dict[str, Any]) -> Path:
     """Write ``data`` and its manifest as a processed folder at ``path`` (atomically replaced)."""
     path = Path(path)
-    with atomic_dir(path, MANIFEST, "processed dataset") as tmp:
+    with atomic_dir(path, "processed", "processed dataset") as tmp:
         for name, arr in {**data.arrays, **data.extra}.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
         (tmp / "user_ids.json").write_text(json.dumps(data.user_ids), encoding="utf-8")

@@ -14,14 +14,21 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from puma_lightning.errors import PumaError
+from puma_lightning.io.ownership import NotOursError, check_replaceable, write_record
+
+__all__ = ["NotOursError", "atomic_dir", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_with",
+           "check_replaceable", "remove_staging", "staging_dir"]
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise PumaError(f"cannot write {path}: it is a folder, expected a file path")
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -52,26 +59,24 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
-class NotOursError(PumaError):
-    """A folder we were asked to replace holds something puma_lightning did not write there."""
-
-
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, marker: str | None = None, what: str = "folder") -> Iterator[Path]:
+def atomic_dir(path: str | Path, kind: str, what: str = "folder") -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
 
-    Nothing is deleted that we did not write: an existing ``path`` is replaced only if it is an empty
-    folder or holds ``marker`` (the file every folder of this kind gets, e.g. a manifest); a regular
-    file, or a folder without the marker, stops with :class:`NotOursError` *before* any work is done.
-    The replaced folder is moved to a fresh temporary name first and removed only after the rename."""
+    Nothing is deleted that we did not write: an existing ``path`` is replaced only if it is an empty folder or a
+    folder of ``kind`` whose ownership record (:mod:`puma_lightning.io.ownership`) lists everything it holds; anything
+    else stops with :class:`NotOursError` *before* any work is done. The new folder gets its record (the entries
+    written into it). The replaced folder is moved to a fresh temporary name first and removed only after the rename."""
     path = Path(path)
-    check_replaceable(path, marker, what)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    check_replaceable(path, kind, what)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        write_record(tmp, kind)
         if path.exists():
-            check_replaceable(path, marker, what)  # it may have changed while we worked
+            check_replaceable(path, kind, what)  # it may have changed while we worked
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)  # onto our own empty folder
             os.replace(tmp, path)
@@ -82,16 +87,13 @@ def atomic_dir(path: str | Path, marker: str | None = None, what: str = "folder"
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_replaceable(path: str | Path, marker: str | None, what: str = "folder") -> None:
-    """Raise :class:`NotOursError` unless ``path`` is absent, an empty folder, or a folder holding ``marker``."""
-    path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        return
-    if not path.is_dir() or path.is_symlink():
-        raise NotOursError(f"{path} exists and is not a folder; refusing to replace it with a {what} (move it or choose another path)")
-    if marker is not None and not (path / marker).is_file() and any(path.iterdir()):
-        raise NotOursError(f"{path} is a folder that is not a {what} (no {marker}); refusing to replace what is in it "
-                           "(move it or choose another path)")
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Turn an OS error while preparing to write ``path`` into one line naming ``path`` (not a temporary name)."""
+    try:
+        yield
+    except OSError as exc:
+        raise PumaError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 STAGING_MARKER = ".puma-staging"

@@ -121,8 +121,7 @@ class PromptBank:
             raise BankError(f"prompts must be [users, length, hidden], got shape {tuple(self.prompts.shape)}")
         if self.prompts.shape[0] != len(self.user_ids):
             raise BankError(f"{self.prompts.shape[0]} prompt rows but {len(self.user_ids)} user ids")
-        if len(set(self.user_ids)) != len(self.user_ids):
-            raise BankError("user ids in a bank must be unique")
+        check_unique_ids(self.user_ids)
 
     @property
     def hidden_size(self) -> int:
@@ -168,8 +167,12 @@ class PromptBank:
             except Exception as exc:  # safetensors raises its own error types
                 raise BankError(f"{file}: cannot read tensor ({exc})") from None
         prompts = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return cls(prompts, list(manifest["user_ids"]), manifest["model_name"], manifest["model_fingerprint"],
-                   manifest.get("info", {}), _load_head(path, manifest))
+        head = _load_head(path, manifest)
+        try:
+            return cls(prompts, list(manifest["user_ids"]), manifest["model_name"], manifest["model_fingerprint"],
+                       manifest.get("info", {}), head)
+        except BankError as exc:  # the shape and id checks do not know where the bank came from
+            raise BankError(f"{path}: {exc}") from None
 
     @staticmethod
     def open(path: str | Path, verify: bool = True) -> "LazyPromptBank":
@@ -218,6 +221,14 @@ def write_shard(file: str | Path, rows: torch.Tensor) -> dict[str, Any]:
     return {"rows": int(rows.shape[0]), "sha256": _sha256(file)}
 
 
+def check_unique_ids(user_ids: Sequence[str]) -> None:
+    """Raise :class:`BankError` naming the first repeated ids when a bank's user ids are not unique."""
+    if len(set(user_ids)) != len(user_ids):
+        seen: set[str] = set()
+        repeated = list(dict.fromkeys(u for u in user_ids if u in seen or seen.add(u)))
+        raise BankError(f"user ids in a bank must be unique; repeated: {repeated[:3]}")
+
+
 def shard_count(num_users: int, rows_per_shard: int) -> int:
     """How many shard files a bank of ``num_users`` rows has at ``rows_per_shard`` (at least one)."""
     if rows_per_shard < 1:
@@ -257,7 +268,7 @@ def write_bank(path: str | Path, manifest: dict[str, Any], chunks: Iterable[torc
     size = int(rows_per_shard or DEFAULT_ROWS_PER_SHARD)
     count = shard_count(int(manifest["num_users"]), size)
     manifest = dict(manifest)
-    with atomic_dir(path, MANIFEST_FILE, "prompt bank") as tmp:
+    with atomic_dir(path, "bank", "prompt bank") as tmp:
         shards = []
         for i, chunk in enumerate(chunks):
             if chunk.shape[0] > size or i >= count:
@@ -280,7 +291,7 @@ def assemble_bank(path: str | Path, manifest: dict[str, Any], staged: Sequence[t
     if len(staged) != count:
         raise BankError(f"assemble_bank: {len(staged)} shard files for {count} shards")
     manifest = dict(manifest)
-    with atomic_dir(path, MANIFEST_FILE, "prompt bank") as tmp:
+    with atomic_dir(path, "bank", "prompt bank") as tmp:
         shards = []
         for i, (file, record) in enumerate(staged):
             name = TENSOR_FILE if count == 1 else shard_name(i, count)
@@ -306,6 +317,10 @@ class LazyPromptBank:
         self.verify = verify
         self.shards = _shards(self.path, self.manifest)
         self.user_ids: list[str] = list(self.manifest["user_ids"])
+        try:
+            check_unique_ids(self.user_ids)
+        except BankError as exc:
+            raise BankError(f"{self.path}: {exc}") from None
         self.model_name: str = self.manifest["model_name"]
         self.model_fingerprint: str = self.manifest["model_fingerprint"]
         self.info: dict[str, Any] = self.manifest.get("info", {})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from puma_lightning.errors import PumaError
 from puma_lightning.io.atomic import atomic_path, atomic_write_text
@@ -43,8 +43,8 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
         raise PumaError(f"pairs file not found: {path}")
     if _is_parquet(path):
         return _read_parquet_pairs(path)
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+    with open(path, "rb") as fh:
+        reader = csv.DictReader(_utf8_lines(fh, path))
         if not reader.fieldnames or not {"user", "item"} <= set(reader.fieldnames):
             raise PumaError(f"{path}: expected a CSV header with columns 'user' and 'item', got {reader.fieldnames}")
         pairs = []
@@ -54,6 +54,18 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
                 raise PumaError(f"{path}:{line}: a row needs both a user and an item, got {row}")
             pairs.append((user, item))
     return pairs
+
+
+def _utf8_lines(fh: Any, path: Path) -> Iterator[str]:
+    """The lines of a binary file decoded as UTF-8 (a leading BOM dropped); a line that is not UTF-8 is an error naming
+    the file and line."""
+    for number, raw in enumerate(fh, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise PumaError(f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                            "save the pairs file as UTF-8") from None
+        yield line
 
 
 def _read_parquet_pairs(path: Path) -> list[tuple[str, str]]:

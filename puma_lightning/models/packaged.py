@@ -235,7 +235,7 @@ def ensure_packaged_model(name: str, cache_dir: str | Path | None = None) -> Pat
         t0 = time.perf_counter()
         log.info("converting packaged model %s (%s) into %s; this runs once", name, spec.description, out)
         gguf = spec.gguf_locator(_cache_root(cache_dir))
-        with atomic_dir(out, COMPLETE_MARKER, "converted model folder") as tmp:
+        with atomic_dir(out, "model", "converted model folder") as tmp:
             convert_gguf_to_folder(gguf, tmp, adds_bos=spec.adds_bos)
             (tmp / COMPLETE_MARKER).write_text(f"{name}\nsource={gguf.name}\n", encoding="utf-8")
         log.info("packaged model %s ready in %.1f s", name, time.perf_counter() - t0)

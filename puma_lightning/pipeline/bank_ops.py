@@ -58,12 +58,12 @@ def migrate_bank(bank_path: str | Path, adapter_path: str | Path, out: str | Pat
     processes share the blocks; under DDP every rank maps its own blocks and rank 0 assembles the
     bank, which is the same as one process writes. Returns the new bank, opened lazily."""
     from puma_lightning.io.atomic import check_replaceable, remove_staging, staging_dir
-    from puma_lightning.io.bank import DEFAULT_ROWS_PER_SHARD, MANIFEST_FILE, assemble_bank
+    from puma_lightning.io.bank import DEFAULT_ROWS_PER_SHARD, assemble_bank
     from puma_lightning.pipeline.distributed import barrier, gather_lists, is_global_zero
     from puma_lightning.tasks.bank_mapping import BankMapping
 
     out = Path(out)
-    check_replaceable(out, MANIFEST_FILE, "prompt bank")  # before any work
+    check_replaceable(out, "bank", "prompt bank")  # before any work
     bank = PromptBank.open(bank_path)
     adapter, head, meta = load_adapter(adapter_path)
     if int(meta["source_dim"]) != bank.hidden_size:

@@ -31,6 +31,7 @@ from puma_lightning.data.table import InteractionTable
 from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import stage_lineage
+from puma_lightning.io.ownership import claim_run_dir
 from puma_lightning.models.adapters import adapter_metadata, build_adapter, init_as_linear, with_input_norm
 from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.readout_fit import adapter_items, fit_if_configured
@@ -92,7 +93,7 @@ class Experiment:
         self.cfg = cfg
         self.runs = RunDir.of(cfg)
         self.run_dir = self.runs.path
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(self.run_dir)  # a sub-run's folder is made ours; a folder we did not make is refused
         self._table: InteractionTable | None = table
         self._backbones: dict[str, Any] = {}
 

@@ -56,6 +56,9 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     for key in ("bank", "pairs", "out"):
         if not cfg[key]:
             raise PumaError(f"predict needs '{key}=PATH'")
+    from puma_lightning.io.ownership import check_output_file
+
+    check_output_file(cfg.out, bool(cfg.get("overwrite", False)))  # before any work
     pairs = read_pairs(cfg.pairs)
     bank = PromptBank.open(cfg.bank)  # lazily: only the shards of the users the pairs name are read
     if bank.head_state is None:
@@ -77,6 +80,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         started = time.perf_counter()
         rows = score_rows(cfg, exp.run_dir, lm, head, prompts, table, base, 2 * int(cfg.prompt.batch_size), "predict")
         predict_s = time.perf_counter() - started
+    from puma_lightning.io.ownership import record_output_file
     from puma_lightning.pipeline.distributed import gather_lists, is_global_zero
 
     rows = dict(gather_lists(list(rows.items())))  # under DDP each rank scored its shard: rank 0 writes them all
@@ -84,6 +88,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
 
     if is_global_zero():
         write_table(cfg.out, header, out_rows)
+        record_output_file(cfg.out)  # ours to replace on the next run, while nobody changes it
         notes = [f"{name.replace('_', ' ')} {len(ids)} (first: {ids[:3]})" for name, ids in skipped.items() if ids]
         print(f"predicted {len(kept)} of {len(pairs)} pairs with {bank.model_name} -> {cfg.out}"
               + (f"; skipped: {'; '.join(notes)}" if notes else ""))
