@@ -179,6 +179,29 @@ def test_amazon_paper_counts_match_the_published_script(tmp_path):
     assert negative == ["U8", "U23"] and (table.timestamp < 0).sum() == expected["negative"] > 0
 
 
+def test_a_folder_made_by_other_published_rules_is_prepared_again(tmp_path):
+    """A processed folder whose manifest does not name the script ``paper`` now follows (one made before
+    ``rules.follows`` existed, under the first-commit notebook's rules) is not reused."""
+    raw = make_amazon(tmp_path / "raw")
+    path = prepare_dataset(amazon_cfg(raw, tmp_path))
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["rules"]["follows"] == PUBLISHED_SCRIPT
+    del manifest["rules"]["follows"]
+    manifest["counts"]["rows"] = -1  # so a reuse would show
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PumaError, match=r"not made by the rules of https://github.com/Kimagure7/Dont-Start-Over/.*set "
+                                        r"data.raw_dir") as err:
+        prepare_dataset(amazon_cfg(raw, tmp_path, raw_dir=None))
+    assert "\n" not in str(err.value)
+    again = json.loads((prepare_dataset(amazon_cfg(raw, tmp_path)) / "manifest.json").read_text())
+    assert again["rules"]["follows"] == PUBLISHED_SCRIPT and again["counts"]["rows"] == again["final"]["rows"] > 0
+    # clean follows nothing published: its reuse does not look at rules.follows
+    clean = prepare_dataset(amazon_cfg(raw, tmp_path / "c", preprocessing="clean", max_bad_fraction=0.15))
+    assert "follows" not in json.loads((clean / "manifest.json").read_text())["rules"]
+    assert prepare_dataset(amazon_cfg(raw, tmp_path / "c", preprocessing="clean", max_bad_fraction=0.15,
+                                      raw_dir=None)) == clean
+
+
 def test_amazon_fixture_pins(tmp_path):
     """The numbers of this fixture, also obtained by running the script's own pandas steps on it
     (tests/test_preprocessing_pandas.py)."""

@@ -87,12 +87,21 @@ def _read_raw(dcfg: DictConfig) -> RawData:
     return get_dataset(str(dcfg.name)).raw.read(dcfg)
 
 
+def _follows(dcfg: DictConfig) -> str | None:
+    """The published code ``dcfg``'s reader follows (``RawFormat.follows``), or None."""
+    raw = get_dataset(str(dcfg.name)).raw
+    return raw.follows(dcfg) if raw is not None and raw.follows is not None else None
+
+
 def manifest_mismatch(manifest: dict[str, Any] | None, dcfg: DictConfig) -> str | None:
     """Why the processed folder cannot be reused (None: it can)."""
     if manifest is None:
         return "no processed dataset yet"
     if manifest.get("params") != prepare_params(dcfg):
         return "it was made with other preprocessing parameters"
+    follows = _follows(dcfg)
+    if follows is not None and manifest.get("rules", {}).get("follows") != follows:
+        return f"it was not made by the rules of {follows}"
     if not dcfg.raw_dir:
         return None  # nothing to compare with: trust the processed copy
     if not Path(dcfg.raw_dir).expanduser().is_dir():

@@ -27,6 +27,9 @@ class RawFormat:
     """``data`` config -> the raw files it would read (their hashes decide whether to prepare again)."""
     read: Callable[["DictConfig"], "RawData"]
     """``data`` config -> the integer-coded interactions, ids and texts (before the filters)."""
+    follows: Callable[["DictConfig"], str | None] | None = None
+    """``data`` config -> the published code whose rules the read follows (None: none), as ``read`` records it in
+    ``rules["follows"]``; a processed folder whose manifest names another is prepared again."""
 
 
 @dataclass(frozen=True)

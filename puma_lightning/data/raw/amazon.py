@@ -205,6 +205,11 @@ def read_amazon_csv(raw_dir: str | Path | None, max_bad_fraction: float = 0.01, 
     return _finish("amazon-movies-csv", cols, users, items, titles, files, bad, read, no_title, meta_counts, paper)
 
 
+def follows(dcfg: Any) -> str | None:
+    """The published script a ``data`` config's read follows: :data:`PUBLISHED_SCRIPT` in ``paper`` mode."""
+    return PUBLISHED_SCRIPT if dcfg.preprocessing == "paper" else None
+
+
 def raw_files(raw_dir: str | Path, csv: bool = False) -> list[Path]:
     """The files a read would use (for the cheap "did the raw data change" check)."""
     folder = Path(raw_dir).expanduser()
@@ -217,9 +222,9 @@ def raw_files(raw_dir: str | Path, csv: bool = False) -> list[Path]:
 register_dataset(Dataset("amazon-movies", "rating", "Amazon Reviews 2023 Movies_and_TV reviews + metadata (JSON Lines)", "movie_tv",
                          raw=RawFormat(lambda d: raw_files(d.raw_dir),
                                        lambda d: read_amazon_reviews(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed,
-                                                                     d.preprocessing))))
+                                                                     d.preprocessing), follows)))
 register_dataset(Dataset("amazon-movies-csv", "rating", "Amazon Reviews 2023 Movies_and_TV benchmark CSV splits + metadata",
                          "movie_tv",
                          raw=RawFormat(lambda d: raw_files(d.raw_dir, csv=True),
                                        lambda d: read_amazon_csv(d.raw_dir, d.max_bad_fraction, d.bad_lines_allowed,
-                                                                 d.preprocessing))))
+                                                                 d.preprocessing), follows)))

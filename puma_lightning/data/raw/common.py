@@ -237,7 +237,8 @@ class RawData:
     """How the published scripts did what ``prepare``/the split redo: ``latest_ties`` (``first``: the earlier
     rows win ties at the "latest N" cut, as ``nlargest(keep="first")``; default ``last``) and ``paper_split``
     (``floor_train``: ``int(n * 0.8)`` train rows; ``floor_valid_min1``: ``max(1, int(n * 0.2))`` valid rows;
-    ``official``: the rows' ``origin``). Recorded in the manifest."""
+    ``official``: the rows' ``origin``), and ``follows``: the published code (repository, commit and path, as a
+    URL) whose rules the read followed. Recorded in the manifest."""
 
     def __len__(self) -> int:
         return len(self.arrays["user"])
