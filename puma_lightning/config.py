@@ -20,7 +20,7 @@ SPLIT_METHODS = ("chronological", "official", "paper")
 @dataclass
 class DataConfig:
     name: str = "synthetic"
-    """Dataset, by its name in ``puma_lightning.data.registry``. Built in: ``synthetic`` (generated, known noise floor), ``movielens-100k`` (real, from the recbole wheel), and from raw files in ``raw_dir``: ``amazon-movies``, ``amazon-movies-csv``, ``yelp``, ``mind``. Your own: ``docs/custom_dataset.md``."""
+    """Dataset, by its name in ``puma_lightning.data.registry``. Built in: ``synthetic`` (generated, known noise floor), ``movielens-100k`` (real, from the recbole wheel), ``movielens-100k-click`` (the same films as implicit feedback), and from raw files in ``raw_dir``: ``amazon-movies``, ``amazon-movies-csv``, ``yelp``, ``mind``. Your own: ``docs/custom_dataset.md``."""
     task: str = "rating"
     """``rating`` (1..5 stars, hybrid MSE+CE head) or ``click`` (Yes-token BCE head). Synthetic data supports both."""
     module: Optional[str] = None
@@ -45,6 +45,8 @@ class DataConfig:
     """Synthetic only: interactions per user."""
     noise_std: float = 0.5
     """Synthetic only: std of the Gaussian noise added to the latent score (sets the noise floor)."""
+    negatives_per_positive: int = 1
+    """``movielens-100k-click`` only: films the user never rated drawn (uniformly, seeded) per rated film, as its negatives."""
     raw_dir: Optional[str] = None
     """Raw-file datasets (``amazon-movies``, ``amazon-movies-csv``, ``yelp``, ``mind``): folder with the downloaded files."""
     processed_dir: Optional[str] = None
@@ -217,7 +219,7 @@ class BaselinesConfig:
     shared_prompt: List[str] = field(default_factory=list)
     """Also train one prompt shared by all users on these models (``[source]``, ``[target]`` or both): what the frozen model adds about the items through their text, without personalisation (rows ``shared_prompt_source`` / ``shared_prompt_target``)."""
     classic: bool = True
-    """Rating tasks: also fit the references that need no LLM on the same training rows (global mean, user + item biases, biased matrix factorisation; seconds)."""
+    """Also fit the references that need no LLM on the same training rows, those that apply to the task (ratings: global mean, user + item biases, biased matrix factorisation, and a per-user ridge on item attributes where the items have them; clicks: popularity and item-item co-occurrence; seconds)."""
 
 
 @dataclass

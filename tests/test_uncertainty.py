@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import mean_absolute_error, mean_squared_error, roc_auc_score
 
-from puma_lightning.pipeline.classic import REFERENCES as CLASSIC
+from puma_lightning.pipeline.classic import REFERENCES
+
+CLASSIC = {n: r for n, r in REFERENCES.items() if r.task == "rating"}  # smoke: ratings, items with attributes
 from puma_lightning.cli.main import main
 from puma_lightning.tasks.uncertainty import mean_std, metric_on_rows, paired_bootstrap, paired_comparison, verdict
 

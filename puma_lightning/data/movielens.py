@@ -1,4 +1,5 @@
-"""MovieLens-100k, read from the copy shipped inside the ``recbole==1.2.1`` wheel.
+"""MovieLens-100k, read from the copy shipped inside the ``recbole==1.2.1`` wheel: its ratings (``movielens-100k``) and
+the same films as implicit feedback (``movielens-100k-click``, see :mod:`puma_lightning.data.implicit`).
 
 The files are RecBole "atomic files": tab-separated, with a typed header such as
 ``user_id:token  item_id:token  rating:float  timestamp:float``. The ``recbole`` package itself is
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .implicit import implicit_feedback
 from .splits import chronological_split, keep_latest, limit_users
 from .registry import Dataset, register_dataset
 from .table import InteractionTable
@@ -146,3 +148,17 @@ def _build(dcfg, seed: int) -> InteractionTable:  # noqa: ANN001 - DictConfig
 
 
 register_dataset(Dataset("movielens-100k", "rating", "MovieLens-100k ratings from the packaged files", "movie", build=_build))
+
+
+def _build_clicks(dcfg, seed: int) -> InteractionTable:  # noqa: ANN001 - DictConfig
+    rated = load_movielens_100k(max_users=dcfg.max_users, seed=seed, valid_ratio=dcfg.valid_ratio, test_ratio=dcfg.test_ratio)
+    table = implicit_feedback(rated, dcfg.max_rows_per_user, int(dcfg.get("negatives_per_positive", 1)), seed,
+                              dcfg.valid_ratio, dcfg.test_ratio)
+    table.meta["name"] = "movielens-100k-click"
+    table.meta["counts"] = {"users": table.n_users, "items": table.n_items, "rows": len(table)}
+    return table
+
+
+register_dataset(Dataset("movielens-100k-click", "click", "MovieLens-100k as implicit feedback: the films each user rated "
+                         "against sampled films they did not (data.negatives_per_positive)", "item_first_click",
+                         build=_build_clicks))

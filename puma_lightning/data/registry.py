@@ -71,7 +71,7 @@ def get_dataset(name: str) -> Dataset:
         raise KeyError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
 
 
-BUILTIN = ("synthetic", "movielens-100k", "amazon-movies", "amazon-movies-csv", "yelp", "mind")
+BUILTIN = ("synthetic", "movielens-100k", "amazon-movies", "amazon-movies-csv", "yelp", "mind", "movielens-100k-click")
 """The datasets that ship with the package, in the order lists show them (their modules register them)."""
 
 

@@ -213,7 +213,9 @@ def make_synthetic_with_truth(
         user_ids=[f"synth_u{u:05d}" for u in range(n_users)],
         item_texts=item_texts,
         task=task,
-        meta={"name": f"synthetic_{task}", "source": "generated", "generator": params},
+        meta={"name": f"synthetic_{task}", "source": "generated", "generator": params,
+              # what the item text says, as category indices (JSON-safe): the attribute_ridge reference reads them
+              "item_attributes": {"genre": genre.tolist(), "mood": mood.tolist(), "decade": decade.tolist()}},
     )
     keep = np.ones(len(user), dtype=bool)  # cut first (users, then each one's latest rows), split after
     if max_users is not None and max_users < n_users:

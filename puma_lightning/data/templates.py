@@ -109,3 +109,16 @@ register_template(
         RATING_ANSWERS,
     )
 )
+
+
+# -- item-first click template (issue #31): the question and the item before the slot (a per-item prefix the cache
+# reuses, as ``item_first``), answered "Yes" or "No"; MovieLens as implicit feedback and synthetic clicks use it.
+register_template(
+    Template(
+        "item_first_click",
+        '#Question: Answer "Yes" or "No": would the user choose to watch the movie {item}? '
+        "The user's preferences are encoded in the feature ",
+        ".\n#Answer:",
+        CLICK_ANSWERS,
+    )
+)
