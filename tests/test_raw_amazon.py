@@ -128,6 +128,14 @@ def test_timestamps_beyond_int64_are_bad_lines_not_tracebacks(tmp_path, mode):
     assert all("timestamp" in e for e in data.bad["examples"])
 
 
+def test_paper_rating_beyond_float32_is_a_bad_line_not_an_inf_label(tmp_path):
+    write(tmp_path / "meta_Movies_and_TV.jsonl", [json.dumps({"parent_asin": "A1", "title": "One"})])
+    write(tmp_path / "Movies_and_TV.jsonl", [review("u1", "A1", r, T0) for r in (4.0, 0.0, -2.5, 1e39, -1e39, 3e38)])
+    data = read_amazon_reviews(tmp_path, preprocessing="paper", bad_lines_allowed=2)
+    assert data.arrays["label"].tolist() == pytest.approx([4.0, 0.0, -2.5, 3e38], rel=1e-6)
+    assert np.isfinite(data.arrays["label"]).all() and data.bad["per_file"]["Movies_and_TV.jsonl"]["bad"] == 2
+
+
 def test_gzip_detected_by_magic_not_extension(raw):
     # gzip bytes under the plain name and plain bytes under the .gz name both read the same
     (raw / "Movies_and_TV.jsonl").unlink()

@@ -29,6 +29,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_REPORTED = 5
 """How many bad lines are reported by file and line number (the rest are only counted)."""
 EARLY_STOP_LINES = 1000
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 """If every one of the first this-many lines of a file is bad, stop at once (wrong file)."""
 
 
@@ -272,12 +273,13 @@ def parse_rating(value: Any) -> float:
 
 def parse_any_rating(value: Any) -> float:
     """Any finite number as a rating (``paper`` mode: the published scripts keep 0.0 and other out-of-range
-    values); ValueError for what is not a number (they would carry a NaN or stop)."""
+    values); ValueError for what is not a number (they would carry a NaN or stop) and for what the float32
+    label column cannot hold (it would become inf)."""
     if value is None or isinstance(value, bool):
         raise ValueError(f"rating {value!r} is not a number")
     rating = float(value)
-    if not math.isfinite(rating):
-        raise ValueError(f"rating {value!r} is not finite")
+    if not math.isfinite(rating) or abs(rating) > FLOAT32_MAX:
+        raise ValueError(f"rating {value!r} is not finite as a float32")
     return rating
 
 
