@@ -45,7 +45,10 @@ CSV_HEADER = ["user_id", "parent_asin", "rating", "timestamp", "history"]
 PUBLISHED_SCRIPT = "https://github.com/Kimagure7/Dont-Start-Over/blob/30964e2/build_dataset/build_dataset_amazon.py"
 """The published preprocessing ``paper`` mode follows: repository, commit and path (the script at the
 repository's HEAD when this was written; the first-commit notebook ``build_dataset_amazon.ipynb`` kept
-whitespace-only titles). Recorded as ``rules.follows``; a processed folder made under another is prepared again."""
+whitespace-only titles). Recorded as ``rules.follows``; a processed folder made under another is prepared again.
+The rules were read from the copies of this file at glimmeringlight/Dont-Start-Over c93471f and dfc1cf4, which
+differ only in how they cut each user's 85 latest (``nlargest``; a (user, -time) sort then ``head``): both keep
+the same rows, ties going to the earlier line (tests/test_preprocessing_pandas.py runs both)."""
 INT64_MAX = 2**63 - 1
 
 
