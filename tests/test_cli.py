@@ -86,7 +86,7 @@ def test_each_command_help_shows_its_own_keys_and_the_strategies_parameters(caps
     with pytest.raises(SystemExit):
         main(["select", "--help"])
     out = capsys.readouterr().out
-    assert "selection=kmeans_pca" in out and "selection.n_components (default 32): Principal components kept" in out
+    assert "selection=kmeans_pca" in out and "selection.n_components (default 256): Principal components kept" in out
 
 
 LOG_ONCE = """

@@ -179,7 +179,7 @@ def test_strategy_yaml_loads_and_builds(path):
     assert "budget" not in node
     strategy = build_strategy(node)
     defaults = {f.name: f.default for f in fields(strategy.Params)}
-    assert {k: v for k, v in node.items() if k != "name"} == defaults  # every parameter, at its default
+    assert {k: v for k, v in node.items() if k not in ("name", "published_mode")} == defaults  # every parameter, at its default
     assert select_users(node, clustered_ctx([60, 40]), budget=20).users.size == 20
 
 

@@ -28,6 +28,10 @@ STRATEGY_DIR = Path(str(strategies_dir()))  # the packaged presets (= top-level 
 ALL = sorted(STRATEGIES)
 NEW = ["variance_bucket", "loss_bucket", "kmeans_stratified", "kmeans_pca", "kmeans_fps", "kmeans_loss",
        "ffn_kmeans", "ffn_kmeans_loss", "ffn_kmeans_variance"]
+FIXED = {"variance_bucket": "variance_bucket_fixed", "loss_bucket": "loss_bucket_5", "kmeans_pca": "kmeans_pca_32",
+         "kmeans_fps": "kmeans_fps_fixed", "kmeans_loss": "kmeans_loss_equal", "ffn_kmeans": "ffn_kmeans_fixed",
+         "ffn_kmeans_loss": "ffn_kmeans_loss_equal", "ffn_kmeans_variance": "ffn_kmeans_variance_fixed"}
+"""Each published preset and our former variant of it, kept under another name (``allocation: fixed``)."""
 
 
 def make_ctx(sizes=(150, 100, 50), d=8, seed=0, variance=None, loss=None, counts=None, ffn=None) -> SelectionContext:
@@ -62,7 +66,7 @@ def test_published_defaults():
     vb = build_strategy({"name": "variance_bucket"}).params
     assert vb.n_bins == 8 and np.allclose(bin_weights(vb.n_bins, vb.weight_span, vb.weight_floor),
                                           (lambda w: w / w.sum())(np.exp(-np.linspace(-3, 3, 8) ** 2 / 2) + 0.1))
-    assert build_strategy({"name": "loss_bucket"}).params.n_bins == 5
+    assert build_strategy({"name": "loss_bucket"}).params.n_bins == 8 and build_strategy({"name": "loss_bucket_5"}).params.n_bins == 5
     assert build_strategy({"name": "kmeans_fps"}).params.n_clusters == 15
     fv = build_strategy({"name": "ffn_kmeans_variance"}).params
     assert np.allclose(bin_weights(fv.n_bins, fv.weight_span, fv.weight_floor), [0.079, 0.237, 0.369, 0.237, 0.079], atol=5e-4)
@@ -92,10 +96,11 @@ def test_small_clusters_ties_constant_and_missing_rows(name):
     counts[::4] = 0  # 75 users without training rows
     ctx = make_ctx(sizes=(3, 2, 295), variance=np.zeros(300), loss=np.repeat([1.0, 2.0], 150), counts=counts)
     clustered = "kmeans" in name
-    users = build_strategy({"name": name, "n_clusters": 3} if clustered else {"name": name}).select(ctx, 60)
-    assert users.size == 60 and np.all(counts[users] > 0)
-    if clustered:  # clusters smaller than their minimum give all their users (those with rows)
-        res = select_users({"name": name, "n_clusters": 3, "min_per_cluster": 5}, ctx, 200)
+    for variant in (name, FIXED.get(name, name)):
+        users = build_strategy({"name": variant, "n_clusters": 3} if clustered else {"name": variant}).select(ctx, 60)
+        assert users.size == 60 and np.all(counts[users] > 0)
+    if clustered:  # fixed: clusters smaller than their minimum give all their users (those with rows)
+        res = select_users({"name": FIXED.get(name, name), "n_clusters": 3, "min_per_cluster": 5}, ctx, 200)
         assert res.users.size == 200 and np.all(counts[res.users] > 0)
         assert sorted(res.info["cluster_sizes"])[:2] == sorted(res.info["selected_per_cluster"])[:2]
     # above the users with rows: all of them, then others
@@ -104,25 +109,40 @@ def test_small_clusters_ties_constant_and_missing_rows(name):
 
 def test_constant_score_buckets_uniform():
     ctx = make_ctx(variance=np.full(300, 0.5), loss=np.full(300, 3.0))
-    assert select_users({"name": "variance_bucket"}, ctx, 40).info["uniform"] is True
-    assert select_users({"name": "loss_bucket"}, ctx, 40).info["uniform"] is True
+    assert select_users({"name": "variance_bucket_fixed"}, ctx, 40).info["uniform"] is True
+    assert select_users({"name": "loss_bucket_5"}, ctx, 40).info["uniform"] is True
+    # published: every qcut edge is equal, so no user gets a group and nobody is picked; the top-up fills it
+    res = select_users({"name": "variance_bucket"}, ctx, 40)
+    assert res.info["n_groups"] == 0 and res.info["n_random_topup"] == 40 and res.users.size == 40
 
 
-def test_variance_bucket_weights_favour_middle():
+@pytest.mark.parametrize("name", ["variance_bucket", "variance_bucket_fixed"])
+def test_variance_bucket_weights_favour_middle(name):
     variance = np.random.default_rng(3).permutation(800).astype(float)
-    res = select_users({"name": "variance_bucket"}, make_ctx(sizes=(800,), variance=variance), 100)
+    res = select_users({"name": name}, make_ctx(sizes=(800,), variance=variance), 100)
     picks = np.bincount((variance[res.users] // 100).astype(int), minlength=8)
     assert picks.tolist() == res.info["bin_picks"] and picks[3] > picks[0] and picks[4] > picks[7]
 
 
 def test_loss_bucket_equal_bins():
     loss = np.random.default_rng(4).permutation(500).astype(float)
-    res = select_users({"name": "loss_bucket"}, make_ctx(sizes=(500,), loss=loss), 50)
+    res = select_users({"name": "loss_bucket_5"}, make_ctx(sizes=(500,), loss=loss), 50)
     assert np.bincount((loss[res.users] // 100).astype(int), minlength=5).tolist() == [10] * 5
 
 
+def test_loss_bucket_published_normal_weights():
+    loss = np.random.default_rng(4).permutation(800).astype(float)
+    res = select_users({"name": "loss_bucket"}, make_ctx(sizes=(800,), loss=loss), 100)
+    picks = np.bincount((loss[res.users] // 100).astype(int), minlength=8).tolist()
+    # floor(w * 100) with w = exp(-x^2/2) + 0.1 over linspace(-3, 3, 8), normalised; the rest on the last group
+    w = np.exp(-np.linspace(-3, 3, 8) ** 2 / 2) + 0.1
+    quotas = (w / w.sum() * 100).astype(int)
+    quotas[-1] = 100 - quotas[:-1].sum()
+    assert picks == res.info["bin_picks"] == quotas.tolist() and res.info["n_random_topup"] == 0
+
+
 def test_cluster_strategies_proportional():
-    for name in ("kmeans_stratified", "kmeans_pca", "kmeans_fps", "kmeans_loss", "ffn_kmeans"):
+    for name in ("kmeans_stratified", "kmeans_pca_32", "kmeans_fps_fixed", "kmeans_loss_equal", "ffn_kmeans_fixed"):
         res = select_users({"name": name, "n_clusters": 3}, make_ctx(sizes=(300, 140, 60)), 100)
         assert sorted(res.info["selected_per_cluster"]) == [12, 28, 60], name  # 60, 28, 12 by size
 
@@ -168,10 +188,26 @@ def test_strategy_yaml_matches_defaults_and_config_loader(path):
     assert re.match(r"#.*python -m puma_lightning .*selection=" + path.stem + r"\b", path.read_text().splitlines()[0])
     node = OmegaConf.load(path)
     strategy = build_strategy(node)
-    assert {k: v for k, v in node.items() if k != "name"} == {f.name: f.default for f in fields(strategy.Params)}
+    params = {k: v for k, v in node.items() if k not in ("name", "published_mode")}
+    assert params == {f.name: f.default for f in fields(strategy.Params)}
+    assert "published_mode" in node and node.published_mode == type(strategy).published_mode
     cfg = load_config([ROOT / "configs" / "smoke.yaml"], [f"selection={path.stem}", "selection.budget=7"])
     assert cfg.selection.name == path.stem and cfg.selection.budget == 7
     assert select_users(OmegaConf.to_container(cfg.selection), make_ctx()).users.size == 7
+
+
+def test_published_mode_key_is_checked():
+    assert STRATEGIES["puma"].published_mode is None and STRATEGIES["puma_faithful"].published_mode == 3
+    assert build_strategy({"name": "kmeans_pca", "published_mode": 10}).params.n_components == 256
+    assert build_strategy({"name": "kmeans_pca_32", "published_mode": None}).params.n_components == 32
+    for bad, match in ((11, "one of 1..10"), (True, "one of 1..10"), ("7", "one of 1..10"),
+                       (9, "reproduces mode 10"), (None, "reproduces mode 10")):
+        with pytest.raises(ValueError, match=match):
+            build_strategy({"name": "kmeans_pca", "published_mode": bad})
+    with pytest.raises(ValueError, match="reproduces none"):
+        build_strategy({"name": "puma", "published_mode": 3})
+    with pytest.raises(ValueError, match="unknown parameter 'published_mod'"):  # unknown keys stay errors
+        build_strategy({"name": "puma", "published_mod": 3})
 
 
 def test_param_and_seed_overrides_through_config_loader():

@@ -1,16 +1,28 @@
 """k-means strategies on the source prompts: cluster, allocate the budget over clusters, then pick
 inside each cluster (uniformly, by farthest-point sampling, or from quantile bins of a score).
 
-* ``kmeans_stratified`` — k-means on the prompts, allocation proportional to cluster size, uniform
-  picks inside a cluster.
-* ``kmeans_pca`` — PCA of the prompts first (``n_components``), then as ``kmeans_stratified``.
-* ``kmeans_fps`` — k = 15, proportional allocation, farthest-point sampling inside each cluster.
-* ``kmeans_loss`` — k-means, then loss-quantile bins (equal weights) inside each cluster.
+Presets and the published mode each reproduces (Kimagure7/Dont-Start-Over 9d85839,
+``utils/datasets.py`` ``get_train_indices``, functions in ``utils/user_select.py``):
 
-All share :class:`ClusterStrategy`: k-means++ seeded k-means (:func:`~.kmeans.kmeans`, seed =
-context seed), clusters renumbered by their lowest member, quotas from :func:`~.allocation.allocate`
-(``min(min_per_cluster, |c|)`` first, then proportional; a cluster smaller than its quota gives all
-its users and the excess goes to the others). The ``ffn_*`` strategies reuse it with other features.
+* ``kmeans_pca`` — mode 10 ``select_users_with_pca_kmeans``: PCA to 256 components (clipped to
+  min(N, D)), k = 15, ``np.round`` shares with the remainder on the largest cluster,
+  ``random.sample`` inside each cluster.
+* ``kmeans_fps`` — mode 9 ``select_users_with_fps``: k = 15, the same shares, farthest-point
+  sampling from a random start inside each cluster.
+* ``kmeans_loss`` — mode 8 ``select_users_with_embedding_and_loss``: k = 15, at least
+  min(50, |c|) per cluster, 5 loss-quantile groups with weights ``exp(-x^2/2) + 0.1`` over
+  ``linspace(-2, 2, G)``, the published two passes (:mod:`.faithful`).
+* ``kmeans_stratified`` — ours (no published mode): proportional quotas, uniform picks.
+
+``allocation: faithful`` (the published presets' default) follows the published counts and draws
+(:mod:`.published`, :mod:`.faithful`); where the published function returns fewer users than the
+budget the rest is drawn uniformly (``info["n_random_topup"]``), where it returns more (mode 4's
+at-least-one rule) the list is cut in order (``info["n_truncated"]``). ``allocation: fixed`` (our
+variants: ``kmeans_pca_32``, ``kmeans_fps_fixed``, ``kmeans_loss_equal``): seeded k-means++
+(:func:`~.kmeans.kmeans`), clusters renumbered by their lowest member, quotas from
+:func:`~.allocation.allocate` (``min(min_per_cluster, |c|)`` first, then proportional by largest
+remainder; a cluster smaller than its quota gives all its users and the excess goes to the others),
+rank bins whose short shares spill. The ``ffn_*`` strategies reuse all of it with other features.
 """
 
 from __future__ import annotations
@@ -21,7 +33,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from .allocation import allocate, bin_weights, canonical_labels, clean_scores, farthest_point_pick, pca, stratified_pick
+from .faithful import faithful_allocation, published_variance
 from .kmeans import kmeans
+from .published import rounded_allocation
 from .registry import SelectionContext, SelectionStrategy, register_strategy
 
 
@@ -37,6 +51,8 @@ class ClusterParams:
     """Lloyd iterations of k-means (after k-means++ initialisation)."""
     kmeans_backend: Literal["auto", "faiss-gpu", "faiss-cpu", "sklearn"] = "auto"
     """k-means backend; 'auto' = FAISS GPU, else FAISS CPU, else scikit-learn."""
+    allocation: Literal["fixed", "faithful"] = "fixed"
+    """'faithful': the published per-cluster counts and draws; 'fixed': exactly the budget, proportional."""
 
     def __post_init__(self) -> None:
         for key in ("n_clusters", "kmeans_iters"):
@@ -69,6 +85,9 @@ class ClusterStrategy(SelectionStrategy):
     feature_name: ClassVar[str] = "prompts"
     within: ClassVar[str] = "uniform"
     """How users are picked inside a cluster: 'uniform', 'fps', or a score name ('loss', 'label_variance')."""
+    share_rule: ClassVar[str] = "largest"
+    """Published shares for ``allocation: faithful`` with 'uniform' / 'fps' picks: 'largest' (modes 9,
+    10: np.round, remainder on the largest cluster) or 'at_least_one' (mode 4: np.round, 0 -> 1)."""
 
     def features(self, ctx: SelectionContext) -> np.ndarray:
         """The rows k-means clusters (the raw prompts by default)."""
@@ -87,6 +106,12 @@ class ClusterStrategy(SelectionStrategy):
         labels = canonical_labels(km.labels)
         members = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
         sizes = np.array([m.size for m in members], dtype=np.int64)
+        common = {"features": self.feature_name, "feature_dim": int(feats.shape[1]), "within_cluster": self.within,
+                  "n_clusters": int(sizes.size), "cluster_sizes": sizes.tolist(), "allocation": p.allocation}
+        if p.allocation == "faithful":
+            selected, info = self._faithful(ctx, budget, labels, feats)
+            info["selected_per_cluster"] = np.bincount(labels[selected], minlength=sizes.size).tolist()
+            return selected, {**common, **info, "kmeans_backend": km.backend, "kmeans_inertia": km.inertia}
         first, second = allocate(sizes, budget, p.min_per_cluster)
         quotas = first + second
 
@@ -112,11 +137,7 @@ class ClusterStrategy(SelectionStrategy):
             picks.append(chosen)
         selected = np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
         info.update({
-            "features": self.feature_name,
-            "feature_dim": int(feats.shape[1]),
-            "within_cluster": self.within,
-            "n_clusters": int(sizes.size),
-            "cluster_sizes": sizes.tolist(),
+            **common,
             "first_pass": first.tolist(),
             "picks_per_cluster": quotas.tolist(),
             "selected_per_cluster": np.bincount(labels[selected], minlength=sizes.size).tolist(),
@@ -128,10 +149,33 @@ class ClusterStrategy(SelectionStrategy):
             info["uniform_clusters_constant_score"] = constant
         return selected, info
 
+    def _faithful(
+        self, ctx: SelectionContext, budget: int, labels: np.ndarray, feats: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The published allocation of this strategy's mode, given the cluster labels, and its counts."""
+        p = self.params
+        if self.within in ("uniform", "fps"):
+            res = rounded_allocation(labels, budget, ctx.seed, rule=self.share_rule, within=self.within,
+                                     points=feats if self.within == "fps" else None)
+            return res.selected, {"published_shares": res.shares, "picks_per_cluster": res.per_cluster,
+                                  "n_random_topup": res.n_random_topup, "n_truncated": res.n_truncated}
+        if self.within == "loss":
+            score = clean_scores(ctx.require("loss", self.name))
+        else:
+            score = published_variance(ctx.label_variance, ctx.train_counts)
+        res = faithful_allocation(labels, score, budget, ctx.seed, n_bins=p.n_bins, min_per_cluster=p.min_per_cluster,
+                                  weight_span=p.weight_span, weight_floor=p.weight_floor)
+        return res.selected, {
+            "bin_score": self.within, "n_random_topup": res.n_random_topup, "n_truncated": res.n_truncated,
+            "first_pass_quota": res.first_quota, "first_pass": res.first_pass, "first_pass_bins": res.first_bins,
+            "second_pass_quota": res.second_quota, "second_pass": res.second_pass, "second_pass_bins": res.second_bins,
+            "picks_per_cluster": [a + b for a, b in zip(res.first_pass, res.second_pass)],
+        }
+
 
 @register_strategy("kmeans_stratified")
 class KMeansStratifiedStrategy(ClusterStrategy):
-    """k-means on the prompts, quotas proportional to cluster size, uniform picks inside."""
+    """k-means on the prompts, quotas proportional to cluster size, uniform picks inside (ours)."""
 
     @dataclass
     class Params(ClusterParams):
@@ -140,41 +184,94 @@ class KMeansStratifiedStrategy(ClusterStrategy):
 
 @register_strategy("kmeans_pca")
 class KMeansPCAStrategy(ClusterStrategy):
-    """PCA of the prompts (exact, deterministic), then as ``kmeans_stratified``."""
+    """Published mode 10: PCA of the prompts (exact, deterministic), k-means, np.round shares, random.sample."""
 
     feature_name = "prompts_pca"
+    published_mode = 10
 
     @dataclass
     class Params(ClusterParams):
-        """Parameters of ``kmeans_pca``."""
+        """Parameters of ``kmeans_pca`` (defaults: the published mode 10)."""
 
-        n_components: int = 32
-        """Principal components kept (clipped to min(N, D)); not published, 32 chosen here."""
+        n_components: int = 256
+        """Principal components kept (published 256; clipped to min(N, D))."""
         whiten: bool = False
         """Scale each component to unit variance before k-means."""
+        allocation: Literal["fixed", "faithful"] = "faithful"
+        """'faithful': np.round shares, remainder on the largest cluster, random.sample inside."""
 
     def features(self, ctx: SelectionContext) -> np.ndarray:
         return pca(ctx.prompts, self.params.n_components, self.params.whiten)
 
 
-@register_strategy("kmeans_fps")
-class KMeansFPSStrategy(ClusterStrategy):
-    """k-means (k = 15), proportional quotas, farthest-point sampling inside each cluster."""
+@register_strategy("kmeans_pca_32")
+class KMeansPCA32Strategy(KMeansPCAStrategy):
+    """Our variant of mode 10: 32 components, exact-budget proportional quotas, uniform picks."""
 
-    within = "fps"
+    published_mode = None
 
     @dataclass
     class Params(ClusterParams):
-        """Parameters of ``kmeans_fps`` (FPS starts from a seeded random member of each cluster)."""
+        """Parameters of ``kmeans_pca_32``."""
+
+        n_components: int = 32
+        """Principal components kept (clipped to min(N, D))."""
+        whiten: bool = False
+        """Scale each component to unit variance before k-means."""
+
+
+@register_strategy("kmeans_fps")
+class KMeansFPSStrategy(ClusterStrategy):
+    """Published mode 9: k-means (k = 15), np.round shares, farthest-point sampling inside each cluster."""
+
+    within = "fps"
+    published_mode = 9
+
+    @dataclass
+    class Params(ClusterParams):
+        """Parameters of ``kmeans_fps`` (defaults: the published mode 9)."""
+
+        allocation: Literal["fixed", "faithful"] = "faithful"
+        """'faithful': np.round shares, remainder on the largest cluster, FPS from a seeded random start."""
+
+
+@register_strategy("kmeans_fps_fixed")
+class KMeansFPSFixedStrategy(KMeansFPSStrategy):
+    """Our variant of mode 9: exact-budget proportional quotas, then FPS inside each cluster."""
+
+    published_mode = None
+
+    @dataclass
+    class Params(ClusterParams):
+        """Parameters of ``kmeans_fps_fixed`` (FPS starts from a seeded random member of each cluster)."""
 
 
 @register_strategy("kmeans_loss")
 class KMeansLossStrategy(ClusterStrategy):
-    """k-means on the prompts, then quantile bins of per-user task loss inside each cluster."""
+    """Published mode 8: k-means on the prompts, at least 50 per cluster, normal-weighted loss groups."""
 
     within = "loss"
     needs = ("loss",)
+    published_mode = 8
 
     @dataclass
     class Params(BinnedClusterParams):
-        """Parameters of ``kmeans_loss`` (equal bin weights: stratified sampling)."""
+        """Parameters of ``kmeans_loss`` (defaults: the published mode 8)."""
+
+        min_per_cluster: int = 50
+        """First pass: min(50, |c|) users per cluster."""
+        weight_span: float = 2.0
+        """Group weights exp(-x^2/2) + 0.1 over linspace(-2, 2, G)."""
+        allocation: Literal["fixed", "faithful"] = "faithful"
+        """'faithful': the published two passes, draw for draw."""
+
+
+@register_strategy("kmeans_loss_equal")
+class KMeansLossEqualStrategy(KMeansLossStrategy):
+    """Our variant of mode 8: no minimum, 5 equal-weight rank bins of loss, exactly the budget."""
+
+    published_mode = None
+
+    @dataclass
+    class Params(BinnedClusterParams):
+        """Parameters of ``kmeans_loss_equal`` (equal bin weights: stratified sampling)."""

@@ -1,33 +1,45 @@
-"""PUMA's published user allocation, reproduced count for count (``puma`` with ``allocation: faithful``).
+"""PUMA's published user allocation, reproduced user for user (``puma`` with ``allocation: faithful``).
 
-Reference: ``select_users_with_clustering_and_variance_sampling`` in the authors' repository
-(Kimagure7/Dont-Start-Over, ``utils/user_select.py``). Given the same cluster labels and the same
-per-user variances, :func:`faithful_allocation` picks the same number of users per cluster, per
-variance group and per pass, and tops up with the same number of random users; only *which* users
-a random draw returns differs (a numpy ``Generator`` instead of pandas' ``sample(random_state=42)``).
+Reference: ``select_users_with_clustering_and_variance_sampling`` (published modes 2 and 3) and
+``select_users_with_embedding_and_loss`` / ``ON_based_cluster_and_*_sampling`` (modes 5, 6, 8, the
+same steps on a loss or on FFN clusters) in Kimagure7/Dont-Start-Over at 9d85839, ``utils/user_select.py``.
+Given the same cluster labels, the same per-user scores and the same ``random_state``,
+:func:`faithful_allocation` returns the same users in the same order: every ``DataFrame.sample(n,
+random_state=s)`` is a fresh ``RandomState(s).choice`` on the frame in ``sort_values`` order
+(:mod:`.published`). ``tests/test_allocation_faithful.py`` checks this against the published code
+on the test dependency pandas.
 
 What the published code does, and so what this module does:
 
-1. First pass, clusters in order: ``n = min(min_per_cluster, |c|)``. The cluster's variances are cut
+1. First pass, clusters in order: ``n = min(min_per_cluster, |c|)``. The cluster's scores are cut
    with ``pandas.qcut(var, q=n_bins, labels=False, duplicates='drop')`` (:func:`quantile_bins`,
    pandas 2.2-2.3 arithmetic unless told otherwise);
    ``G`` = number of distinct labels; weights ``exp(-x^2/2) + 0.1`` over ``linspace(-2, 2, G)``
-   (``[1.0]`` when ``G <= 1``); per-group quotas ``floor(w * n)`` with the remainder on the last
-   group; group ``g`` for ``g in range(G)`` gives ``min(quota_g, |group g|)`` users. A short group
-   stays short (nothing spills to the others), yet the budget is charged the full ``n``.
+   (``weight_type='uniform'``, mode 2: ``1/G`` each; ``[1.0]`` when ``G <= 1``); per-group quotas
+   ``floor(w * n)`` with the remainder on the last group; group ``g`` for ``g in range(G)`` gives
+   ``min(quota_g, |group g|)`` users. A short group stays short (nothing spills to the others), yet
+   the budget is charged the full ``n``.
 2. Second pass (only if budget is left), clusters in order, skipping clusters with no unselected
    users: quota ``int(remaining * |c| / N)`` — truncated, and ``remaining`` shrinks inside the
    loop (the published bug), capped at the cluster's unselected users; groups are re-cut on the
-   unselected users of the cluster and picked as in the first pass.
-3. Random top-up: ``budget - picked`` users uniformly among all users not yet picked.
+   unselected users of the cluster and picked as in the first pass, always with the normal weights.
+3. Random top-up: ``budget - picked`` users among all users not yet picked (ascending user order).
 4. If the first pass alone picked more than the budget, the list is cut to its first ``budget``
    entries: earlier clusters (and, inside a cluster, lower groups) keep theirs, later ones lose.
 
-qcut quirks that follow: a variance shared by many users collapses groups (duplicate edges are
-dropped); a cluster whose known variances are all equal gets *no* label at all, so neither pass
+qcut quirks that follow: a score shared by many users collapses groups (duplicate edges are
+dropped); a cluster whose known scores are all equal gets *no* label at all, so neither pass
 picks from it (its users are reachable only by the top-up); labels need not be contiguous
 (``[0, 2]`` counts as ``G = 2`` and the loop visits groups 0 and 1, never 2); a user with one rating
 has variance NaN (pandas' ``var`` of one value) and is never binned.
+
+Variances: the published code bins ``groupby('UserID')['rating'].var()``, whose last bits decide
+which side of an edge a tied user falls on (0.29999999999999993 and 0.30000000000000004 are
+different groups to pandas). They are used unrounded; :func:`~.published.pandas_group_variance`
+computes them as pandas does from the rating rows. ``SelectionContext.label_variance`` is a
+two-pass variance: equal to pandas' for most users, but not bit for bit for every one, so
+through the ``puma`` strategy a tied user can land in a neighbouring group (counts then differ by
+the users at that edge); pass the pandas variance to :func:`faithful_allocation` for exact counts.
 
 Budget above the number of users: the published top-up calls ``sample(n)`` with ``n`` above the
 candidates and raises. Here the top-up takes every remaining user instead, the result holds all
@@ -41,23 +53,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .allocation import bin_weights
-
-VARIANCE_DECIMALS = 10
-"""Variances are rounded to this many decimals so that mathematically equal ones tie exactly.
-
-The published variances come from pandas' groupby ``var``, ours from one-pass sums; both carry
-last-bit float noise that splits exact ties arbitrarily (and differently), while the quantile cuts
-depend on ties. Rounding keeps every genuinely different variance of integer labels apart."""
+from .published import group_quotas, group_weights, pandas_sample, pandas_sort_order
 
 
 def published_variance(label_variance: np.ndarray, train_counts: np.ndarray) -> np.ndarray:
     """Per-user variance as the published code sees it: NaN with fewer than 2 training rows.
 
     ``SelectionContext.label_variance`` holds 0 for such users; pandas' ``groupby().var()`` gives
-    NaN, which ``qcut`` never bins. Other values are rounded to :data:`VARIANCE_DECIMALS`.
+    NaN, which ``qcut`` never bins. Other values are kept as they are (never rounded).
     """
-    var = np.round(np.asarray(label_variance, dtype=np.float64).reshape(-1), VARIANCE_DECIMALS)
+    var = np.array(label_variance, dtype=np.float64).reshape(-1)
     var[np.asarray(train_counts).reshape(-1) < 2] = np.nan
     return var
 
@@ -131,19 +136,17 @@ class FaithfulAllocation:
 
 
 def _group_pick(
-    users: np.ndarray, variance: np.ndarray, n_samples: int, n_bins: int, span: float, floor: float,
-    rng: np.random.Generator, edges: str,
+    users: np.ndarray, variance: np.ndarray, n_samples: int, n_bins: int, weights_of, random_state: int, edges: str,
 ) -> tuple[list[np.ndarray], int]:
-    """One cluster's variance-group picks of a pass: the chunks per visited group, and ``G``."""
-    labels = quantile_bins(variance[users], n_bins, edges)
+    """One cluster's variance-group picks of a pass, as the published loop draws them, and ``G``."""
+    order = users[pandas_sort_order(variance[users])]  # cluster_users.sort_values(score)
+    labels = quantile_bins(variance[order], n_bins, edges)
     n_groups = int(np.unique(labels[labels >= 0]).size)
-    weights = bin_weights(n_groups, span, floor) if n_groups > 1 else np.array([1.0])
-    quotas = (weights * n_samples).astype(int)  # floor, as the published astype(int)
-    quotas[-1] = n_samples - quotas[:-1].sum()  # remainder to the last group, whatever its size
+    quotas = group_quotas(weights_of(n_groups), n_samples)
     chunks = []
     for g in range(n_groups):  # groups 0..G-1, even when the labels are not contiguous
-        pool = users[labels == g]
-        chunks.append(rng.choice(pool, size=min(int(quotas[g]), pool.size), replace=False))
+        pool = order[labels == g]
+        chunks.append(pool[pandas_sample(pool.size, min(int(quotas[g]), pool.size), random_state)])
     return chunks, n_groups
 
 
@@ -151,20 +154,24 @@ def faithful_allocation(
     labels: np.ndarray,
     variance: np.ndarray,
     budget: int,
-    rng: np.random.Generator,
+    random_state: int = 42,
     *,
     n_bins: int = 5,
     min_per_cluster: int = 50,
     weight_span: float = 2.0,
     weight_floor: float = 0.1,
+    weight_type: str = "normal",
     qcut_edges: str = "pandas2.2",
+    n_clusters: int | None = None,
 ) -> FaithfulAllocation:
     """Select ``budget`` users the way the published PUMA code does (see the module docstring).
 
-    ``labels``: int cluster of each user, 0..K-1 (clusters are visited in that order).
-    ``variance``: per-user label variance, NaN where unknown (:func:`published_variance`).
-    Defaults are the published ``num_variance_groups=5``, ``min_users_per_cluster=50`` and the
-    ``normal`` weights; ``qcut_edges`` names the pandas version whose ``qcut`` to follow.
+    ``labels``: int cluster of each user, 0..K-1 (clusters are visited in that order; ``n_clusters``
+    visits ``0..n_clusters-1``). ``variance``: per-user score, NaN where unknown (pandas' variance,
+    :func:`published_variance`). ``random_state``: the published ``random_state`` of every
+    ``sample`` call. Defaults are the published ``num_variance_groups=5``,
+    ``min_users_per_cluster=50`` and ``weight_type='normal'`` (``'uniform'``: mode 2, first pass
+    only); ``qcut_edges`` names the pandas version whose ``qcut`` to follow.
     """
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     variance = np.asarray(variance, dtype=np.float64).reshape(-1)
@@ -174,10 +181,14 @@ def faithful_allocation(
         raise ValueError(f"faithful_allocation: budget must be a non-negative integer, got {budget!r}")
     if qcut_edges not in QCUT_EDGES:
         raise ValueError(f"faithful_allocation: qcut_edges must be one of {QCUT_EDGES}, got {qcut_edges!r}")
+    group_weights(2, weight_type)  # validates weight_type
     budget, n = int(budget), labels.size
-    pick = {"n_bins": n_bins, "span": weight_span, "floor": weight_floor, "rng": rng, "edges": qcut_edges}
-    n_clusters = int(labels.max()) + 1 if n else 0
-    sizes = np.bincount(labels, minlength=n_clusters) if n else np.zeros(0, dtype=np.int64)
+    if n_clusters is None:
+        n_clusters = int(labels.max()) + 1 if n else 0
+    first_w = lambda g: group_weights(g, weight_type, weight_span, weight_floor)  # noqa: E731
+    second_w = lambda g: group_weights(g, "normal", weight_span, weight_floor)  # noqa: E731  (published: always normal)
+    pick = {"n_bins": n_bins, "random_state": int(random_state), "edges": qcut_edges}
+    sizes = np.bincount(labels, minlength=n_clusters)[:n_clusters] if n else np.zeros(n_clusters, dtype=np.int64)
     members = [np.flatnonzero(labels == c) for c in range(n_clusters)]
     # Picks as (pass, cluster, group, users) chunks in the published order, cut to budget at the end.
     chunks: list[tuple[str, int, int, np.ndarray]] = []
@@ -188,12 +199,13 @@ def faithful_allocation(
     for c in range(n_clusters):  # first pass
         n_samples = min(min_per_cluster, int(sizes[c]))
         if n_samples > 0:
-            picked, groups["first"][c] = _group_pick(members[c], variance, n_samples, **pick)
+            picked, groups["first"][c] = _group_pick(members[c], variance, n_samples, weights_of=first_w, **pick)
             chunks += [("first", c, g, p) for g, p in enumerate(picked)]
             quota["first"][c] = n_samples
             remaining -= n_samples  # charged in full, even when a group came up short
 
     if remaining > 0:  # second pass
+        total = int(sizes.sum())
         taken = np.zeros(n, dtype=bool)
         for *_, p in chunks:
             taken[p] = True
@@ -201,19 +213,22 @@ def faithful_allocation(
             free = members[c][~taken[members[c]]]
             if free.size == 0:
                 continue
-            n_samples = min(int(remaining * (int(sizes[c]) / n)), int(free.size))  # published int(), not round
+            n_samples = min(int(remaining * (int(sizes[c]) / total)), int(free.size))  # published int(), not round
             if n_samples > 0:
-                picked, groups["second"][c] = _group_pick(free, variance, n_samples, **pick)
+                picked, groups["second"][c] = _group_pick(free, variance, n_samples, weights_of=second_w, **pick)
                 chunks += [("second", c, g, p) for g, p in enumerate(picked)]
+                for p in picked:
+                    taken[p] = True
                 quota["second"][c] = n_samples
                 remaining -= n_samples  # BUG (published): later clusters share an ever-smaller rest
 
     n_picked = sum(p.size for *_, p in chunks)
     n_topup, exceeds = 0, budget > n
-    if n_picked < budget:  # random top-up among everyone not picked
+    if n_picked < budget:  # random top-up among everyone not picked, in user order
         pool = np.setdiff1d(np.arange(n), np.concatenate([p for *_, p in chunks]) if chunks else [])
         n_topup = min(budget - n_picked, pool.size)  # published: sample(budget - picked) raises if > pool
-        chunks.append(("topup", -1, -1, rng.choice(pool, size=n_topup, replace=False)))
+        if pool.size:
+            chunks.append(("topup", -1, -1, pool[pandas_sample(pool.size, n_topup, int(random_state))]))
 
     kept, left = [], budget  # the published selected_users[:budget]
     for ch in chunks:

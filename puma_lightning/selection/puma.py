@@ -12,7 +12,8 @@ Two allocations (the result's ``info["allocation"]`` says which ran):
   bins are equal-population bins of the variance *rank* (ties broken at random, users with one
   rating have variance 0), and a bin short of users spills its share onto the other bins.
 * ``"faithful"``: the published ``select_users_with_clustering_and_variance_sampling``
-  (:mod:`.faithful`), count for count. Its second pass truncates ``int(remaining * |c| / N)`` and
+  (:mod:`.faithful`), user for user (presets ``puma_faithful``: published mode 3; ``puma_uniform``:
+  mode 2, uniform first-pass weights). ``puma`` itself keeps ``"fixed"`` (``published_mode: null``). Its second pass truncates ``int(remaining * |c| / N)`` and
   decrements ``remaining`` inside the loop, so later clusters get shares of an ever-smaller rest;
   per-bin quotas are floored with the remainder on the last bin and a short bin stays short; bins
   are ``pandas.qcut(..., duplicates='drop')`` cuts, re-cut on every pass, so tied variances
@@ -52,6 +53,9 @@ class PumaStrategy(SelectionStrategy):
         """First pass: each cluster gets min(min_per_cluster, |c|) users (scaled down if over budget)."""
         allocation: Literal["fixed", "faithful"] = "fixed"
         """'fixed': exactly the budget, proportional; 'faithful': the published allocation, bugs included."""
+        weight_type: Literal["normal", "uniform"] = "normal"
+        """Bin weights: 'normal' (published mode 3) or 'uniform' (mode 2: equal weights; with
+        'faithful' only in the first pass, as published, the second pass is always 'normal')."""
         weight_span: float = 2.0
         """Bin weights are exp(-x^2/2) + weight_floor over x = linspace(-span, span, n_bins)."""
         weight_floor: float = 0.1
@@ -80,7 +84,7 @@ class PumaStrategy(SelectionStrategy):
         common = {"allocation": p.allocation, "n_clusters": int(sizes.size), "cluster_sizes": sizes.tolist()}
         km_info = {"kmeans_backend": km.backend, "kmeans_inertia": km.inertia}
         if p.allocation == "faithful":
-            selected, info = self._faithful(ctx, budget, labels, rng)
+            selected, info = self._faithful(ctx, budget, labels)
             info["selected_per_cluster"] = np.bincount(labels[selected], minlength=sizes.size).tolist()
             return selected, {**common, **info, **km_info}
 
@@ -88,7 +92,7 @@ class PumaStrategy(SelectionStrategy):
         second = apportion(budget - int(first.sum()), sizes, sizes - first)
         quotas = first + second
 
-        weights = bin_weights(p.n_bins, p.weight_span, p.weight_floor)
+        weights = bin_weights(p.n_bins, p.weight_span if p.weight_type == "normal" else 0.0, p.weight_floor)
         picks, bin_picks, constant = [], [], []
         for c, users in enumerate(members):
             chosen, per_bin = stratified_pick(users, ctx.label_variance[users], int(quotas[c]), weights, rng)
@@ -117,14 +121,12 @@ class PumaStrategy(SelectionStrategy):
         }
         return selected, info
 
-    def _faithful(
-        self, ctx: SelectionContext, budget: int, labels: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    def _faithful(self, ctx: SelectionContext, budget: int, labels: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """The published allocation (:func:`.faithful.faithful_allocation`) and its counts for ``info``."""
         p = self.params
         variance = published_variance(ctx.label_variance, ctx.train_counts)
-        res = faithful_allocation(labels, variance, budget, rng, n_bins=p.n_bins, min_per_cluster=p.min_per_cluster,
-                                  weight_span=p.weight_span, weight_floor=p.weight_floor)
+        res = faithful_allocation(labels, variance, budget, ctx.seed, n_bins=p.n_bins, min_per_cluster=p.min_per_cluster,
+                                  weight_span=p.weight_span, weight_floor=p.weight_floor, weight_type=p.weight_type)
         info = {
             "n_random_topup": res.n_random_topup,
             "n_truncated": res.n_truncated,
@@ -138,3 +140,33 @@ class PumaStrategy(SelectionStrategy):
             "n_unbinned_single_rating": int(np.isnan(variance).sum()),
         }
         return res.selected, info
+
+
+@register_strategy("puma_faithful")
+class PumaFaithfulStrategy(PumaStrategy):
+    """Published mode 3: ``puma`` with the published allocation, draw for draw (``allocation: faithful``)."""
+
+    published_mode = 3
+
+    @dataclass
+    class Params(PumaStrategy.Params):
+        """Parameters of ``puma_faithful`` (defaults: the published mode 3)."""
+
+        allocation: Literal["fixed", "faithful"] = "faithful"
+        """'faithful': the published two passes, draw for draw."""
+
+
+@register_strategy("puma_uniform")
+class PumaUniformStrategy(PumaStrategy):
+    """Published mode 2: as ``puma_faithful`` with uniform first-pass group weights."""
+
+    published_mode = 2
+
+    @dataclass
+    class Params(PumaStrategy.Params):
+        """Parameters of ``puma_uniform`` (defaults: the published mode 2)."""
+
+        allocation: Literal["fixed", "faithful"] = "faithful"
+        """'faithful': the published two passes, draw for draw."""
+        weight_type: Literal["normal", "uniform"] = "uniform"
+        """Equal first-pass group weights (the second pass is always 'normal', as published)."""

@@ -6,7 +6,9 @@ config node such as ``{"name": "puma", "budget": 2000, "n_clusters": 15}`` is tu
 strategy by :func:`build_strategy` (flat: every key but ``name`` and ``budget`` is a parameter) and
 run by :func:`select_users`, which returns the users together with what was actually done.
 
-Two keys of a node are not parameters: ``seed`` (optional int) overrides the context's seed for
+Three keys of a node are not parameters: ``published_mode`` (optional; null or the published
+``dataset.mode`` 1-10 the strategy reproduces, checked against the class's ``published_mode``, so a
+preset cannot claim a mode it does not follow), ``seed`` (optional int) overrides the context's seed for
 this selection only (sweeps vary it without touching the experiment seed that also fixes the data
 subset and prompt init), and ``class: module.Class`` names an importable strategy class of the
 user's own, which is imported and registered under the node's ``name`` (see
@@ -33,8 +35,12 @@ OPTIONAL_STATS: tuple[str, ...] = ("loss", "ffn_features")
 """Per-user statistics a strategy may declare in ``needs`` (fields of :class:`SelectionContext`
 that are None unless the caller computed them)."""
 
-RESERVED_KEYS: tuple[str, ...] = ("name", "budget", "seed", "class")
+RESERVED_KEYS: tuple[str, ...] = ("name", "budget", "seed", "class", "published_mode")
 """Keys of a selection config node that are not strategy parameters."""
+
+PUBLISHED_MODES: tuple[int, ...] = tuple(range(1, 11))
+"""``dataset.mode`` values of the published code's ``get_train_indices`` (Kimagure7/Dont-Start-Over
+9d85839, ``utils/datasets.py``) that select users; a preset's ``published_mode`` names one of them."""
 
 
 @dataclass
@@ -128,6 +134,9 @@ class SelectionStrategy:
     name: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()
     """Optional per-user statistics (names in :data:`OPTIONAL_STATS`) this strategy reads."""
+    published_mode: ClassVar[int | None] = None
+    """The published ``dataset.mode`` (:data:`PUBLISHED_MODES`) whose function and parameters this
+    strategy's defaults reproduce; None for a strategy of our own."""
 
     @dataclass
     class Params:
@@ -194,6 +203,9 @@ def register_strategy(name: str):
         unknown = [s for s in tuple(getattr(cls, "needs", ())) if s not in OPTIONAL_STATS]
         if unknown:
             raise ValueError(f"{cls.__qualname__}.needs names unknown statistics {unknown}; valid: {', '.join(OPTIONAL_STATS)}")
+        mode = getattr(cls, "published_mode", None)
+        if mode is not None and mode not in PUBLISHED_MODES:
+            raise ValueError(f"{cls.__qualname__}.published_mode must be None or one of {PUBLISHED_MODES}, got {mode!r}")
         reserved = [f.name for f in dataclasses.fields(cls.Params) if f.name in RESERVED_KEYS]
         if reserved:
             raise ValueError(f"{cls.__qualname__}.Params may not define reserved keys {reserved}")
@@ -322,11 +334,27 @@ def _node_seed(values: Mapping[str, Any]) -> int | None:
     return int(seed)
 
 
+def _check_published_mode(values: Mapping[str, Any], cls: type[SelectionStrategy]) -> None:
+    """A node's ``published_mode`` (optional) must be null or the mode the strategy reproduces."""
+    if "published_mode" not in values:
+        return
+    mode = values["published_mode"]
+    if mode is not None and (isinstance(mode, (bool, np.bool_)) or not isinstance(mode, (int, np.integer))
+                             or int(mode) not in PUBLISHED_MODES):
+        raise ValueError(f"selection 'published_mode' must be null or one of {PUBLISHED_MODES[0]}..{PUBLISHED_MODES[-1]}"
+                         f" (the published get_train_indices modes), got {mode!r}")
+    if mode != cls.published_mode:
+        says = "none" if cls.published_mode is None else f"mode {cls.published_mode}"
+        raise ValueError(f"selection 'published_mode' is {mode!r} but strategy {cls.name!r} reproduces {says}"
+                         f" (published_mode: {cls.published_mode if cls.published_mode is not None else 'null'})")
+
+
 def build_strategy(node: Mapping[str, Any]) -> SelectionStrategy:
     """Instantiate the strategy described by a flat config node (``budget`` and ``seed`` are ignored here)."""
     values = _plain(node)
     cls = strategy_class(values)
     _node_seed(values)
+    _check_published_mode(values, cls)
     params = {k: v for k, v in values.items() if k not in RESERVED_KEYS}
     return cls(parse_params(cls, params))
 
