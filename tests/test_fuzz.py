@@ -273,3 +273,61 @@ def test_no_test_rows_stops_before_any_training(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and lines[-1].startswith("error:") and "no test rows" in lines[-1], lines
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def _issue35_case(name: str, tmp: Path) -> tuple[list[str], str]:
+    """Set up one of issue 35's bad inputs under ``tmp``; returns the CLI call and what its one line must name."""
+    from test_no_data_loss import _source_and_adapter
+
+    smoke = str(ROOT / "configs" / "smoke.yaml")
+    src, adapter = _source_and_adapter(tmp)
+    pairs = tmp / "p.csv"
+    pairs.write_bytes(b"user,item\nu1,i1\n")
+    predict = ["predict", "--config", smoke, f"run_dir={tmp / 'run'}", f"bank={src}", f"pairs={pairs}"]
+    migrate = ["migrate", "--config", smoke, f"run_dir={tmp / 'run'}", f"bank={src}", f"adapter_path={adapter}"]
+    if name == "stray_manifest":  # 1
+        (tmp / "d").mkdir()
+        (tmp / "d" / "manifest.json").write_text("{}\n")
+        (tmp / "d" / "notes.md").write_text("keep\n")
+        return [*migrate, f"out={tmp / 'd'}"], str(tmp / "d")
+    if name == "users_run_dir":  # 2
+        (tmp / "mine").mkdir()
+        (tmp / "mine" / "config.yaml").write_text("mine: 1\n")
+        return ["prepare", "--config", smoke, f"run_dir={tmp / 'mine'}"], str(tmp / "mine")
+    if name == "out_is_pairs":  # 3
+        return [*predict, f"out={pairs}"], str(pairs)
+    if name == "out_is_a_users_file":  # 3
+        (tmp / "o.csv").write_text("mine\n")
+        return [*predict, f"out={tmp / 'o.csv'}"], str(tmp / "o.csv")
+    if name == "pairs_not_utf8":  # 4
+        pairs.write_bytes(b"user,item\n\xff,i1\n")
+        return [*predict, f"out={tmp / 'new.csv'}"], f"{pairs}:2"
+    if name == "out_is_a_folder":  # 5
+        (tmp / "f").mkdir()
+        return [*predict, f"out={tmp / 'f'}"], str(tmp / "f")
+    if name == "run_dir_is_a_file":  # 6
+        (tmp / "r.txt").write_text("x")
+        return ["fit", "--config", smoke, f"run_dir={tmp / 'r.txt'}"], str(tmp / "r.txt")
+    if name == "run_dir_unwritable":  # 7
+        return ["prepare", "--config", smoke, "run_dir=/proc/puma_fuzz/run"], "/proc/puma_fuzz/run"
+    if name == "bank_duplicate_ids":  # 8
+        manifest = json.loads((src / "manifest.json").read_text())
+        (src / "manifest.json").write_text(json.dumps({**manifest, "user_ids": ["u0"] * len(manifest["user_ids"])}))
+        return [*migrate, f"out={tmp / 'm'}"], str(src)
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["stray_manifest", "users_run_dir", "out_is_pairs", "out_is_a_users_file", "pairs_not_utf8",
+                                  "out_is_a_folder", "run_dir_is_a_file", "run_dir_unwritable", "bank_duplicate_ids"])
+def test_issue35_bad_outputs_are_one_line_and_change_nothing(name, tmp_path, capsys):
+    from test_no_data_loss import checksums
+
+    args, named = _issue35_case(name, tmp_path)
+    before = checksums(tmp_path)
+    entries = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    assert named in err and ".tmp" not in err, err
+    assert checksums(tmp_path) == before  # every file of the user's byte for byte, and nothing new
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == entries  # no folder or temp file left

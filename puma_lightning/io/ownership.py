@@ -113,8 +113,11 @@ def claim_run_dir(path: str | Path) -> bool:
             raise NotOursError(f"run_dir {path} is a folder that is not a puma_lightning run directory (not empty, no "
                                f"{RECORD_FILE} run record); refusing to write into it (choose a new or empty folder)")
         return False
-    path.mkdir(parents=True, exist_ok=True)
-    write_record(path, "run", files=[])
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        write_record(path, "run", files=[])
+    except OSError as exc:
+        raise PumaError(f"run_dir {path}: cannot create it or write into it ({exc.strerror or exc})") from None
     return True
 
 
