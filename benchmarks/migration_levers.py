@@ -9,7 +9,8 @@ cell migrates those prompts in ``<out>/seed_<s>/<lever>_b<budget>`` (reused when
 is a named set of overrides (:data:`LEVERS`); a budget below 1 is a fraction of the users. Writes
 ``levers.json``, ``levers.md`` (test RMSE mean ± std over seeds, the paired 95 % interval of
 PUMA − full retraining on the same test rows pooled over seeds with its verdict, training samples and
-wall seconds, each method paying its own prefix work), ``levers.csv`` (one row per cell and seed) and
+wall seconds, each method paying its own prefix work; then each row's placebo: personal gain, own prompts against
+the same bank's prompts dealt to other users, and ``retained``, that gain ÷ full retraining's, pooled over seeds), ``levers.csv`` (one row per cell and seed) and
 ``levers.png`` (RMSE against training samples), under the ``machine: ...`` line.
 """
 
@@ -188,7 +189,7 @@ def run_levers(configs: Sequence[str], overrides: Sequence[str], levers: Sequenc
                 val = validation_values(all_user_validation(exp, which))
                 rows[name] = SeedRow({m: rec.get(m) for m in ("rmse", "mae", "auc", "uauc") if m in rec} |
                                      {"wall_s": rec["wall_s"], "train_samples": rec["train_samples"], **val},
-                                     exp.method_dir(which), references(lever, users, levers))
+                                     exp.method_dir(which), references(lever, users, levers), "full_retrain")
                 csv_rows.append({"lever": lever, "budget": users, "seed": seed, "method": which, **val,
                                  **{m: rec.get(m) for m in ("rmse", "mae", "auc", "uauc")},
                                  "train_samples": rec["train_samples"], "wall_s": rec["wall_s"], "run_dir": str(run_dir)})

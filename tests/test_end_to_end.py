@@ -175,3 +175,33 @@ def test_a_stage_gives_the_same_numbers_whatever_ran_before_it(smoke_run, tmp_pa
     assert set(alone) == {"puma", *CLASSIC}
     for metric in ("rmse", "mae"):
         assert alone["puma"][metric] == pytest.approx(together["puma"][metric], abs=1e-6), metric
+
+
+def test_results_say_what_each_bank_knows_about_its_users(smoke_run):
+    """Every bank row carries its placebo (its prompts dealt to other users), personal gain with its interval, and
+    migrated rows the share of full retraining's gain they retained; the markdown shows the columns."""
+    methods = json.loads((smoke_run / "results.json").read_text())["methods"]
+    for name in ("source", "full_retrain", "puma"):
+        row = methods[name]
+        assert (smoke_run / name / "placebo_predictions.npz").is_file()
+        assert set(row["placebo"]) == {"rmse", "mae"} and row["placebo"]["rmse"] != row["rmse"]
+        gain = row["personal_gain"]
+        assert gain["low"] <= gain["value"] <= gain["high"] and gain["own"] == pytest.approx(row["rmse"], abs=1e-4)
+        assert gain["value"] == pytest.approx(row["placebo"]["rmse"] - row["rmse"])
+    assert "retained" in methods["puma"] and "retained" not in methods["full_retrain"]
+    assert "personal_gain" not in methods["user_item_bias"]  # no bank, no placebo
+    md = (smoke_run / "results.md").read_text()
+    assert "personal gain [95 %]" in md and "retained [95 %]" in md and "placebo RMSE" in md
+
+
+def test_the_placebo_command_reproduces_the_fit_placebo_of_a_bank(smoke_run, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["placebo", "--config", SMOKE, f"run_dir={tmp_path}", f"bank={smoke_run / 'puma' / 'bank'}",
+                 "placebo.resamples=200"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("rmse:", "mae:"))]
+    assert [line.split(":")[0] for line in lines] == ["rmse", "mae"]
+    puma = json.loads((smoke_run / "results.json").read_text())["methods"]["puma"]
+    doc = json.loads((tmp_path / "placebo.json").read_text())["personal_gain"]
+    assert doc["rmse"]["own"] == pytest.approx(puma["rmse"], abs=1e-4)
+    assert doc["rmse"]["placebo"] == pytest.approx(puma["placebo"]["rmse"], abs=1e-4)  # the same seeded derangement
+    assert f"{doc['rmse']['value']:+.4f}" in lines[0] and "personal gain" in lines[0]

@@ -200,7 +200,8 @@ def run_aggregate(cfg: DictConfig) -> dict[str, Any]:
         full = full_exp.pretrain("target", "full_retrain")
         rows.append({"method": "full retraining", "kind": "full_retrain", "source": None, "users": eval_table.n_users,
                      **_row(full, full_exp.stage_dir("full_retrain"))})
-    return write_aggregate(run_dir, table.task, str(cfg.target.name), str(acfg.missing), aligned, sources, rows)
+    return write_aggregate(run_dir, table.task, str(cfg.target.name), str(acfg.missing), aligned, sources, rows,
+                           int(cfg.placebo.resamples))
 
 
 def _row(record: dict[str, Any], stage_dir: Path) -> dict[str, Any]:
@@ -209,20 +210,29 @@ def _row(record: dict[str, Any], stage_dir: Path) -> dict[str, Any]:
 
 
 def write_aggregate(run_dir: Path, task: str, target: str, policy: str, aligned: Aligned, sources: list[str],
-                    rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """``aggregate.json``, ``aggregate.md`` and ``aggregate.png``."""
+                    rows: list[dict[str, Any]], resamples: int = 1000) -> dict[str, Any]:
+    """``aggregate.json``, ``aggregate.md`` and ``aggregate.png``; each row with its placebo columns (see
+    :mod:`puma_lightning.pipeline.placebo`: ``personal_gain``, and ``retained`` against full retraining on the same rows)."""
+    from puma_lightning.pipeline.placebo import NOTE, cell, stage_gains
+
     names = metric_names(task)
     main_metric, _ = primary_metric(task)
+    full_dir = next((r.get("stage_dir") for r in rows if r["kind"] == "full_retrain"), None)
+    for r in rows:
+        r.update(stage_gains(main_metric, r.get("stage_dir"), full_dir if r["kind"] != "full_retrain" else None, resamples))
     missing = {s: int((~aligned.present[:, i]).sum()) for i, s in enumerate(sources)}
     doc = {"task": task, "target": target, "sources": sources, "missing_policy": policy, "widths": aligned.widths,
            "missing_per_source": missing, "rows": rows}
     write_text(run_dir / "aggregate.json", json.dumps(doc, indent=1))
-    header = ["method", *[m.upper() for m in names], "test users", "trainable params", "train samples", "wall s"]
-    table_rows = [[r["method"], *[r["metrics"].get(m) for m in names], r["users"], r["trainable_params"], r["train_samples"],
-                   f"{float(r['wall_s']):.1f}"] for r in rows]
+    header = ["method", *[m.upper() for m in names], "personal gain [95 %]", "retained [95 %]", "test users",
+              "trainable params", "train samples", "wall s"]
+    table_rows = [[r["method"], *[r["metrics"].get(m) for m in names], cell(r.get("personal_gain")),
+                   cell(r.get("retained"), 1, percent=True) if r["kind"] != "full_retrain" else "–", r["users"],
+                   r["trainable_params"], r["train_samples"], f"{float(r['wall_s']):.1f}"] for r in rows]
     note = (f"\n- target {target}; source widths {dict(zip(sources, aligned.widths))}; users missing per source {missing}; "
             f"missing-user policy: {policy}.\n- a single source is evaluated on the users it has; aggregated and full retraining "
-            "on every aligned user.\n")
+            "on every aligned user.\n"
+            f"- {NOTE} (a single source tested on other rows has no retained).\n")
     md = markdown_table(header, table_rows) + note
     write_text(run_dir / "aggregate.md", md)
     bar_chart(run_dir / "aggregate.png", [r["method"] for r in rows], [r["metrics"].get(main_metric) for r in rows],

@@ -73,7 +73,7 @@ def run_chain(cfg: DictConfig) -> dict[str, Any]:
         })
         previous = exp.stage_dir("puma")
         del exp
-    return write_chain(run_dir, task, hops)
+    return write_chain(run_dir, task, hops, int(cfg.placebo.resamples))
 
 
 def _bank_width(path: Path) -> int | None:
@@ -82,22 +82,35 @@ def _bank_width(path: Path) -> int | None:
     return read_manifest(path).get("hidden_size")
 
 
-def write_chain(run_dir: Path, task: str, hops: list[dict[str, Any]]) -> dict[str, Any]:
-    """``chain.json``, ``chain.md`` and ``chain.png`` from the hop records."""
+def write_chain(run_dir: Path, task: str, hops: list[dict[str, Any]], resamples: int = 1000) -> dict[str, Any]:
+    """``chain.json``, ``chain.md`` and ``chain.png`` from the hop records (with each hop's placebo columns, see
+    :mod:`puma_lightning.pipeline.placebo`: ``personal_gain`` of its migrated bank, ``full_personal_gain`` of its full
+    retraining, ``retained`` their ratio)."""
+    from puma_lightning.pipeline.placebo import NOTE, cell, stage_gains
+
     names = metric_names(task)
     main_metric, _ = primary_metric(task)
     for h in hops:
         h["gain"] = gain(task, (h["full_retrain"] or {}).get(main_metric), (h["migrated"] or {}).get(main_metric))
+        own = Path(h["dir"]) / ("source" if h["hop"] == 0 else "puma")
+        full = Path(h["dir"]) / "full_retrain" if h["hop"] and h["full_retrain"] else None
+        h.update(stage_gains(main_metric, own, full, resamples))
+        if full is not None:
+            h["full_personal_gain"] = stage_gains(main_metric, full, resamples=resamples).get("personal_gain")
     doc = {"task": task, "metric": main_metric, "models": [h["model"] for h in hops], "hops": hops}
     write_text(run_dir / "chain.json", json.dumps(doc, indent=1))
     header = ["hop", "model", "hidden", *[f"migrated {m.upper()}" for m in names], *[f"full retrain {m.upper()}" for m in names],
-              "gain", "adapter train samples", "full retrain samples", "migrate s", "full retrain s"]
+              "gain", "personal gain, migrated [95 %]", "personal gain, full retrain [95 %]", "retained [95 %]",
+              "adapter train samples", "full retrain samples", "migrate s", "full retrain s"]
     rows = [[h["hop"], h["model"], h["hidden_size"], *[(h["migrated"] or {}).get(m) for m in names],
-             *[(h["full_retrain"] or {}).get(m) for m in names], h["gain"], h["migrate_train_samples"], h["full_train_samples"],
+             *[(h["full_retrain"] or {}).get(m) for m in names], h["gain"], cell(h.get("personal_gain")),
+             cell(h.get("full_personal_gain")) if h["hop"] else "–", cell(h.get("retained"), 1, percent=True) if h["hop"] else "–",
+             h["migrate_train_samples"], h["full_train_samples"],
              _secs(h["migrate_wall_s"]), _secs(h["full_wall_s"])] for h in hops]
     note = ("\n- hop 0 is the first model's own prompts (trained there; migrated = full retraining). Each later hop's adapter "
             "trains on the previous hop's migrated bank, never on the first model's data.\n"
-            f"- gain = {'RMSE(full retraining) / RMSE(migrated)' if task == 'rating' else 'AUC(migrated) / AUC(full retraining)'}; > 1: migration wins.\n")
+            f"- gain = {'RMSE(full retraining) / RMSE(migrated)' if task == 'rating' else 'AUC(migrated) / AUC(full retraining)'}; > 1: migration wins.\n"
+            f"- {NOTE}.\n")
     md = markdown_table(header, rows) + note
     write_text(run_dir / "chain.md", md)
     label = " -> ".join(doc["models"])

@@ -157,12 +157,15 @@ def run_cold_start(cfg: DictConfig) -> dict[str, Any]:
         mean = (adapter(source_bank.prompts.mean(dim=0, keepdim=True)) * scale).expand(len(new), -1, -1).contiguous()
     rows["mean_finetune"] = tuner.run("mean_finetune", "target", mean, ft, adapter_sha["sha256"],
                                       {**base_lineage, "made_by": "cold_start:mean_finetune"})
-    return write_cold_start(run_dir, table.task, existing, new, rows, map_s, source_rec, puma_rec)
+    return write_cold_start(run_dir, table.task, existing, new, rows, map_s, source_rec, puma_rec, int(cfg.placebo.resamples))
 
 
 def write_cold_start(run_dir: Path, task: str, existing: list[str], new: list[str], rows: dict[str, dict[str, Any]],
-                     map_s: float, source_rec: dict[str, Any], puma_rec: dict[str, Any]) -> dict[str, Any]:
-    """``cold_start.json``, ``cold_start.md`` and ``cold_start.png``: quality and compute of each method."""
+                     map_s: float, source_rec: dict[str, Any], puma_rec: dict[str, Any], resamples: int = 1000) -> dict[str, Any]:
+    """``cold_start.json``, ``cold_start.md`` and ``cold_start.png``: quality and compute of each method, with its
+    placebo columns (``personal_gain``; ``retained``: as a share of ``scratch``'s, see :mod:`puma_lightning.pipeline.placebo`)."""
+    from puma_lightning.pipeline.placebo import NOTE, cell, stage_gains
+
     names = metric_names(task)
     main_metric, _ = primary_metric(task)
     src = rows["new_source"]
@@ -178,16 +181,21 @@ def write_cold_start(run_dir: Path, task: str, existing: list[str], new: list[st
         out[name] = {"what": desc, "metrics": rec["metrics"], "source_train_samples": int(s_samples),
                      "target_train_samples": int(rec["train_samples"]), "wall_s": round(float(s_wall) + float(rec["wall_s"]), 2),
                      "stage_dir": rec.get("stage_dir")}
+        out[name].update(stage_gains(main_metric, rec.get("stage_dir"), None if name == "scratch" else rows["scratch"].get("stage_dir"),
+                                     resamples))
     doc = {"task": task, "existing_users": len(existing), "new_users": len(new), "new_user_ids": new, "methods": out,
            "existing_system": {"source_metrics": source_rec["metrics"], "puma_metrics": puma_rec["metrics"],
                                "adapter_train_samples": puma_rec["train_samples"]}}
     write_text(run_dir / "cold_start.json", json.dumps(doc, indent=1))
-    header = ["method", *[m.upper() for m in names], "source train samples", "target train samples", "wall s", "what it is"]
-    table_rows = [[n, *[r["metrics"].get(m) for m in names], r["source_train_samples"], r["target_train_samples"],
-                   f"{r['wall_s']:.1f}", r["what"]] for n, r in out.items()]
+    header = ["method", *[m.upper() for m in names], "personal gain [95 %]", "retained of scratch's [95 %]",
+              "source train samples", "target train samples", "wall s", "what it is"]
+    table_rows = [[n, *[r["metrics"].get(m) for m in names], cell(r.get("personal_gain")),
+                   cell(r.get("retained"), 1, percent=True) if n != "scratch" else "–", r["source_train_samples"],
+                   r["target_train_samples"], f"{r['wall_s']:.1f}", r["what"]] for n, r in out.items()]
     note = (f"\n- {len(new)} new users (absent from the source bank and from the adapter's training), {len(existing)} existing; "
             f"metrics on the new users' test rows, all with the adapter's head.\n- the adapter was trained once on the existing "
-            f"users ({puma_rec['train_samples']:,} samples); its cost is not charged to the new users.\n")
+            f"users ({puma_rec['train_samples']:,} samples); its cost is not charged to the new users.\n"
+            f"- {NOTE}; here retained is a share of scratch's (training the new users from scratch on the target).\n")
     md = markdown_table(header, table_rows) + note
     write_text(run_dir / "cold_start.md", md)
     bar_chart(run_dir / "cold_start.png", list(out), [r["metrics"].get(main_metric) for r in out.values()], main_metric.upper(),

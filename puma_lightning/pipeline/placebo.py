@@ -201,3 +201,14 @@ def run_placebo(cfg: Any) -> dict[str, Any]:
             print(f"{m}: own {g['own']:.4f}, other users' prompts {g['placebo']:.4f}, personal gain {g['value']:+.4f} "
                   f"[{g['low']:+.4f}, {g['high']:+.4f}]: {g['verdict']}")
     return doc
+
+
+def stage_gains(metric: str, stage_dir: str | Path | None, full_dir: str | Path | None = None,
+                resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """:func:`placebo_columns` of the stage in ``stage_dir`` (and ``retained`` against the stage in ``full_dir``),
+    read from their saved per-row predictions; {} where the stage left no placebo."""
+    from puma_lightning.pipeline.seeds import load_predictions
+
+    full = (load_predictions(full_dir), load_placebo(full_dir)) if full_dir is not None else ()
+    return placebo_columns(metric, load_predictions(stage_dir), load_placebo(stage_dir), *full, resamples=resamples,
+                           seed=seed)
