@@ -321,3 +321,30 @@ def test_strategy_faithful_budget_over_users_selects_all():
                            train_counts=np.full(30, 3))
     res = select_users({"name": "puma", "n_clusters": 3, "allocation": "faithful"}, ctx, budget=40)
     assert res.users.tolist() == list(range(30)) and res.info["all_users"] is True
+
+
+def test_strategy_bins_pandas_variance_of_the_rows():
+    """The context's two-pass variance and pandas' differ in the last bit for many users; faithful bins pandas'."""
+    from puma_lightning.data.user_moments import UserMoments
+
+    rng = np.random.default_rng(14)
+    sizes = [400, 250, 150]
+    labels = labels_of(sizes)
+    n = labels.size
+    row_user = rng.integers(0, n, 6 * n)
+    rating = rng.integers(1, 6, row_user.size).astype(float)
+    counts = np.bincount(row_user, minlength=n)
+    keep = counts > 0
+    two_pass = UserMoments(n).update(row_user, rating).variance(ddof=1, too_few=0.0)
+    pandas_var = pd.DataFrame({"u": row_user, "r": rating}).groupby("u")["r"].var().reindex(range(n)).to_numpy()
+    assert np.array_equal(pandas_group_variance(row_user, rating, n), pandas_var, equal_nan=True)
+    assert (two_pass[counts > 1] != pandas_var[counts > 1]).mean() > 0.1  # last bits apart for many users
+    centers = rng.normal(0.0, 1.0, (len(sizes), 8)) * 100.0
+    prompts = centers[labels] + rng.normal(0.0, 1.0, (n, 8))
+    ctx = SelectionContext(prompts=prompts, label_variance=two_pass, train_counts=counts, seed=7,
+                           label_variance_pandas=pandas_var)
+    node = {"name": "puma_faithful", "n_clusters": 3, "kmeans_backend": "sklearn"}
+    res = select_users(node, ctx, budget=400)
+    eligible = np.flatnonzero(keep)
+    selected, _ = run_reference(pandas_var[eligible], labels[eligible], 400, random_state=7)
+    assert res.users.tolist() == sorted(eligible[selected].tolist())

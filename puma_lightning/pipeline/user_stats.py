@@ -23,6 +23,7 @@ import numpy as np
 from puma_lightning.io.atomic import atomic_write_with
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.selection.ffn import normalise_bits
+from puma_lightning.selection.published import pandas_group_variance
 from puma_lightning.selection.registry import OPTIONAL_STATS, SelectionContext, strategy_class
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,8 @@ def build_selection_context(experiment: Any, bank: PromptBank) -> SelectionConte
         prompts=bank.rows_for(table.user_ids).reshape(table.n_users, -1).numpy().astype(np.float32),
         label_variance=table.label_variance(),
         train_counts=table.train_counts(),
+        label_variance_pandas=pandas_group_variance(table.user[table.rows("train")], table.label[table.rows("train")],
+                                                    table.n_users),
         seed=experiment.cfg.seed,
         loss=stats.get("loss"),
         ffn_features=stats.get("ffn_features"),

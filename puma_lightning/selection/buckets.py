@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from .allocation import bin_weights, clean_scores, stratified_pick
-from .faithful import published_variance
+from .faithful import context_variance
 from .published import stratified_allocation
 from .registry import SelectionContext, SelectionStrategy, register_strategy
 
@@ -108,7 +108,7 @@ class VarianceBucketStrategy(BucketStrategy):
         return ctx.label_variance
 
     def published_score(self, ctx: SelectionContext) -> np.ndarray:
-        return published_variance(ctx.label_variance, ctx.train_counts)
+        return context_variance(ctx.label_variance, ctx.train_counts, ctx.label_variance_pandas)
 
 
 @register_strategy("variance_bucket_fixed")

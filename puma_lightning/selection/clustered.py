@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from .allocation import allocate, bin_weights, canonical_labels, clean_scores, farthest_point_pick, pca, stratified_pick
-from .faithful import faithful_allocation, published_variance
+from .faithful import context_variance, faithful_allocation
 from .kmeans import kmeans
 from .published import rounded_allocation
 from .registry import SelectionContext, SelectionStrategy, register_strategy
@@ -162,7 +162,7 @@ class ClusterStrategy(SelectionStrategy):
         if self.within == "loss":
             score = clean_scores(ctx.require("loss", self.name))
         else:
-            score = published_variance(ctx.label_variance, ctx.train_counts)
+            score = context_variance(ctx.label_variance, ctx.train_counts, ctx.label_variance_pandas)
         res = faithful_allocation(labels, score, budget, ctx.seed, n_bins=p.n_bins, min_per_cluster=p.min_per_cluster,
                                   weight_span=p.weight_span, weight_floor=p.weight_floor)
         return res.selected, {

@@ -36,10 +36,10 @@ has variance NaN (pandas' ``var`` of one value) and is never binned.
 Variances: the published code bins ``groupby('UserID')['rating'].var()``, whose last bits decide
 which side of an edge a tied user falls on (0.29999999999999993 and 0.30000000000000004 are
 different groups to pandas). They are used unrounded; :func:`~.published.pandas_group_variance`
-computes them as pandas does from the rating rows. ``SelectionContext.label_variance`` is a
-two-pass variance: equal to pandas' for most users, but not bit for bit for every one, so
-through the ``puma`` strategy a tied user can land in a neighbouring group (counts then differ by
-the users at that edge); pass the pandas variance to :func:`faithful_allocation` for exact counts.
+computes them as pandas does from the rating rows; ``build_selection_context`` puts them in
+``SelectionContext.label_variance_pandas``, which the strategies bin (:func:`context_variance`). A
+context without it falls back to the two-pass ``label_variance``: equal to pandas' for most users
+but not bit for bit for every one, so a tied user can then land in a neighbouring group.
 
 Budget above the number of users: the published top-up calls ``sample(n)`` with ``n`` above the
 candidates and raises. Here the top-up takes every remaining user instead, the result holds all
@@ -65,6 +65,15 @@ def published_variance(label_variance: np.ndarray, train_counts: np.ndarray) -> 
     var = np.array(label_variance, dtype=np.float64).reshape(-1)
     var[np.asarray(train_counts).reshape(-1) < 2] = np.nan
     return var
+
+
+def context_variance(label_variance: np.ndarray, train_counts: np.ndarray,
+                     label_variance_pandas: np.ndarray | None = None) -> np.ndarray:
+    """The variance ``allocation: faithful`` bins: pandas' own when the caller computed it, else
+    :func:`published_variance` of the two-pass ``label_variance``."""
+    if label_variance_pandas is not None:
+        return np.asarray(label_variance_pandas, dtype=np.float64).reshape(-1)
+    return published_variance(label_variance, train_counts)
 
 
 QCUT_EDGES = ("pandas2.2", "pandas2.0", "pandas3")

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .allocation import apportion, bin_weights, canonical_labels, first_pass, stratified_pick
-from .faithful import faithful_allocation, published_variance
+from .faithful import context_variance, faithful_allocation
 from .kmeans import kmeans
 from .registry import SelectionContext, SelectionStrategy, register_strategy
 
@@ -124,7 +124,7 @@ class PumaStrategy(SelectionStrategy):
     def _faithful(self, ctx: SelectionContext, budget: int, labels: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """The published allocation (:func:`.faithful.faithful_allocation`) and its counts for ``info``."""
         p = self.params
-        variance = published_variance(ctx.label_variance, ctx.train_counts)
+        variance = context_variance(ctx.label_variance, ctx.train_counts, ctx.label_variance_pandas)
         res = faithful_allocation(labels, variance, budget, ctx.seed, n_bins=p.n_bins, min_per_cluster=p.min_per_cluster,
                                   weight_span=p.weight_span, weight_floor=p.weight_floor, weight_type=p.weight_type)
         info = {

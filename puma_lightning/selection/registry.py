@@ -59,6 +59,11 @@ class SelectionContext:
     """float [N] per-user task loss of the source model (loss-based strategies)."""
     ffn_features: np.ndarray | None = None
     """[N, F] per-user FFN activation features (ffn_* strategies)."""
+    label_variance_pandas: np.ndarray | None = None
+    """float [N] the variance as the published code's ``groupby('UserID')['rating'].var()`` computes it
+    (Welford in row order, NaN with < 2 rows; :func:`~.published.pandas_group_variance`). Its last bits
+    decide which quantile group a tied user joins, so ``allocation: faithful`` bins it when given (else
+    ``label_variance`` with NaN for single-rating users)."""
 
     def __post_init__(self) -> None:
         self.prompts = np.ascontiguousarray(np.asarray(self.prompts, dtype=np.float32))
@@ -70,7 +75,7 @@ class SelectionContext:
         for name in ("label_variance", "train_counts"):
             if getattr(self, name).shape[0] != n:
                 raise ValueError(f"SelectionContext.{name} has {getattr(self, name).shape[0]} rows, prompts have {n}")
-        for name in ("loss", "ffn_features"):
+        for name in ("loss", "ffn_features", "label_variance_pandas"):
             value = getattr(self, name)
             if value is not None and np.asarray(value).shape[0] != n:
                 raise ValueError(f"SelectionContext.{name} has {np.asarray(value).shape[0]} rows, prompts have {n}")
@@ -101,6 +106,7 @@ class SelectionContext:
             seed=self.seed,
             loss=take(self.loss),
             ffn_features=take(self.ffn_features),
+            label_variance_pandas=take(self.label_variance_pandas),
         )
 
 
