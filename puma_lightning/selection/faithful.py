@@ -145,13 +145,14 @@ class FaithfulAllocation:
 
 
 def _group_pick(
-    users: np.ndarray, variance: np.ndarray, n_samples: int, n_bins: int, weights_of, random_state: int, edges: str,
+    users: np.ndarray, variance: np.ndarray, n_samples: int, n_bins: int, weight_type: str, span: float, floor: float,
+    random_state: int, edges: str,
 ) -> tuple[list[np.ndarray], int]:
     """One cluster's variance-group picks of a pass, as the published loop draws them, and ``G``."""
     order = users[pandas_sort_order(variance[users])]  # cluster_users.sort_values(score)
     labels = quantile_bins(variance[order], n_bins, edges)
     n_groups = int(np.unique(labels[labels >= 0]).size)
-    quotas = group_quotas(weights_of(n_groups), n_samples)
+    quotas = group_quotas(group_weights(n_groups, weight_type, span, floor), n_samples)
     chunks = []
     for g in range(n_groups):  # groups 0..G-1, even when the labels are not contiguous
         pool = order[labels == g]
@@ -194,9 +195,8 @@ def faithful_allocation(
     budget, n = int(budget), labels.size
     if n_clusters is None:
         n_clusters = int(labels.max()) + 1 if n else 0
-    first_w = lambda g: group_weights(g, weight_type, weight_span, weight_floor)  # noqa: E731
-    second_w = lambda g: group_weights(g, "normal", weight_span, weight_floor)  # noqa: E731  (published: always normal)
-    pick = {"n_bins": n_bins, "random_state": int(random_state), "edges": qcut_edges}
+    pick = {"n_bins": n_bins, "span": weight_span, "floor": weight_floor, "random_state": int(random_state),
+            "edges": qcut_edges}
     sizes = np.bincount(labels, minlength=n_clusters)[:n_clusters] if n else np.zeros(n_clusters, dtype=np.int64)
     members = [np.flatnonzero(labels == c) for c in range(n_clusters)]
     # Picks as (pass, cluster, group, users) chunks in the published order, cut to budget at the end.
@@ -208,7 +208,7 @@ def faithful_allocation(
     for c in range(n_clusters):  # first pass
         n_samples = min(min_per_cluster, int(sizes[c]))
         if n_samples > 0:
-            picked, groups["first"][c] = _group_pick(members[c], variance, n_samples, weights_of=first_w, **pick)
+            picked, groups["first"][c] = _group_pick(members[c], variance, n_samples, weight_type=weight_type, **pick)
             chunks += [("first", c, g, p) for g, p in enumerate(picked)]
             quota["first"][c] = n_samples
             remaining -= n_samples  # charged in full, even when a group came up short
@@ -224,7 +224,8 @@ def faithful_allocation(
                 continue
             n_samples = min(int(remaining * (int(sizes[c]) / total)), int(free.size))  # published int(), not round
             if n_samples > 0:
-                picked, groups["second"][c] = _group_pick(free, variance, n_samples, weights_of=second_w, **pick)
+                # published: the second pass always weighs its groups "normal"
+                picked, groups["second"][c] = _group_pick(free, variance, n_samples, weight_type="normal", **pick)
                 chunks += [("second", c, g, p) for g, p in enumerate(picked)]
                 for p in picked:
                     taken[p] = True
