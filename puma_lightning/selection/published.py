@@ -15,6 +15,25 @@ returns the same users, not only the same counts:
 * ``groupby('UserID')['rating'].var()`` is Welford's running update in row order
   (:func:`pandas_group_variance`), which differs in the last bit from a two-pass variance; those bits
   decide which side of a quantile edge a tied user falls on.
+
+Differences left, on purpose (tests/test_published_presets.py and tests/test_allocation_faithful.py
+pin the rest user for user):
+
+* a strategy returns exactly the budget: where a published function returns fewer users (short
+  groups, NaN scores, modes 1, 7, 4, 9, 10) the rest is a uniform ``RandomState(seed)`` draw among
+  the others (``n_random_topup``); where it returns more (mode 4's at-least-one rule) the list is cut
+  in order (``n_truncated``); above the number of users every user is selected (the published
+  top-up raises there);
+* modes 1, 2, 5, 6 and 7 draw with ``random_state=42`` whatever the run seed; here the run seed
+  (identical draws at seed 42);
+* mode 7's ``qcut`` has no ``duplicates='drop'`` and raises on tied edges; here they are dropped and
+  ``published_raises`` says so;
+* mode 9's farthest-point step never re-picks a chosen point (the published one can when the only
+  points left duplicate chosen ones) and measures Euclidean distances directly rather than with
+  scikit-learn's dot-product formula (near-ties could resolve differently; counts cannot differ);
+* clusters come from our k-means (and mode 10's PCA from an exact eigendecomposition), not
+  scikit-learn's, so on real data the clusters themselves can differ; given the same clusters the
+  counts and draws are the published ones.
 """
 
 from __future__ import annotations
