@@ -75,6 +75,9 @@ def test_aggregate_end_to_end_with_a_missing_user(source_banks, tmp_path):
     assert kinds["aggregated"]["users"] == 16 and [r["users"] for r in doc["rows"][:2]] == [16, 15]
     for r in doc["rows"]:
         assert 0 < r["metrics"]["rmse"] < 4
+        assert r["personal_gain"]["low"] <= r["personal_gain"]["value"] <= r["personal_gain"]["high"]
+    assert "retained" in kinds["aggregated"] and "retained" not in kinds["full_retrain"]
+    assert "retained" not in doc["rows"][1]  # tiny-qwen2 alone is tested on the 15 users it has: other rows
     agg_bank = PromptBank.load(run / "aggregated_source" / "bank")
     assert agg_bank.hidden_size == 32 + 40 + 2 and agg_bank.info["aggregate"]["policy"] == "zero_fill"
     assert float(agg_bank.rows_for([dropped])[0, 0, -1]) == 0.0  # indicator: missing from tiny-qwen2

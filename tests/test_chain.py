@@ -27,6 +27,16 @@ def test_every_hop_saves_adapter_bank_and_reference(chain_run):
     assert "| 2 | tiny-gemma3 | 48 |" in md and "gain" in md
 
 
+def test_every_hop_says_what_its_banks_know_about_their_users(chain_run):
+    doc = json.loads((chain_run / "chain.json").read_text())
+    assert "personal_gain" in doc["hops"][0] and "retained" not in doc["hops"][0]
+    for hop in doc["hops"][1:]:
+        gain, full = hop["personal_gain"], hop["full_personal_gain"]
+        assert gain["low"] <= gain["value"] <= gain["high"] and full["low"] <= full["value"] <= full["high"]
+        assert hop["retained"]["value"] == pytest.approx(gain["value"] / full["value"])
+    assert "personal gain, migrated [95 %]" in (chain_run / "chain.md").read_text()
+
+
 def test_later_hops_train_on_the_previous_migrated_bank(chain_run):
     hop1 = chain_run / "hop1_tiny-qwen2"
     hop2 = chain_run / "hop2_tiny-gemma3"

@@ -35,6 +35,9 @@ def test_cold_start_end_to_end(tmp_path):
     assert set(methods) == {"scratch", "map", "map_finetune", "mean_finetune"}
     for row in methods.values():
         assert 0 < row["metrics"]["rmse"] < 4
+        assert row["personal_gain"]["low"] <= row["personal_gain"]["value"] <= row["personal_gain"]["high"]
+    assert "retained" in methods["map"] and "retained" not in methods["scratch"]
+    assert "personal gain [95 %]" in (run / "cold_start.md").read_text()
     assert methods["map"]["target_train_samples"] == 0 and methods["map"]["source_train_samples"] > 0
     assert methods["scratch"]["source_train_samples"] == 0 and methods["scratch"]["target_train_samples"] > 0
     assert methods["mean_finetune"]["source_train_samples"] == 0

@@ -66,6 +66,21 @@ def test_better_own_predictions_have_a_positive_gain_whatever_the_metric_directi
     assert personal_gain(metric, placebo, own, label, user, resamples=200)["high"] < 0  # reversed: negative
 
 
+def test_the_weighted_auc_is_roc_auc_on_the_repeated_rows():
+    from sklearn.metrics import roc_auc_score
+
+    from puma_lightning.tasks.placebo import weighted_auc
+
+    label, _, rng = _rows()
+    label = (label > 0).astype(float)
+    prediction = np.round(label + rng.normal(size=len(label)), 1)  # with ties
+    counts = rng.integers(0, 3, size=len(label))
+    repeated = np.repeat(np.arange(len(label)), counts)
+    assert weighted_auc(prediction, label, np.ones(len(label))) == pytest.approx(roc_auc_score(label, prediction))
+    assert weighted_auc(prediction, label, counts.astype(float)) == pytest.approx(
+        roc_auc_score(label[repeated], prediction[repeated]))
+
+
 def test_uauc_intervals_resample_users():
     label, user, rng = _rows()
     label = (label > 0).astype(float)

@@ -129,7 +129,7 @@ COMMANDS: dict[str, Command] = {
                     ("run_dir", "bank", "model", "split", "data", "source", "target", "prompt", "trainer", "cache_dir")),
     "placebo": Command("Score a prompt bank's test rows with each user's own prompt and with its prompts dealt to other "
                        "users (a derangement seeded by seed; same head and rows); prints, per metric, both values and the "
-                       "personal gain (how much better the own prompts are) with its 95 % bootstrap interval, and writes "
+                       "personal gain (how much better the own prompts are) with its 95 percent bootstrap interval, and writes "
                        "run_dir/placebo.json. An interval holding 0: no measurable personalisation.", _placebo,
                        ("run_dir", "seed", "bank", "model", "placebo", "data", "source", "target", "prompt", "trainer",
                         "cache_dir")),
