@@ -112,6 +112,7 @@ def run_cell(configs: Sequence[str], overrides: Sequence[str], out: Path, strate
 
     ``dtypes`` records the compute dtype of the backbones the cell loads."""
     from puma_lightning.cli.config_loader import load_config, save_config
+    from puma_lightning.io.ownership import claim_run_dir
     from puma_lightning.pipeline.experiment import Experiment
 
     run_dir = out / "cells" / cell_name(strategy, budget, seed, scope)
@@ -120,6 +121,7 @@ def run_cell(configs: Sequence[str], overrides: Sequence[str], out: Path, strate
         cfg = load_config(configs, [*overrides, f"selection={strategy}", f"selection.budget={budget}",
                                     *seed_overrides(seed, scope), f"run_dir={run_dir}",
                                     f"source_dir={source_dir(out, seed, scope)}", *BASELINES_OFF])
+        claim_run_dir(run_dir)  # the cell is a run directory of ours before its config is written into it
         save_config(cfg, run_dir / "config.yaml")
         _seed_runtime(cfg)
         log.info("cell %s", run_dir.name)
