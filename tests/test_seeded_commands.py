@@ -66,6 +66,8 @@ def test_cold_start_over_seeds_compares_with_scratch(tmp_path):
     assert doc["methods"]["scratch"]["vs"] == {}
     for name in ("map", "map_finetune", "mean_finetune"):
         assert set(doc["methods"][name]["vs"]) == {"scratch"}, name
+        assert "retained" in doc["methods"][name] and "personal_gain" in doc["methods"][name], name
+    assert "retained" not in doc["methods"]["scratch"]
     # the two seeds hold out other new users
     new = [json.loads((run / f"seed_{s}" / "cold_start.json").read_text())["new_user_ids"] for s in (0, 1)]
     assert new[0] != new[1]
@@ -80,6 +82,7 @@ def test_aggregate_over_seeds_compares_with_full_retraining(tmp_path):
     assert "full retraining" in rows and rows["full retraining"]["vs"] == {}
     aggregated = next(name for name in rows if "+" in name)
     assert set(rows[aggregated]["vs"]) == {"full retraining"}
+    assert "retained" in rows[aggregated] and "personal_gain" in rows["full retraining"]
 
 
 def test_cost_over_seeds(tmp_path):

@@ -54,6 +54,11 @@ def test_migration_levers_table_csv_and_plot(tmp_path):
     for name in names - {"full_retrain"}:
         c = doc["methods"][name]["vs"]["full_retrain"]["rmse"]
         assert c["low"] <= c["high"] and c["verdict"] in ("better", "worse", "no difference")
+        gain, kept = doc["methods"][name]["personal_gain"], doc["methods"][name]["retained"]  # pooled over both seeds
+        assert gain["low"] <= gain["value"] <= gain["high"] and gain["rows"] == sum(doc["num_test_rows"].values())
+        assert kept["low"] <= kept["high"]
+    assert "personal_gain" in doc["methods"]["full_retrain"] and "retained" not in doc["methods"]["full_retrain"]
+    assert "What the prompts know about their user" in (out / "levers.md").read_text()
     rows = list(csv.DictReader(open(out / "levers.csv", encoding="utf-8")))
     assert len(rows) == 2 * 4 and {r["method"] for r in rows if r["lever"] == "polish"} == {"puma_polish"}
     # the source stage of a seed is trained once and shared by every cell of that seed
