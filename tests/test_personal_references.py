@@ -152,3 +152,22 @@ def test_item_item_beats_popularity_where_users_pick_within_their_group():
     y, who = table.label[test], table.user[test]
     uauc = {n: metric_on_rows("uauc", f(table, 0)[0][test], y, who) for n, f in (("popularity", popularity), ("item_item", item_item))}
     assert uauc["item_item"] > 0.95 and uauc["popularity"] < 0.85
+
+
+def test_auc_and_uauc_match_sklearn_with_ties_and_one_class_users():
+    # the click references (and every click row's bootstrap) use one sort for every user's AUC: the same numbers as
+    # sklearn's roc_auc_score per user, tied scores counted one half, users with one class left out
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        n = int(rng.integers(2, 300))
+        users = rng.integers(0, int(rng.integers(1, 25)), n)
+        y = (rng.random(n) < rng.random()).astype(float)
+        p = np.round(rng.normal(size=n), int(rng.integers(0, 3)))  # coarse scores: many ties
+        per_user = [roc_auc_score(y[users == u], p[users == u]) for u in np.unique(users)
+                    if 0 < y[users == u].sum() < (users == u).sum()]
+        uauc = metric_on_rows("uauc", p, y, users)
+        assert (np.isnan(uauc) and not per_user) or uauc == pytest.approx(np.mean(per_user), abs=1e-12)
+        auc = metric_on_rows("auc", p, y)
+        assert (np.isnan(auc) and not 0 < y.sum() < n) or auc == pytest.approx(roc_auc_score(y, p), abs=1e-12)
