@@ -205,3 +205,16 @@ def test_the_placebo_command_reproduces_the_fit_placebo_of_a_bank(smoke_run, tmp
     assert doc["rmse"]["own"] == pytest.approx(puma["rmse"], abs=1e-4)
     assert doc["rmse"]["placebo"] == pytest.approx(puma["placebo"]["rmse"], abs=1e-4)  # the same seeded derangement
     assert f"{doc['rmse']['value']:+.4f}" in lines[0] and "personal gain" in lines[0]
+
+
+def test_a_run_cached_before_placebos_gets_them_from_its_banks(smoke_run, tmp_path):
+    run_dir = tmp_path / "old"
+    shutil.copytree(smoke_run, run_dir)
+    for name in ("source", "random_init", "full_retrain", "puma"):
+        (run_dir / name / "placebo_predictions.npz").unlink()
+    assert main(["fit", "--config", SMOKE, f"run_dir={run_dir}"]) == 0
+    old, new = (json.loads((d / "results.json").read_text())["methods"] for d in (smoke_run, run_dir))
+    for name in ("source", "full_retrain", "puma"):
+        assert (run_dir / name / "placebo_predictions.npz").is_file()
+        assert new[name]["personal_gain"]["value"] == pytest.approx(old[name]["personal_gain"]["value"], abs=1e-4)
+    assert "personal_gain" not in new["random_init"]  # no bank to score it from

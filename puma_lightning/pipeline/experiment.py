@@ -39,7 +39,7 @@ from puma_lightning.pipeline.residual import row_offsets
 from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tuning, fresh_head, build_table, initial_prompts,
                                              load_frozen_lm)
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
-from puma_lightning.pipeline.placebo import load_placebo, placebo_pass
+from puma_lightning.pipeline.placebo import backfill_placebo, load_placebo, placebo_pass
 from puma_lightning.pipeline.results import write_results
 from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.seeds import PREDICTIONS_FILE, load_predictions
@@ -350,6 +350,8 @@ class Experiment:
             rows[f"shared_prompt_{which}"] = self.pretrain(which, f"shared_prompt_{which}", shared=True)
         if cfg.baselines.classic and self.table.task == "rating":
             rows.update(self.classic_references())
+        for name, record in rows.items():  # stages cached before placebos existed get theirs from their bank
+            backfill_placebo(self, name, record)
         return write_results(self.run_dir, self.table, rows, {name: self.test_predictions(name) for name in rows},
                              {name: load_placebo(self.method_dir(name)) for name in rows}, int(cfg.placebo.resamples))
 

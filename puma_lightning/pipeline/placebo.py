@@ -212,3 +212,43 @@ def stage_gains(metric: str, stage_dir: str | Path | None, full_dir: str | Path 
     full = (load_predictions(full_dir), load_placebo(full_dir)) if full_dir is not None else ()
     return placebo_columns(metric, load_predictions(stage_dir), load_placebo(stage_dir), *full, resamples=resamples,
                            seed=seed)
+
+
+def backfill_placebo(exp: Any, stage: str, record: Mapping[str, Any]) -> bool:
+    """Give a stage cached before placebos existed its ``placebo_predictions.npz``, from its saved bank and head.
+
+    Runs only where the stage has a bank, test predictions and no placebo, and kept nothing outside the bank (no
+    per-user bias, no shared prompt); the bank is first scored with its own prompts, and the placebo is written only
+    if that reproduces the stage's saved predictions (else the row stays without, and the log says why). Returns
+    whether it wrote one."""
+    from puma_lightning.io.atomic import atomic_write_with
+    from puma_lightning.io.bank import PromptBank
+    from puma_lightning.models.heads import load_head
+    from puma_lightning.pipeline.distributed import on_rank_zero
+    from puma_lightning.pipeline.seeds import load_predictions
+    from puma_lightning.pipeline.training import test_metrics
+    from puma_lightning.tasks import PromptTuning
+
+    folder = exp.stage_dir(stage)
+    saved = load_predictions(folder)
+    if (folder / PLACEBO_FILE).is_file() or not (folder / "bank").is_dir() or saved is None or exp.table.n_users < 2:
+        return False
+    if record.get("user_bias") or record.get("shared_prompt"):
+        return False
+    bank = PromptBank.load(folder / "bank")
+    if bank.head_state is None:
+        return False
+    lm = exp.backbone("source" if stage == "source" else "target")
+    table = exp.table
+    module = PromptTuning(lm, load_head(table.task, bank.head_state, lm.hidden_size), table.task,
+                          bank.rows_for(table.user_ids).float(), train_prompts=False, train_head=False)
+    dm = exp.datamodule(lm, exp.cfg.prompt.batch_size)
+    test_metrics(module, dm, exp.cfg, exp.run_dir, f"{stage}_own")
+    own = module.test_predictions()
+    if not (np.array_equal(own["row"], saved["row"]) and np.allclose(own["prediction"], saved["prediction"], atol=1e-3)):
+        log.warning("%s: its bank does not reproduce the stage's test predictions; no placebo for this row", stage)
+        return False
+    _, predictions, _ = dealt_predictions(module, dm, exp.cfg, exp.run_dir, stage, table.n_users)
+    on_rank_zero(lambda: atomic_write_with(folder / PLACEBO_FILE, lambda tmp: _write_npz(tmp, predictions)))
+    log.info("%s: placebo scored from its bank (the stage was cached before placebos existed)", stage)
+    return True
