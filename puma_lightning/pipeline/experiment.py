@@ -348,7 +348,7 @@ class Experiment:
             rows["full_retrain"] = self.pretrain("target", "full_retrain")
         for which in cfg.baselines.shared_prompt:
             rows[f"shared_prompt_{which}"] = self.pretrain(which, f"shared_prompt_{which}", shared=True)
-        if cfg.baselines.classic and self.table.task == "rating":
+        if cfg.baselines.classic:
             rows.update(self.classic_references())
         for name, record in rows.items():  # stages cached before placebos existed get theirs from their bank
             backfill_placebo(self, name, record)
@@ -356,13 +356,15 @@ class Experiment:
                              {name: load_placebo(self.method_dir(name)) for name in rows}, int(cfg.placebo.resamples))
 
     def classic_references(self) -> dict[str, dict[str, Any]]:
-        """The no-LLM references fitted on the training split (tuned on valid), tested on the same rows."""
-        from puma_lightning.pipeline.classic import REFERENCES
+        """The no-LLM references that apply to the table (its task, what each reads), fitted on the training split
+        (tuned on valid), tested on the same rows: RMSE/MAE of ratings, AUC/uAUC of click scores."""
+        from puma_lightning.pipeline.classic import references_for
         from puma_lightning.tasks.uncertainty import metric_on_rows
 
         table, out = self.table, {}
         test = table.rows("test")
-        for name, ref in REFERENCES.items():
+        names = ("rmse", "mae") if table.task == "rating" else ("auc", "uauc")
+        for name, ref in references_for(table).items():
             stage = f"classic/{name}"
             key = config_key(self.cfg.data, self.cfg.seed, name)
             cached = self.read_stage(stage, key)
@@ -373,7 +375,7 @@ class Experiment:
             prediction, params = ref.fit(table, int(self.cfg.seed))
             wall = time.perf_counter() - start
             label = table.label[test].astype(np.float64)
-            metrics = {m: metric_on_rows(m, prediction[test], label) for m in ("rmse", "mae")}
+            metrics = {m: metric_on_rows(m, prediction[test], label, table.user[test]) for m in names}
             self.save_test_predictions(stage, {"row": test.astype(np.int64), "user": table.user[test].astype(np.int64),
                                                "prediction": prediction[test], "label": label})
             out[name] = self.write_stage(stage, key, {"method": name, "metrics": metrics, "wall_s": round(wall, 2),
