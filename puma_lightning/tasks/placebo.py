@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from puma_lightning.tasks.uncertainty import LOWER_IS_BETTER, metric_on_rows
+from puma_lightning.tasks.uncertainty import LOWER_IS_BETTER
 
 LEVEL = 0.95
 """Coverage of every interval here."""
