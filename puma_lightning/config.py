@@ -219,7 +219,7 @@ class BaselinesConfig:
     shared_prompt: List[str] = field(default_factory=list)
     """Also train one prompt shared by all users on these models (``[source]``, ``[target]`` or both): what the frozen model adds about the items through their text, without personalisation (rows ``shared_prompt_source`` / ``shared_prompt_target``)."""
     classic: bool = True
-    """Also fit the references that need no LLM on the same training rows, those that apply to the task (ratings: global mean, user + item biases, biased matrix factorisation, and a per-user ridge on item attributes where the items have them; clicks: popularity and item-item co-occurrence; seconds)."""
+    """Also fit the references that need no LLM on the same training rows, those that apply to the task (ratings: global mean, user + item biases, biased matrix factorisation, and a per-user ridge on item attributes where the items have them; clicks: popularity, item-item co-occurrence, and the attribute ridge as a linear probability model where the items have attributes; seconds)."""
 
 
 @dataclass

@@ -55,7 +55,7 @@ def test_ml100k_click_is_every_user_as_implicit_feedback():
 
 CASES = {
     "personal": (["data.n_users=12"], {"floor", "attribute_ridge", "user_item_bias", "biased_mf"}, "rmse"),
-    "personal_click": (["data.n_users=12"], {"floor_auc", "popularity", "item_item"}, "uauc"),
+    "personal_click": (["data.n_users=12"], {"floor_auc", "popularity", "item_item", "attribute_ridge_click"}, "uauc"),
     "ml100k_click": (["data.max_users=12", "data.max_rows_per_user=8"], {"popularity", "item_item"}, "uauc"),
 }
 
@@ -69,7 +69,8 @@ def test_shipped_config_fits_with_its_references(name, tmp_path):
     methods = results["methods"]
     assert {"source", "random_init", "puma"} <= set(methods)
     assert {e for e in expected if not e.startswith("floor")} <= set(methods)
-    assert ("attribute_ridge" in methods) == (name == "personal")
+    assert ("attribute_ridge" in methods) == (name == "personal")  # items with attributes: the synthetic ones
+    assert ("attribute_ridge_click" in methods) == (name == "personal_click")
     if "floor" in expected:
         assert results["floor_rmse"] is not None
     if "floor_auc" in expected:

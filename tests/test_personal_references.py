@@ -91,12 +91,24 @@ def test_on_the_synthetic_generator_the_ridge_opens_the_gap_to_the_floor():
     assert table.meta["floor_rmse"] < rmse["attribute_ridge"] < rmse["user_item_bias"] - 0.03
 
 
+def test_attribute_ridge_on_clicks_reads_the_tastes_that_popularity_and_cooccurrence_miss():
+    # synthetic clicks: which of the films a user was shown they click follows their tastes, not the films' exposure
+    table = make_synthetic(seed=1, n_users=300, n_items=120, rows_per_user=24, task="click", valid_ratio=4 / 24,
+                           test_ratio=4 / 24)
+    test = table.rows("test")
+    uauc = {n: metric_on_rows("uauc", REFERENCES[n].fit(table, 0)[0][test], table.label[test], table.user[test])
+            for n in ("attribute_ridge_click", "popularity", "item_item")}
+    assert uauc["attribute_ridge_click"] > max(uauc["popularity"], uauc["item_item"]) + 0.04
+    pred, chosen = REFERENCES["attribute_ridge_click"].fit(table, 0)
+    assert pred.min() >= 0 and pred.max() <= 1 and chosen["features"] == 25
+
+
 def test_which_references_apply_to_which_table():
     rating = make_synthetic(n_users=8, n_items=10, rows_per_user=5)
     click = make_synthetic(n_users=8, n_items=10, rows_per_user=5, task="click")
     assert set(references_for(rating)) == {"global_mean", "item_bias", "user_bias", "user_item_bias", "biased_mf",
                                            "attribute_ridge"}
-    assert set(references_for(click)) == {"popularity", "item_item"}
+    assert set(references_for(click)) == {"popularity", "item_item", "attribute_ridge_click"}
     rating.meta.pop("item_attributes")  # e.g. MovieLens: no attributes, no attribute_ridge (and no error)
     assert "attribute_ridge" not in references_for(rating) and "biased_mf" in references_for(rating)
     rating.meta["item_attributes"] = {"genre": [0, 1]}  # does not cover every item

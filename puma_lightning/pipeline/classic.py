@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from puma_lightning.data.table import InteractionTable
-from puma_lightning.pipeline.classic_attributes import attribute_ridge, has_item_attributes
+from puma_lightning.pipeline.classic_attributes import attribute_ridge, attribute_ridge_click, has_item_attributes
 from puma_lightning.pipeline.classic_click import item_item, popularity
 
 RATING_RANGE = (1.0, 5.0)
@@ -156,6 +156,8 @@ register(Reference("user_item_bias", "no LLM: mean + regularised user and item b
 register(Reference("biased_mf", "no LLM: biased matrix factorisation, SGD (size and reg on valid)", biased_mf))
 register(Reference("attribute_ridge", "no LLM: per-user ridge on the item attributes over the user + item biases (reg on valid)",
                    attribute_ridge, needs=has_item_attributes))
+register(Reference("attribute_ridge_click", "no LLM: per-user ridge on the item attributes over user + item click rates "
+                   "(a linear probability model, regs on valid)", attribute_ridge_click, task="click", needs=has_item_attributes))
 register(Reference("popularity", "no LLM, not personal: the item's training positives", popularity, task="click"))
 register(Reference("item_item", "no LLM: summed cosine co-occurrence of the item with the user's training positives",
                    item_item, task="click"))

@@ -7,7 +7,8 @@ the user + item bias model on the one-hot attributes of the items they rated::
     w_u = argmin_w  sum over u's training rows (y - b(u, i) - x_i . w)^2 + lam * |w|^2,   prediction b(u, i) + x_i . w_u
 
 with one penalty ``lam`` for every user, chosen on the validation split. The gap between it and the bias model is the
-personal signal the item text carries (what a table's "captured share" divides by).
+personal signal the item text carries (what a table's "captured share" divides by). ``attribute_ridge_click`` is the
+same on click tables, as a linear probability model over the user + item click rates.
 """
 
 from __future__ import annotations
@@ -68,7 +69,29 @@ def attribute_ridge(table: InteractionTable, seed: int) -> tuple[np.ndarray, dic
     from puma_lightning.pipeline.classic import RATING_RANGE, fit_bias_model
 
     mu, bu, bi, bias_chosen = fit_bias_model(table)
-    base = mu + bu[table.user] + bi[table.item]
+    return ridge_over_base(table, mu + bu[table.user] + bi[table.item], RATING_RANGE, bias_chosen["reg"])
+
+
+def attribute_ridge_click(table: InteractionTable, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The same on a click table, as a linear probability model: the ridge over the user + item click-rate biases
+    (each regularisation chosen on the validation split's squared error), clipped to [0, 1]; scored by AUC/uAUC."""
+    from puma_lightning.pipeline.classic import BIAS_REGS, fit_biases
+
+    valid = table.rows("valid")
+    best = None
+    for reg in BIAS_REGS:
+        mu, bu, bi = fit_biases(table, reg)
+        base = mu + bu[table.user] + bi[table.item]
+        score = float(np.mean((np.clip(base[valid], 0.0, 1.0) - table.label[valid]) ** 2)) if len(valid) else 0.0
+        if best is None or score < best[0]:
+            best = (score, reg, base)
+    return ridge_over_base(table, best[2], (0.0, 1.0), best[1])
+
+
+def ridge_over_base(table: InteractionTable, base: np.ndarray, clip: tuple[float, float],
+                    bias_reg: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """``base`` (every row's bias-model prediction) plus each user's attribute ridge on its training residual, the
+    penalty chosen on the validation split's RMSE; predictions clipped to ``clip``."""
     item_cols, width = attribute_columns(table)
     cols = item_cols[table.item]
     train, valid = table.rows("train"), table.rows("valid")
@@ -76,12 +99,12 @@ def attribute_ridge(table: InteractionTable, seed: int) -> tuple[np.ndarray, dic
     weights = ridge_weights(table.user[train], cols[train], target, table.n_users, width, RIDGE_PENALTIES)
 
     def predict(p: int, rows: np.ndarray) -> np.ndarray:
-        return np.clip(base[rows] + weights[p, table.user[rows][:, None], cols[rows]].sum(axis=1), *RATING_RANGE)
+        return np.clip(base[rows] + weights[p, table.user[rows][:, None], cols[rows]].sum(axis=1), *clip)
 
     label = table.label[valid].astype(np.float64)
     scores = [float(np.sqrt(np.mean((predict(p, valid) - label) ** 2))) if len(valid) else 0.0
               for p in range(len(RIDGE_PENALTIES))]
     best = int(np.argmin(scores))
     return predict(best, np.arange(len(table))), {"reg": RIDGE_PENALTIES[best], "valid_rmse": scores[best],
-                                                   "bias_reg": bias_chosen["reg"], "attributes": list(table.meta["item_attributes"]),
+                                                   "bias_reg": bias_reg, "attributes": list(table.meta["item_attributes"]),
                                                    "features": width}
