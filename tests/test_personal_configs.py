@@ -76,3 +76,16 @@ def test_shipped_config_fits_with_its_references(name, tmp_path):
     if "floor_auc" in expected:
         assert results["floor_auc"] is not None
     assert all(row[metric] == row[metric] for row in methods.values())  # not NaN
+
+
+def test_references_benchmark_prints_the_machine_and_the_personal_gaps(capsys):
+    from benchmark_loader import load_benchmark, machine_line
+
+    assert load_benchmark("references").main(["--config", str(ROOT / "configs" / "personal.yaml"), "--config",
+                                              str(ROOT / "configs" / "ml100k_click.yaml"), "data.n_users=40",
+                                              "data.max_users=40"]) == 0
+    printed = capsys.readouterr().out
+    assert "dtype" not in machine_line(printed)  # no model
+    assert "| attribute_ridge |" in printed and "| item_item |" in printed and "| floor |" in printed
+    assert "personal.yaml: personal signal, RMSE user_item_bias − attribute_ridge = +" in printed
+    assert "ml100k_click.yaml: personal signal, UAUC item_item − popularity = " in printed
