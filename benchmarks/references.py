@@ -58,7 +58,7 @@ def to_markdown(rows: list[dict]) -> str:
     """The references' table and, per config, the personal gap."""
     lines = ["| config | task | users | test rows | reference | RMSE | MAE | AUC | uAUC | chosen | s |", "|" + "---|" * 11]
     for r in rows:
-        cell = lambda k: f"{r[k]:.4f}" if isinstance(r.get(k), float) else ""  # noqa: E731
+        cell = {k: f"{r[k]:.4f}" if isinstance(r.get(k), float) else "" for k in ("rmse", "mae", "auc", "uauc")}.get
         chosen = ", ".join(f"{k} {v}" for k, v in r["params"].items() if k in ("reg", "factors"))
         lines.append(f"| {r['config']} | {r['task']} | {r['users']} | {r['test_rows']:,} | {r['reference']} | {cell('rmse')} | "
                      f"{cell('mae')} | {cell('auc')} | {cell('uauc')} | {chosen} | {r['seconds']:.2f} |")
