@@ -91,7 +91,7 @@ RESIDUAL_BASES = ("none", "item_bias", "user_item_bias")
 """``prompt.residual`` choices (see :mod:`puma_lightning.pipeline.residual`)."""
 PROMPT_STARTS = ("random", "item_text")
 """``prompt.init_from`` choices (see :func:`puma_lightning.pipeline.builders.initial_prompts`)."""
-HIDDEN_READOUTS = ("none", "trained", "ridge")
+HIDDEN_READOUTS = ("none", "trained", "ridge", "ridge_own")
 """``prompt.hidden_readout`` choices (see :mod:`puma_lightning.models.heads` and :mod:`puma_lightning.pipeline.readout_fit`)."""
 INPUT_NORMS = ("none", "standardize")
 """``adapter.input_norm`` choices (see :mod:`puma_lightning.models.adapters.normalized`)."""
@@ -133,7 +133,10 @@ class PromptConfig:
     """``none``: the head reads the answer tokens' logits only (as published). ``trained``: it also reads the last hidden state
     at the answer position through a linear readout (zero at the start) trained with the head. ``ridge``: that readout is
     fitted in closed form before the stage trains (on its training rows, read through one neutral prompt; penalty and
-    components chosen on its validation rows; see :mod:`puma_lightning.pipeline.readout_fit`) and then frozen. The readout
+    components chosen on its validation rows; see :mod:`puma_lightning.pipeline.readout_fit`) and then frozen. ``ridge_own``: the
+    same fit, frozen, but then read through each user's *own* prompt (the hidden state the prompt steers), so the prompts'
+    gradients reach them through a d-dimensional channel the fit aligned with the ratings, not only through the 5 answer
+    logits (docs/prompt_diagnosis.md). The readout
     belongs to the model it reads: where a head moves to another model (PUMA's adapter, ``vocab_map``) it restarts at zero
     on that model's width, and is refitted there under ``ridge`` where that stage trains (PUMA's adapter), from its rows."""
     residual: str = "none"

@@ -57,6 +57,12 @@ class HiddenReadout(nn.Module):
         self.neutral_prompt = prompt.detach().float().reshape(-1, self.hidden_size).to(self.linear.weight.device).clone()
         self.neutral_cache = {}
 
+    def read_own(self) -> None:
+        """Read every row through the user's own prompt from now on (drops the neutral prompt and its cache): the
+        weights fitted on neutral states then carry the prompts' gradients (``prompt.hidden_readout=ridge_own``)."""
+        self.neutral_prompt = torch.zeros(0, self.hidden_size, device=self.linear.weight.device)
+        self.neutral_cache = {}
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(hidden.float())).squeeze(-1)
 
