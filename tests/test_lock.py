@@ -57,6 +57,9 @@ def fresh_cli_log():
 
 
 def test_cli_refuses_a_locked_run_dir_with_one_line(tmp_path, capsys, fresh_cli_log):
+    from puma_lightning.io.ownership import claim_run_dir
+
+    claim_run_dir(tmp_path)  # a run directory of ours, as the holder's command made it before taking the lock
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (tmp_path / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
