@@ -27,15 +27,8 @@ from typing import Any, Iterator
 
 from puma_lightning.io.atomic import atomic_write_text
 from puma_lightning.io.bank import MANIFEST_FILE, content_hash, read_manifest
+from puma_lightning.io.ownership import file_sha256
 
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def bank_content_hash(path: str | Path) -> str:
