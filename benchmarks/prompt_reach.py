@@ -14,6 +14,7 @@ validation rows. Computed here (in dual form: each user has a handful of rows) f
   over items (a readout of the hidden state in those directions, per user: an upper bound);
 - ``hidden_state``: the neutral hidden state itself (no prompt involved: what a per-user readout of it could learn,
   i.e. whether the model's reading of the item holds the attributes at the answer position);
+- ``item_text_embedding``: the mean input embedding of the item text's tokens (no model pass: what the words say);
 - ``attributes``: the one-hot item attributes (the ``attribute_ridge`` reference, as a check of the fit).
 
 Every row reports train/valid/test RMSE and the captured share ``(bias - rmse) / (bias - attribute_ridge)`` on test.
@@ -107,6 +108,80 @@ def item_features(lm: Any, dm: Any, table: Any, p0: Any, directions: int, batch:
     return full
 
 
+SHARED_RANKS = (8, 16, 32, 64)
+"""Ranks of the shared principal-direction views of each channel."""
+
+
+def top_components(x: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """``x`` projected on its top ``k`` principal directions over ``items``, scaled to unit variance each."""
+    centred = x - x[items].mean(0)
+    _, s, vt = np.linalg.svd(centred[items], full_matrices=False)
+    z = centred @ vt[:k].T
+    return z / (z[items].std(0) + 1e-12)
+
+
+def decodability(table: Any, x: np.ndarray, folds: int = 5) -> dict[str, float]:
+    """Per attribute, the 5-fold cross-validated accuracy of a ridge classifier reading the item's category from ``x``
+    over the rated items (chance: the majority share): whether the channel holds what the item text says."""
+    from sklearn.linear_model import RidgeClassifierCV
+    from sklearn.model_selection import cross_val_score
+
+    items = np.unique(table.item)
+    out = {}
+    for name, values in table.meta.get("item_attributes", {}).items():
+        y = np.asarray(values)[items]
+        score = cross_val_score(RidgeClassifierCV(alphas=np.logspace(-3, 4, 15)), x[items], y, cv=folds).mean()
+        out[name] = round(float(score), 3)
+        out[f"{name}_chance"] = round(float(np.bincount(y).max() / len(y)), 3)
+    return out
+
+
+SHARED_BASIS = ((8, 0.1, 0.3, 0.03), (8, 1.0, 0.05, 0.01))
+"""(rank k, penalty, init std, Adam lr) of the shared-basis fits: each user's change is ``z_u . (A f_i)``, ``A`` [k, f]
+shared by all users (the first fits on the attributes alone, the second holds the LLM features back from overfitting)."""
+
+
+def shared_basis_fit(table: Any, features: np.ndarray, base: np.ndarray, rank: int, penalty: float, init: float,
+                     lr: float, steps: int = 800, seed: int = 0) -> dict[str, Any]:
+    """A first-order prompt with a shared low-rank basis: ``delta_u = A^T z_u`` (``A`` [k, f] learned from every user's
+    training rows, ``z_u`` [k] per user), so the change is ``z_u . (A f_i)``: full-batch Adam on the training rows'
+    squared error plus ``penalty`` x (mean squared code norm + mean squared basis entry); train/valid/test RMSE at the
+    step with the lowest validation RMSE (checked every 20 steps)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = features - features[np.unique(table.item)].mean(0)
+    x = torch.as_tensor(x / (np.sqrt((x ** 2).sum(1).mean()) + 1e-12), dtype=torch.float32)
+    width = x.shape[1]
+    label = torch.as_tensor(table.label, dtype=torch.float32)
+    base_t = torch.as_tensor(base, dtype=torch.float32)
+    user, item = torch.as_tensor(table.user), torch.as_tensor(table.item)
+    split = {s: torch.as_tensor(table.rows(s)) for s in ("train", "valid", "test")}
+    a = (torch.randn(rank, width, generator=gen) * init).requires_grad_(True)
+    z = (torch.randn(table.n_users, rank, generator=gen) * init).requires_grad_(True)
+    opt = torch.optim.Adam([a, z], lr=lr)
+
+    def predict(rows: torch.Tensor) -> torch.Tensor:
+        return (base_t[rows] + (z[user[rows]] * (x[item[rows]] @ a.T)).sum(-1)).clamp(1.0, 5.0)
+
+    def rmse(rows: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(((predict(rows) - label[rows]) ** 2).mean().sqrt())
+
+    best = (rmse(split["valid"]), 0, {s: rmse(r) for s, r in split.items()})
+    tr = split["train"]
+    for step in range(1, steps + 1):
+        opt.zero_grad()
+        loss = ((predict(tr) - label[tr]) ** 2).mean() + penalty * ((z ** 2).sum() / table.n_users + (a ** 2).sum() / width)
+        loss.backward()
+        opt.step()
+        if step % 20 == 0:
+            score = rmse(split["valid"])
+            if score < best[0]:
+                best = (score, step, {s: rmse(r) for s, r in split.items()})
+    return {"step": best[1], **{s: round(v, 5) for s, v in best[2].items()}}
+
+
 def per_user_ridge(table: Any, features: np.ndarray, base: np.ndarray) -> dict[str, Any]:
     """Per-user kernel ridge of ``label - base`` on the items' ``features``, penalty chosen on valid; RMSE per split."""
     x = features - features[np.unique(table.item)].mean(0)
@@ -154,8 +229,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompts, _ = initial_prompts(cfg, lm, table)
     p0 = prompts.float().mean(0).to(lm.device)  # the neutral prompt of the ridge readout
     dm = exp.datamodule(lm, cfg.prompt.batch_size)
-    feats = item_features(lm, dm, table, p0, args.directions, args.batch)
+    cache = Path(args.out) / "features.npz" if args.out else None
+    if cache is not None and cache.is_file():  # the features of an earlier run of the same config (seconds to analyse)
+        feats = dict(np.load(cache))
+    else:
+        feats = item_features(lm, dm, table, p0, args.directions, args.batch)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, **feats)
     seconds = time.perf_counter() - start
+    from puma_lightning.pipeline.builders import item_text_embeddings
+
+    feats["item_text_embedding"] = item_text_embeddings(lm, table.item_texts, int(cfg.data.max_item_tokens or 32)).numpy()
     cols, width = attribute_columns(table)
     onehot = np.zeros((table.n_items, width))
     onehot[np.arange(table.n_items)[:, None], cols] = 1.0
@@ -167,19 +252,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref_rmse = {name: {s: round(float(np.sqrt(np.mean((p[table.rows(s)] - label[table.rows(s)]) ** 2))), 5)
                        for s in ("train", "valid", "test")} for name, p in refs.items()}
     rows = []
-    for name, x in feats.items():
+    channels = dict(feats)
+    for name in ("expected_rating", "hidden_pcs", "hidden_state", "item_text_embedding"):  # a shared low-rank view first: the top-k principal
+        for k in SHARED_RANKS:  # directions over items, then the per-user ridge in that k-dimensional space
+            channels[f"{name}_top{k}"] = top_components(feats[name], np.unique(table.item), k)
+    for name, x in channels.items():
         r = per_user_ridge(table, x, base)
+        r["decodes"] = decodability(table, x)
         bias, ridge = ref_rmse["user_item_bias"], ref_rmse["attribute_ridge"]
         r.update(channel=name, width=int(x.shape[1]),
                  captured_valid=round((bias["valid"] - r["valid"]) / (bias["valid"] - ridge["valid"]), 3),
                  captured_test=round((bias["test"] - r["test"]) / (bias["test"] - ridge["test"]), 3))
         rows.append(r)
+    for name in ("hidden_state", "attributes"):
+        for rank, penalty, init, lr in SHARED_BASIS:
+            r = shared_basis_fit(table, feats[name], base, rank, penalty, init, lr)
+            bias, ridge = ref_rmse["user_item_bias"], ref_rmse["attribute_ridge"]
+            r.update(channel=f"{name}_shared_rank{rank}", width=int(feats[name].shape[1]), penalty=penalty, decodes={},
+                     captured_valid=round((bias["valid"] - r["valid"]) / (bias["valid"] - ridge["valid"]), 3),
+                     captured_test=round((bias["test"] - r["test"]) / (bias["test"] - ridge["test"]), 3))
+            rows.append(r)
     machine = describe_machine(dtypes.text())
     lines = [machine, "", f"config {args.config} {' '.join(args.overrides)}; features in {seconds:.0f} s", "",
-             "| channel | features | train RMSE | valid RMSE | test RMSE | captured (valid) | captured (test) | penalty |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| channel | features | train RMSE | valid RMSE | test RMSE | captured (valid) | captured (test) | penalty "
+             "| decodes genre / mood / decade (chance) |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['channel']} | {r['width']} | {r['train']:.4f} | {r['valid']:.4f} | {r['test']:.4f} | "
-              f"{r['captured_valid']:+.2f} | {r['captured_test']:+.2f} | {r['penalty']:g} |" for r in rows]
+              f"{r['captured_valid']:+.2f} | {r['captured_test']:+.2f} | {r['penalty']:g} | "
+              + " / ".join(f"{r['decodes'].get(a, float('nan')):.2f} ({r['decodes'].get(a + '_chance', float('nan')):.2f})"
+                           for a in ("genre", "mood", "decade")) + " |" for r in rows]
     lines += ["", "References: " + "; ".join(f"{n} " + ", ".join(f"{s} {v:.4f}" for s, v in d.items()) for n, d in ref_rmse.items())]
     print("\n".join(lines))
     if args.out:
