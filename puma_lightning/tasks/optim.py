@@ -82,10 +82,14 @@ class LazyAdamW(torch.optim.Optimizer):
 
 
 def build_optimizer(name: str, groups: list[dict], on_cuda: bool = False) -> torch.optim.Optimizer:
-    """``adamw`` (torch's, fused on CUDA) or ``lazy_adamw`` (groups with ``lazy=True`` update row-wise)."""
+    """``adamw`` (torch's, multi-tensor ``foreach`` on CUDA) or ``lazy_adamw`` (groups with ``lazy=True`` update row-wise).
+
+    Not ``fused``: Lightning's mixed-precision plugin (``bf16-mixed``, the GPU default) refuses gradient clipping
+    (``trainer.gradient_clip_val``, 1.0 by default) with an optimiser that unscales its own gradients, so every
+    ``adamw`` stage failed at its first step on a GPU (seen on an H200, docs/prompt_diagnosis.md)."""
     if name == "adamw":
         plain = [{k: v for k, v in g.items() if k != "lazy"} for g in groups]
-        return torch.optim.AdamW(plain, fused=True) if on_cuda else torch.optim.AdamW(plain)
+        return torch.optim.AdamW(plain, foreach=True) if on_cuda else torch.optim.AdamW(plain)
     if name == "lazy_adamw":
         return LazyAdamW(groups)
     raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(PROMPT_OPTIMIZERS)}")
