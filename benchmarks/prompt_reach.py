@@ -15,6 +15,9 @@ validation rows. Computed here (in dual form: each user has a handful of rows) f
 - ``hidden_state``: the neutral hidden state itself (no prompt involved: what a per-user readout of it could learn,
   i.e. whether the model's reading of the item holds the attributes at the answer position);
 - ``item_text_embedding``: the mean input embedding of the item text's tokens (no model pass: what the words say);
+- ``*_topK``: a channel's top-K principal directions, whitened; ``*_kmeansC``: one-hot k-means clusters of its whitened
+  top-64 view (item structure found without ratings); ``*_shared_rank8``: a basis shared by all users (see
+  :func:`shared_basis_fit`);
 - ``attributes``: the one-hot item attributes (the ``attribute_ridge`` reference, as a check of the fit).
 
 Every row reports train/valid/test RMSE and the captured share ``(bias - rmse) / (bias - attribute_ridge)`` on test.
@@ -118,6 +121,20 @@ def top_components(x: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
     _, s, vt = np.linalg.svd(centred[items], full_matrices=False)
     z = centred @ vt[:k].T
     return z / (z[items].std(0) + 1e-12)
+
+
+KMEANS_CLUSTERS = (10, 25)
+"""Cluster counts of the k-means views (10 genres, 25 one-hot attribute columns)."""
+
+
+def kmeans_onehot(x: np.ndarray, items: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """One-hot k-means cluster of every item (clusters fitted on ``items``): item structure found without ratings."""
+    from sklearn.cluster import KMeans
+
+    labels = KMeans(clusters, n_init=10, random_state=seed).fit_predict(x[items])
+    out = np.zeros((len(x), clusters))
+    out[items, labels] = 1.0
+    return out
 
 
 def decodability(table: Any, x: np.ndarray, folds: int = 5) -> dict[str, float]:
@@ -230,13 +247,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p0 = prompts.float().mean(0).to(lm.device)  # the neutral prompt of the ridge readout
     dm = exp.datamodule(lm, cfg.prompt.batch_size)
     cache = Path(args.out) / "features.npz" if args.out else None
-    if cache is not None and cache.is_file():  # the features of an earlier run of the same config (seconds to analyse)
-        feats = dict(np.load(cache))
-    else:
+    key = np.array(json.dumps([list(args.config), list(args.overrides), args.model, args.directions]))
+    feats = None
+    if cache is not None and cache.is_file():  # the features of an earlier run of the same command (seconds to analyse)
+        stored = dict(np.load(cache))
+        if str(stored.pop("command", "")) == str(key):
+            feats = stored
+    if feats is None:
         feats = item_features(lm, dm, table, p0, args.directions, args.batch)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, **feats)
+            np.savez(cache, command=key, **feats)
     seconds = time.perf_counter() - start
     from puma_lightning.pipeline.builders import item_text_embeddings
 
@@ -256,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("expected_rating", "hidden_pcs", "hidden_state", "item_text_embedding"):  # a shared low-rank view first: the top-k principal
         for k in SHARED_RANKS:  # directions over items, then the per-user ridge in that k-dimensional space
             channels[f"{name}_top{k}"] = top_components(feats[name], np.unique(table.item), k)
+    for name in ("expected_rating", "hidden_state", "item_text_embedding"):  # unsupervised item structure: k-means
+        for clusters in KMEANS_CLUSTERS:  # clusters of the whitened top-64 view, one-hot
+            channels[f"{name}_kmeans{clusters}"] = kmeans_onehot(top_components(feats[name], np.unique(table.item), 64),
+                                                                 np.unique(table.item), clusters, int(cfg.seed))
     for name, x in channels.items():
         r = per_user_ridge(table, x, base)
         r["decodes"] = decodability(table, x)
