@@ -49,3 +49,23 @@ def test_the_reach_fit_finds_the_attributes_and_reports_every_channel(tmp_path, 
     assert attributes["decodes"]["genre"] == 1.0  # the one-hot attributes decode themselves
     assert attributes["valid"] < json.loads((tmp_path / "reach.json").read_text())["references"]["user_item_bias"]["valid"]
     assert "machine:" in capsys.readouterr().out
+
+
+def test_the_item_match_term_learns_tastes_from_item_features_that_hold_them():
+    from puma_lightning.data.synthetic import make_synthetic
+    from puma_lightning.pipeline.classic import fit_bias_model
+    from puma_lightning.pipeline.classic_attributes import attribute_columns
+
+    match = load_benchmark("item_match_probe")
+    table = make_synthetic(seed=0, n_users=60, n_items=80, rows_per_user=20, noise_std=0.3, valid_ratio=0.2, test_ratio=0.2)
+    mu, bu, bi, _ = fit_bias_model(table)
+    base = mu + bu[table.user] + bi[table.item]
+    cols, width = attribute_columns(table)
+    onehot = np.zeros((table.n_items, width))
+    onehot[np.arange(table.n_items)[:, None], cols] = 1.0
+    label, valid = table.label.astype(float), table.rows("valid")
+    bias_valid = float(np.sqrt(np.mean((np.clip(base[valid], 1, 5) - label[valid]) ** 2)))
+    learned = match.train_match(table, base, onehot, 1.0, 0.01, 1.0, 0.0, 8)
+    assert learned["epoch"] > 0 and learned["valid"] < bias_valid - 0.02
+    frozen = match.train_match(table, base, onehot, 1.0, 0.0, 1.0, 0.0, 2)  # lr 0: the prompts' random start only
+    assert frozen["valid"] >= learned["valid"]
