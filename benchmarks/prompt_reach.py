@@ -227,8 +227,6 @@ def per_user_ridge(table: Any, features: np.ndarray, base: np.ndarray) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
-
     from puma_lightning.cli.config_loader import load_config
     from puma_lightning.cli.main import setup_runtime
     from puma_lightning.pipeline.classic import fit_bias_model, references_for
