@@ -316,7 +316,7 @@ class ExperimentConfig:
     source_dir: Optional[str] = None
     """Reuse the finished source stage (``<dir>/bank``, ``<dir>/stage.json``) of another run instead of ``<run_dir>/source`` (sweeps share one)."""
     bank: Optional[str] = None
-    """``migrate``/``test``: path of the prompt bank to read."""
+    """``migrate``/``test``/``predict``/``placebo``: path of the prompt bank to read."""
     adapter_path: Optional[str] = None
     """``migrate``: path of the adapter checkpoint to apply."""
     out: Optional[str] = None
@@ -333,7 +333,7 @@ class ExperimentConfig:
     top_k: Optional[int] = None
     """``predict``: keep each user's ``top_k`` best-scored candidates, ranked (None: every pair, in file order)."""
     model: str = "target"
-    """``pretrain``/``test``/``predict``: which model section to use, ``source`` or ``target``."""
+    """``pretrain``/``test``/``predict``/``placebo``: which model section to use, ``source`` or ``target``."""
     split: str = "test"
     """``test``: which split to evaluate (``valid`` or ``test``)."""
     chain: ChainConfig = field(default_factory=ChainConfig)
