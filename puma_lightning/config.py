@@ -139,6 +139,12 @@ class PromptConfig:
     logits (docs/prompt_diagnosis.md). The readout
     belongs to the model it reads: where a head moves to another model (PUMA's adapter, ``vocab_map``) it restarts at zero
     on that model's width, and is refitted there under ``ridge`` where that stage trains (PUMA's adapter), from its rows."""
+    item_match: float = 0.0
+    """Scale ``s`` of the item-word match term (0: none, as published). Each row's output gains ``s * <p_u - anchor, e_i -
+    centre> / (sigma^2 sqrt(d))``: the user's prompt against the mean input embedding of the item text's own tokens, in the
+    model's embedding space (``models/item_match.py``). It gives each prompt a short path from the words that name an item's
+    genre or mood to the rating, where the answer position alone buries them (docs/prompt_diagnosis.md). The term is part of
+    the head, saved in every bank; a stage that moves prompts to another model (PUMA, ``vocab_map``) starts the target's own."""
     residual: str = "none"
     """``none``, or a no-LLM bias model (``item_bias``, ``user_item_bias``) whose prediction is added to the head's output, so the
     prompts and head learn only what it misses (rating tasks). The bias model is refitted from the dataset's training rows

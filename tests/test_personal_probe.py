@@ -65,7 +65,7 @@ def test_the_item_match_term_learns_tastes_from_item_features_that_hold_them():
     onehot[np.arange(table.n_items)[:, None], cols] = 1.0
     label, valid = table.label.astype(float), table.rows("valid")
     bias_valid = float(np.sqrt(np.mean((np.clip(base[valid], 1, 5) - label[valid]) ** 2)))
-    learned = match.train_match(table, base, onehot, 1.0, 0.01, 1.0, 0.0, 8)
+    learned = match.train_match(table, base, onehot, 1.0, 0.02, 0.3, 0.0, 8)
     assert learned["epoch"] > 0 and learned["valid"] < bias_valid - 0.02
-    frozen = match.train_match(table, base, onehot, 1.0, 0.0, 1.0, 0.0, 2)  # lr 0: the prompts' random start only
+    frozen = match.train_match(table, base, onehot, 1.0, 0.0, 0.3, 0.0, 2)  # lr 0: the prompts' random start only
     assert frozen["valid"] >= learned["valid"]

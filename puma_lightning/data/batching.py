@@ -41,7 +41,20 @@ class PadCollator:
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.float32),
             "row": torch.tensor([s["row"] for s in samples], dtype=torch.long),
             "offset": torch.tensor([s.get("offset", 0.0) for s in samples], dtype=torch.float32),
+            "item_ids": pad_item_ids([s.get("item_ids", ()) for s in samples]),
         }
+
+
+def pad_item_ids(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``[B, K]`` long: each row's item token ids, right-padded with ``ITEM_PAD`` (-1) to the longest (K >= 1)."""
+    from puma_lightning.models.item_match import ITEM_PAD
+
+    width = max([1, *(len(r) for r in rows)])
+    out = torch.full((len(rows), width), ITEM_PAD, dtype=torch.long)
+    for b, r in enumerate(rows):
+        if len(r):
+            out[b, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out
 
 
 class BucketBatchSampler:

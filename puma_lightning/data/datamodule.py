@@ -69,6 +69,7 @@ class PromptDataset(Dataset):
             "label": float(self.table.label[row]),
             "row": row,
             "offset": float(self.row_offset[row]) if self.row_offset is not None else 0.0,
+            "item_ids": self.encoder.item_token_ids(item, self.table.item_texts[item]),
         }
 
 
@@ -77,8 +78,9 @@ class PromptDataModule(L.LightningDataModule):
 
     Batches are dicts of ``input_ids`` / ``attention_mask`` ``[B, T]`` (right-padded to the batch's
     longest sample), ``slot_pos``, ``answer_pos``, ``user`` (row in the prompt bank), ``row``
-    (row in the table) ``[B]`` long, and ``label`` and ``offset`` ``[B]`` float32 (``offset``: added to the
-    model's output, ``row_offset[row]``, 0 without one — a residual base, see ``prompt.residual``).
+    (row in the table) ``[B]`` long, ``label`` and ``offset`` ``[B]`` float32 (``offset``: added to the
+    model's output, ``row_offset[row]``, 0 without one — a residual base, see ``prompt.residual``), and
+    ``item_ids`` ``[B, K]`` long, the item text's own tokens padded with -1 (``prompt.item_match``).
     """
 
     def __init__(

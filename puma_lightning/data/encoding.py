@@ -62,6 +62,7 @@ class TemplateEncoder:
         self.fill_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         """Placeholder id at the slot; its embedding is replaced by the soft prompt."""
         self._cache: dict[int, EncodedItem] = {}
+        self._item_ids: dict[int, tuple[int, ...]] = {}
         self._truncated: dict[int, str] = {}
         self._parts: dict[str, list[int]] = {}
 
@@ -76,6 +77,15 @@ class TemplateEncoder:
         if len(ids) <= self.max_item_tokens:
             return item_text
         return self.tokenizer.decode(ids[: self.max_item_tokens], skip_special_tokens=True).strip()
+
+    def item_token_ids(self, item_index: int, item_text: str) -> tuple[int, ...]:
+        """The item text's own token ids (no template, no special tokens), the first ``max_item_tokens`` of them;
+        cached by item index. What the item-word match term averages (``models/item_match.py``)."""
+        item_index = int(item_index)
+        hit = self._item_ids.get(item_index)
+        if hit is None:
+            hit = self._item_ids[item_index] = item_text_token_ids(self.tokenizer, item_text, self.max_item_tokens)
+        return hit
 
     def encode_text(self, item_text: str, history: str = NO_HISTORY) -> EncodedItem:
         """Encode one item's text (and a row's history text, if the template uses it); no caching."""
@@ -136,6 +146,12 @@ class TemplateEncoder:
         if hit is None:
             hit = self._cache[item_index] = self.encode_text(item_text)
         return hit
+
+
+def item_text_token_ids(tokenizer: PreTrainedTokenizerBase, item_text: str, max_tokens: int | None) -> tuple[int, ...]:
+    """An item text's own token ids (no special tokens), the first ``max_tokens`` of them (all when None)."""
+    ids = list(tokenizer(item_text, add_special_tokens=False)["input_ids"]) if item_text else []
+    return tuple(ids if max_tokens is None else ids[:max_tokens])
 
 
 def encode_sample(

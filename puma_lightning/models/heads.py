@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from puma_lightning.models.item_match import ItemWordMatch
+
 
 NEUTRAL_CACHE_ROWS = 262_144
 """Most token sequences whose neutral hidden state a readout keeps (cleared when full)."""
@@ -68,12 +70,20 @@ class HiddenReadout(nn.Module):
 
 
 class _ReadsHidden(nn.Module):
-    """What both heads share: an optional :class:`HiddenReadout` added to their output."""
+    """What both heads share: an optional :class:`HiddenReadout` added to their output, and an optional
+    :class:`~puma_lightning.models.item_match.ItemWordMatch` (``item_match``) that the task adds from the prompts."""
 
     readout: HiddenReadout | None
+    item_match: ItemWordMatch | None
 
-    def _with_readout(self, hidden_size: int | None) -> None:
+    def _with_readout(self, hidden_size: int | None, item_match_width: int | None = None) -> None:
         self.readout = HiddenReadout(hidden_size) if hidden_size else None
+        self.item_match = ItemWordMatch(item_match_width) if item_match_width else None
+
+    def attach_item_match(self, hidden_size: int) -> ItemWordMatch:
+        """A fresh (zero-scale) item-word match term of width ``hidden_size``, replacing any it had."""
+        self.item_match = ItemWordMatch(hidden_size).to(next(self.parameters()).device)
+        return self.item_match
 
     @property
     def reads_hidden(self) -> bool:
@@ -93,12 +103,13 @@ class RatingHead(_ReadsHidden):
 
     n_answers = 5
 
-    def __init__(self, mse_weight: float = 0.8, ce_weight: float = 0.2, hidden_size: int | None = None) -> None:
+    def __init__(self, mse_weight: float = 0.8, ce_weight: float = 0.2, hidden_size: int | None = None,
+                 item_match_width: int | None = None) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 12), nn.ReLU(), nn.Linear(12, 1))
         self.mse_weight = mse_weight
         self.ce_weight = ce_weight
-        self._with_readout(hidden_size)
+        self._with_readout(hidden_size, item_match_width)
 
     def init_bias(self, mean_label: float) -> None:
         """Start the regressor at the training mean so early predictions are sensible."""
@@ -135,11 +146,11 @@ class ClickHead(_ReadsHidden):
 
     n_answers = 1
 
-    def __init__(self, hidden_size: int | None = None) -> None:
+    def __init__(self, hidden_size: int | None = None, item_match_width: int | None = None) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
         self.bias = nn.Parameter(torch.zeros(()))
-        self._with_readout(hidden_size)
+        self._with_readout(hidden_size, item_match_width)
 
     def init_bias(self, mean_label: float) -> None:
         """Nothing to do: the bias is fitted from the first steps (kept for a uniform interface)."""
@@ -163,18 +174,25 @@ class ClickHead(_ReadsHidden):
         return torch.sigmoid(output.double())
 
 
-def build_head(task: str, hidden_size: int | None = None) -> nn.Module:
+def build_head(task: str, hidden_size: int | None = None, item_match_width: int | None = None) -> nn.Module:
     """The head for a task name (``rating`` or ``click``), with a :class:`HiddenReadout` of width
-    ``hidden_size`` when one is given."""
+    ``hidden_size`` and an item-word match term of width ``item_match_width`` when they are given."""
     if task == "rating":
-        return RatingHead(hidden_size=hidden_size)
+        return RatingHead(hidden_size=hidden_size, item_match_width=item_match_width)
     if task == "click":
-        return ClickHead(hidden_size=hidden_size)
+        return ClickHead(hidden_size=hidden_size, item_match_width=item_match_width)
     raise ValueError(f"unknown task {task!r}; expected 'rating' or 'click'")
 
 
 READOUT_PREFIX = "readout."
 NEUTRAL_KEY = READOUT_PREFIX + "neutral_prompt"
+ITEM_MATCH_PREFIX = "item_match."
+
+
+def saved_item_match_width(state: dict[str, torch.Tensor]) -> int | None:
+    """The width of a saved head's item-word match term (None: it has none)."""
+    anchor = state.get(ITEM_MATCH_PREFIX + "anchor")
+    return int(anchor.shape[0]) if anchor is not None else None
 
 
 def readout_width(state: dict[str, torch.Tensor]) -> int | None:
@@ -188,15 +206,20 @@ def load_head(task: str, state: dict[str, torch.Tensor], hidden_size: int | None
 
     ``hidden_size``: the width of the model the head will run on; where the state's readout reads another
     width (a head moved to another model), everything but the readout is loaded and the readout restarts
-    at zero on the new width."""
+    at zero on the new width. An item-word match term of another width is dropped (the stage that moves the
+    head attaches the new model's own, see ``pipeline.builders.attach_item_match``)."""
     width = readout_width(state)
+    match = saved_item_match_width(state)
+    if match is not None and hidden_size is not None and match != hidden_size:
+        state = {k: v for k, v in state.items() if not k.startswith(ITEM_MATCH_PREFIX)}
+        match = None
     if width is None or hidden_size is None or width == hidden_size:
-        head = build_head(task, width)
+        head = build_head(task, width, match)
         neutral = state.get(NEUTRAL_KEY)
         if head.readout is not None and neutral is not None and neutral.shape[0] > 0:
             head.readout.set_neutral(neutral)
         head.load_state_dict(state)
         return head
-    head = build_head(task, hidden_size)
+    head = build_head(task, hidden_size, match)
     head.load_state_dict({k: v for k, v in state.items() if not k.startswith(READOUT_PREFIX)}, strict=False)
     return head

@@ -82,6 +82,37 @@ def item_text_embeddings(lm: Any, item_texts: list[str], max_tokens: int, chunk:
     return torch.cat(out) if out else torch.zeros(0, lm.hidden_size)
 
 
+def item_embedding_centre(lm: Any, table: InteractionTable, max_tokens: int | None, chunk: int = 1024) -> "torch.Tensor":
+    """``[d]``: the mean over the table's rated items of each item text's mean input embedding, its tokens cut as the
+    batches cut them (``item_ids``): the ``centre`` of the item-word match term."""
+    import torch
+
+    from puma_lightning.data.batching import pad_item_ids
+    from puma_lightning.data.encoding import item_text_token_ids
+    from puma_lightning.models.item_match import mean_item_embedding
+
+    items = np.unique(table.item)
+    total = torch.zeros(lm.hidden_size, dtype=torch.float64)
+    for start in range(0, len(items), chunk):
+        ids = pad_item_ids([item_text_token_ids(lm.tokenizer, table.item_texts[int(i)], max_tokens)
+                            for i in items[start:start + chunk]]).to(lm.device)
+        total += mean_item_embedding(lm.embed, ids).double().sum(0).cpu()
+    return (total / max(len(items), 1)).float()
+
+
+def attach_item_match(cfg: DictConfig, head: Any, lm: Any, table: InteractionTable, start: "torch.Tensor") -> None:
+    """Give ``head`` the item-word match term of ``prompt.item_match`` on ``lm`` (``models/item_match.py``), anchored
+    at the mean of the prompts ``start`` ``[N, l, d]`` the stage starts from; with ``prompt.item_match`` 0 the head has
+    none. Called where a head starts on a model with a new bank (a stage's own prompts, PUMA's, a mapped bank)."""
+    scale = float(cfg.prompt.get("item_match", 0.0) or 0.0)
+    if scale == 0.0:
+        head.item_match = None
+        return
+    centre = item_embedding_centre(lm, table, cfg.data.max_item_tokens)
+    anchor = start.detach().float().reshape(-1, lm.hidden_size).mean(0)
+    head.attach_item_match(lm.hidden_size).set(scale, anchor, centre, lm.embedding_std())
+
+
 def reads_hidden(cfg: DictConfig) -> bool:
     """Whether the configured heads read the hidden state (``prompt.hidden_readout`` other than ``none``)."""
     return str(cfg.prompt.get("hidden_readout", "none")) != "none"

@@ -36,7 +36,7 @@ from puma_lightning.models.adapters import adapter_metadata, build_adapter, init
 from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.readout_fit import adapter_items, fit_if_configured
 from puma_lightning.pipeline.residual import row_offsets
-from puma_lightning.pipeline.builders import (build_datamodule, build_prompt_tuning, fresh_head, build_table, initial_prompts,
+from puma_lightning.pipeline.builders import (attach_item_match, build_datamodule, build_prompt_tuning, fresh_head, build_table, initial_prompts,
                                              load_frozen_lm)
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
 from puma_lightning.pipeline.placebo import backfill_placebo, load_placebo, placebo_pass
@@ -191,6 +191,7 @@ class Experiment:
         seed_stage(cfg.seed, stage)  # head init, dropout, anything drawn from the global streams: this stage's own
         prompts, scale = initial_prompts(cfg, lm, table)
         head = fresh_head(cfg, lm, table.task, self.mean_label())
+        attach_item_match(cfg, head, lm, table, prompts)
         module = build_prompt_tuning(cfg, lm, table, head, prompts, scale, train_prompts=train_prompts, shared=shared)
         dm = self.datamodule(lm, cfg.prompt.batch_size)
         before = start_stage_costs(lm)
@@ -267,6 +268,8 @@ class Experiment:
         module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, head_lr=cfg.adapter.head_lr,
                            weight_decay=cfg.adapter.weight_decay, train_head=not cfg.adapter.freeze_head,
                            output_scale=output_scale, warmup_ratio=cfg.adapter.warmup_ratio, teacher=teacher)
+        if cfg.prompt.get("item_match"):  # the target's own term, anchored where the adapter starts mapping
+            attach_item_match(cfg, module.head, lm, table, module.migrate_all())
         eval_users = adapter_validation_users(cfg.adapter.validation, table.n_users, users, cfg.seed,
                                               cfg.adapter.validation_max_users)
         log.info("adapter validation: %d users (%s)", len(eval_users), cfg.adapter.validation)

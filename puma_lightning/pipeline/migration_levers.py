@@ -61,12 +61,15 @@ def polish_stage(exp: Any) -> dict[str, Any]:
 
 def vocab_map_stage(exp: Any) -> dict[str, Any]:
     """``vocab_map``: the source bank mapped by the embedding-space least-squares map, tested on the target."""
+    from puma_lightning.pipeline.builders import attach_item_match
     from puma_lightning.tasks import PromptTuning
 
     cfg = exp.cfg
     stage = "vocab_map"
     bank = PromptBank.load(exp.stage_dir("source") / "bank")
-    key = config_key(cfg.data, cfg.source, cfg.target, cfg.seed, bank.model_fingerprint, VOCAB_RIDGE)
+    match = float(cfg.prompt.get("item_match", 0.0) or 0.0)  # keys of runs without the term stay as they were
+    key = config_key(cfg.data, cfg.source, cfg.target, cfg.seed, bank.model_fingerprint, VOCAB_RIDGE,
+                     *([("item_match", match)] if match else []))
     cached = exp.read_stage(stage, key)
     if cached is not None:
         return cached
@@ -74,6 +77,7 @@ def vocab_map_stage(exp: Any) -> dict[str, Any]:
     lm = exp.backbone("target")
     mapped = bank.rows_for(exp.table.user_ids).float() @ fitted.weight
     head = load_head(exp.table.task, bank.head_state, lm.hidden_size)  # a readout restarts at zero: nothing trains here
+    attach_item_match(cfg, head, lm, exp.table, mapped)  # the target's own term, anchored at the mapped bank
     evaluator = PromptTuning(lm, head, exp.table.task, mapped, train_prompts=False, train_head=False)
     before = start_stage_costs(lm)
     dm = exp.datamodule(lm, cfg.prompt.batch_size)

@@ -32,7 +32,7 @@ from puma_lightning.data.table import InteractionTable
 from puma_lightning.models.heads import ClickHead, RatingHead, build_head, load_head
 from puma_lightning.pipeline.builders import build_datamodule
 from puma_lightning.selection.ffn import normalise_bits
-from puma_lightning.tasks.base import answer_outputs
+from puma_lightning.tasks.base import scored_rows
 
 
 def _heads_per_row_loss(head: nn.Module, logits: torch.Tensor, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -83,8 +83,7 @@ def user_task_loss(lm: Any, head_state: dict[str, torch.Tensor] | None, prompts:
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         users = batch["user"]
-        logits, hidden = answer_outputs(lm, head, batch, prompts[users.cpu()].to(device))
-        output = head(logits, hidden) + batch["offset"].to(torch.float32)  # the residual base's prediction (0 without one)
+        logits, output = scored_rows(lm, head, batch, prompts[users.cpu()].to(device))  # + match term, + residual base
         loss = _heads_per_row_loss(head, logits, output, batch["label"].float()).double().cpu().numpy()
         u = users.cpu().numpy()
         total += np.bincount(u, weights=loss, minlength=table.n_users)

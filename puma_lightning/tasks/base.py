@@ -16,6 +16,7 @@ from torch import nn
 if TYPE_CHECKING:
     import numpy as np
 
+from puma_lightning.models.item_match import mean_item_embedding
 from puma_lightning.models.templated_rows import TemplatedRows
 from puma_lightning.tasks.metrics import UserAUC, build_metrics, update_metrics
 
@@ -32,6 +33,23 @@ def answer_outputs(backbone: nn.Module, head: nn.Module, batch: dict[str, torch.
         return backbone.answer_logits(rows, prompts), neutral_hidden(backbone, readout, batch)
     hidden = backbone.answer_hidden(rows, prompts)
     return backbone.project_answers(hidden), hidden
+
+
+def scored_rows(backbone: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor],
+                prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The answer logits ``[B, A]`` and the output ``[B]`` of a batch under ``prompts``: the head's reading of them,
+    plus the head's item-word match term where it has one (``prompt.item_match``), plus the batch's ``offset`` (a
+    residual base's prediction) where it carries one. Every scorer of prompts goes through here."""
+    logits, hidden = answer_outputs(backbone, head, batch, prompts)
+    output = head(logits, hidden)
+    match = getattr(head, "item_match", None)
+    if match is not None:
+        if "item_ids" not in batch:
+            raise ValueError("this head has an item-word match term (prompt.item_match): the batch must carry item_ids")
+        output = output + match(prompts, mean_item_embedding(backbone.embed, batch["item_ids"]))
+    if "offset" in batch:
+        output = output + batch["offset"].to(output.dtype)
+    return logits, output
 
 
 @torch.no_grad()
@@ -131,11 +149,8 @@ class PromptTask(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Answer logits ``[B, A]`` and head output ``[B]`` for a batch."""
         prompts = self.prompts_for(batch["user"])
-        logits, hidden = answer_outputs(self.backbone, self.head, batch, prompts)
-        output = self.head(logits, hidden) + self.output_offset(batch["user"])
-        if "offset" in batch:  # a residual base's prediction for the row (0 without one)
-            output = output + batch["offset"].to(output.dtype)
-        return logits, output
+        logits, output = scored_rows(self.backbone, self.head, batch, prompts)
+        return logits, output + self.output_offset(batch["user"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits, output = self(batch)
