@@ -169,7 +169,7 @@ def probe_lever(config: Sequence[str], overrides: Sequence[str], lever: str, see
     stage = "source" if model == "source" else "full_retrain"
     seed_stage(cfg.seed, stage)
     prompts, scale = initial_prompts(cfg, lm, table)
-    head = fresh_head(cfg, lm, table.task, exp.mean_label())
+    head = fresh_head(cfg, lm, table, exp.mean_label(), prompts)
     module = build_prompt_tuning(cfg, lm, table, head, prompts, scale).to(lm.device)
     dm = exp.datamodule(lm, cfg.prompt.batch_size)
     start = time.perf_counter()

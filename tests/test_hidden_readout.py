@@ -257,7 +257,7 @@ def test_the_ridge_fit_leaves_every_modules_train_or_eval_mode_as_it_found_it(tm
     exp = Experiment(cfg)
     lm, table = exp.backbone("source"), exp.table
     prompts, scale = initial_prompts(cfg, lm, table)
-    module = build_prompt_tuning(cfg, lm, table, fresh_head(cfg, lm, table.task, 0.0), prompts, scale)
+    module = build_prompt_tuning(cfg, lm, table, fresh_head(cfg, lm, table, 0.0, prompts), prompts, scale)
     module.train()
     lm.eval()  # as the stages hold it: the frozen model in eval mode (no dropout, no recomputation) under a training task
     before = [m.training for m in module.modules()]

@@ -57,8 +57,7 @@ def _module(tmp_path: Path, scale: float):
     exp = Experiment(cfg)
     lm, table = exp.backbone("source"), exp.table
     prompts, unit = initial_prompts(cfg, lm, table)
-    head = fresh_head(cfg, lm, table.task, 3.0)
-    attach_item_match(cfg, head, lm, table, prompts)
+    head = fresh_head(cfg, lm, table, 3.0, prompts)  # a stage's head: the term attached where configured
     module = build_prompt_tuning(cfg, lm, table, head, prompts, unit)
     dm = build_datamodule(table, lm.tokenizer, cfg, 8)
     return cfg, lm, table, module, dm

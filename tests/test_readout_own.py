@@ -30,7 +30,7 @@ def _fitted(tmp_path: Path, mode: str):
     exp = Experiment(cfg)
     lm, table = exp.backbone("source"), exp.table
     prompts, scale = initial_prompts(cfg, lm, table)
-    module = build_prompt_tuning(cfg, lm, table, fresh_head(cfg, lm, table.task, 0.0), prompts, scale)
+    module = build_prompt_tuning(cfg, lm, table, fresh_head(cfg, lm, table, 0.0, prompts), prompts, scale)
     dm = build_datamodule(table, lm.tokenizer, cfg, 8)
     record = fit_if_configured(cfg, module, dm)
     batch = dm.collate([dm.dataset("train")[i] for i in range(8)])

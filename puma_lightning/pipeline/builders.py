@@ -118,13 +118,17 @@ def reads_hidden(cfg: DictConfig) -> bool:
     return str(cfg.prompt.get("hidden_readout", "none")) != "none"
 
 
-def fresh_head(cfg: DictConfig, lm: Any, task: str, start: float) -> Any:
-    """A new head for ``task`` on ``lm``, its output starting at ``start``; it reads ``lm``'s hidden state too
-    unless ``prompt.hidden_readout`` is ``none``."""
+def fresh_head(cfg: DictConfig, lm: Any, table: InteractionTable, start: float, prompts: "torch.Tensor | None") -> Any:
+    """A new head for ``table``'s task on ``lm``, its output starting at ``start``, for the bank ``prompts``
+    ``[N, l, d]`` (on ``lm``) a stage starts from: it reads ``lm``'s hidden state too unless ``prompt.hidden_readout`` is
+    ``none``, and carries the item-word match term anchored at ``prompts`` where ``prompt.item_match`` is on.
+    ``prompts=None``: the stage has no such bank yet and attaches the term itself (PUMA, where its adapter starts)."""
     from puma_lightning.models.heads import build_head
 
-    head = build_head(task, lm.hidden_size if reads_hidden(cfg) else None)
+    head = build_head(table.task, lm.hidden_size if reads_hidden(cfg) else None)
     head.init_bias(start)
+    if prompts is not None:
+        attach_item_match(cfg, head, lm, table, prompts)
     return head
 
 

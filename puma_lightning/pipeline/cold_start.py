@@ -75,7 +75,7 @@ class _NewUsers:
         from puma_lightning.pipeline.experiment import config_key, seed_stage, trainer_key
         from puma_lightning.pipeline.placebo import placebo_pass
         from puma_lightning.pipeline.training import fit_best, test_metrics
-        from puma_lightning.pipeline.builders import attach_item_match, build_prompt_tuning, fresh_head, initial_prompts, prompt_scale
+        from puma_lightning.pipeline.builders import build_prompt_tuning, fresh_head, initial_prompts, prompt_scale
 
         exp, cfg = self.exp, self.exp.cfg
         key = config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, stage, epochs, extra_key, trainer_key(cfg.trainer))
@@ -90,8 +90,7 @@ class _NewUsers:
         if self.heads[which] is not None:
             head = load_head(table.task, self.heads[which], lm.hidden_size)
         else:
-            head = fresh_head(cfg, lm, table.task, exp.mean_label())
-            attach_item_match(cfg, head, lm, table, init)
+            head = fresh_head(cfg, lm, table, exp.mean_label(), init)
         module = build_prompt_tuning(cfg, lm, table, head, init, scale, train_prompts=epochs > 0, train_head=False)
         dm = exp.datamodule(lm, cfg.prompt.batch_size)
         stats = {"wall_s": 0.0, "train_samples": 0, "trainable_params": 0}

@@ -190,8 +190,7 @@ class Experiment:
         table = self.table
         seed_stage(cfg.seed, stage)  # head init, dropout, anything drawn from the global streams: this stage's own
         prompts, scale = initial_prompts(cfg, lm, table)
-        head = fresh_head(cfg, lm, table.task, self.mean_label())
-        attach_item_match(cfg, head, lm, table, prompts)
+        head = fresh_head(cfg, lm, table, self.mean_label(), prompts)
         module = build_prompt_tuning(cfg, lm, table, head, prompts, scale, train_prompts=train_prompts, shared=shared)
         dm = self.datamodule(lm, cfg.prompt.batch_size)
         before = start_stage_costs(lm)
@@ -264,12 +263,15 @@ class Experiment:
         if source_bank.head_state is not None:  # a readout of the source's hidden states restarts at zero on the target
             head = load_head(table.task, source_bank.head_state, lm.hidden_size)
         else:
-            head = fresh_head(cfg, lm, table.task, self.mean_label())
+            head = fresh_head(cfg, lm, table, self.mean_label(), None)  # its match term is attached below
         module = Migration(lm, head, table.task, source, adapter, lr=cfg.adapter.lr, head_lr=cfg.adapter.head_lr,
                            weight_decay=cfg.adapter.weight_decay, train_head=not cfg.adapter.freeze_head,
                            output_scale=output_scale, warmup_ratio=cfg.adapter.warmup_ratio, teacher=teacher)
-        if cfg.prompt.get("item_match"):  # the target's own term, anchored where the adapter starts mapping
+        # the target's own match term (or none), anchored where the adapter starts mapping, never the source's
+        if cfg.prompt.get("item_match"):
             attach_item_match(cfg, module.head, lm, table, module.migrate_all())
+        else:
+            module.head.item_match = None
         eval_users = adapter_validation_users(cfg.adapter.validation, table.n_users, users, cfg.seed,
                                               cfg.adapter.validation_max_users)
         log.info("adapter validation: %d users (%s)", len(eval_users), cfg.adapter.validation)
