@@ -111,9 +111,14 @@ def test_a_saved_head_keeps_its_term_on_its_model_and_drops_it_on_another_width(
     assert moved.item_match is None
 
 
-def test_fit_with_the_term_serves_the_same_predictions_from_its_banks(tmp_path):
+ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H200, see the closing note)")
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", pytest.param("gpu", marks=ON_GPU)])
+def test_fit_with_the_term_serves_the_same_predictions_from_its_banks(tmp_path, accelerator):
     run = tmp_path / "run"
-    overrides = [f"run_dir={run}", *FAST, "prompt.item_match=0.3", "prompt.epochs=2", "adapter.epochs=1"]
+    overrides = [f"run_dir={run}", *FAST, "prompt.item_match=0.3", "prompt.epochs=2", "adapter.epochs=1",
+                 f"trainer.accelerator={accelerator}"]
     assert main(["fit", "--config", SMOKE, *overrides]) == 0
     for stage in ("source", "full_retrain", "puma"):
         bank = PromptBank.load(run / stage / "bank")
@@ -132,4 +137,4 @@ def test_fit_with_the_term_serves_the_same_predictions_from_its_banks(tmp_path):
     assert main(["predict", "--config", SMOKE, *overrides[1:], f"run_dir={tmp_path / 'serve'}", f"bank={run / 'puma' / 'bank'}",
                  "model=target", f"pairs={tmp_path / 'pairs.csv'}", f"out={out}"]) == 0
     served = [float(r["prediction"]) for r in csv.DictReader(open(out, encoding="utf-8"))]
-    np.testing.assert_allclose(served, stage["prediction"], atol=1e-5)
+    np.testing.assert_allclose(served, stage["prediction"], atol=1e-5 if accelerator == "cpu" else 2e-3)
