@@ -138,3 +138,21 @@ def test_fit_with_the_term_serves_the_same_predictions_from_its_banks(tmp_path, 
                  "model=target", f"pairs={tmp_path / 'pairs.csv'}", f"out={out}"]) == 0
     served = [float(r["prediction"]) for r in csv.DictReader(open(out, encoding="utf-8"))]
     np.testing.assert_allclose(served, stage["prediction"], atol=1e-5 if accelerator == "cpu" else 2e-3)
+
+
+def test_each_hop_of_a_chain_serves_its_own_models_term(tmp_path):
+    from conftest import CHAIN, CHAIN_TINY
+
+    run = tmp_path / "chain"
+    assert main(["chain", "--config", CHAIN, f"run_dir={run}", *CHAIN_TINY, "prompt.item_match=0.3"]) == 0
+    hops = sorted(p for p in run.iterdir() if p.name.startswith("hop"))
+    assert len(hops) == 3
+    centres = []
+    for hop in hops:
+        stages = [s for s in ("source", "puma", "full_retrain") if (hop / s / "bank").exists()]
+        assert stages, hop
+        for stage in stages:
+            bank = PromptBank.load(hop / stage / "bank")
+            assert bank.head_state["item_match.anchor"].shape[0] == bank.hidden_size  # the hop model's own width
+        centres.append(PromptBank.load(hop / stages[0] / "bank").head_state["item_match.centre"])
+    assert len({c.shape[0] for c in centres}) == 3  # three models, three embedding tables
