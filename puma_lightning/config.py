@@ -99,8 +99,8 @@ ADAPTER_VALIDATION = ("selected", "heldout", "heldout_all")
 """``adapter.validation`` choices."""
 READOUT_ROWS = ("selected", "adapter_items", "all")
 """``adapter.readout_rows`` choices."""
-ADAPTER_INITS = ("random", "vocab_map")
-"""``adapter.init`` choices (``vocab_map``: see :mod:`puma_lightning.pipeline.vocab_map`)."""
+ADAPTER_INITS = ("random", "vocab_map", "match_map")
+"""``adapter.init`` choices (``vocab_map``, ``match_map``: see :mod:`puma_lightning.pipeline.vocab_map`)."""
 
 
 @dataclass
@@ -190,8 +190,10 @@ class AdapterConfig:
     """``random`` (each layer's default initialisation) or ``vocab_map``: start the adapter as the least-squares map
     between the two models' embeddings of shared single-token strings (its linear path set to that map, its nonlinear
     correction to zero), so training starts from the training-free migration instead of from noise; the map's fit,
-    loading the source model included, is part of PUMA's cost. Needs an adapter with a linear path
-    (``compact``)."""
+    loading the source model included, is part of PUMA's cost. ``match_map``: start it instead as the map that carries
+    the item-word match term (``prompt.item_match``): the transpose of the least-squares map from the target's token
+    embeddings to the source's, scaled so a migrated prompt scores each item's words as its source prompt did. Both need
+    an adapter with a linear path (``compact``)."""
     input_norm: str = "none"
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
     validation: str = "selected"

@@ -156,3 +156,26 @@ def test_each_hop_of_a_chain_serves_its_own_models_term(tmp_path):
             assert bank.head_state["item_match.anchor"].shape[0] == bank.hidden_size  # the hop model's own width
         centres.append(PromptBank.load(hop / stages[0] / "bank").head_state["item_match.centre"])
     assert len({c.shape[0] for c in centres}) == 3  # three models, three embedding tables
+
+
+def test_the_match_map_carries_each_prompts_item_scores_to_the_target_and_the_vocab_map_does_not():
+    from puma_lightning.pipeline.vocab_map import fit_vocab_map, match_map_weight
+
+    gen = torch.Generator().manual_seed(0)
+    d_s, d_t, n, s_std, t_std = 12, 16, 4000, 0.2, 1.5
+    source = torch.randn(n, d_s, generator=gen) * s_std
+    mix = torch.randn(d_s, d_t, generator=gen) * (t_std / s_std / math.sqrt(d_s))  # the target: a linear image, no noise
+    target = source @ mix
+    prompts, items = torch.randn(5, d_s, generator=gen) * s_std, torch.randn(7, d_s, generator=gen) * s_std
+    source_match, target_match = ItemWordMatch(d_s), ItemWordMatch(d_t)
+    source_match.set(0.3, torch.zeros(d_s), torch.zeros(d_s), s_std)
+    target_match.set(0.3, torch.zeros(d_t), torch.zeros(d_t), t_std)
+
+    def scores(match, p, e):  # [5, 7]: every prompt against every item
+        return torch.stack([match(p, e_i.expand(len(p), -1)) for e_i in e], dim=1)
+
+    on_source = scores(source_match, prompts, items)
+    carried = scores(target_match, prompts @ match_map_weight(source, target, s_std, t_std, ridge=1e-8), items @ mix)
+    torch.testing.assert_close(carried, on_source, atol=1e-3, rtol=1e-3)
+    vocab = scores(target_match, prompts @ fit_vocab_map(source, target, 1e-8), items @ mix)
+    assert (vocab - on_source).abs().max() > 10 * (carried - on_source).abs().max()  # W W^T is no multiple of I here

@@ -81,3 +81,10 @@ def test_custom_dataset_example_from_docs(tmp_path, monkeypatch):
         assert "my-ratings" in dataset_names()
     finally:
         DATASETS.pop("my-ratings", None)
+
+
+def test_every_closed_form_adapter_start_is_a_config_choice_and_back():
+    from puma_lightning.config import ADAPTER_INITS
+    from puma_lightning.pipeline.vocab_map import START_MAPS
+
+    assert set(ADAPTER_INITS) == {"random", *START_MAPS}

@@ -200,11 +200,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"'adapter.distill_weight' must be >= 0, got {cfg.adapter.distill_weight}")
     if cfg.adapter.steps is not None and cfg.adapter.steps < 1:
         raise ConfigError(f"'adapter.steps' must be >= 1 or null, got {cfg.adapter.steps}")
-    if cfg.adapter.init == "vocab_map":
+    if cfg.adapter.init in ("vocab_map", "match_map"):
         from puma_lightning.models.adapters import linear_path_kinds
 
         if cfg.adapter.kind not in linear_path_kinds():
-            raise ConfigError(f"'adapter.init' is 'vocab_map', which sets an adapter's linear path, but 'adapter.kind' "
+            raise ConfigError(f"'adapter.init' is {cfg.adapter.init!r}, which sets an adapter's linear path, but 'adapter.kind' "
                               f"{cfg.adapter.kind!r} has none; use one of: {', '.join(linear_path_kinds())}")
     bad_sides = [s for s in cfg.baselines.shared_prompt if s not in ("source", "target")]
     if bad_sides:

@@ -5,6 +5,14 @@ target row). A ridge least-squares map ``W`` ``[d_s, d_t]`` fitted on those pair
 prompt ``p`` to ``p @ W``. It is used twice: as a migration row of its own with no training at all
 (``baselines.vocab_map``), and as the starting point of PUMA's adapter (``adapter.init=vocab_map``),
 so that the adapter's first step already maps every prompt where the two vocabularies say it belongs.
+
+``adapter.init=match_map`` starts the adapter as the map that carries the item-word match term instead
+(``prompt.item_match``, :mod:`puma_lightning.models.item_match`). A source prompt scores an item by
+``<p, e_s>``; its image ``p @ A`` scores it on the target by ``<p @ A, e_t>``. With ``M`` the least-squares map
+*from the target's* token embeddings *to the source's* (``e_t @ M ~ e_s``), ``A = k * M^T`` gives
+``<p @ A, e_t> = k <p, e_t @ M> ~ k <p, e_s>``, and ``k`` the ratio of the two terms' normalisations makes the
+scores equal. ``vocab_map``'s ``W`` (``e_s @ W ~ e_t``) does not: ``<p @ W, e_t> ~ <p, e_s @ W W^T>``, equal only
+where ``W W^T`` is a multiple of the identity.
 """
 
 from __future__ import annotations
@@ -54,11 +62,60 @@ def fit_vocab_map(source_emb: torch.Tensor, target_emb: torch.Tensor, ridge: flo
 
 def experiment_vocab_map(exp: Any) -> VocabMap:
     """The map from ``exp``'s source model to its target model; leaves the target loaded (one model at a time)."""
+    pairs = experiment_token_pairs(exp)
+    return VocabMap(fit_vocab_map(pairs.source, pairs.target), pairs.count, pairs.seconds)
+
+
+def experiment_match_map(exp: Any) -> VocabMap:
+    """The map ``k * M^T`` that carries the item-word match term from ``exp``'s source model to its target (module
+    docstring); leaves the target loaded."""
+    pairs = experiment_token_pairs(exp)
+    start = time.perf_counter()
+    weight = match_map_weight(pairs.source, pairs.target, pairs.source_std, pairs.target_std)
+    return VocabMap(weight, pairs.count, pairs.seconds + time.perf_counter() - start)
+
+
+def match_map_weight(source_rows: torch.Tensor, target_rows: torch.Tensor, source_std: float, target_std: float,
+                     ridge: float = VOCAB_RIDGE) -> torch.Tensor:
+    """``[d_s, d_t]``: ``k * M^T``, ``M`` the ridge least-squares map from ``target_rows`` to ``source_rows`` (paired
+    embeddings ``[n, d]``), ``k`` the ratio of the match term's normalisations ``sigma^2 sqrt(d)`` (target over
+    source), so that ``<p @ A, e_t>`` normalised on the target equals ``<p, e_s>`` normalised on the source."""
+    import math
+
+    to_source = fit_vocab_map(target_rows, source_rows, ridge)  # [d_t, d_s]
+    d_s, d_t = source_rows.shape[1], target_rows.shape[1]
+    k = (target_std ** 2 * math.sqrt(d_t)) / (source_std ** 2 * math.sqrt(d_s))
+    return (k * to_source.T).contiguous()
+
+
+@dataclass
+class TokenPairs:
+    """Both models' input embeddings of the strings both tokenizers encode as one token."""
+
+    source: torch.Tensor
+    """``[n, d_s]``."""
+    target: torch.Tensor
+    """``[n, d_t]``."""
+    source_std: float
+    """The source model's embedding std over its whole vocabulary."""
+    target_std: float
+    """The target model's."""
+    seconds: float
+    """Wall seconds, loading the source model included (the target's load is every method's, not counted)."""
+
+    @property
+    def count(self) -> int:
+        return int(self.source.shape[0])
+
+
+def experiment_token_pairs(exp: Any) -> TokenPairs:
+    """The shared single-token strings' embeddings in ``exp``'s source and target models; leaves the target loaded."""
     start = time.perf_counter()
     source_lm = exp.backbone("source")
     source_tok = source_lm.tokenizer
     with torch.no_grad():
         source_table = source_lm.embed(torch.arange(len(source_tok.get_vocab()), device=source_lm.device)).float().cpu()
+    source_std = source_lm.embedding_std()
     loading = time.perf_counter()
     lm = exp.backbone("target")
     target_load_s = time.perf_counter() - loading
@@ -68,25 +125,30 @@ def experiment_vocab_map(exp: Any) -> VocabMap:
                     len(source_ids), source_table.shape[1])
     with torch.no_grad():
         target_rows = lm.embed(torch.as_tensor(target_ids, device=lm.device)).float().cpu()
-    weight = fit_vocab_map(source_table[torch.as_tensor(source_ids)], target_rows)
-    return VocabMap(weight, len(source_ids), time.perf_counter() - start - target_load_s)
+    return TokenPairs(source_table[torch.as_tensor(source_ids)], target_rows, source_std, lm.embedding_std(),
+                      time.perf_counter() - start - target_load_s)
+
+
+START_MAPS = {"vocab_map": experiment_vocab_map, "match_map": experiment_match_map}
+"""``adapter.init`` values that start the adapter's linear path as a closed-form map, and their fits."""
 
 
 def adapter_start_map(exp: Any, source_bank: Any) -> VocabMap | None:
-    """The map ``adapter.init=vocab_map`` starts PUMA's adapter as (None under ``random``).
+    """The map ``adapter.init=vocab_map`` (or ``match_map``) starts PUMA's adapter as (None under ``random``).
 
     The source bank's prompts must live in the source model's input space: an aggregated bank (several models'
     prompts side by side) has no one vocabulary to map from, and is refused in one line.
     """
     from puma_lightning.errors import PumaError
 
-    if exp.cfg.adapter.init != "vocab_map":
+    init = exp.cfg.adapter.init
+    if init not in START_MAPS:
         return None
     if "aggregate" in (source_bank.info or {}):
-        raise PumaError("'adapter.init' is 'vocab_map', but the source bank aggregates several models' prompts "
+        raise PumaError(f"'adapter.init' is {init!r}, but the source bank aggregates several models' prompts "
                         f"({source_bank.model_name}); no one vocabulary maps them: use adapter.init=random")
-    fitted = experiment_vocab_map(exp)
+    fitted = START_MAPS[init](exp)
     if fitted.weight.shape[0] != source_bank.hidden_size:
-        raise PumaError(f"'adapter.init' is 'vocab_map', but source model {exp.cfg.source.name!r} embeds in "
+        raise PumaError(f"'adapter.init' is {init!r}, but source model {exp.cfg.source.name!r} embeds in "
                         f"{fitted.weight.shape[0]} dimensions and its bank's prompts have {source_bank.hidden_size}")
     return fitted
