@@ -67,9 +67,9 @@ def vocab_map_stage(exp: Any) -> dict[str, Any]:
     cfg = exp.cfg
     stage = "vocab_map"
     bank = PromptBank.load(exp.stage_dir("source") / "bank")
-    match = float(cfg.prompt.get("item_match", 0.0) or 0.0)  # keys of runs without the term stay as they were
-    key = config_key(cfg.data, cfg.source, cfg.target, cfg.seed, bank.model_fingerprint, VOCAB_RIDGE,
-                     *([("item_match", match)] if match else []))
+    # cfg.prompt: the source bank it maps and the target's match term both follow it (a run with another prompt recipe
+    # must not reuse a row mapped from the old bank)
+    key = config_key(cfg.data, cfg.source, cfg.target, cfg.prompt, cfg.seed, bank.model_fingerprint, VOCAB_RIDGE)
     cached = exp.read_stage(stage, key)
     if cached is not None:
         return cached
