@@ -69,3 +69,34 @@ def test_the_item_match_term_learns_tastes_from_item_features_that_hold_them():
     assert learned["epoch"] > 0 and learned["valid"] < bias_valid - 0.02
     frozen = match.train_match(table, base, onehot, 1.0, 0.0, 0.3, 0.0, 2)  # lr 0: the prompts' random start only
     assert frozen["valid"] >= learned["valid"]
+
+
+def test_the_gain_difference_of_two_runs_is_paired_on_their_rows_and_says_which_kept_more(tmp_path, capsys):
+    from puma_lightning.pipeline.placebo import PLACEBO_FILE
+    from puma_lightning.pipeline.seeds import PREDICTIONS_FILE
+
+    diff = load_benchmark("personal_gain_diff")
+    rng = np.random.default_rng(0)
+    rows, label = np.arange(400), rng.integers(1, 6, 400).astype(float)
+
+    def stage(run, name, own_noise, placebo_noise):  # a bank whose own prompts err own_noise, other users' placebo_noise
+        for seed in (0, 1):
+            folder = run / f"seed_{seed}" / name
+            folder.mkdir(parents=True)
+            for file, noise in ((PREDICTIONS_FILE, own_noise), (PLACEBO_FILE, placebo_noise)):
+                np.savez(folder / file, row=rows, user=rows // 4, label=label,
+                         prediction=label + rng.normal(0, noise, len(rows)))
+
+    stage(tmp_path / "a", "full_retrain", 0.5, 0.8)
+    stage(tmp_path / "a", "puma", 0.5, 0.8)  # keeps as much as full retraining
+    stage(tmp_path / "b", "puma", 0.8, 0.8)  # keeps nothing
+    assert diff.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    low = float(out["gain A - B"].split("[")[1].split(",")[0])
+    assert low > 0.1 and "no difference" not in out["gain A - B"]
+    assert "no difference" in diff_line(diff, tmp_path / "a", tmp_path / "a", capsys)
+
+
+def diff_line(diff, a, b, capsys) -> str:
+    assert diff.main([str(a), str(b)]) == 0
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("| gain A - B")][0]
