@@ -69,8 +69,8 @@ LEVERS: dict[str, list[str]] = {
     # issue 32: the item-word match term (prompt.item_match, docs/prompt_diagnosis.md section 5)
     "match": ["prompt.item_match=0.1"],
     "match_no_readout": ["prompt.item_match=0.1", "prompt.hidden_readout=none"],
-    "match_strong": ["prompt.item_match=0.3", "prompt.weight_decay=1"],
-    "match_slow": ["prompt.item_match=0.3", "prompt.weight_decay=1", "prompt.lr=0.005"],
+    "match_strong": ["prompt.item_match=0.3", "prompt.weight_decay=1.0"],
+    "match_slow": ["prompt.item_match=0.3", "prompt.weight_decay=1.0", "prompt.lr=0.005"],
     "shared": LONG,
     "shared_bias": [*LONG, "prompt.user_bias=true"],
     "shared_residual": [*LONG, "prompt.residual=user_item_bias"],
