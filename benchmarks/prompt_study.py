@@ -70,6 +70,7 @@ LEVERS: dict[str, list[str]] = {
     "match": ["prompt.item_match=0.1"],
     "match_no_readout": ["prompt.item_match=0.1", "prompt.hidden_readout=none"],
     "match_strong": ["prompt.item_match=0.3", "prompt.weight_decay=1.0"],
+    "match_strong_flat": ["prompt.item_match=0.3", "prompt.weight_decay=1.0", "prompt.head_start=flat"],
     "match_slow": ["prompt.item_match=0.3", "prompt.weight_decay=1.0", "prompt.lr=0.005"],
     "shared": LONG,
     "shared_bias": [*LONG, "prompt.user_bias=true"],

@@ -91,6 +91,8 @@ RESIDUAL_BASES = ("none", "item_bias", "user_item_bias")
 """``prompt.residual`` choices (see :mod:`puma_lightning.pipeline.residual`)."""
 PROMPT_STARTS = ("random", "item_text")
 """``prompt.init_from`` choices (see :func:`puma_lightning.pipeline.builders.initial_prompts`)."""
+HEAD_STARTS = ("random", "flat")
+"""``prompt.head_start`` choices (see :meth:`puma_lightning.models.heads.RatingHead.start_flat`)."""
 HIDDEN_READOUTS = ("none", "trained", "ridge", "ridge_own")
 """``prompt.hidden_readout`` choices (see :mod:`puma_lightning.models.heads` and :mod:`puma_lightning.pipeline.readout_fit`)."""
 INPUT_NORMS = ("none", "standardize")
@@ -139,6 +141,10 @@ class PromptConfig:
     logits (docs/prompt_diagnosis.md). The readout
     belongs to the model it reads: where a head moves to another model (PUMA's adapter, ``vocab_map``) it restarts at zero
     on that model's width, and is refitted there under ``ridge`` where that stage trains (PUMA's adapter), from its rows."""
+    head_start: str = "random"
+    """``random`` (the rating head's MLP as PyTorch initialises it, as published) or ``flat``: its last layer's weights start
+    at zero, so a fresh head predicts exactly its start (the residual base where there is one) for every row, and training
+    need not first undo the random MLP's item-dependent output (docs/prompt_diagnosis.md, section 5)."""
     item_match: float = 0.0
     """Scale ``s`` of the item-word match term (0: none, as published). Each row's output gains ``s * <p_u - anchor, e_i -
     centre> / (sigma^2 sqrt(d))``: the user's prompt against the mean input embedding of the item text's own tokens, in the

@@ -179,3 +179,17 @@ def test_the_match_map_carries_each_prompts_item_scores_to_the_target_and_the_vo
     torch.testing.assert_close(carried, on_source, atol=1e-3, rtol=1e-3)
     vocab = scores(target_match, prompts @ fit_vocab_map(source, target, 1e-8), items @ mix)
     assert (vocab - on_source).abs().max() > 10 * (carried - on_source).abs().max()  # W W^T is no multiple of I here
+
+
+@pytest.mark.parametrize("task", ["rating", "click"])
+def test_a_flat_head_starts_at_its_bias_for_every_row_and_still_learns(task):
+    head = build_head(task)
+    head.init_bias(3.0)
+    head.start_flat()
+    logits = torch.randn(16, head.n_answers, generator=torch.Generator().manual_seed(0))
+    out = head(logits)
+    assert torch.allclose(out, out[:1].expand_as(out))  # no row-dependent output at the start
+    label = torch.rand(16) * 4 + 1 if task == "rating" else (torch.rand(16) > 0.5).float()
+    head.loss(logits, out, label).backward()
+    last = head.mlp[-1].weight if task == "rating" else head.scale
+    assert last.grad is not None and last.grad.abs().sum() > 0  # the zeroed weights are trained

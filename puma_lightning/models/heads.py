@@ -116,6 +116,12 @@ class RatingHead(_ReadsHidden):
         with torch.no_grad():
             self.mlp[-1].bias.fill_(float(mean_label))
 
+    def start_flat(self) -> None:
+        """Zero the regressor's last weights: the head then predicts its bias for every row until it trains
+        (``prompt.head_start=flat``)."""
+        with torch.no_grad():
+            self.mlp[-1].weight.zero_()
+
     def forward(self, answer_logits: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Unclamped rating prediction [B] from the 5 answer logits [B, 5] (+ the readout of ``hidden`` [B, d])."""
         return self.mlp(answer_logits.float()).squeeze(-1) + self.readout_term(hidden)
@@ -154,6 +160,11 @@ class ClickHead(_ReadsHidden):
 
     def init_bias(self, mean_label: float) -> None:
         """Nothing to do: the bias is fitted from the first steps (kept for a uniform interface)."""
+
+    def start_flat(self) -> None:
+        """Zero the logit's scale: the head then predicts its bias for every row until it trains."""
+        with torch.no_grad():
+            self.scale.zero_()
 
     def forward(self, answer_logits: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Click logit [B] from the "Yes" logit [B, 1] (+ the readout of ``hidden`` [B, d])."""

@@ -127,6 +127,8 @@ def fresh_head(cfg: DictConfig, lm: Any, table: InteractionTable, start: float, 
 
     head = build_head(table.task, lm.hidden_size if reads_hidden(cfg) else None)
     head.init_bias(start)
+    if cfg.prompt.get("head_start", "random") == "flat":
+        head.start_flat()
     if prompts is not None:
         attach_item_match(cfg, head, lm, table, prompts)
     return head
