@@ -67,37 +67,27 @@ def build_datamodule(table: InteractionTable, tokenizer: Any, cfg: DictConfig, b
                             row_offset=row_offset if row_offset is not None else row_offsets(cfg, table))
 
 
-def item_text_embeddings(lm: Any, item_texts: list[str], max_tokens: int, chunk: int = 256) -> "torch.Tensor":
-    """``[n_items, d]``: the mean input embedding of each item's text tokens (at most ``max_tokens``), fp32."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(item_texts), chunk):
-            encoded = lm.tokenizer(list(item_texts[start:start + chunk]), add_special_tokens=False, truncation=True,
-                                   max_length=max_tokens, padding=True, return_tensors="pt")
-            ids, mask = encoded["input_ids"].to(lm.device), encoded["attention_mask"].to(lm.device).float()
-            emb = lm.embed(ids).float() * mask[..., None]
-            out.append((emb.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)).cpu())
-    return torch.cat(out) if out else torch.zeros(0, lm.hidden_size)
-
-
-def item_embedding_centre(lm: Any, table: InteractionTable, max_tokens: int | None, chunk: int = 1024) -> "torch.Tensor":
-    """``[d]``: the mean over the table's rated items of each item text's mean input embedding, its tokens cut as the
-    batches cut them (``item_ids``): the ``centre`` of the item-word match term."""
+def item_text_embeddings(lm: Any, item_texts: list[str], max_tokens: int | None, chunk: int = 1024) -> "torch.Tensor":
+    """``[n_items, d]`` fp32: the mean input embedding of each item text's own tokens, the first ``max_tokens`` of them
+    (all when None), cut as the batches cut them (``item_ids``, the item-word match term)."""
     import torch
 
     from puma_lightning.data.batching import pad_item_ids
     from puma_lightning.data.encoding import item_text_token_ids
     from puma_lightning.models.item_match import mean_item_embedding
 
-    items = np.unique(table.item)
-    total = torch.zeros(lm.hidden_size, dtype=torch.float64)
-    for start in range(0, len(items), chunk):
-        ids = pad_item_ids([item_text_token_ids(lm.tokenizer, table.item_texts[int(i)], max_tokens)
-                            for i in items[start:start + chunk]]).to(lm.device)
-        total += mean_item_embedding(lm.embed, ids).double().sum(0).cpu()
-    return (total / max(len(items), 1)).float()
+    out = []
+    for start in range(0, len(item_texts), chunk):
+        ids = pad_item_ids([item_text_token_ids(lm.tokenizer, text, max_tokens) for text in item_texts[start:start + chunk]])
+        out.append(mean_item_embedding(lm.embed, ids.to(lm.device)).cpu())
+    return torch.cat(out) if out else torch.zeros(0, lm.hidden_size)
+
+
+def item_embedding_centre(lm: Any, table: InteractionTable, max_tokens: int | None) -> "torch.Tensor":
+    """``[d]``: the mean of :func:`item_text_embeddings` over the table's rated items: the ``centre`` of the item-word
+    match term."""
+    texts = [table.item_texts[int(i)] for i in np.unique(table.item)]
+    return item_text_embeddings(lm, texts, max_tokens).double().mean(0).float()
 
 
 def attach_item_match(cfg: DictConfig, head: Any, lm: Any, table: InteractionTable, start: "torch.Tensor") -> None:
