@@ -15,6 +15,22 @@ PREPROCESSING_MODES = ("paper", "clean")
 """``data.preprocessing`` choices (see :mod:`puma_lightning.data.prepare`)."""
 SPLIT_METHODS = ("chronological", "official", "paper")
 """``data.split_by`` choices (see :mod:`puma_lightning.data.prepared`)."""
+DUPLICATE_POLICIES = ("error", "keep_latest")
+"""``data.duplicates`` choices (see :mod:`puma_lightning.data.raw.interactions`)."""
+
+
+@dataclass
+class ColumnsConfig:
+    user: str = "user"
+    """Column of the user id (read as a string)."""
+    item: str = "item"
+    """Column of the item id, in the interactions file and in the items file (read as a string)."""
+    label: str = "label"
+    """Column of the label: a rating from 1 to 5 (``data.task=rating``) or 0/1 (``click``; also true/false)."""
+    timestamp: Optional[str] = "timestamp"
+    """Column of the time (epoch seconds, or an ISO 8601 date); null: the file's row order is the time order."""
+    item_text: str = "text"
+    """Column of the item's text in the items file (what the template's ``{item}`` shows the model)."""
 
 
 @dataclass
@@ -25,8 +41,11 @@ class DataConfig:
     """``rating`` (1..5 stars, hybrid MSE+CE head) or ``click`` (Yes-token BCE head). Synthetic data supports both."""
     module: Optional[str] = None
     """Python module imported before ``name`` is looked up: the module that registers your own dataset (see ``docs/custom_dataset.md``)."""
-    template: str = "movie"
-    """Prompt template name (see ``puma_lightning.data.templates``), or ``auto``: the dataset's own (its registry entry)."""
+    template: Any = "movie"
+    """Prompt template: a name (see ``puma_lightning.data.templates``), ``auto`` (the dataset's own, its registry entry), or
+    an inline mapping ``{text: "... {item} ... {user} ...#Answer:", answers: [...]}``: the text with ``{item}``, optional
+    ``{history}`` and exactly one ``{user}`` (where the soft prompt goes), ending with the answer cue; ``answers`` default to
+    ``"1".."5"`` (rating) or ``"Yes"`` (click), each one token on both models' tokenizers (``docs/your_own_system.md``)."""
     max_users: Optional[int] = None
     """Keep a seeded subset of this many users (None: all)."""
     max_rows_per_user: Optional[int] = None
@@ -47,6 +66,16 @@ class DataConfig:
     """Synthetic only: std of the Gaussian noise added to the latent score (sets the noise floor)."""
     negatives_per_positive: int = 1
     """``movielens-100k-click`` only: films the user never rated drawn (uniformly, seeded) per rated film, as its negatives."""
+    interactions: Optional[str] = None
+    """``data.name=interactions``: the interaction log, one row per (user, item, label, timestamp): CSV, TSV, Parquet or JSON
+    Lines, by its extension (``.gz`` allowed; gzip is detected by its bytes). Columns: ``data.columns``."""
+    items: Optional[str] = None
+    """``data.name=interactions``: the items file (item id and text, ``data.columns.item``/``item_text``), same formats."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    """``data.name=interactions``: which column holds what."""
+    duplicates: str = "error"
+    """``data.name=interactions``: a (user, item) pair on several rows: ``error`` (stop, naming both lines) or ``keep_latest``
+    (keep its latest row by timestamp, then file order, and count the others)."""
     raw_dir: Optional[str] = None
     """Raw-file datasets (``amazon-movies``, ``amazon-movies-csv``, ``yelp``, ``mind``): folder with the downloaded files."""
     processed_dir: Optional[str] = None
@@ -79,6 +108,10 @@ class ModelConfig:
     """``float32``, ``bfloat16`` or ``auto`` (bf16 for real models, fp32 for tiny ones)."""
     trust_remote_code: bool = False
     """Allow custom modelling code from the checkpoint folder. Off unless you trust the source."""
+    bank: Optional[str] = None
+    """``source`` only: a prompt bank you already have for this model (made by ``bank import`` or by our ``pretrain``): ``fit``,
+    ``migrate``, ``chain``, ``cold-start`` and ``select`` use its prompts instead of training source prompts (a bank without a
+    head gets one fitted on the frozen prompts, recorded as its own cost)."""
     prefix_cache_mb: Optional[float] = 4096.0
     """Shared-prefix key/value cache budget in MiB: template tokens before the user slot are computed once per distinct prefix (per item with the ``item_first`` template) and reused, never backpropagated. An fp32 item prefix of ~45 tokens takes ~2 MiB on SmolLM2 (1.7 on Gemma-3-270M), half in bf16: size it to hold every item, or entries are evicted and recomputed each epoch. None: plain path."""
     compile: bool = False

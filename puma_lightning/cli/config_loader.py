@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from puma_lightning.config import (ADAPTER_INITS, ADAPTER_VALIDATION, HEAD_STARTS, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
+from puma_lightning.config import (ADAPTER_INITS, ADAPTER_VALIDATION, DUPLICATE_POLICIES, HEAD_STARTS, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
                                    READOUT_ROWS, RESIDUAL_BASES, SPLIT_METHODS, ExperimentConfig)
 from puma_lightning.data.registry import dataset_names
 from puma_lightning.errors import PumaError
@@ -40,6 +40,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "data.task": ("rating", "click"),
     "data.preprocessing": PREPROCESSING_MODES,
     "data.split_by": SPLIT_METHODS,
+    "data.duplicates": DUPLICATE_POLICIES,
     "source.dtype": ("auto", "float32", "bfloat16"),
     "target.dtype": ("auto", "float32", "bfloat16"),
     "prompt.init": ("uniform", "scaled"),
