@@ -25,6 +25,8 @@ from puma_lightning.errors import PumaError
 if TYPE_CHECKING:  # importlib.resources.abc from Python 3.11; importlib.abc before
     from importlib.resources.abc import Traversable
 
+    from puma_lightning.data.templates import Template
+
 STRATEGIES_PACKAGE = "puma_lightning.presets"
 """The package whose ``strategies/`` folder holds one ``NAME.yaml`` preset per selection strategy."""
 
@@ -167,15 +169,12 @@ def validate(cfg: DictConfig) -> None:
     if dataset.raw is None and cfg.data.split_by != "chronological":
         raise ConfigError(f"'data.split_by' is {cfg.data.split_by!r}, but dataset {cfg.data.name!r} is built in and always splits "
                           "chronologically; split_by applies to the datasets read from raw files")
-    if cfg.data.template == "auto":  # the dataset's own template, from the registry
-        cfg.data.template = get_dataset(str(cfg.data.name)).template
-    if cfg.data.template not in TEMPLATES:
-        raise ConfigError(f"'data.template' is {cfg.data.template!r}; expected one of: {', '.join(sorted(TEMPLATES))}")
+    template = checked_template(cfg)
     history = cfg.data.get("rated_history") or 0
     if history < 0:
         raise ConfigError(f"'data.rated_history' must be >= 0, got {history}")
-    if history and not TEMPLATES[cfg.data.template].uses_history:
-        raise ConfigError(f"'data.rated_history' is {history} but template {cfg.data.template!r} has no {{history}}; "
+    if history and not template.uses_history:
+        raise ConfigError(f"'data.rated_history' is {history} but template {template.name!r} has no {{history}}; "
                           f"use one of: {', '.join(n for n, t in TEMPLATES.items() if t.uses_history)}")
     for key in ("prompt.length", "prompt.epochs", "prompt.batch_size", "adapter.hidden", "adapter.epochs", "adapter.batch_size",
                 "adapter.validations"):
@@ -208,6 +207,9 @@ def validate(cfg: DictConfig) -> None:
         if cfg.adapter.kind not in linear_path_kinds():
             raise ConfigError(f"'adapter.init' is {cfg.adapter.init!r}, which sets an adapter's linear path, but 'adapter.kind' "
                               f"{cfg.adapter.kind!r} has none; use one of: {', '.join(linear_path_kinds())}")
+    if cfg.target.get("bank"):
+        raise ConfigError(f"'target.bank' is {cfg.target.bank!r}, but only the source's prompts can be imported (source.bank); "
+                          "the target's bank is what a migration makes")
     bad_sides = [s for s in cfg.baselines.shared_prompt if s not in ("source", "target")]
     if bad_sides:
         raise ConfigError(f"'baselines.shared_prompt' lists {bad_sides}; expected a list of: source, target")
@@ -225,6 +227,33 @@ def validate(cfg: DictConfig) -> None:
         build_strategy(OmegaConf.to_container(cfg.selection, resolve=True))
     except ValueError as exc:
         raise ConfigError(f"'selection': {exc}") from None
+
+
+def checked_template(cfg: DictConfig) -> "Template":
+    """``data.template`` resolved and checked against ``data.task``; ``auto`` is replaced by the dataset's own template
+    (the task's generic one where the dataset has either task and its own reads the other task's answers)."""
+    from puma_lightning.data.registry import get_dataset
+    from puma_lightning.data.templates import TASK_ANSWERS, TASK_TEMPLATES, TEMPLATES, TemplateError, resolve_template
+
+    task = str(cfg.data.task)
+    if isinstance(cfg.data.template, str) and cfg.data.template == "auto":  # the dataset's own, from the registry
+        own = get_dataset(str(cfg.data.name)).template
+        fits = own in TEMPLATES and len(TEMPLATES[own].answers) == len(TASK_ANSWERS[task])
+        cfg.data.template = own if fits else TASK_TEMPLATES[task]
+    if not isinstance(cfg.data.template, (str, DictConfig)):
+        raise ConfigError(f"'data.template' must be a template name or a mapping with 'text' (and 'answers'), got "
+                          f"{cfg.data.template!r}")
+    if isinstance(cfg.data.template, str) and cfg.data.template not in TEMPLATES:
+        raise ConfigError(f"'data.template' is {cfg.data.template!r}; expected one of: {', '.join(sorted(TEMPLATES))}, "
+                          "or an inline mapping with 'text'")
+    try:
+        template = resolve_template(cfg.data.template, task)
+    except TemplateError as exc:
+        raise ConfigError(str(exc)) from None
+    if len(template.answers) != len(TASK_ANSWERS[task]):
+        raise ConfigError(f"'data.template' {template.name!r} answers {list(template.answers)}, but data.task={task} reads "
+                          f"{len(TASK_ANSWERS[task])} answer(s); use a {task} template, e.g. {TASK_TEMPLATES[task]!r}")
+    return template
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:

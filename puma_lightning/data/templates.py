@@ -9,7 +9,14 @@ positions whose input embeddings are replaced by the user's soft prompt. The las
 
 from __future__ import annotations
 
+import hashlib
+import json
+import string
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from puma_lightning.errors import PumaError
 
 
 NO_HISTORY = "none"
@@ -38,6 +45,13 @@ class Template:
 
 RATING_ANSWERS = ("1", "2", "3", "4", "5")
 CLICK_ANSWERS = ("Yes",)
+TASK_ANSWERS = {"rating": RATING_ANSWERS, "click": CLICK_ANSWERS}
+"""The answers each task's head reads (five rating levels; the one "Yes" token) and an inline template's default."""
+TASK_TEMPLATES = {"rating": "item", "click": "item_click"}
+"""``data.template=auto`` for a dataset of either task whose own template reads the other task's answers."""
+SLOT = "{user}"
+"""The marker of the user slot in an inline template's ``text`` (where the soft prompt goes)."""
+INLINE_KEYS = ("text", "answers", "name")
 
 _QUESTION = "#Question: We have information about the user's preferences encoded in the feature "
 _RATING_TAIL = ". Predict the user's rating (as an integer between 1 and 5) for the {kind} {{item}}.\n#Answer:"
@@ -74,6 +88,69 @@ register_template(
         CLICK_ANSWERS,
     )
 )
+
+
+class TemplateError(PumaError):
+    """An inline template (``data.template``) that cannot be used; the message names the key and what was expected."""
+
+
+def inline_template(spec: Mapping[str, Any], task: str, where: str = "data.template") -> Template:
+    """A :class:`Template` from a config mapping ``{text, answers?, name?}``, checked: ``text`` holds ``{item}``, at most
+    ``{history}`` besides, exactly one ``{user}`` slot, and ends with the answer cue (text after the slot, no trailing
+    whitespace: the next token after it is the answer); ``answers`` (default: the task's) are as many as the task's head reads."""
+    unknown = sorted(set(spec) - set(INLINE_KEYS))
+    if unknown:
+        raise TemplateError(f"'{where}' has unknown key(s) {unknown}; an inline template has: {', '.join(INLINE_KEYS)}")
+    text = spec.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise TemplateError(f"'{where}.text' must be the template's text with {{item}} and one {SLOT}, got {text!r}")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise TemplateError(f"'{where}.text': {exc} (write a literal brace as {{{{ or }}}})") from None
+    odd = sorted({f for f in fields if f not in ("item", "history", "user")})
+    if odd:
+        raise TemplateError(f"'{where}.text' has placeholder(s) {['{' + f + '}' for f in odd]}; allowed: {{item}}, {{history}}, "
+                            f"{SLOT} (write a literal brace as {{{{ or }}}})")
+    slots = fields.count("user")
+    if slots != 1:
+        raise TemplateError(f"'{where}.text' has {slots} {SLOT} slot markers; expected exactly one, where the user's soft "
+                            "prompt goes")
+    if "item" not in fields:
+        raise TemplateError(f"'{where}.text' has no {{item}}: the model would not see which item it is asked about")
+    before, after = text.split(SLOT)
+    if not after.strip() or after.rstrip() != after or after.endswith(("{item}", "{history}")):
+        raise TemplateError(f"'{where}.text' must end with the answer cue after the {SLOT} slot (e.g. '.\\n#Answer:'), "
+                            f"with no trailing whitespace: the next token after it is read as the answer; it ends {text[-20:]!r}")
+    answers = spec.get("answers")
+    expected = TASK_ANSWERS[task]
+    if answers is None:
+        answers = expected
+    if isinstance(answers, str) or not all(isinstance(a, str) and a for a in answers):
+        raise TemplateError(f"'{where}.answers' must be a list of non-empty strings, got {answers!r}")
+    answers = tuple(answers)
+    if len(answers) != len(expected) or len(set(answers)) != len(answers):
+        raise TemplateError(f"'{where}.answers' is {list(answers)}; data.task={task} reads {len(expected)} distinct answer "
+                            f"token(s) ({'the ratings 1 to 5, lowest first' if task == 'rating' else 'the positive answer'}), "
+                            f"e.g. {list(expected)}")
+    return Template(str(spec.get("name") or "inline"), before, after, answers)
+
+
+def resolve_template(value: Any, task: str) -> Template:
+    """``data.template`` as a :class:`Template`: a registered name, or an inline mapping (:func:`inline_template`)."""
+    if isinstance(value, Mapping):
+        return inline_template(value, task)
+    return get_template(str(value))
+
+
+def template_label(value: Any, task: str) -> str:
+    """How records, keys and bank manifests name ``data.template``: the name, or an inline template's name and the hash
+    of its content (two inline templates of one name never pass for each other)."""
+    if not isinstance(value, Mapping):
+        return str(value)
+    template = resolve_template(value, task)
+    digest = hashlib.sha256(json.dumps([template.before, template.after, list(template.answers)]).encode()).hexdigest()
+    return f"{template.name}-{digest[:8]}"
 
 
 def get_template(name: str) -> Template:
@@ -122,3 +199,7 @@ register_template(
         CLICK_ANSWERS,
     )
 )
+
+
+# -- a generic rating template for items of any kind (the ``interactions`` dataset's default).
+register_template(Template("item", _QUESTION, _RATING_TAIL.format(kind="item"), RATING_ANSWERS))

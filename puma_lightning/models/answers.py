@@ -51,12 +51,21 @@ def resolve_answer_ids(tokenizer: Any, answers: Sequence[str]) -> list[int]:
         if found is None:
             raise ValueError(
                 f"answer {ans!r} is not a single token of tokenizer {_tokenizer_label(tokenizer)}: "
-                f"it encodes as {enc} and no vocabulary entry {candidates_repr(ans)} exists"
+                f"it splits into {len(enc)} pieces {pieces(tokenizer, enc)} (ids {enc}) and no vocabulary entry "
+                f"{candidates_repr(ans)} exists"
             )
         ids.append(found)
     if len(set(ids)) != len(ids):
         raise ValueError(f"answers {list(answers)} map to repeated token ids {ids}")
     return ids
+
+
+def pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """The vocabulary entries of ``ids`` (how a tokenizer split a string), for error messages."""
+    try:
+        return [str(t) for t in tokenizer.convert_ids_to_tokens(list(ids))]
+    except Exception:  # a tokenizer without the method: decode one by one
+        return [tokenizer.decode([i]) for i in ids]
 
 
 def candidates_repr(ans: str) -> str:

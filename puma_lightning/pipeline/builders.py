@@ -9,7 +9,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from puma_lightning.data.table import InteractionTable
-from puma_lightning.data.templates import get_template
+from puma_lightning.data.templates import resolve_template
+from puma_lightning.errors import PumaError
 
 if TYPE_CHECKING:
     import torch
@@ -43,8 +44,11 @@ def load_frozen_lm(mcfg: DictConfig, dcfg: DictConfig, cache_dir: str | None, on
 
     loaded = load_backbone(mcfg.name, dtype=mcfg.dtype, cache_dir=cache_dir, trust_remote_code=mcfg.trust_remote_code,
                            device="cuda" if on_gpu else "cpu")
-    template = get_template(dcfg.template)
-    lm = FrozenLM(loaded.model, loaded.tokenizer, template.answers, name=loaded.name, fingerprint=loaded.fingerprint)
+    template = resolve_template(dcfg.template, str(dcfg.task))
+    try:
+        lm = FrozenLM(loaded.model, loaded.tokenizer, template.answers, name=loaded.name, fingerprint=loaded.fingerprint)
+    except ValueError as exc:  # an answer that is not one token of this model's tokenizer
+        raise PumaError(f"data.template {template.name!r} on model {loaded.name!r}: {exc}") from None
     lm.dtype_choice = loaded.dtype_choice
     if mcfg.get("prefix_cache_mb") is not None:
         lm.enable_prefix_cache(float(mcfg.prefix_cache_mb))  # probes once; falls back with a logged reason
@@ -61,7 +65,7 @@ def build_datamodule(table: InteractionTable, tokenizer: Any, cfg: DictConfig, b
     from puma_lightning.data.datamodule import PromptDataModule
     from puma_lightning.pipeline.residual import row_offsets
 
-    return PromptDataModule(table, tokenizer, get_template(cfg.data.template), prompt_length=cfg.prompt.length,
+    return PromptDataModule(table, tokenizer, resolve_template(cfg.data.template, str(cfg.data.task)), prompt_length=cfg.prompt.length,
                             batch_size=batch_size, eval_batch_size=2 * batch_size, train_users=train_users,
                             eval_users=eval_users, seed=cfg.seed, max_item_tokens=cfg.data.max_item_tokens,
                             row_offset=row_offset if row_offset is not None else row_offsets(cfg, table))

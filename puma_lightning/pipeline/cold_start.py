@@ -38,6 +38,7 @@ from puma_lightning.pipeline.distributed import on_rank_zero
 from puma_lightning.pipeline.figures import bar_chart, markdown_table, write_text
 from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.sub_runs import experiment_on, metric_names, primary_metric, sub_config, subset_users, users_hash
+from puma_lightning.data.templates import template_label
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def run_cold_start(cfg: DictConfig) -> dict[str, Any]:
     nexp = experiment_on(sub_config(cfg, run_dir / f"new-{users_hash(new)}", source_dir=None),
                          subset_users(table, new, "cold_start_new"))
     tuner = _NewUsers(nexp, head_target, source_bank.head_state)
-    dataset = {"name": table.meta.get("name", cfg.data.name), "task": table.task, "template": str(cfg.data.template),
+    dataset = {"name": table.meta.get("name", cfg.data.name), "task": table.task, "template": template_label(cfg.data.template, str(cfg.data.task)),
                "seed": int(cfg.seed), "num_users": len(new)}
     base_lineage = make_lineage("cold_start", model={}, dataset=dataset, adapter=adapter_sha,
                                 models={"source": str(cfg.source.name), "target": str(cfg.target.name)},

@@ -66,10 +66,11 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     exp = Experiment(cfg)
     base = exp.table
     table, kept, skipped = pairs_table(pairs, bank.user_ids, base)
-    from puma_lightning.data.templates import get_template
+    from puma_lightning.data.templates import resolve_template
 
-    if get_template(cfg.data.template).uses_history:
-        raise PumaError(f"predict: template {cfg.data.template!r} needs each row's history, which a pairs file does not carry")
+    template = resolve_template(cfg.data.template, str(cfg.data.task))
+    if template.uses_history:
+        raise PumaError(f"predict: template {template.name!r} needs each row's history, which a pairs file does not carry")
     lm = exp.backbone(cfg.model)
     bank.check_model(lm.hidden_size, lm.fingerprint, where=str(cfg.bank))
     head = load_head(table.task, bank.head_state)

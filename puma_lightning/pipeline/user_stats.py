@@ -25,6 +25,7 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.selection.ffn import normalise_bits
 from puma_lightning.selection.published import pandas_group_variance
 from puma_lightning.selection.registry import OPTIONAL_STATS, SelectionContext, strategy_class
+from puma_lightning.data.templates import template_label
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def data_sha256(experiment: Any) -> str:
     table, cfg = experiment.table, experiment.cfg
     rows = table.rows("train")
     h = hashlib.sha256()
-    h.update(json.dumps([list(table.user_ids), table.task, str(cfg.data.template), int(cfg.prompt.length),
+    h.update(json.dumps([list(table.user_ids), table.task, template_label(cfg.data.template, str(cfg.data.task)), int(cfg.prompt.length),
                          cfg.data.get("max_item_tokens")]).encode())
     for arr in (table.user[rows], table.item[rows], table.label[rows]):
         h.update(np.ascontiguousarray(arr).tobytes())
