@@ -64,9 +64,11 @@ def _select(cfg, run_dir: Path) -> None:  # noqa: ANN001
 def _migrate(cfg, run_dir: Path) -> None:  # noqa: ANN001
     from puma_lightning.pipeline.bank_ops import migrate_bank
 
+    if not cfg.bank and cfg.source.get("bank"):  # the bank you imported, as fit reads it
+        cfg.bank = cfg.source.bank
     for key in ("bank", "adapter_path", "out"):
         if not cfg[key]:
-            raise PumaError(f"migrate needs '{key}=PATH'")
+            raise PumaError(f"migrate needs '{key}=PATH'" + (" (or source.bank=PATH)" if key == "bank" else ""))
     from puma_lightning.pipeline.distributed import is_global_zero
     from puma_lightning.pipeline.training import make_trainer
 
@@ -123,8 +125,8 @@ COMMANDS: dict[str, Command] = {
     "fit": Command("Run the whole PUMA experiment and print the comparison table (reuses finished stages in run_dir).", _fit),
     "select": Command("Select the adapter's training users only; write selection.json, selection_summary.md, selection.png.",
                       _select, ("run_dir", "seed", "data", "source", "prompt", "selection", "trainer", "cache_dir", "source_dir")),
-    "migrate": Command("Apply a saved adapter to a prompt bank and write the migrated bank.", _migrate,
-                       ("run_dir", "bank", "adapter_path", "out", "rows_per_shard", "trainer")),
+    "migrate": Command("Apply a saved adapter to a prompt bank (bank=, or source.bank=) and write the migrated bank.", _migrate,
+                       ("run_dir", "bank", "adapter_path", "out", "rows_per_shard", "trainer", "source")),
     "test": Command("Evaluate a prompt bank on a model and split.", _test,
                     ("run_dir", "bank", "model", "split", "data", "source", "target", "prompt", "trainer", "cache_dir")),
     "placebo": Command("Score a prompt bank's test rows with each user's own prompt and with its prompts dealt to other "
@@ -208,6 +210,7 @@ def check_outputs(cfg, config_files: Sequence[str]) -> None:  # noqa: ANN001 - D
     if not out:
         return
     inputs = {key: cfg.get(key) for key in OUTPUT_INPUTS}
+    inputs["source.bank"] = cfg.source.get("bank")
     inputs.update({f"--config #{i + 1}": path for i, path in enumerate(config_files)})
     check_not_an_input(out, inputs)
 

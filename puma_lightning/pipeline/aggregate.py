@@ -41,6 +41,7 @@ from puma_lightning.pipeline.figures import bar_chart, markdown_table, write_tex
 from puma_lightning.pipeline.run_dir import RECORD_FILE, RunDir
 from puma_lightning.pipeline.sub_runs import (experiment_on, metric_names, primary_metric, safe_name, sub_config,
                                               subset_users, users_hash)
+from puma_lightning.data.templates import template_label
 
 log = logging.getLogger(__name__)
 POLICIES = ("error", "drop", "zero_fill")
@@ -142,6 +143,9 @@ def run_aggregate(cfg: DictConfig) -> dict[str, Any]:
     if strategy_class(cfg.selection).needs:
         raise PumaError(f"selection {cfg.selection.name!r} needs per-user statistics from a source model, which an aggregated "
                         "bank does not have; use puma, random, variance_bucket or a kmeans_* strategy without loss")
+    if cfg.source.get("bank"):
+        raise PumaError(f"source.bank={cfg.source.bank} names one source's prompts; aggregate reads banks you already have "
+                        "from aggregate.banks=[BANK_A,BANK_B] (in the order of aggregate.sources)")
     run_dir = RunDir.of(cfg).path
     base = Experiment(sub_config(cfg, run_dir / "sources" / "_dataset"))
     table = base.table
@@ -166,7 +170,7 @@ def run_aggregate(cfg: DictConfig) -> dict[str, Any]:
     restricted = len(aligned.user_ids) < table.n_users
     suffix = f"-users{users_hash(aligned.user_ids)}" if restricted else ""
     eval_table = subset_users(table, aligned.user_ids, "aggregate_users") if restricted else table
-    dataset = {"name": table.meta.get("name", cfg.data.name), "task": table.task, "template": str(cfg.data.template),
+    dataset = {"name": table.meta.get("name", cfg.data.name), "task": table.task, "template": template_label(cfg.data.template, str(cfg.data.task)),
                "seed": int(cfg.seed), "num_users": len(aligned.user_ids)}
     agg_stage = run_dir / f"aggregated_source{suffix}"
     bank = aggregated_bank(aligned, banks, [d / "bank" for d in stage_dirs], dataset)

@@ -59,7 +59,8 @@ def run_chain(cfg: DictConfig) -> dict[str, Any]:
     del first
     for k in range(1, len(models)):
         hcfg = sub_config(cfg, hop_dir(run_dir, k, models[k]),
-                          **{"source.name": models[k - 1], "target.name": models[k], "source_dir": str(previous)})
+                          **{"source.name": models[k - 1], "target.name": models[k], "source_dir": str(previous),
+                             "source.bank": None})  # source.bank is the first model's: later hops read the previous hop
         exp = Experiment(hcfg)
         log.info("chain hop %d: %s -> %s", k, models[k - 1], models[k])
         puma = exp.migrate_stage()

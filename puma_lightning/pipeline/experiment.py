@@ -37,8 +37,9 @@ from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.readout_fit import adapter_items, fit_if_configured
 from puma_lightning.pipeline.residual import row_offsets
 from puma_lightning.pipeline.builders import (attach_item_match, build_datamodule, build_prompt_tuning, fresh_head, build_table, initial_prompts,
-                                             load_frozen_lm)
+                                             load_frozen_lm, prompt_scale)
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
+from puma_lightning.pipeline.imported_source import check_imported, imported_source
 from puma_lightning.pipeline.placebo import backfill_placebo, load_placebo, placebo_pass
 from puma_lightning.pipeline.results import write_results
 from puma_lightning.pipeline.run_dir import RunDir
@@ -48,6 +49,7 @@ from puma_lightning.pipeline.user_stats import build_selection_context
 from puma_lightning.pipeline.vocab_map import adapter_start_map
 from puma_lightning.selection import select_users
 from puma_lightning.tasks import Migration, PromptTuning
+from puma_lightning.data.templates import template_label
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +182,11 @@ class Experiment:
         self.require_test_rows(stage)
         cfg = self.cfg
         epochs = epochs or cfg.prompt.epochs
+        imported = imported_source(cfg) if stage == "source" else None  # source.bank: the user's own prompts
+        if imported is not None:
+            train_prompts = False
         key = config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, train_prompts, epochs, trainer_key(cfg.trainer),
-                          *(["shared"] if shared else []))
+                          *(["shared"] if shared else []), *(["imported", imported.content_hash] if imported else []))
         cached = self.read_stage(stage, key)
         if cached is not None:
             log.info("reusing %s from %s", stage, self.stage_dir(stage))
@@ -189,25 +194,39 @@ class Experiment:
         lm = self.backbone(which)
         table = self.table
         seed_stage(cfg.seed, stage)  # head init, dropout, anything drawn from the global streams: this stage's own
-        prompts, scale = initial_prompts(cfg, lm, table)
-        head = fresh_head(cfg, lm, table, self.mean_label(), prompts)
-        module = build_prompt_tuning(cfg, lm, table, head, prompts, scale, train_prompts=train_prompts, shared=shared)
+        if imported is None:
+            prompts, scale = initial_prompts(cfg, lm, table)
+        else:
+            check_imported(imported, list(table.user_ids), lm.hidden_size, lm.fingerprint)
+            prompts, scale = imported.bank.rows_for(table.user_ids).float(), prompt_scale(cfg, lm)
+        if imported is not None and imported.has_head:
+            head = load_head(table.task, imported.bank.head_state, lm.hidden_size)
+        else:
+            head = fresh_head(cfg, lm, table, self.mean_label(), prompts)
+        train_head = imported is None or not imported.has_head
+        module = build_prompt_tuning(cfg, lm, table, head, prompts, scale, train_prompts=train_prompts, shared=shared,
+                                     train_head=train_head)
         dm = self.datamodule(lm, cfg.prompt.batch_size)
         before = start_stage_costs(lm)
-        readout = fit_if_configured(cfg, module, dm)
-        stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage), resume_key=key,
-                         patience=cfg.prompt.early_stopping_patience if train_prompts else None)
+        readout = fit_if_configured(cfg, module, dm) if train_head else None
+        if train_head:
+            stats = fit_best(module, dm, cfg, self.run_dir, stage, epochs, hparams=self._hparams(stage), resume_key=key,
+                             patience=cfg.prompt.early_stopping_patience if train_prompts or imported else None)
+        else:  # an imported bank with its head: nothing to train
+            stats = StageStats(wall_s=0.0, train_samples=0, trainable_params=0, epochs=0)
         metrics = test_metrics(module, dm, cfg, self.run_dir, stage)
         cost = stage_costs(lm, before)
         self.save_test_predictions(stage, module.test_predictions())
         placebo = None if shared else placebo_pass(self, stage, module, dm)  # its prompts dealt to other users
         if save_bank and not shared:  # rank 0 writes; the others wait so that later stages can read it
+            made_by = f"pretrain:{stage}" if imported is None else "import:source"
             on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
-                                            info=self._bank_info(f"pretrain:{stage}", metrics),
+                                            info=self._bank_info(made_by, metrics, parent=imported.path if imported else None),
                                             head_state=module.head.state_dict()).save(self.stage_dir(stage) / "bank"))
         if readout is not None:
             stats.wall_s = round(stats.wall_s + readout["seconds"], 2)
         return self.write_stage(stage, key, {"method": stage, "metrics": metrics, **stats.to_dict(), **cost,
+                                              **({"imported": imported.record()} if imported is not None else {}),
                                               "user_bias": module.user_bias is not None, "shared_prompt": shared,
                                               **({"placebo": placebo} if placebo is not None else {}),
                                               **({"readout": readout} if readout is not None else {})})
@@ -389,27 +408,30 @@ class Experiment:
         return out
 
     # -- bookkeeping -----------------------------------------------------------------------------
-    def _bank_info(self, made_by: str, metrics: dict[str, float], source: PromptBank | None = None) -> dict[str, Any]:
+    def _bank_info(self, made_by: str, metrics: dict[str, float], source: PromptBank | None = None,
+                   parent: Path | None = None) -> dict[str, Any]:
+        """A bank's ``info``: how it was made and its lineage (``source``: the bank it was migrated from; ``parent``: the
+        imported bank a source stage read)."""
         info: dict[str, Any] = {
             "made_by": made_by,
             "dataset": self.table.meta.get("name", self.cfg.data.name),
-            "template": self.cfg.data.template,
+            "template": template_label(self.cfg.data.template, str(self.cfg.data.task)),
             "seed": int(self.cfg.seed),
             "metrics": metrics,
         }
         if source is not None:
             info["source"] = {"model_name": source.model_name, "model_fingerprint": source.model_fingerprint}
         cfg, table = self.cfg, self.table
-        which = "source" if made_by == "pretrain:source" else "target"
+        which = "source" if made_by in ("pretrain:source", "import:source") else "target"
         lm = self.loaded_backbone(which)
         migrated = source is not None
         info["lineage"] = stage_lineage(  # the full history, see io/lineage.py
             made_by, metrics=metrics, models={"source": str(cfg.source.name), "target": str(cfg.target.name)},
             model={"name": str(cfg[which].name), "fingerprint": getattr(lm, "fingerprint", None),
                    "hidden_size": getattr(lm, "hidden_size", None)},
-            dataset={"name": table.meta.get("name", cfg.data.name), "task": table.task, "template": str(cfg.data.template),
+            dataset={"name": table.meta.get("name", cfg.data.name), "task": table.task, "template": template_label(cfg.data.template, str(cfg.data.task)),
                      "seed": int(cfg.seed), "num_users": int(table.n_users)},
-            source_bank=self.stage_dir("source") / "bank" if migrated else None,
+            source_bank=self.stage_dir("source") / "bank" if migrated else parent,
             adapter_file=self.stage_dir("puma") / "adapter.safetensors" if migrated else None,
             selection_file=self.run_dir / "selection.json" if migrated else None)
         return info

@@ -69,7 +69,7 @@ def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]],
         entry = {m: row["metrics"].get(m) for m in metric_names}
         entry.update(wall_s=row["wall_s"], train_samples=row["train_samples"], trainable_params=row["trainable_params"])
         for extra in ("selection", "selected_users", "allocation", "prefix_s", "prefixes_computed", "dtype", "dtype_reason", "prefix_cache",
-                      "user_bias", "residual", "epochs"):
+                      "user_bias", "residual", "epochs", "imported"):
             if extra in row:
                 entry[extra] = row[extra]
         if name in paired:
@@ -125,6 +125,8 @@ def to_markdown(results: dict[str, Any]) -> str:
         vals = [f"{row[m]:.4f}" if isinstance(row.get(m), float) else "n/a" for m in metric_names]
         desc = DESCRIPTIONS[name] + (" + a per-user bias" if row.get("user_bias") else "")
         desc += f" + residual on {row['residual']}" if row.get("residual") else ""
+        if row.get("imported"):  # source.bank: the user's own prompts, not trained here
+            desc = f"source prompts imported from {Path(row['imported']['path']).name} (source.bank), {row['imported']['head']}"
         if name == "puma":
             desc += f" ({row.get('selected_users')} users by {row.get('selection')}"
             desc += f", allocation {row['allocation']})" if row.get("allocation") else ")"
