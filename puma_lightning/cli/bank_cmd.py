@@ -3,6 +3,16 @@
   bank info PATH                                 manifest summary and the bank's full lineage
   bank diff A B                                  users added/removed; mean cosine and L2 change of shared users
   bank export-peft PATH --user ID --out DIR      one user's prompt as a Hugging Face PEFT prompt-tuning adapter
+  bank export-peft PATH --all --out DIR          every user's, one adapter folder each (NNNNN-<id>, in row order)
+  bank import --prompts FILE --users FILE [--users-column COL] [--tensor-key KEY] --model NAME --out DIR
+                                                 a bank from your own prompts: a tensor [N, l, d] or [N, d]
+                                                 (.safetensors, .npy, .pt) and the user ids in row order
+                                                 (text, one per line, or a CSV/TSV/Parquet column)
+  bank import --peft DIR --model NAME --out DIR  a bank from a folder of PEFT prompt-tuning adapters, one per user
+
+``import`` labels the bank with the named model's fingerprint (loaded locally: a tiny or packaged
+name, a folder, or a hub id already in the Hugging Face cache; ``--cache-dir``,
+``--trust-remote-code``) and records where the prompts came from in its lineage.
 
 Banks are opened lazily (only the manifest, then the shards holding the rows asked for), so these
 commands work on sharded banks of millions of users.
@@ -12,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +32,7 @@ from puma_lightning.io.bank import PromptBank, content_hash
 from puma_lightning.io.lineage import ancestor_hashes, format_history
 
 DIFF_CHUNK = 65536
+EXPORT_CHUNK = 4096
 
 
 def bank_info(path: str | Path) -> str:
@@ -35,10 +47,14 @@ def bank_info(path: str | Path) -> str:
         f"  storage      {len(bank.shards)} shard(s): " + ", ".join(s["file"] for s in bank.shards[:3]) + (" ..." if len(bank.shards) > 3 else ""),
         f"  content hash {m.get('content_hash') or content_hash(m)}",
         f"  head         {'yes' if 'head_sha256' in m else 'no'}",
-        f"  made by      {info.get('made_by')}; dataset {info.get('dataset')}, template {info.get('template')}, seed {info.get('seed')}",
+        f"  made by      {info.get('made_by')}" + (f"; dataset {info.get('dataset')}, template {info.get('template')}, seed {info.get('seed')}"
+                                                   if info.get("dataset") else ""),
     ]
     if info.get("metrics"):
         lines.append("  metrics      " + ", ".join(f"{k}={v:.4f}" for k, v in info["metrics"].items() if isinstance(v, (int, float))))
+    for name, source in ((info.get("lineage") or {}).get("imported") or {}).items():
+        detail = f", column {source['column']}" if source.get("column") else f", {len(source['adapters'])} adapters" if "adapters" in source else ""
+        lines.append(f"  imported     {name} {source.get('path')}{detail}" + (f" (sha256 {source['sha256'][:16]})" if source.get("sha256") else ""))
     lines.append("  lineage (newest first):")
     lines.append(format_history(info.get("lineage")))
     return "\n".join(lines)
@@ -97,6 +113,34 @@ def format_diff(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _peft_config_text(bank: Any, base_model: str | None) -> str:
+    """``adapter_config.json`` of a PEFT prompt-tuning adapter for the bank's model (one virtual token per prompt row)."""
+    import tempfile
+
+    from peft import PromptTuningConfig, TaskType
+
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=bank.prompt_length, token_dim=bank.hidden_size,
+                                num_transformer_submodules=1, base_model_name_or_path=base_model or bank.model_name,
+                                inference_mode=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        config.save_pretrained(tmp)
+        return (Path(tmp) / "adapter_config.json").read_text(encoding="utf-8")
+
+
+def _write_adapter(folder: Path, config_text: str, prompt: torch.Tensor, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(config_text, encoding="utf-8")
+    save_file({"prompt_embeddings": prompt.float().contiguous()}, str(folder / "adapter_model.safetensors"),
+              metadata={"format": "pt", **metadata})
+
+
+def _export_metadata(path: str | Path, bank: Any) -> dict[str, str]:
+    return {"puma_bank": str(Path(path).resolve()), "model_fingerprint": bank.model_fingerprint,
+            "bank_content_hash": bank.manifest.get("content_hash") or content_hash(bank.manifest)}
+
+
 def export_peft(path: str | Path, user: str, out: str | Path, base_model: str | None = None) -> Path:
     """Write one user's prompt as a PEFT prompt-tuning adapter (``adapter_config.json`` +
     ``adapter_model.safetensors``, tensor ``prompt_embeddings [l, d]``) for the bank's model.
@@ -106,23 +150,42 @@ def export_peft(path: str | Path, user: str, out: str | Path, base_model: str | 
     Prompts are stored in the model's input-embedding space (after any embedding scaling, e.g.
     Gemma's sqrt(d)), which is also where PEFT concatenates them.
     """
-    from peft import PromptTuningConfig, TaskType
-    from safetensors.torch import save_file
-
     from puma_lightning.io.atomic import atomic_dir
 
     bank = PromptBank.open(path)
-    prompt = bank.rows_for([str(user)])[0].float().contiguous()  # [l, d]
-    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=bank.prompt_length, token_dim=bank.hidden_size,
-                                num_transformer_submodules=1, base_model_name_or_path=base_model or bank.model_name,
-                                inference_mode=True)
+    prompt = bank.rows_for([str(user)])[0]  # [l, d]
     out = Path(out)
     with atomic_dir(out, "peft", "PEFT adapter folder") as tmp:
-        config.save_pretrained(str(tmp))
-        save_file({"prompt_embeddings": prompt}, str(tmp / "adapter_model.safetensors"),
-                  metadata={"format": "pt", "puma_bank": str(Path(path).resolve()), "user_id": str(user),
-                            "bank_content_hash": bank.manifest.get("content_hash") or content_hash(bank.manifest),
-                            "model_fingerprint": bank.model_fingerprint})
+        _write_adapter(tmp, _peft_config_text(bank, base_model), prompt, {**_export_metadata(path, bank), "user_id": str(user)})
+    return out
+
+
+def adapter_folder_name(row: int, user: str, width: int) -> str:
+    """A filesystem-safe, unique folder name for row ``row``'s user: the zero-padded row (so names sort in bank
+    order) and the id with anything but letters, digits, ``.``, ``_``, ``-`` replaced (the metadata keeps the id)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(user))[:64]
+    return f"{row:0{width}d}-{safe}" if safe else f"{row:0{width}d}"
+
+
+def export_peft_all(path: str | Path, out: str | Path, base_model: str | None = None) -> Path:
+    """Write every user's prompt as a PEFT prompt-tuning adapter into ``out/<NNNNN-id>/`` (see :func:`export_peft`).
+
+    ``out`` is written as a whole (it appears complete or not at all); ``bank import --peft out``
+    gives the bank back (same ids in the same order, identical prompts)."""
+    from puma_lightning.io.atomic import atomic_dir
+
+    bank = PromptBank.open(path)
+    out, n = Path(out), len(bank.user_ids)
+    width = max(5, len(str(max(n - 1, 0))))
+    config_text, metadata = _peft_config_text(bank, base_model), _export_metadata(path, bank)
+    with atomic_dir(out, "peft-all", "folder of PEFT adapters") as tmp:
+        row = 0
+        for block in bank.blocks(EXPORT_CHUNK):
+            for prompt in block:
+                user = bank.user_ids[row]
+                _write_adapter(tmp / adapter_folder_name(row, user, width), config_text, prompt,
+                               {**metadata, "user_id": str(user), "row": str(row)})
+                row += 1
     return out
 
 
@@ -136,11 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--json", action="store_true", help="print the diff as JSON")
-    p = sub.add_parser("export-peft", help="one user's prompt as a PEFT prompt-tuning adapter")
+    p = sub.add_parser("export-peft", help="one user's prompt (or every user's) as PEFT prompt-tuning adapters")
     p.add_argument("path")
-    p.add_argument("--user", required=True, help="user id")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="user id")
+    who.add_argument("--all", action="store_true", help="every user, one adapter folder each under --out")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--base-model", default=None, help="base_model_name_or_path to record (default: the bank's model name)")
+    p = sub.add_parser("import", help="a bank from prompts your own system trained (a tensor file + user ids, or PEFT adapters)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", metavar="FILE", help="tensor [N, l, d] or [N, d]: .safetensors, .npy, .pt or .pth")
+    src.add_argument("--peft", metavar="DIR", help="folder holding one PEFT prompt-tuning adapter folder per user")
+    p.add_argument("--users", metavar="FILE", help="user ids in row order: text (one per line) or a CSV/TSV/Parquet table")
+    p.add_argument("--users-column", metavar="COL", help="the column of --users holding the ids (required for tables)")
+    p.add_argument("--tensor-key", metavar="KEY", help="the tensor to read when --prompts holds several")
+    p.add_argument("--model", required=True, metavar="NAME", help="the model the prompts were trained for")
+    p.add_argument("--out", required=True, metavar="DIR", help="the bank folder to write")
+    p.add_argument("--cache-dir", default=None, help="where packaged models are converted (default $PUMA_CACHE)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
     return parser
 
 
@@ -159,7 +235,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.action == "diff":
         d = bank_diff(args.a, args.b)
         print(json.dumps(d, indent=1) if args.json else format_diff(d))
+    elif args.action == "export-peft" and args.all:
+        out = export_peft_all(args.path, args.out, args.base_model)
+        print(f"wrote {len(PromptBank.open(args.path).user_ids):,} PEFT prompt-tuning adapters to {out}")
     elif args.action == "export-peft":
         out = export_peft(args.path, args.user, args.out, args.base_model)
         print(f"wrote PEFT prompt-tuning adapter for user {args.user} to {out}")
+    elif args.action == "import":
+        bank = import_bank(args)
+        print(f"imported {len(bank.user_ids):,} users' prompts ({len(bank.user_ids)} x {bank.prompt_length} x {bank.hidden_size}) "
+              f"for model {bank.model_name} (fingerprint {bank.model_fingerprint}) -> {args.out}")
     return 0
+
+
+def import_bank(args: argparse.Namespace) -> PromptBank:
+    """``bank import``: check the options and the output path, load the model locally for its width and
+    fingerprint, then import (see :mod:`puma_lightning.io.bank_import`)."""
+    from puma_lightning.io.bank import BankError
+    from puma_lightning.io.bank_import import import_peft_bank, import_tensor_bank
+    from puma_lightning.io.ownership import check_not_an_input, check_replaceable
+    from puma_lightning.models.loading import model_identity
+
+    if args.peft and (args.users or args.users_column or args.tensor_key):
+        raise BankError("--users, --users-column and --tensor-key go with --prompts, not --peft")
+    if args.prompts and not args.users:
+        raise BankError("--prompts needs --users FILE: the user ids in row order")
+    inputs = {"--prompts": args.prompts, "--users": args.users} if args.prompts else {"--peft": args.peft}
+    check_not_an_input(args.out, inputs, key="--out")  # before the model is loaded, which may take a while
+    check_replaceable(args.out, "bank", "prompt bank")
+    hidden, fingerprint = model_identity(args.model, args.cache_dir, args.trust_remote_code)
+    if args.peft:
+        return import_peft_bank(args.peft, args.model, fingerprint, hidden, args.out)
+    return import_tensor_bank(args.prompts, args.users, args.model, fingerprint, hidden, args.out,
+                              column=args.users_column, key=args.tensor_key)

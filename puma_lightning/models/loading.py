@@ -207,3 +207,41 @@ def load_backbone(
         model=model, tokenizer=tokenizer, name=name, fingerprint=fp, hidden_size=hidden_size_of(model),
         dtype_choice=choice,
     )
+
+
+def model_identity(name_or_path: str, cache_dir: str | Path | None = None, trust_remote_code: bool = False) -> tuple[int, str]:
+    """``(hidden_size, fingerprint)`` of a model found locally, without its tokenizer and without the network.
+
+    For labelling prompts that were trained elsewhere (``bank import``): the fingerprint is the one
+    :func:`load_backbone` gives the same checkpoint (it rounds to bfloat16, so loading in bfloat16
+    here changes nothing and halves the memory). A tiny name is built in; a packaged name is
+    converted into the cache if needed; a local folder is read; a hub id must already be in the
+    Hugging Face cache (``local_files_only``), else one line says so.
+    """
+    from puma_lightning.errors import PumaError
+
+    name = str(name_or_path)
+    if is_tiny_model(name):
+        model, _ = build_tiny_model(name)
+        return hidden_size_of(model), model_fingerprint(model)
+    if is_packaged_model(name):
+        try:
+            source = str(ensure_packaged_model(name, cache_dir))
+        except ModuleNotFoundError as exc:
+            raise PumaError(str(exc)) from None
+    elif Path(name).expanduser().is_dir():
+        source = str(Path(name).expanduser())
+    elif _looks_like_path(name) or Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model folder {name!r} does not exist (or is not a folder)")
+    else:
+        source = name
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16, trust_remote_code=trust_remote_code,
+                                                     local_files_only=True)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PumaError(f"cannot load model {name!r} locally ({first}); name a tiny or packaged model, a local folder "
+                        "with a transformers checkpoint, or a hub id already in the Hugging Face cache") from None
+    return hidden_size_of(model), model_fingerprint(model)
