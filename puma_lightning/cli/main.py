@@ -147,7 +147,8 @@ COMMANDS: dict[str, Command] = {
 }
 """Every command that takes a config, in ``--help`` order."""
 
-BANK_HELP = "Inspect, compare and export prompt banks: bank info PATH | bank diff A B | bank export-peft PATH --user ID --out DIR."
+BANK_HELP = ("Inspect, compare, export and import prompt banks: bank info PATH | bank diff A B | bank export-peft PATH "
+             "(--user ID | --all) --out DIR | bank import (--prompts FILE --users FILE | --peft DIR) --model NAME --out DIR.")
 
 
 def build_parser() -> argparse.ArgumentParser:
