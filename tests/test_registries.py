@@ -20,7 +20,7 @@ SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 def test_builtin_datasets_and_their_kinds():
     assert dataset_names()[:6] == ("synthetic", "movielens-100k", "amazon-movies", "amazon-movies-csv", "yelp", "mind")
-    assert set(raw_dataset_names()) == {"amazon-movies", "amazon-movies-csv", "yelp", "mind"}
+    assert set(raw_dataset_names()) == {"amazon-movies", "amazon-movies-csv", "yelp", "mind", "interactions"}
     assert DATASETS["mind"].task == "click" and DATASETS["synthetic"].task is None
 
 

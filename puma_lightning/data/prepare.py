@@ -13,9 +13,10 @@ reader's ``rules``). The manifest records the mode, the counts after every step 
 users, items, rows and rows per split (with the split configured at prepare time).
 
 A processed folder is reused when its manifest has the same preprocessing parameters and, if
-``data.raw_dir`` is set, the same raw files with the same size and mtime (their sha256 is
-recorded but not recomputed for the check). The user subset (``max_users``), the split and the
-MIND history sample depend on the run's seed and are applied at load time.
+``data.raw_dir`` is set (or what the dataset's ``RawFormat.location`` names, e.g. ``data.interactions``),
+the same raw files with the same size and mtime (their sha256 is recorded but not recomputed for the
+check). The user subset (``max_users``), the split and the MIND history sample depend on the run's
+seed and are applied at load time.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def prepare_params(dcfg: DictConfig) -> dict[str, Any]:
         raise PumaError(f"'data.bad_lines_allowed' must be >= 0, got {dcfg.bad_lines_allowed}")
     if dcfg.preprocessing not in PREPROCESSING_MODES:
         raise PumaError(f"'data.preprocessing' is {dcfg.preprocessing!r}; expected one of: {', '.join(PREPROCESSING_MODES)}")
-    return {
+    params = {
         "format": FORMAT_VERSION,
         "dataset": str(dcfg.name),
         "preprocessing": str(dcfg.preprocessing),
@@ -67,6 +68,10 @@ def prepare_params(dcfg: DictConfig) -> dict[str, Any]:
         "kcore": bool(dcfg.kcore),
         "max_rows_per_user": None if dcfg.max_rows_per_user is None else int(dcfg.max_rows_per_user),
     }
+    raw = get_dataset(str(dcfg.name)).raw
+    if raw is not None and raw.params is not None:  # the dataset's own (its input files, columns, ...)
+        params.update(raw.params(dcfg))
+    return params
 
 
 def processed_path(dcfg: DictConfig) -> Path:
@@ -87,6 +92,20 @@ def _read_raw(dcfg: DictConfig) -> RawData:
     return get_dataset(str(dcfg.name)).raw.read(dcfg)
 
 
+def _location(dcfg: DictConfig) -> str | None:
+    """Where ``dcfg``'s inputs are (``RawFormat.location``; by default ``data.raw_dir``), None when not configured."""
+    raw = get_dataset(str(dcfg.name)).raw
+    where = raw.location(dcfg) if raw is not None and raw.location is not None else dcfg.raw_dir
+    return str(where) if where else None
+
+
+def _inputs_at_hand(dcfg: DictConfig, where: str) -> bool:
+    """Whether the inputs at ``where`` can be compared with the manifest (``data.raw_dir``: an existing folder)."""
+    raw = get_dataset(str(dcfg.name)).raw
+    path = Path(where).expanduser()
+    return path.exists() if raw is not None and raw.location is not None else path.is_dir()
+
+
 def _follows(dcfg: DictConfig) -> str | None:
     """The published code ``dcfg``'s reader follows (``RawFormat.follows``), or None."""
     raw = get_dataset(str(dcfg.name)).raw
@@ -102,9 +121,10 @@ def manifest_mismatch(manifest: dict[str, Any] | None, dcfg: DictConfig) -> str 
     follows = _follows(dcfg)
     if follows is not None and manifest.get("rules", {}).get("follows") != follows:
         return f"it was not made by the rules of {follows}"
-    if not dcfg.raw_dir:
+    where = _location(dcfg)
+    if not where:
         return None  # nothing to compare with: trust the processed copy
-    if not Path(dcfg.raw_dir).expanduser().is_dir():
+    if not _inputs_at_hand(dcfg, where):
         return None
     try:
         now = {str(p.resolve()): FileRecord.stat(p) for p in _raw_files(dcfg)}
@@ -259,10 +279,12 @@ def prepare_dataset(dcfg: DictConfig, seed: int = 0, force: bool = False) -> Pat
     if reason is None:
         log.info("reusing processed %s in %s", dcfg.name, path)
         return path
-    if not dcfg.raw_dir:
-        raise PumaError(f"{dcfg.name}: no processed dataset in {path} ({reason}); set data.raw_dir=PATH to the downloaded files")
+    where = _location(dcfg)
+    if not where:
+        hint = get_dataset(str(dcfg.name)).raw.location_hint
+        raise PumaError(f"{dcfg.name}: no processed dataset in {path} ({reason}); {hint}")
     check_replaceable(path, "processed", "processed dataset")  # before any work: never replace what is not ours
-    log.info("preparing %s from %s into %s (%s)", dcfg.name, dcfg.raw_dir, path, reason)
+    log.info("preparing %s from %s into %s (%s)", dcfg.name, where, path, reason)
     start = time.perf_counter()
     raw = _read_raw(dcfg)
     if len(raw) == 0:
@@ -281,7 +303,7 @@ def prepare_dataset(dcfg: DictConfig, seed: int = 0, force: bool = False) -> Pat
         "params": params,
         "rules": data.rules,
         "final": final_counts(data, dcfg),
-        "raw_dir": str(Path(dcfg.raw_dir).expanduser().resolve()),
+        "raw_dir": str(Path(where).expanduser().resolve()),
         "files": [f.to_dict() for f in data.files],
         "steps": data.steps,
         "bad_lines": data.bad,

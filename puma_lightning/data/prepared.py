@@ -84,8 +84,8 @@ def _table(data: RawData, manifest: dict[str, Any], path: Path, rows: str = "") 
 
 
 def _check(dcfg: DictConfig) -> None:
-    task = get_dataset(str(dcfg.name)).task
-    if dcfg.task != task:
+    task = get_dataset(str(dcfg.name)).task  # None: either task, as data.task says (the manifest records it)
+    if task is not None and dcfg.task != task:
         raise PumaError(f"'data.task' must be {task!r} for {dcfg.name}, got {dcfg.task!r}")
     if dcfg.split_by not in SPLIT_METHODS:
         raise PumaError(f"'data.split_by' is {dcfg.split_by!r}; expected one of: {', '.join(SPLIT_METHODS)}")

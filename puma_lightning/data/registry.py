@@ -30,6 +30,14 @@ class RawFormat:
     follows: Callable[["DictConfig"], str | None] | None = None
     """``data`` config -> the published code whose rules the read follows (None: none), as ``read`` records it in
     ``rules["follows"]``; a processed folder whose manifest names another is prepared again."""
+    location: Callable[["DictConfig"], str | None] | None = None
+    """``data`` config -> where the inputs are (a folder or a file; None: not configured), recorded in the manifest as
+    ``raw_dir`` and compared by the reuse check. None (the default): ``data.raw_dir``, which must be a folder."""
+    location_hint: str = "set data.raw_dir=PATH to the downloaded files"
+    """What the error says to set when ``location`` gives None and there is no processed copy to reuse."""
+    params: Callable[["DictConfig"], dict] | None = None
+    """``data`` config -> further preprocessing parameters (merged into ``prepare_params``, so into the manifest and the
+    cache folder's hash): what decides the content beyond the common filters, e.g. which input files and columns."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,8 @@ def get_dataset(name: str) -> Dataset:
         raise KeyError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
 
 
-BUILTIN = ("synthetic", "movielens-100k", "amazon-movies", "amazon-movies-csv", "yelp", "mind", "movielens-100k-click")
+BUILTIN = ("synthetic", "movielens-100k", "amazon-movies", "amazon-movies-csv", "yelp", "mind", "movielens-100k-click",
+           "interactions")
 """The datasets that ship with the package, in the order lists show them (their modules register them)."""
 
 
@@ -102,6 +111,7 @@ def _load_builtins() -> None:
     """Import the modules that register the built-in datasets (once)."""
     import puma_lightning.data.movielens  # noqa: F401
     import puma_lightning.data.raw.amazon  # noqa: F401
+    import puma_lightning.data.raw.interactions  # noqa: F401
     import puma_lightning.data.raw.mind  # noqa: F401
     import puma_lightning.data.raw.yelp  # noqa: F401
     import puma_lightning.data.synthetic  # noqa: F401

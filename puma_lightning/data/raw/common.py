@@ -122,8 +122,9 @@ class BadLines:
     def line(self) -> None:
         self.per_file[self._file]["lines"] += 1
 
-    def bad(self, lineno: int, reason: str) -> None:
-        """Record one bad line; stops early if a file's first lines are all bad."""
+    def bad(self, lineno: int | str, reason: str) -> None:
+        """Record one bad line (``lineno``: its line number, or ``row N`` where a file has no lines, as Parquet);
+        stops early if a file's first lines are all bad."""
         counts = self.per_file[self._file]
         counts["bad"] += 1
         if len(self.examples) < self.max_reported:
