@@ -54,6 +54,7 @@ def test_the_label_names_an_inline_template_by_its_content(tmp_path):
     ({"text": TEXT, "answers": ["1", "2"]}, "reads 5 distinct answer"),
     ({"text": TEXT, "answers": ["1", "1", "2", "3", "4"]}, "reads 5 distinct answer"),
     ({"text": TEXT, "extra": 1}, "unknown key"),
+    ({"text": {"Rate {item} {user}.#Answer": None}}, "quote it"),
 ])
 def test_a_bad_inline_template_is_one_line_naming_the_key(spec, message):
     with pytest.raises(Exception) as info:

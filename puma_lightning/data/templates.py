@@ -102,6 +102,9 @@ def inline_template(spec: Mapping[str, Any], task: str, where: str = "data.templ
     if unknown:
         raise TemplateError(f"'{where}' has unknown key(s) {unknown}; an inline template has: {', '.join(INLINE_KEYS)}")
     text = spec.get("text")
+    if isinstance(text, Mapping):  # YAML reads an unquoted "...#Answer:" on the command line as a mapping
+        raise TemplateError(f"'{where}.text' was read as a mapping, not text (YAML takes an unquoted value ending with ':' "
+                            f"as a key); quote it: '{where}.text=\"...#Answer:\"'")
     if not isinstance(text, str) or not text.strip():
         raise TemplateError(f"'{where}.text' must be the template's text with {{item}} and one {SLOT}, got {text!r}")
     try:
