@@ -92,7 +92,7 @@ def test_ids_from_text_with_bom_crlf_and_trailing_spaces(tmp_path):
 
 
 def test_ids_from_csv_tsv_and_parquet_columns(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # the [test] extra installs it
     import pyarrow.parquet as pq
 
     (tmp_path / "u.csv").write_text("n,user\n1,007\n2,\"a,b\"\n3,c\n")

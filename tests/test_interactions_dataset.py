@@ -22,8 +22,8 @@ from puma_lightning.data.registry import build_dataset_table
 from puma_lightning.data.table import TEST, TRAIN, VALID
 from puma_lightning.errors import PumaError
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
+import pyarrow as pa  # noqa: E402  (the [test] extra installs it)
+import pyarrow.parquet as pq  # noqa: E402
 
 ITEMS = [("001", "Heat, a 1995 crime film"), ("002", "Amélie — le fabuleux destin"), ("003", 'Alien: "the" original'),
          ("004", "Spirited Away 千と千尋"), ("005", "Up")]

@@ -28,6 +28,7 @@ import torch
 from puma_lightning.io.bank import BankError, PromptBank
 from puma_lightning.io.lineage import make_lineage
 from puma_lightning.io.ownership import check_not_an_input, check_replaceable, file_sha256
+from puma_lightning.io.pair_files import require_pyarrow
 
 __all__ = ["import_peft_bank", "import_tensor_bank", "read_prompt_tensor", "read_user_ids"]
 
@@ -152,10 +153,7 @@ def _csv_ids(path: Path, column: str) -> list[tuple[str, str]]:
 
 def _parquet_ids(path: Path, column: str) -> list[tuple[str, str]]:
     """``(id, "row N")`` from column ``column`` of a Parquet file (any type, read as text)."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise BankError('Parquet files need pyarrow: pip install "puma_lightning[parquet]" (or use a .csv file)') from None
+    pq = require_pyarrow().parquet
     try:
         names = pq.ParquetFile(str(path)).schema_arrow.names
     except Exception as exc:  # ArrowInvalid / OSError for a damaged or foreign file

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 from puma_lightning.errors import PumaError
 from puma_lightning.io.atomic import atomic_path, atomic_write_text
 
-__all__ = ["PARQUET_SUFFIXES", "read_pairs", "write_table"]
+__all__ = ["PARQUET_SUFFIXES", "read_pairs", "require_pyarrow", "write_table"]
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -24,12 +24,13 @@ def _is_parquet(path: Path) -> bool:
     return path.suffix.lower() in PARQUET_SUFFIXES
 
 
-def _pyarrow() -> Any:
+def require_pyarrow() -> Any:
+    """pyarrow with its ``parquet`` submodule, or a one-line PumaError saying how to install it (an optional extra)."""
     try:
         import pyarrow
         import pyarrow.parquet  # noqa: F401  (the submodule is what we use)
     except ImportError:
-        raise PumaError("Parquet files need pyarrow: pip install 'puma_lightning[parquet]' (or use a .csv file)") from None
+        raise PumaError('Parquet files need pyarrow: pip install "puma_lightning[parquet]" (or use a .csv file)') from None
     return pyarrow
 
 
@@ -69,7 +70,7 @@ def _utf8_lines(fh: Any, path: Path) -> Iterator[str]:
 
 
 def _read_parquet_pairs(path: Path) -> list[tuple[str, str]]:
-    pa = _pyarrow()
+    pa = require_pyarrow()
     try:
         table = pa.parquet.read_table(str(path))
     except Exception as exc:  # pyarrow's ArrowInvalid and OSError for a damaged or foreign file
@@ -91,7 +92,7 @@ def write_table(path: str | Path, header: Sequence[str], rows: Sequence[Sequence
     (floats with ``float_digits`` decimals)."""
     path = Path(path)
     if _is_parquet(path):
-        pa = _pyarrow()
+        pa = require_pyarrow()
         columns = {name: [row[i] for row in rows] for i, name in enumerate(header)}
         table = pa.table(columns) if rows else pa.table({name: pa.array([], pa.string()) for name in header})
         with atomic_path(path) as tmp:
