@@ -36,7 +36,7 @@ class ColumnsConfig:
 @dataclass
 class DataConfig:
     name: str = "synthetic"
-    """Dataset, by its name in ``puma_lightning.data.registry``. Built in: ``synthetic`` (generated, known noise floor), ``movielens-100k`` (real, from the recbole wheel), ``movielens-100k-click`` (the same films as implicit feedback), and from raw files in ``raw_dir``: ``amazon-movies``, ``amazon-movies-csv``, ``yelp``, ``mind``. Your own: ``docs/custom_dataset.md``."""
+    """Dataset, by its name in ``puma_lightning.data.registry``. Built in: ``synthetic`` (generated, known noise floor), ``movielens-100k`` (real, from the recbole wheel), ``movielens-100k-click`` (the same films as implicit feedback), from raw files in ``raw_dir``: ``amazon-movies``, ``amazon-movies-csv``, ``yelp``, ``mind``, and ``interactions``: your own log and items files (``data.interactions``, ``data.items``; ``docs/your_own_system.md``). Code of your own: ``docs/custom_dataset.md``."""
     task: str = "rating"
     """``rating`` (1..5 stars, hybrid MSE+CE head) or ``click`` (Yes-token BCE head). Synthetic data supports both."""
     module: Optional[str] = None
