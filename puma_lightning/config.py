@@ -245,7 +245,7 @@ class AdapterConfig:
     one neutral forward per distinct item text): ``selected`` (the adapter's own training and validation rows),
     ``adapter_items`` (every user's training and validation rows of the items those rows name: more rows for the fit
     from items the adapter reads anyway; with prefixes computed in fixed groups its prefix cost is close to ``all``'s,
-    README) or ``all`` (every user's training and validation rows, as full
+    docs/results/migration_levers_ml100k.md) or ``all`` (every user's training and validation rows, as full
     retraining's readout sees them, every item's prefix included); recorded as ``readout.train_rows``, not as training
     samples."""
     distill_items: int = 0

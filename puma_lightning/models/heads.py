@@ -6,13 +6,13 @@
   that the raw logit (often large) can be calibrated.
 
 Either head can also read the answer position's last hidden state (``hidden_size``): a
-:class:`HiddenReadout` adds a linear function of it to the output. The 5 answer logits are a
-narrow view of what the frozen model computes about an item; its hidden state carries more (on
-ml100k a ridge fit on it corrects a user + item bias model, README). A readout with a *neutral
-prompt* reads the hidden state of the row read through that fixed prompt instead of the user's own:
-a per-item term the user's prompt cannot bend (``prompt.hidden_readout=ridge``). The readout belongs
-to the model whose hidden states it reads: :func:`load_head` restarts it at zero on a model of another
-width.
+:class:`HiddenReadout` adds a linear function of it to the output. The 5 answer logits are a narrow
+view of what the frozen model computes about an item; its hidden state carries more (on ml100k a
+ridge fit on it corrects a user + item bias model, docs/results/prompt_learning_ml100k.md). A
+readout with a *neutral prompt* reads the hidden state of the row read through that fixed prompt
+instead of the user's own: a per-item term the user's prompt cannot bend
+(``prompt.hidden_readout=ridge``). The readout belongs to the model whose hidden states it reads:
+:func:`load_head` restarts it at zero on a model of another width.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Fit a head's readout in closed form before a stage trains (``prompt.hidden_readout=ridge``).
 
-The frozen model's last hidden state at the answer position says more about an item than the 5 answer logits
-the head reads (on ml100k a ridge fit on it corrects a user + item bias model; README). Trained by SGD on each
-user's own hidden state (``trained``), the readout overfits instead: its weights co-adapt with each user's
-prompt. Here it reads every row through one fixed *neutral* prompt (the mean of the stage's starting prompts),
-so its term depends on the row's text only, and it is fitted once, by ridge regression, on the stage's training
-rows to what the residual base misses; then it is frozen while the prompts and the head's MLP train.
+The frozen model's last hidden state at the answer position says more about an item than the 5 answer logits the
+head reads (on ml100k a ridge fit on it corrects a user + item bias model;
+docs/results/prompt_learning_ml100k.md). Trained by SGD on each user's own hidden state (``trained``), the
+readout overfits instead: its weights co-adapt with each user's prompt. Here it reads every row through one fixed
+*neutral* prompt (the mean of the stage's starting prompts), so its term depends on the row's text only, and it
+is fitted once, by ridge regression, on the stage's training rows to what the residual base misses; then it is
+frozen while the prompts and the head's MLP train.
 
 The fit: features ``norm(h)`` (what the readout reads) standardised per dimension; a ridge regression on their
 top ``k`` principal components, ``k`` and the penalty chosen on the stage's validation rows among
