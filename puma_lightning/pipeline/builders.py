@@ -44,7 +44,7 @@ def load_frozen_lm(mcfg: DictConfig, dcfg: DictConfig, cache_dir: str | None, on
 
     loaded = load_backbone(mcfg.name, dtype=mcfg.dtype, cache_dir=cache_dir, trust_remote_code=mcfg.trust_remote_code,
                            device="cuda" if on_gpu else "cpu")
-    template = resolve_template(dcfg.template, str(dcfg.task))
+    template = resolve_template(dcfg.template, str(dcfg.get("task") or "rating"))  # the task matters for inline templates only
     try:
         lm = FrozenLM(loaded.model, loaded.tokenizer, template.answers, name=loaded.name, fingerprint=loaded.fingerprint)
     except ValueError as exc:  # an answer that is not one token of this model's tokenizer
