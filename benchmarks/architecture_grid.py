@@ -27,14 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from puma_lightning.machine import BackboneDtypes, describe_machine, machine_record
+from puma_lightning.pipeline.chain import gain
+from puma_lightning.pipeline.figures import heatmap, markdown_table, write_text
+from puma_lightning.pipeline.sub_runs import metric_names, primary_metric, safe_name, sub_config
 
-from benchmarks._machine import BackboneDtypes, describe_machine, machine_record  # noqa: E402
-from puma_lightning.pipeline.chain import gain  # noqa: E402
-from puma_lightning.pipeline.figures import heatmap, markdown_table, write_text  # noqa: E402
-from puma_lightning.pipeline.sub_runs import metric_names, primary_metric, safe_name, sub_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_MODELS = "tiny-llama,tiny-qwen2,tiny-gemma3"
 

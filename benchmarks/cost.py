@@ -39,13 +39,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks._machine import BackboneDtypes, describe_machine, machine_record  # noqa: E402
-from puma_lightning.pipeline.figures import markdown_table, write_text  # noqa: E402
-from puma_lightning.pipeline.sub_runs import metric_names, primary_metric  # noqa: E402
+from puma_lightning.machine import BackboneDtypes, describe_machine, machine_record
+from puma_lightning.pipeline.figures import markdown_table, write_text
+from puma_lightning.pipeline.sub_runs import metric_names, primary_metric
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

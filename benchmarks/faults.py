@@ -21,10 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from puma_lightning.machine import describe_machine, machine_record
 
-from benchmarks._machine import describe_machine, machine_record  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["data.n_users=12", "data.rows_per_user=10", "prompt.batch_size=8", "prompt.epochs=3", "adapter.batch_size=8",
         "adapter.epochs=2", "baselines.random_init_epochs=1", "baselines.full_retrain=false", "selection.budget=6",

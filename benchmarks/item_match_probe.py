@@ -15,17 +15,11 @@ pipeline's own validation decides (docs/prompt_diagnosis.md).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks._machine import BackboneDtypes, describe_machine  # noqa: E402
+from puma_lightning.machine import BackboneDtypes, describe_machine
 
 GRID = tuple((lr, scale, decay, epochs) for lr in (0.002, 0.005, 0.02) for scale in (0.1, 0.3, 1.0) for decay in (0.0, 1.0)
              for epochs in (2, 4, 8))

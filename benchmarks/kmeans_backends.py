@@ -18,18 +18,12 @@ The table is printed under a ``machine: ...`` line naming the CPU, threads, GPU 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks._machine import describe_machine  # noqa: E402
+from puma_lightning.machine import describe_machine
 
 DATASETS = ((50_000, 576), (200_000, 2_048))
 
@@ -61,7 +55,7 @@ def bench(x: np.ndarray, k: int, iters: int, seed: int) -> list[tuple[str, float
     """(method, seconds, inertia) for every method available here."""
     from sklearn.cluster import KMeans
 
-    from puma_lightning.selection.kmeans import faiss_module, default_faiss_threads, faiss_gpu_available, kmeans
+    from puma_lightning.selection.kmeans import default_faiss_threads, faiss_gpu_available, faiss_module, kmeans
 
     out = []
     t = time.perf_counter()

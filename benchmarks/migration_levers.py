@@ -22,15 +22,12 @@ import csv
 import io
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from puma_lightning.machine import BackboneDtypes, describe_machine, machine_record
 
-from benchmarks._machine import BackboneDtypes, describe_machine, machine_record  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 STEPS = ["adapter.steps=600", "adapter.warmup_ratio=0.05", "adapter.lr=0.003", "adapter.batch_size=16",
          "adapter.head_lr=0.0003", "adapter.validation=heldout", "adapter.early_stopping_patience=3"]

@@ -13,15 +13,10 @@ intervals from one joint bootstrap of the rows: an interval holding 0 reads "no 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def seed_dirs(run: Path) -> dict[int, Path]:

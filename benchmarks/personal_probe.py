@@ -22,21 +22,19 @@ used). ``probe.json`` / ``probe.md`` hold every lever's curve and row under the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
-import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from puma_lightning.machine import BackboneDtypes, describe_machine, machine_record
 
-from benchmarks._machine import BackboneDtypes, describe_machine, machine_record  # noqa: E402
-from benchmarks.prompt_study import LEVERS  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PROBE_LEVERS: dict[str, list[str]] = {}
 """Levers only the probe runs (none yet: every lever lives in prompt_study's LEVERS)."""
@@ -56,8 +54,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@lru_cache(maxsize=1)
+def study_levers() -> dict[str, list[str]]:
+    """``LEVERS`` of the sibling script ``prompt_study.py``, loaded by its path (benchmarks/ holds scripts, not a
+    package, so this works however this script is started or imported)."""
+    spec = importlib.util.spec_from_file_location("prompt_study", Path(__file__).with_name("prompt_study.py"))
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    return study.LEVERS
+
+
 def all_levers() -> dict[str, list[str]]:
-    return {**LEVERS, **PROBE_LEVERS}
+    return {**study_levers(), **PROBE_LEVERS}
 
 
 def derangement(n: int, seed: int) -> np.ndarray:

@@ -14,7 +14,6 @@ import argparse
 import json
 import resource
 import shutil
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -23,11 +22,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._machine import describe_machine  # noqa: E402
-from puma_lightning.config import DataConfig  # noqa: E402
-from puma_lightning.data.prepare import prepare_dataset  # noqa: E402
+from puma_lightning.config import DataConfig
+from puma_lightning.data.prepare import prepare_dataset
+from puma_lightning.machine import describe_machine
 
 TEXT = "Great place, friendly staff and the food was excellent. " * 8
 

@@ -28,18 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks._machine import BackboneDtypes, describe_machine, machine_record  # noqa: E402
+from puma_lightning.machine import BackboneDtypes, describe_machine, machine_record
 
 PENALTIES = tuple(10.0 ** k for k in np.arange(-3, 4.01, 0.5))
 """Ridge penalties, relative to the mean diagonal of each channel's item kernel."""
@@ -229,10 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from puma_lightning.cli.config_loader import load_config
     from puma_lightning.cli.main import setup_runtime
+    from puma_lightning.pipeline.builders import initial_prompts
     from puma_lightning.pipeline.classic import fit_bias_model, references_for
     from puma_lightning.pipeline.classic_attributes import attribute_columns
     from puma_lightning.pipeline.experiment import Experiment
-    from puma_lightning.pipeline.builders import initial_prompts
 
     cfg = load_config(list(args.config), [*args.overrides, "seeds=null", "source_dir=null", "run_dir=/tmp/prompt_reach"])
     setup_runtime(cfg)

@@ -19,15 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from puma_lightning.machine import BackboneDtypes, describe_machine, machine_record
 
-from benchmarks._machine import BackboneDtypes, describe_machine, machine_record  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 LONG = ["prompt.epochs=6", "prompt.early_stopping_patience=2", "prompt.warmup_ratio=0.05"]
 LEVERS: dict[str, list[str]] = {

@@ -14,14 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks._machine import describe_machine  # noqa: E402
+from puma_lightning.machine import describe_machine
 
 DEFAULT_CONFIGS = ("configs/personal.yaml", "configs/ml100k_click.yaml")
 PERSONAL_GAP = {"rating": ("user_item_bias", "attribute_ridge", "rmse"), "click": ("popularity", "item_item", "uauc")}

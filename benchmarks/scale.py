@@ -39,10 +39,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from puma_lightning.machine import describe_machine, machine_record
 
-from benchmarks._machine import describe_machine, machine_record  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PHASES = ("baseline", "write", "read", "stats", "select", "migrate")
 RATINGS_PER_USER = 20

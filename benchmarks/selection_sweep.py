@@ -26,18 +26,15 @@ import argparse
 import csv
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from puma_lightning.machine import BackboneDtypes, describe_machine
 
-from benchmarks._machine import BackboneDtypes, describe_machine  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("selection_sweep")
 

@@ -30,26 +30,22 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._machine import describe_machine, dtype_name  # noqa: E402
-from puma_lightning.cli.config_loader import load_config  # noqa: E402
-from puma_lightning.data.templates import get_template  # noqa: E402
-from puma_lightning.models.adapters import build_adapter  # noqa: E402
-from puma_lightning.models.backbone import FrozenLM  # noqa: E402
-from puma_lightning.models.heads import build_head  # noqa: E402
-from puma_lightning.models.loading import load_backbone  # noqa: E402
-from puma_lightning.models.templated_rows import TemplatedRows  # noqa: E402
-from puma_lightning.pipeline.builders import build_datamodule, build_table  # noqa: E402
-from puma_lightning.tasks import Migration, PromptTuning, init_prompts  # noqa: E402
+from puma_lightning.cli.config_loader import load_config
+from puma_lightning.data.templates import get_template
+from puma_lightning.machine import describe_machine, dtype_name
+from puma_lightning.models.adapters import build_adapter
+from puma_lightning.models.backbone import FrozenLM
+from puma_lightning.models.heads import build_head
+from puma_lightning.models.loading import load_backbone
+from puma_lightning.models.templated_rows import TemplatedRows
+from puma_lightning.pipeline.builders import build_datamodule, build_table
+from puma_lightning.tasks import Migration, PromptTuning, init_prompts
 
 log = logging.getLogger("throughput")
 
@@ -65,7 +61,7 @@ def naive_logits(lm: FrozenLM, batch: dict[str, torch.Tensor], prompts: torch.Te
     embeds = lm.splice(batch["input_ids"], batch["slot_pos"], prompts)
     logits = lm.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False).logits
     rows = torch.arange(len(logits), device=logits.device)
-    return logits[rows, batch["answer_pos"]][:, lm._answer_index].float()
+    return logits[rows, batch["answer_pos"]][:, lm.answer_ids].float()
 
 
 @dataclass

@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 import platform
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -92,3 +93,43 @@ def machine_key() -> dict[str, str]:
     """What a CPU speed measurement depends on: CPU model, capability, threads, torch and ISA caps."""
     return {"cpu": cpu_model(), "capability": cpu_capability(), "threads": str(torch.get_num_threads()),
             "torch": torch.__version__, **isa_overrides()}
+
+
+def dtype_name(dtype: Any) -> str:
+    """``torch.bfloat16`` -> ``bfloat16``."""
+    return str(dtype).replace("torch.", "")
+
+
+def machine_record(dtype: str | None) -> dict[str, str | None]:
+    """:func:`machine_info` plus the compute dtype (None when no model was loaded), for a results file."""
+    return {**machine_info(), "dtype": dtype}
+
+
+class BackboneDtypes:
+    """The compute dtype of every backbone the watched Experiments load (model name -> dtype), for a benchmark's
+    :func:`describe_machine` line and :func:`machine_record`.
+
+    Stages reused from an earlier run load no model, so their dtype is not seen here.
+    """
+
+    def __init__(self) -> None:
+        self.by_model: dict[str, str] = {}
+
+    def watch(self, exp: Any) -> Any:
+        """Record the dtype of each backbone ``exp`` (an Experiment) hands out; returns ``exp``."""
+        original = exp.backbone
+
+        def backbone(which: str) -> Any:
+            lm = original(which)
+            self.by_model[str(exp.cfg[which].name)] = dtype_name(lm.dtype)
+            return lm
+
+        exp.backbone = backbone  # this instance only
+        return exp
+
+    def text(self) -> str | None:
+        """One dtype when all backbones agree, else ``model dtype`` per model; None when none was loaded."""
+        kinds = set(self.by_model.values())
+        if len(kinds) <= 1:
+            return next(iter(kinds), None)
+        return ", ".join(f"{m} {d}" for m, d in self.by_model.items())
