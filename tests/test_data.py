@@ -11,7 +11,7 @@ import torch
 
 from puma_lightning.data.batching import BucketBatchSampler
 from puma_lightning.data.datamodule import PromptDataModule
-from puma_lightning.data.encoding import TemplateEncoder, encode_sample, special_prefix
+from puma_lightning.data.encoding import TemplateEncoder, special_prefix
 from puma_lightning.data.splits import chronological_split, keep_latest, limit_users
 from puma_lightning.data.synthetic import make_synthetic, make_synthetic_with_truth, rating_distribution
 from puma_lightning.data.table import TEST, TRAIN, VALID, InteractionTable
@@ -268,7 +268,7 @@ def test_encoder_positions_and_bos(bos):
     item = "Toy Story (1995), an Animation film"
     assert special_prefix(tok) == ([tok.bos_token_id] if bos else [])
     for prompt_length in (1, 3):
-        enc = encode_sample(tok, template, item, prompt_length=prompt_length)
+        enc = TemplateEncoder(tok, template, prompt_length=prompt_length).encode_text(item)
         before, after = template.render(item)
         ids_before = tok(before, add_special_tokens=False)["input_ids"]
         ids_after = tok(after, add_special_tokens=False)["input_ids"]

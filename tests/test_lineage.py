@@ -7,7 +7,7 @@ import torch
 
 from puma_lightning.cli.main import main
 from puma_lightning.io.bank import PromptBank, read_manifest
-from puma_lightning.io.lineage import ancestor_hashes, bank_content_hash, file_sha256, stamp_lineage
+from puma_lightning.io.lineage import ancestor_hashes, bank_content_hash, file_sha256
 
 # chain_run (tiny-llama -> tiny-qwen2 -> tiny-gemma3) is the session fixture in conftest.py
 
@@ -27,11 +27,8 @@ def test_lineage_and_hashes_survive_a_chain(chain_run):
     assert root["content_hash"] == bank_content_hash(a) and root["lineage"]["made_by"] == "pretrain:source"
     assert src["lineage"]["adapter"]["sha256"] == file_sha256(chain_run / "hop1_tiny-qwen2" / "puma" / "adapter.safetensors")
     assert ancestor_hashes(lin) == {bank_content_hash(a), bank_content_hash(b)}
-    # the recorded hashes still verify: the banks load, and re-stamping lineage keeps the content hash
+    # the recorded hashes still verify: the banks load
     PromptBank.load(c)
-    before = bank_content_hash(b)
-    stamp_lineage(b, {**src["lineage"], "note": "edited"})
-    assert bank_content_hash(b) == before and PromptBank.load(b).info["lineage"]["note"] == "edited"
 
 
 def test_bank_info_prints_the_whole_history(chain_run, capsys):

@@ -152,14 +152,3 @@ def item_text_token_ids(tokenizer: PreTrainedTokenizerBase, item_text: str, max_
     """An item text's own token ids (no special tokens), the first ``max_tokens`` of them (all when None)."""
     ids = list(tokenizer(item_text, add_special_tokens=False)["input_ids"]) if item_text else []
     return tuple(ids if max_tokens is None else ids[:max_tokens])
-
-
-def encode_sample(
-    tokenizer: PreTrainedTokenizerBase,
-    template: Template,
-    item_text: str,
-    prompt_length: int = 1,
-    max_item_tokens: int | None = 48,
-) -> EncodedItem:
-    """One-off encoding of a template for an item (see :class:`TemplateEncoder`)."""
-    return TemplateEncoder(tokenizer, template, prompt_length, max_item_tokens).encode_text(item_text)

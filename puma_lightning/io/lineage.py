@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from puma_lightning.io.atomic import atomic_write_text
 from puma_lightning.io.bank import MANIFEST_FILE, content_hash, read_manifest
 from puma_lightning.io.ownership import file_sha256
 
@@ -106,14 +105,6 @@ def stage_lineage(made_by: str, *, model: dict[str, Any], dataset: dict[str, Any
     selection = selection_ref(selection_file) if selection_file is not None else None
     return make_lineage(made_by, model=model, dataset=dataset, metrics=metrics, sources=sources, adapter=adapter,
                         selection=selection, models=models)
-
-
-def stamp_lineage(bank_dir: str | Path, lineage: dict[str, Any]) -> None:
-    """Replace ``info.lineage`` in a bank's manifest (atomically; the content hash is unchanged)."""
-    bank_dir = Path(bank_dir)
-    manifest = read_manifest(bank_dir)
-    manifest.setdefault("info", {})["lineage"] = lineage
-    atomic_write_text(bank_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
 
 
 def walk(lineage: dict[str, Any] | None, depth: int = 0) -> Iterator[tuple[int, dict[str, Any], dict[str, Any] | None]]:

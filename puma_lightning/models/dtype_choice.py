@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -145,10 +145,3 @@ def choose_dtype(requested: str, *, tiny: bool, device: str, hidden: int, interm
               f"{verdict} the {BF16_MIN_SPEEDUP}x needed for bf16)")
     dtype = torch.bfloat16 if speedup >= BF16_MIN_SPEEDUP else torch.float32
     return DtypeChoice(dtype, reason, speedup)
-
-
-def choice_record(choice: DtypeChoice) -> dict:
-    """A JSON-ready record of a choice (for results and logs)."""
-    out = asdict(choice)
-    out["dtype"] = str(choice.dtype).replace("torch.", "")
-    return out

@@ -33,8 +33,6 @@ BIAS_REFERENCE = "user_item_bias"
 """The no-LLM row a captured share starts from (no personal signal beyond a user's average)."""
 RIDGE_REFERENCE = "attribute_ridge"
 """The no-LLM row a captured share ends at (per-user tastes read from the item attributes)."""
-GAIN_COLUMNS = ("placebo", "personal_gain", "retained", "captured_share")
-"""The keys these columns take in a results row."""
 
 
 def placebo_seed(seed: int) -> int:

@@ -38,16 +38,6 @@ class StageStats:
         return asdict(self)
 
 
-class SampleCounter(Callback):
-    """Counts training samples processed (summed over ranks only if run distributed)."""
-
-    def __init__(self) -> None:
-        self.samples = 0
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.samples += int(batch["label"].shape[0])
-
-
 class ValidateAfterFinalStep(Callback):
     """Under a step budget, have Lightning validate after the last step as well: its step-interval validation runs
     only on multiples of the interval (a request to stop is what makes it validate off them)."""

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import zlib
 from array import array
 from collections.abc import Callable, Container, Iterator
@@ -77,12 +76,6 @@ class _HashingReader(io.RawIOBase):
     def close(self) -> None:
         self._fh.close()
         super().close()
-
-
-def is_gzip(path: Path) -> bool:
-    """True when the file starts with the gzip magic bytes (the extension is ignored)."""
-    with open(path, "rb") as fh:
-        return fh.read(2) == GZIP_MAGIC
 
 
 def find_file(folder: Path, names: tuple[str, ...], what: str) -> Path:
@@ -282,10 +275,6 @@ def parse_any_rating(value: Any) -> float:
     if not math.isfinite(rating) or abs(rating) > FLOAT32_MAX:
         raise ValueError(f"rating {value!r} is not finite as a float32")
     return rating
-
-
-def file_size_text(path: Path) -> str:
-    return f"{os.path.getsize(path) / 1e6:.1f} MB"
 
 
 def read_json_ratings(path: Path, record: "FileRecord", bad: "BadLines", keys: tuple[str, str, str, str],
