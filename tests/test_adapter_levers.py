@@ -15,7 +15,7 @@ from puma_lightning.cli.main import main
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.adapters import InputStandardized, build_adapter, with_input_norm
 from puma_lightning.pipeline.bank_ops import load_adapter
-from puma_lightning.pipeline.experiment import adapter_validation_users, heldout_users
+from puma_lightning.pipeline.stages.puma import adapter_validation_users, heldout_users
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 FAST = ["prompt.epochs=1", "adapter.epochs=1", "data.n_users=20", "data.rows_per_user=8", "selection.budget=8",

@@ -228,7 +228,8 @@ def test_puma_fits_the_targets_readout_on_every_users_rows_when_asked(tmp_path):
 
 def test_puma_can_fit_the_readout_on_every_users_rows_of_the_adapters_items(tmp_path):
     from puma_lightning.pipeline.readout_fit import adapter_items
-    from puma_lightning.pipeline.experiment import Experiment, heldout_users
+    from puma_lightning.pipeline.experiment import Experiment
+    from puma_lightning.pipeline.stages.puma import heldout_users
 
     ridge = [*FAST[:-1], "prompt.hidden_readout=ridge", "prompt.residual=user_item_bias", "adapter.readout_rows=adapter_items",
              "adapter.validation=heldout"]

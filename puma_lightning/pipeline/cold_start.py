@@ -73,7 +73,7 @@ class _NewUsers:
             lineage: dict[str, Any]) -> dict[str, Any]:
         """Tune (``epochs`` > 0) or only evaluate prompts on ``which``; save the bank; cache by config."""
         from puma_lightning.models.heads import load_head
-        from puma_lightning.pipeline.experiment import config_key, seed_stage, trainer_key
+        from puma_lightning.pipeline.stage import config_key, seed_stage, trainer_key
         from puma_lightning.pipeline.placebo import placebo_pass
         from puma_lightning.pipeline.training import fit_best, test_metrics
         from puma_lightning.pipeline.builders import build_prompt_tuning, fresh_head, initial_prompts, prompt_scale

@@ -29,7 +29,7 @@ __all__ = ["adapter_training_rows", "teach", "unrated_pairs", "with_teacher_rows
 def unrated_pairs(table: InteractionTable, users: np.ndarray, per_user: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(users, items)``: for each user, up to ``per_user`` distinct items of the table it has no row for (any split),
     drawn without replacement from a stream seeded by ``seed`` alone (users in ascending order)."""
-    from puma_lightning.pipeline.experiment import stage_seed
+    from puma_lightning.pipeline.stage import stage_seed
 
     rng = np.random.default_rng(stage_seed(seed, "distill_pairs"))
     candidates = np.unique(table.item)

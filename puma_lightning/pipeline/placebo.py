@@ -37,7 +37,7 @@ RIDGE_REFERENCE = "attribute_ridge"
 
 def placebo_seed(seed: int) -> int:
     """The derangement's seed: the run's seed alone (every stage of one run deals the prompts the same way)."""
-    from puma_lightning.pipeline.experiment import stage_seed
+    from puma_lightning.pipeline.stage import stage_seed
 
     return stage_seed(seed, "placebo")
 
