@@ -10,29 +10,12 @@ import numpy as np
 
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.io.atomic import atomic_write_text
-from puma_lightning.pipeline.classic import REFERENCES
 from puma_lightning.pipeline.placebo import NOTE as PLACEBO_NOTE, captured_shares, cell, placebo_columns
+from puma_lightning.pipeline.stages import migrated_rows, row_descriptions
 from puma_lightning.tasks.uncertainty import metric_on_rows, paired_comparison
 
 PAIRED_REFERENCE = "full_retrain"
 """The row every other row of one run's table is compared with, paired on the same test rows."""
-
-MIGRATED_ROWS = ("puma", "puma_polish", "vocab_map")
-"""Rows whose bank is migrated: their personal gain is also given as a share of full retraining's (``retained``)."""
-
-METHOD_ORDER = ("source", "random_init", "full_retrain", "puma", "puma_polish", "vocab_map", "shared_prompt_source", "shared_prompt_target", *REFERENCES)
-DESCRIPTIONS = {
-    "source": "source prompts on the source model",
-    "random_init": "random prompts on the target, head trained",
-    "full_retrain": "every prompt retrained on the target",
-    "puma": "prompts migrated with the PUMA adapter",
-    "puma_polish": "migrated prompts, then fine-tuned per user on the target (cost includes puma's)",
-    "vocab_map": "no training: source prompts through a least-squares map between the two embedding tables",
-    "shared_prompt_source": "one prompt shared by all users, on the source model",
-    "shared_prompt_target": "one prompt shared by all users, on the target model",
-    **{name: ref.description for name, ref in REFERENCES.items()},
-}
-
 
 def paired_with_reference(predictions: dict[str, dict[str, np.ndarray] | None], metric: str,
                           reference: str = PAIRED_REFERENCE) -> dict[str, dict[str, Any]]:
@@ -62,7 +45,7 @@ def build_results(table: InteractionTable, rows: dict[str, dict[str, Any]],
     paired = paired_with_reference(predictions or {}, metric_names[0])
     gains = placebo_table(metric_names, predictions or {}, placebo or {}, resamples)
     methods = {}
-    for name in METHOD_ORDER:
+    for name in row_descriptions():
         if name not in rows:
             continue
         row = rows[name]
@@ -97,7 +80,7 @@ def placebo_table(metric_names: tuple[str, ...], predictions: dict[str, dict[str
     out: dict[str, dict[str, Any]] = {}
     for name, pred in predictions.items():
         dealt = placebo.get(name)
-        entry = placebo_columns(metric, pred, dealt, *((full, full_placebo) if name in MIGRATED_ROWS else ()),
+        entry = placebo_columns(metric, pred, dealt, *((full, full_placebo) if name in migrated_rows() else ()),
                                 resamples=resamples)
         if entry:
             entry["placebo"] = {m: metric_on_rows(m, dealt["prediction"], dealt["label"], dealt["user"]) for m in metric_names}
@@ -123,7 +106,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in results["methods"].items():
         vals = [f"{row[m]:.4f}" if isinstance(row.get(m), float) else "n/a" for m in metric_names]
-        desc = DESCRIPTIONS[name] + (" + a per-user bias" if row.get("user_bias") else "")
+        desc = row_descriptions().get(name, name) + (" + a per-user bias" if row.get("user_bias") else "")
         desc += f" + residual on {row['residual']}" if row.get("residual") else ""
         if row.get("imported"):  # source.bank: the user's own prompts, not trained here
             desc = f"source prompts imported from {Path(row['imported']['path']).name} (source.bank), {row['imported']['head']}"
@@ -136,7 +119,7 @@ def to_markdown(results: dict[str, Any]) -> str:
             dealt = (row.get("placebo") or {}).get(metric_names[0])
             vals += [f"{dealt:.4f}" if isinstance(dealt, float) else "n/a", cell(row.get("personal_gain"))]
         if "retained" in gains:
-            vals.append(cell(row.get("retained"), 1, percent=True) if name in MIGRATED_ROWS else "–")
+            vals.append(cell(row.get("retained"), 1, percent=True) if name in migrated_rows() else "–")
         if "captured_share" in gains:
             vals.append(cell(row.get("captured_share"), 1, percent=True))
         prefix = f"{row['prefix_s']:.1f}" if isinstance(row.get("prefix_s"), (int, float)) else "n/a"

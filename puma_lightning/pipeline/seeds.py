@@ -239,11 +239,12 @@ def _fit_one(cfg: DictConfig) -> SeedRun:
 
     exp = Experiment(cfg)
     result = exp.fit()
-    from puma_lightning.pipeline.results import MIGRATED_ROWS, PAIRED_REFERENCE
+    from puma_lightning.pipeline.results import PAIRED_REFERENCE
+    from puma_lightning.pipeline.stages import migrated_rows
 
     full = PAIRED_REFERENCE if PAIRED_REFERENCE in result["methods"] else None
     rows = {m: SeedRow(values, exp.method_dir(m), [r for r in FIT_REFERENCES if r != m and r in result["methods"]],
-                       full if m in MIGRATED_ROWS else None)
+                       full if m in migrated_rows() else None)
             for m, values in result["methods"].items()}
     return SeedRun(result["task"], rows, {"num_test_rows": result.get("num_test_rows"), "dataset": result.get("dataset"),
                                           "machine": result.get("machine")})

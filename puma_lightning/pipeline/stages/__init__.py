@@ -8,7 +8,8 @@ through :func:`~puma_lightning.pipeline.stage.run_stage`. Adding a row is one fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from omegaconf import DictConfig
@@ -25,6 +26,10 @@ class StageEntry:
     """Whether ``fit`` runs it for this config."""
     shown: Callable[[DictConfig], bool] = lambda cfg: True
     """Whether its rows go in the table (``source`` always runs, PUMA needs it, but is shown only with ``baselines.source``)."""
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+    """Row name -> what the row is, for the table's last column (every row it can make)."""
+    migrated: bool = False
+    """Its banks are migrated from the source's: their personal gain is also a share of full retraining's (``retained``)."""
 
 
 STAGES: dict[str, StageEntry] = {}
@@ -49,6 +54,9 @@ def single(stage_factory: Callable[[Any], Any]) -> Callable[[Any], dict[str, dic
     return rows
 
 
+TABLE_ORDER = ("source", "random_init", "full_retrain", "puma", "puma_polish", "vocab_map", "shared_prompt_source",
+               "shared_prompt_target", "classic")
+"""The order of the built-in row families in the results table (yours follow them)."""
 BUILTIN = ("source", "random_init", "puma", "puma_polish", "vocab_map", "full_retrain", "shared_prompt_source",
            "shared_prompt_target", "classic")
 """The built-in row families in the order ``fit`` runs them (their modules register them); yours run after them."""
@@ -58,6 +66,19 @@ def stage_names() -> tuple[str, ...]:
     """Every registered row family, in ``fit``'s order: the built-in ones in :data:`BUILTIN` order, then yours."""
     load_builtins()
     return tuple(n for n in BUILTIN if n in STAGES) + tuple(n for n in STAGES if n not in BUILTIN)
+
+
+def row_descriptions() -> dict[str, str]:
+    """Every row a registered family can make -> what it is, in the table's order."""
+    load_builtins()
+    families = [n for n in TABLE_ORDER if n in STAGES] + [n for n in STAGES if n not in TABLE_ORDER]
+    return {row: text for family in families for row, text in STAGES[family].descriptions.items()}
+
+
+def migrated_rows() -> tuple[str, ...]:
+    """The rows whose banks are migrated from the source's."""
+    load_builtins()
+    return tuple(row for entry in STAGES.values() if entry.migrated for row in entry.descriptions)
 
 
 def get_stage(name: str) -> StageEntry:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from puma_lightning.pipeline.classic import references_for
+from puma_lightning.pipeline.classic import REFERENCES, references_for
 from puma_lightning.pipeline.stage import Outcome, Stage, run_stage
 from puma_lightning.pipeline.stages import StageEntry, register_stage
 from puma_lightning.tasks.uncertainty import metric_on_rows
@@ -50,4 +50,5 @@ def classic_rows(exp: Any) -> dict[str, dict[str, Any]]:
     return {name: run_stage(exp, ClassicStage(name, ref)) for name, ref in references_for(exp.table).items()}
 
 
-register_stage(StageEntry("classic", classic_rows, enabled=lambda cfg: bool(cfg.baselines.classic)))
+register_stage(StageEntry("classic", classic_rows, enabled=lambda cfg: bool(cfg.baselines.classic),
+                          descriptions={name: ref.description for name, ref in REFERENCES.items()}))

@@ -47,5 +47,6 @@ class PolishStage(Stage):
         return Outcome(metrics, record, evaluator=module, datamodule=dm, bank=polished)
 
 
-register_stage(StageEntry("puma_polish", single(lambda exp: PolishStage()),
-                          enabled=lambda cfg: bool(cfg.adapter.polish_epochs)))
+register_stage(StageEntry("puma_polish", single(lambda exp: PolishStage()), enabled=lambda cfg: bool(cfg.adapter.polish_epochs),
+                          migrated=True, descriptions={
+                              "puma_polish": "migrated prompts, then fine-tuned per user on the target (cost includes puma's)"}))

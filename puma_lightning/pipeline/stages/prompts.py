@@ -97,9 +97,13 @@ def shared_prompt_stage(model: str) -> Any:
     return lambda exp: PromptStage(f"shared_prompt_{model}", model, shared=True)
 
 
-register_stage(StageEntry("source", single(source_stage), shown=lambda cfg: bool(cfg.baselines.source)))
-register_stage(StageEntry("random_init", single(random_init_stage), enabled=lambda cfg: bool(cfg.baselines.random_init)))
-register_stage(StageEntry("full_retrain", single(full_retrain_stage), enabled=lambda cfg: bool(cfg.baselines.full_retrain)))
+register_stage(StageEntry("source", single(source_stage), shown=lambda cfg: bool(cfg.baselines.source),
+                          descriptions={"source": "source prompts on the source model"}))
+register_stage(StageEntry("random_init", single(random_init_stage), enabled=lambda cfg: bool(cfg.baselines.random_init),
+                          descriptions={"random_init": "random prompts on the target, head trained"}))
+register_stage(StageEntry("full_retrain", single(full_retrain_stage), enabled=lambda cfg: bool(cfg.baselines.full_retrain),
+                          descriptions={"full_retrain": "every prompt retrained on the target"}))
 for _model in ("source", "target"):
     register_stage(StageEntry(f"shared_prompt_{_model}", single(shared_prompt_stage(_model)),
-                              enabled=lambda cfg, m=_model: m in cfg.baselines.shared_prompt))
+                              enabled=lambda cfg, m=_model: m in cfg.baselines.shared_prompt,
+                              descriptions={f"shared_prompt_{_model}": f"one prompt shared by all users, on the {_model} model"}))

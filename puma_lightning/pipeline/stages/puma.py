@@ -174,4 +174,5 @@ def heldout_users(n_users: int, selected: np.ndarray, seed: int, size: int | Non
     return np.sort(rng.choice(others, size=min(size, len(others)), replace=False))
 
 
-register_stage(StageEntry("puma", single(lambda exp: PumaStage())))
+register_stage(StageEntry("puma", single(lambda exp: PumaStage()), migrated=True,
+                          descriptions={"puma": "prompts migrated with the PUMA adapter"}))

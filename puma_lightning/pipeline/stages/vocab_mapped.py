@@ -49,4 +49,6 @@ class VocabMapStage(Stage):
         return Outcome(metrics, record, evaluator=evaluator, datamodule=dm)
 
 
-register_stage(StageEntry("vocab_map", single(lambda exp: VocabMapStage()), enabled=lambda cfg: bool(cfg.baselines.vocab_map)))
+register_stage(StageEntry("vocab_map", single(lambda exp: VocabMapStage()), enabled=lambda cfg: bool(cfg.baselines.vocab_map),
+                          migrated=True, descriptions={
+                              "vocab_map": "no training: source prompts through a least-squares map between the two embedding tables"}))
