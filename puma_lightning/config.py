@@ -342,6 +342,9 @@ class ExperimentConfig:
     """Global seed: data subset, prompt init, selection, shuffling."""
     seeds: Optional[List[int]] = None
     """``fit``, ``chain``, ``aggregate``, ``cold-start``: run the whole command once per seed (each its own data subset, source prompts, selection and adapter) in ``<run_dir>/seed_<s>/``, then write one table of mean ± std over seeds with paired bootstrap intervals on the same test rows (``fit``: against ``full_retrain`` and ``random_init``; ``chain``: each hop against its full retraining; ``aggregate``: against full retraining; ``cold-start``: against ``scratch``), e.g. ``seeds=[0,1,2]``. None: one run with ``seed``."""
+    plugins: List[str] = field(default_factory=list)
+    """Python modules imported when the config loads, before anything is looked up: yours that register datasets,
+    templates, selection strategies or results rows (``docs/extending.md``), e.g. ``plugins=[my_rows]``."""
     data: DataConfig = field(default_factory=DataConfig)
     """Dataset and template."""
     source: ModelConfig = field(default_factory=ModelConfig)

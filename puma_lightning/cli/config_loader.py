@@ -150,13 +150,15 @@ def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str
 
 def validate(cfg: DictConfig) -> None:
     """Check choices and ranges that types alone cannot express."""
-    if cfg.data.get("module"):
-        import importlib
+    import importlib
 
+    modules = [("data.module", cfg.data.module)] if cfg.data.get("module") else []
+    modules += [(f"plugins[{i}]", name) for i, name in enumerate(cfg.get("plugins") or [])]
+    for key, name in modules:
         try:
-            importlib.import_module(str(cfg.data.module))
+            importlib.import_module(str(name))
         except ImportError as exc:
-            raise ConfigError(f"'data.module' is {cfg.data.module!r}, which cannot be imported ({exc})") from None
+            raise ConfigError(f"'{key}' is {name!r}, which cannot be imported ({exc})") from None
     for key, listed in CHOICES.items():
         choices = listed() if callable(listed) else listed  # registries: read when validating, plugins included
         value = OmegaConf.select(cfg, key)

@@ -19,7 +19,7 @@ from puma_lightning.cli.help import describe_config, describe_strategies
 from puma_lightning.errors import PumaError
 
 
-EXPERIMENT_KEYS = ("run_dir", "seed", "seeds", "data", "source", "target", "prompt", "adapter", "selection", "baselines",
+EXPERIMENT_KEYS = ("run_dir", "seed", "seeds", "plugins", "data", "source", "target", "prompt", "adapter", "selection", "baselines",
                    "trainer", "cache_dir", "source_dir", "resume", "placebo")
 """The config keys of a whole experiment (what ``fit`` and the topologies read)."""
 

@@ -147,13 +147,21 @@ def initial_prompts(cfg: DictConfig, lm: Any, table: InteractionTable) -> tuple[
     scale = prompt_scale(cfg, lm)
     prompts = init_prompts(table.n_users, cfg.prompt.length, lm.hidden_size, seed=cfg.seed) * scale
     if cfg.prompt.init_from == "item_text":
-        items = item_text_embeddings(lm, table.item_texts, int(cfg.data.max_item_tokens or 32))
-        train = table.rows("train")
-        users = torch.as_tensor(table.user[train])
-        sums = torch.zeros(table.n_users, lm.hidden_size).index_add_(0, users, items[torch.as_tensor(table.item[train])])
-        counts = torch.bincount(users, minlength=table.n_users).clamp(min=1).float()[:, None]
-        prompts = prompts + (sums / counts)[:, None, :]
+        prompts = prompts + user_item_text_means(lm, table, int(cfg.data.max_item_tokens or 32))[:, None, :]
     return prompts, scale
+
+
+def user_item_text_means(lm: Any, table: InteractionTable, max_tokens: int | None) -> "torch.Tensor":
+    """``[n_users, d]``: each user's mean, over its training rows, of the mean input embedding of the item's text
+    (what the user watched, in the model's embedding space; zeros for a user without training rows)."""
+    import torch
+
+    items = item_text_embeddings(lm, table.item_texts, max_tokens)
+    train = table.rows("train")
+    users = torch.as_tensor(table.user[train])
+    sums = torch.zeros(table.n_users, lm.hidden_size).index_add_(0, users, items[torch.as_tensor(table.item[train])])
+    counts = torch.bincount(users, minlength=table.n_users).clamp(min=1).float()[:, None]
+    return sums / counts
 
 
 def build_prompt_tuning(cfg: DictConfig, lm: Any, table: InteractionTable, head: Any, prompts: "torch.Tensor", scale: float,
