@@ -140,7 +140,6 @@ def initial_prompts(cfg: DictConfig, lm: Any, table: InteractionTable) -> tuple[
 
     ``prompt.init_from=random``: U(-0.1, 0.1) (times the embedding unit under ``prompt.init=scaled``);
     ``item_text``: that draw plus, on every row, the mean of the user's training items' text embeddings."""
-    import torch
 
     from puma_lightning.tasks import init_prompts
 

@@ -34,10 +34,13 @@ from omegaconf import DictConfig
 from puma_lightning.errors import PumaError
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import adapter_ref, make_lineage, source_ref
-from puma_lightning.pipeline.distributed import on_rank_zero
+from puma_lightning.models.heads import load_head
+from puma_lightning.pipeline.builders import build_prompt_tuning, fresh_head, initial_prompts, prompt_scale
 from puma_lightning.pipeline.figures import bar_chart, markdown_table, write_text
 from puma_lightning.pipeline.run_dir import RunDir
+from puma_lightning.pipeline.stage import Outcome, Stage, run_stage, trainer_key
 from puma_lightning.pipeline.sub_runs import experiment_on, metric_names, primary_metric, sub_config, subset_users, users_hash
+from puma_lightning.pipeline.training import fit_best, test_metrics
 from puma_lightning.data.templates import template_label
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,45 @@ def split_new_users(user_ids: list[str], fraction: float, explicit: list[str], s
     return existing, [u for u in user_ids if u in new]
 
 
+class NewUsersStage(Stage):
+    """One way to give the new users their prompts on one model: tuned (``epochs`` > 0) or only tested, from ``init``
+    (None: random), with the existing system's head for that model (frozen; a fresh one where it has none)."""
+
+    def __init__(self, name: str, model: str, init: torch.Tensor | None, epochs: int, extra_key: Any,
+                 lineage: dict[str, Any], head_state: dict[str, torch.Tensor] | None) -> None:
+        self.name, self.model = name, model
+        self.init, self.epochs, self.extra_key, self.lineage, self.head_state = init, epochs, extra_key, lineage, head_state
+
+    def key_parts(self, exp: Any) -> tuple[Any, ...]:
+        cfg = exp.cfg
+        return (cfg.data, cfg[self.model], cfg.prompt, cfg.seed, self.name, self.epochs, self.extra_key, trainer_key(cfg.trainer))
+
+    def compute(self, exp: Any, lm: Any, key: str, prepared: Any) -> Outcome:
+        cfg, table = exp.cfg, exp.table
+        init, scale = initial_prompts(cfg, lm, table) if self.init is None else (self.init, prompt_scale(cfg, lm))
+        if self.head_state is not None:
+            head = load_head(table.task, self.head_state, lm.hidden_size)
+        else:
+            head = fresh_head(cfg, lm, table, exp.mean_label(), init)
+        module = build_prompt_tuning(cfg, lm, table, head, init, scale, train_prompts=self.epochs > 0, train_head=False)
+        dm = exp.datamodule(lm, cfg.prompt.batch_size)
+        stats = {"wall_s": 0.0, "train_samples": 0, "trainable_params": 0}
+        if self.epochs > 0:
+            st = fit_best(module, dm, cfg, exp.run_dir, self.name, self.epochs, resume_key=key)
+            stats = {"wall_s": st.wall_s, "train_samples": st.train_samples, "trainable_params": st.trainable_params}
+        metrics = test_metrics(module, dm, cfg, exp.run_dir, f"{self.name}_test")
+        lineage = {**self.lineage, "metrics": metrics,
+                   "model": {"name": lm.name, "fingerprint": lm.fingerprint, "hidden_size": lm.hidden_size}}
+
+        def bank() -> PromptBank:
+            return PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
+                              info={"made_by": f"cold_start:{self.name}", "metrics": metrics, "lineage": lineage},
+                              head_state=module.head.state_dict())
+        return Outcome(metrics, {"model": self.model, **stats}, evaluator=module, datamodule=dm, bank=bank)
+
+
 class _NewUsers:
-    """Trains / evaluates the new users' prompts on one side, each method a cached stage."""
+    """Runs the new users' stages on one side, each a cached stage, with the existing system's heads."""
 
     def __init__(self, exp: Any, head_target: dict[str, torch.Tensor], head_source: dict[str, torch.Tensor] | None) -> None:
         self.exp = exp
@@ -71,42 +111,9 @@ class _NewUsers:
 
     def run(self, stage: str, which: str, init: torch.Tensor | None, epochs: int, extra_key: Any,
             lineage: dict[str, Any]) -> dict[str, Any]:
-        """Tune (``epochs`` > 0) or only evaluate prompts on ``which``; save the bank; cache by config."""
-        from puma_lightning.models.heads import load_head
-        from puma_lightning.pipeline.stage import config_key, seed_stage, trainer_key
-        from puma_lightning.pipeline.placebo import placebo_pass
-        from puma_lightning.pipeline.training import fit_best, test_metrics
-        from puma_lightning.pipeline.builders import build_prompt_tuning, fresh_head, initial_prompts, prompt_scale
-
-        exp, cfg = self.exp, self.exp.cfg
-        key = config_key(cfg.data, cfg[which], cfg.prompt, cfg.seed, stage, epochs, extra_key, trainer_key(cfg.trainer))
-        where = {"stage_dir": str(exp.stage_dir(stage))}
-        cached = exp.read_stage(stage, key)
-        if cached is not None:
-            return {**cached, **where}
-        lm = exp.backbone(which)
-        table = exp.table
-        seed_stage(cfg.seed, stage)
-        init, scale = initial_prompts(cfg, lm, table) if init is None else (init, prompt_scale(cfg, lm))
-        if self.heads[which] is not None:
-            head = load_head(table.task, self.heads[which], lm.hidden_size)
-        else:
-            head = fresh_head(cfg, lm, table, exp.mean_label(), init)
-        module = build_prompt_tuning(cfg, lm, table, head, init, scale, train_prompts=epochs > 0, train_head=False)
-        dm = exp.datamodule(lm, cfg.prompt.batch_size)
-        stats = {"wall_s": 0.0, "train_samples": 0, "trainable_params": 0}
-        if epochs > 0:
-            st = fit_best(module, dm, cfg, exp.run_dir, stage, epochs, resume_key=key)
-            stats = {"wall_s": st.wall_s, "train_samples": st.train_samples, "trainable_params": st.trainable_params}
-        metrics = test_metrics(module, dm, cfg, exp.run_dir, f"{stage}_test")
-        exp.save_test_predictions(stage, module.test_predictions())
-        placebo = placebo_pass(exp, stage, module, dm)
-        lineage = {**lineage, "metrics": metrics, "model": {"name": lm.name, "fingerprint": lm.fingerprint, "hidden_size": lm.hidden_size}}
-        on_rank_zero(lambda: PromptBank(module.model_prompts(), list(table.user_ids), lm.name, lm.fingerprint,
-                                        info={"made_by": f"cold_start:{stage}", "metrics": metrics, "lineage": lineage},
-                                        head_state=module.head.state_dict()).save(exp.stage_dir(stage) / "bank"))
-        return {**exp.write_stage(stage, key, {"method": stage, "model": which, "metrics": metrics, **stats,
-                                               **({"placebo": placebo} if placebo is not None else {})}), **where}
+        """:class:`NewUsersStage` ``stage`` on ``which``: its record, with where it lives."""
+        record = run_stage(self.exp, NewUsersStage(stage, which, init, epochs, extra_key, lineage, self.heads[which]))
+        return {**record, "stage_dir": str(self.exp.stage_dir(stage))}
 
 
 def run_cold_start(cfg: DictConfig) -> dict[str, Any]:
