@@ -83,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from puma_lightning.cli.config_loader import load_config
     from puma_lightning.cli.main import setup_runtime
     from puma_lightning.pipeline.builders import item_text_embeddings
-    from puma_lightning.pipeline.classic import fit_bias_model, references_for
+    from puma_lightning.pipeline.bias_models import fit_bias_model
+    from puma_lightning.pipeline.classic import references_for
     from puma_lightning.pipeline.experiment import Experiment
 
     cfg = load_config(list(args.config), [*args.overrides, "seeds=null", "source_dir=null", "run_dir=/tmp/item_match_probe"])

@@ -29,7 +29,7 @@ def pooled_vectors(runs: Sequence[Path], stage: str, full: str) -> dict[str, np.
     """Own and placebo predictions of ``stage`` in each run and of ``full`` in the first, on rows every one shares,
     pooled over the seeds all runs have (rows of different seeds kept apart)."""
     from puma_lightning.pipeline.placebo import load_placebo
-    from puma_lightning.pipeline.seeds import load_predictions
+    from puma_lightning.pipeline.predictions import load_predictions
 
     seeds = sorted(set.intersection(*(set(seed_dirs(r)) for r in runs)))
     if not seeds:

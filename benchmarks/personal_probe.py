@@ -157,7 +157,7 @@ def probe_lever(config: Sequence[str], overrides: Sequence[str], lever: str, see
     from puma_lightning.pipeline.builders import build_prompt_tuning, fresh_head, initial_prompts
     from puma_lightning.pipeline.classic import references_for
     from puma_lightning.pipeline.experiment import Experiment
-    from puma_lightning.pipeline.stage import seed_stage
+    from puma_lightning.pipeline.seeding import seed_stage
     from puma_lightning.pipeline.readout_fit import fit_if_configured
     from puma_lightning.pipeline.training import make_trainer
 

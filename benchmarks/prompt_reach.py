@@ -225,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from puma_lightning.cli.config_loader import load_config
     from puma_lightning.cli.main import setup_runtime
     from puma_lightning.pipeline.builders import initial_prompts
-    from puma_lightning.pipeline.classic import fit_bias_model, references_for
+    from puma_lightning.pipeline.bias_models import fit_bias_model
+    from puma_lightning.pipeline.classic import references_for
     from puma_lightning.pipeline.classic_attributes import attribute_columns
     from puma_lightning.pipeline.experiment import Experiment
 

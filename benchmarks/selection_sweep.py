@@ -190,7 +190,7 @@ def to_markdown(rows: list[dict[str, Any]], strategies: Sequence[str], budgets: 
 def paired_against(rows: list[dict[str, Any]], reference: str = PAIRED_REFERENCE) -> list[dict[str, Any]]:
     """Each strategy minus ``reference`` at the same budget, paired on the same test rows of the same seed and
     pooled over seeds: the difference of the primary metric, its 95 % bootstrap interval and verdict."""
-    from puma_lightning.pipeline.seeds import load_predictions
+    from puma_lightning.pipeline.predictions import load_predictions
     from puma_lightning.tasks.uncertainty import paired_comparison
 
     by_cell = {(r["strategy"], int(r["budget"]), int(r["seed"])): r for r in rows}

@@ -19,7 +19,8 @@ import pytest
 from published.user_select_reference import clustering_and_score_sampling
 
 from puma_lightning.selection import SelectionContext, select_users
-from puma_lightning.selection.faithful import faithful_allocation, published_variance, quantile_bins
+from puma_lightning.selection.faithful import faithful_allocation, published_variance
+from puma_lightning.selection.published import quantile_bins
 from puma_lightning.selection.published import pandas_group_variance
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from puma_lightning.cli.main import main
 from puma_lightning.data.synthetic import make_synthetic_with_truth
-from puma_lightning.pipeline.classic import REFERENCES, Reference, fit_biases, references_for, register
+from puma_lightning.pipeline.bias_models import fit_biases
+from puma_lightning.pipeline.classic import REFERENCES, Reference, references_for, register
 from puma_lightning.tasks.uncertainty import metric_on_rows
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")

@@ -180,7 +180,7 @@ def test_fit_with_a_ridge_readout_records_the_fit_and_does_not_train_it(tmp_path
 
 def test_a_ridge_readout_on_a_click_task_is_a_one_line_error(tmp_path, capsys):
     code = main(["fit", "--config", SMOKE, f"run_dir={tmp_path / 'r'}", *FAST[:-1], "prompt.hidden_readout=ridge",
-                 "data.task=click"])
+                 "data.task=click", "data.template=item_click"])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "hidden_readout=ridge" in errors[0] and "click" in errors[0]
 

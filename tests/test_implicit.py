@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from puma_lightning.data.implicit import implicit_feedback
-from puma_lightning.data.registry import build_dataset_table
+from puma_lightning.data.prepared import build_dataset_table
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.errors import PumaError
 

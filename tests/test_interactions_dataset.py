@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from puma_lightning.config import DataConfig
 from puma_lightning.data.prepare import prepare_dataset, prepare_params, processed_path, run_prepare
 from puma_lightning.data.processed import read_manifest
-from puma_lightning.data.registry import build_dataset_table
+from puma_lightning.data.prepared import build_dataset_table
 from puma_lightning.data.table import TEST, TRAIN, VALID
 from puma_lightning.errors import PumaError
 

@@ -53,7 +53,7 @@ def test_the_reach_fit_finds_the_attributes_and_reports_every_channel(tmp_path, 
 
 def test_the_item_match_term_learns_tastes_from_item_features_that_hold_them():
     from puma_lightning.data.synthetic import make_synthetic
-    from puma_lightning.pipeline.classic import fit_bias_model
+    from puma_lightning.pipeline.bias_models import fit_bias_model
     from puma_lightning.pipeline.classic_attributes import attribute_columns
 
     match = load_benchmark("item_match_probe")
@@ -73,7 +73,7 @@ def test_the_item_match_term_learns_tastes_from_item_features_that_hold_them():
 
 def test_the_gain_difference_of_two_runs_is_paired_on_their_rows_and_says_which_kept_more(tmp_path, capsys):
     from puma_lightning.pipeline.placebo import PLACEBO_FILE
-    from puma_lightning.pipeline.seeds import PREDICTIONS_FILE
+    from puma_lightning.pipeline.predictions import PREDICTIONS_FILE
 
     diff = load_benchmark("personal_gain_diff")
     rng = np.random.default_rng(0)

@@ -12,7 +12,8 @@ from puma_lightning.cli.config_loader import load_config
 from puma_lightning.cli.main import main
 from puma_lightning.pipeline.placebo import PLACEBO_FILE, captured_shares, dealt_predictions, placebo_columns
 from puma_lightning.pipeline.results import placebo_table
-from puma_lightning.pipeline.seeds import PREDICTIONS_FILE, SeedRow, SeedRun, summarise, to_markdown
+from puma_lightning.pipeline.predictions import PREDICTIONS_FILE
+from puma_lightning.pipeline.seeds import SeedRow, SeedRun, summarise, to_markdown
 from puma_lightning.tasks import PromptTuning
 from puma_lightning.tasks.dealt_prompts import DealtPrompts
 from puma_lightning.tasks.placebo import (MEASURABLE, NONE_MEASURABLE, captured_share, derangement, personal_gain,

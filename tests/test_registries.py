@@ -12,7 +12,8 @@ import pytest
 
 from puma_lightning.cli.config_loader import ConfigError, load_config
 from puma_lightning.cli.main import main
-from puma_lightning.data.registry import DATASETS, Dataset, RawFormat, dataset_names, raw_dataset_names, register_dataset
+from puma_lightning.data.datasets import dataset_names, raw_dataset_names
+from puma_lightning.data.registry import DATASETS, Dataset, RawFormat, register_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

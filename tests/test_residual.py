@@ -96,7 +96,7 @@ def test_fit_with_a_residual_base_says_so_and_predict_serves_it(tmp_path, capsys
 def test_residual_needs_a_rating_task_and_a_known_base(tmp_path, capsys):
     assert main(["fit", "--config", SMOKE, f"run_dir={tmp_path / 'a'}", "prompt.residual=mf"]) == 2
     assert "'prompt.residual'" in capsys.readouterr().err
-    cfg = load_config([SMOKE], ["data.task=click", "prompt.residual=user_item_bias"])
+    cfg = load_config([SMOKE], ["data.task=click", "data.template=item_click", "prompt.residual=user_item_bias"])
     table = build_table(cfg.data, 0)
     from puma_lightning.errors import PumaError
 
@@ -105,11 +105,11 @@ def test_residual_needs_a_rating_task_and_a_known_base(tmp_path, capsys):
 
 
 def test_the_bias_model_is_fitted_once_per_table(monkeypatch):
-    import puma_lightning.pipeline.classic as classic
+    import puma_lightning.pipeline.bias_models as bias_models
 
     calls = []
-    real = classic.fit_bias_model
-    monkeypatch.setattr(classic, "fit_bias_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = bias_models.fit_bias_model
+    monkeypatch.setattr(bias_models, "fit_bias_model", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = load_config([SMOKE], FAST)
     table = build_table(cfg.data, 0)
     first = row_offsets(cfg, table)

@@ -13,7 +13,8 @@ import pytest
 from benchmark_loader import load_benchmark
 
 from puma_lightning.cli.main import main
-from puma_lightning.pipeline.seeds import SeedRow, SeedRun, load_predictions, summarise, to_markdown
+from puma_lightning.pipeline.predictions import load_predictions
+from puma_lightning.pipeline.seeds import SeedRow, SeedRun, summarise, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN = str(ROOT / "configs" / "chain.yaml")

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from puma_lightning.config import (ADAPTER_INITS, ADAPTER_VALIDATION, DUPLICATE_POLICIES, HEAD_STARTS, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
                                    READOUT_ROWS, RESIDUAL_BASES, SPLIT_METHODS, ExperimentConfig)
-from puma_lightning.data.registry import dataset_names
+from puma_lightning.data.datasets import dataset_names
 from puma_lightning.errors import PumaError
 
 if TYPE_CHECKING:  # importlib.resources.abc from Python 3.11; importlib.abc before
@@ -164,7 +164,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"'{key}' is {value!r}; expected one of: {', '.join(choices)}")
-    from puma_lightning.data.registry import get_dataset
+    from puma_lightning.data.datasets import get_dataset
     from puma_lightning.data.templates import TEMPLATES
 
     dataset = get_dataset(str(cfg.data.name))
@@ -234,7 +234,7 @@ def validate(cfg: DictConfig) -> None:
 def checked_template(cfg: DictConfig) -> "Template":
     """``data.template`` resolved and checked against ``data.task``; ``auto`` is replaced by the dataset's own template
     (the task's generic one where the dataset has either task and its own reads the other task's answers)."""
-    from puma_lightning.data.registry import get_dataset
+    from puma_lightning.data.datasets import get_dataset
     from puma_lightning.data.templates import TASK_ANSWERS, TASK_TEMPLATES, TEMPLATES, TemplateError, resolve_template
 
     task = str(cfg.data.task)

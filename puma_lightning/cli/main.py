@@ -87,7 +87,7 @@ def _test(cfg, run_dir: Path) -> None:  # noqa: ANN001
 
 
 def _placebo(cfg, run_dir: Path) -> None:  # noqa: ANN001
-    from puma_lightning.pipeline.placebo import run_placebo
+    from puma_lightning.pipeline.placebo_cmd import run_placebo
 
     run_placebo(cfg)
 

@@ -37,7 +37,7 @@ from puma_lightning.io.atomic import check_replaceable
 
 from .processed import FORMAT_VERSION, read_manifest, write_processed
 from .raw.common import FileRecord, RawData
-from .registry import get_dataset, raw_dataset_names
+from .datasets import get_dataset, raw_dataset_names
 from .splits import split_counts, split_table
 from .table import InteractionTable
 

@@ -21,7 +21,7 @@ from puma_lightning.errors import PumaError
 from .prepare import prepare_dataset
 from .processed import read_processed
 from .raw.common import RawData
-from .registry import get_dataset
+from .datasets import get_dataset
 from .splits import limit_users, split_table
 from .table import SPLIT_NAMES, InteractionTable
 from .templates import NO_HISTORY
@@ -132,3 +132,13 @@ def load_unlabeled(dcfg: DictConfig, seed: int = 0) -> InteractionTable | None:
     table.row_text = [texts[h] for h in data.extra["unlabeled_history"]]
     table.meta["impression"] = data.extra["unlabeled_impression"]
     return table
+
+
+def build_dataset_table(dcfg: "DictConfig", seed: int) -> "InteractionTable":
+    """The split table of ``dcfg.name``: built directly, or prepared from raw files and loaded."""
+    dataset = get_dataset(str(dcfg.name))
+    if dataset.task is not None and dcfg.task != dataset.task:
+        raise ValueError(f"'data.task' must be {dataset.task!r} for {dataset.name}, got {dcfg.task!r}")
+    if dataset.build is not None:
+        return dataset.build(dcfg, seed)
+    return load_prepared(dcfg, seed)

@@ -3,7 +3,9 @@
 A dataset either builds its table directly (``build``: synthetic data, MovieLens from the packaged
 files) or is read from raw files a user downloaded (``raw``: how to list and read them; ``prepare``
 filters and caches the result, and ``build`` then loads the processed copy). Adding a dataset is one
-``register_dataset(...)`` call in the module that reads it: see ``docs/custom_dataset.md``.
+``register_dataset(...)`` call in the module that reads it: see ``docs/custom_dataset.md``. This module only holds
+the registry; :mod:`puma_lightning.data.datasets` imports the built-in datasets (registering them) and answers
+lookups, so no import runs in a circle.
 """
 
 from __future__ import annotations
@@ -70,48 +72,6 @@ def register_dataset(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def get_dataset(name: str) -> Dataset:
-    """The registered dataset called ``name``, with the valid names in the error."""
-    _load_builtins()
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
-
-
 BUILTIN = ("synthetic", "movielens-100k", "amazon-movies", "amazon-movies-csv", "yelp", "mind", "movielens-100k-click",
            "interactions")
 """The datasets that ship with the package, in the order lists show them (their modules register them)."""
-
-
-def dataset_names() -> tuple[str, ...]:
-    """Every registered ``data.name``: the built-in ones in :data:`BUILTIN` order, then yours as registered."""
-    _load_builtins()
-    return tuple(n for n in BUILTIN if n in DATASETS) + tuple(n for n in DATASETS if n not in BUILTIN)
-
-
-def raw_dataset_names() -> tuple[str, ...]:
-    """The names read from raw files (what ``prepare`` accepts)."""
-    return tuple(n for n in dataset_names() if DATASETS[n].raw is not None)
-
-
-def build_dataset_table(dcfg: "DictConfig", seed: int) -> "InteractionTable":
-    """The split table of ``dcfg.name``: built directly, or prepared from raw files and loaded."""
-    dataset = get_dataset(str(dcfg.name))
-    if dataset.task is not None and dcfg.task != dataset.task:
-        raise ValueError(f"'data.task' must be {dataset.task!r} for {dataset.name}, got {dcfg.task!r}")
-    if dataset.build is not None:
-        return dataset.build(dcfg, seed)
-    from puma_lightning.data.prepared import load_prepared
-
-    return load_prepared(dcfg, seed)
-
-
-def _load_builtins() -> None:
-    """Import the modules that register the built-in datasets (once)."""
-    import puma_lightning.data.movielens  # noqa: F401
-    import puma_lightning.data.raw.amazon  # noqa: F401
-    import puma_lightning.data.raw.interactions  # noqa: F401
-    import puma_lightning.data.raw.mind  # noqa: F401
-    import puma_lightning.data.raw.yelp  # noqa: F401
-    import puma_lightning.data.synthetic  # noqa: F401

@@ -7,6 +7,7 @@ file, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from puma_lightning.errors import PumaError
-from puma_lightning.io.ownership import NotOursError, check_replaceable, write_record
+from puma_lightning.io.ownership import NotOursError, check_replaceable, file_sha256, format_name, sidecar, write_record
 
 __all__ = ["NotOursError", "atomic_dir", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_with",
            "check_replaceable", "remove_staging", "staging_dir"]
@@ -121,3 +122,8 @@ def remove_staging(folder: str | Path) -> None:
     folder = Path(folder)
     if (folder / STAGING_MARKER).is_file():
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def record_output_file(path: str | Path) -> None:
+    """Write the sidecar that makes ``path`` ours to replace on a later run."""
+    atomic_write_text(sidecar(path), json.dumps({"format": format_name("output"), "sha256": file_sha256(path)}))

@@ -171,13 +171,6 @@ def check_output_file(path: str | Path, overwrite: bool = False, key: str = "out
                            "refusing to replace it (pass overwrite=true, or choose another path)")
 
 
-def record_output_file(path: str | Path) -> None:
-    """Write the sidecar that makes ``path`` ours to replace on a later run."""
-    from puma_lightning.io.atomic import atomic_write_text
-
-    atomic_write_text(sidecar(path), json.dumps({"format": format_name("output"), "sha256": file_sha256(path)}))
-
-
 def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None], key: str = "out") -> None:
     """Refuse an output path that is one of the inputs, lies inside one, or holds one."""
     target = Path(out).resolve()

@@ -30,7 +30,7 @@ def build_table(dcfg: DictConfig, seed: int) -> InteractionTable:
 
 
 def _dataset_table(dcfg: DictConfig, seed: int) -> InteractionTable:
-    from puma_lightning.data.registry import build_dataset_table
+    from puma_lightning.data.prepared import build_dataset_table
 
     return build_dataset_table(dcfg, seed)
 

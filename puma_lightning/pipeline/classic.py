@@ -16,11 +16,10 @@ from typing import Callable
 import numpy as np
 
 from puma_lightning.data.table import InteractionTable
+from puma_lightning.pipeline.bias_models import RATING_RANGE, fit_bias_model, rmse, split_rows
 from puma_lightning.pipeline.classic_attributes import attribute_ridge, attribute_ridge_click, has_item_attributes
 from puma_lightning.pipeline.classic_click import item_item, popularity
 
-RATING_RANGE = (1.0, 5.0)
-BIAS_REGS = (0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0)
 MF_GRID = tuple((k, reg) for k in (8, 32) for reg in (0.02, 0.05, 0.1))
 MF_EPOCHS, MF_LR = 30, 0.01
 
@@ -41,47 +40,6 @@ class Reference:
     def applies(self, table: InteractionTable) -> bool:
         """True when this reference can be fitted on ``table``."""
         return self.task == table.task and (self.needs is None or self.needs(table))
-
-
-def _rmse(pred: np.ndarray, label: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((pred - label) ** 2)))
-
-
-def _split(table: InteractionTable, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = table.rows(name)
-    return table.user[rows], table.item[rows], table.label[rows].astype(np.float64)
-
-
-def fit_biases(table: InteractionTable, reg: float, iterations: int = 15, users: bool = True,
-               items: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
-    """Global mean, user and item biases minimising squared error + reg * (|b_u|^2 + |b_i|^2) (alternating).
-
-    ``users=False`` / ``items=False`` keep that side's biases at zero (the item-only and user-only models)."""
-    u, i, y = _split(table, "train")
-    mu = float(y.mean()) if len(y) else 3.0
-    bu, bi = np.zeros(table.n_users), np.zeros(table.n_items)
-    nu = np.bincount(u, minlength=table.n_users)
-    ni = np.bincount(i, minlength=table.n_items)
-    for _ in range(iterations if users and items else 1):
-        if users:
-            bu = np.bincount(u, weights=y - mu - bi[i], minlength=table.n_users) / (reg + nu + 1e-12 * (nu == 0))
-        if items:
-            bi = np.bincount(i, weights=y - mu - bu[u], minlength=table.n_items) / (reg + ni + 1e-12 * (ni == 0))
-    return mu, bu, bi
-
-
-def fit_bias_model(table: InteractionTable, users: bool = True, items: bool = True) -> tuple[float, np.ndarray, np.ndarray, dict]:
-    """``(mu, b_u, b_i, chosen)`` of the bias model (user, item or both) whose regularisation scores best on the
-    validation split (the first of :data:`BIAS_REGS` without validation rows)."""
-    uv, iv, yv = _split(table, "valid")
-    best = None
-    for reg in BIAS_REGS:
-        mu, bu, bi = fit_biases(table, reg, users=users, items=items)
-        score = _rmse(np.clip(mu + bu[uv] + bi[iv], *RATING_RANGE), yv) if len(yv) else 0.0
-        if best is None or score < best[0]:
-            best = (score, reg, mu, bu, bi)
-    score, reg, mu, bu, bi = best
-    return mu, bu, bi, {"reg": reg, "valid_rmse": score}
 
 
 def _bias_model(users: bool, items: bool) -> Callable[[InteractionTable, int], tuple[np.ndarray, dict]]:
@@ -111,7 +69,7 @@ item_bias = _bias_model(users=False, items=True)
 def fit_mf(table: InteractionTable, k: int, reg: float, seed: int, epochs: int = MF_EPOCHS,
            lr: float = MF_LR) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """Biased matrix factorisation by SGD over the training rows (shuffled each epoch, seeded)."""
-    u, i, y = _split(table, "train")
+    u, i, y = split_rows(table, "train")
     rng = np.random.default_rng(seed)
     mu = float(y.mean())
     bu, bi = np.zeros(table.n_users), np.zeros(table.n_items)
@@ -128,11 +86,11 @@ def fit_mf(table: InteractionTable, k: int, reg: float, seed: int, epochs: int =
 
 
 def biased_mf(table: InteractionTable, seed: int) -> tuple[np.ndarray, dict]:
-    uv, iv, yv = _split(table, "valid")
+    uv, iv, yv = split_rows(table, "valid")
     best = None
     for k, reg in MF_GRID:
         predict = fit_mf(table, k, reg, seed)
-        score = _rmse(np.clip(predict(uv, iv), *RATING_RANGE), yv) if len(yv) else 0.0
+        score = rmse(np.clip(predict(uv, iv), *RATING_RANGE), yv) if len(yv) else 0.0
         if best is None or score < best[0]:
             best = (score, k, reg, predict)
     score, k, reg, predict = best

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from puma_lightning.data.table import InteractionTable
+from puma_lightning.pipeline.bias_models import BIAS_REGS, RATING_RANGE, fit_bias_model, fit_biases
 
 RIDGE_PENALTIES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 """The penalties tried; the one with the lowest validation RMSE is kept."""
@@ -66,8 +67,6 @@ def ridge_weights(user: np.ndarray, cols: np.ndarray, target: np.ndarray, n_user
 
 def attribute_ridge(table: InteractionTable, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Every row's prediction (clipped to the rating range) and the chosen penalty with its validation RMSE."""
-    from puma_lightning.pipeline.classic import RATING_RANGE, fit_bias_model
-
     mu, bu, bi, bias_chosen = fit_bias_model(table)
     return ridge_over_base(table, mu + bu[table.user] + bi[table.item], RATING_RANGE, bias_chosen["reg"])
 
@@ -75,8 +74,6 @@ def attribute_ridge(table: InteractionTable, seed: int) -> tuple[np.ndarray, dic
 def attribute_ridge_click(table: InteractionTable, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
     """The same on a click table, as a linear probability model: the ridge over the user + item click-rate biases
     (each regularisation chosen on the validation split's squared error), clipped to [0, 1]; scored by AUC/uAUC."""
-    from puma_lightning.pipeline.classic import BIAS_REGS, fit_biases
-
     valid = table.rows("valid")
     best = None
     for reg in BIAS_REGS:

@@ -29,7 +29,7 @@ __all__ = ["adapter_training_rows", "teach", "unrated_pairs", "with_teacher_rows
 def unrated_pairs(table: InteractionTable, users: np.ndarray, per_user: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(users, items)``: for each user, up to ``per_user`` distinct items of the table it has no row for (any split),
     drawn without replacement from a stream seeded by ``seed`` alone (users in ascending order)."""
-    from puma_lightning.pipeline.stage import stage_seed
+    from puma_lightning.pipeline.seeding import stage_seed
 
     rng = np.random.default_rng(stage_seed(seed, "distill_pairs"))
     candidates = np.unique(table.item)
@@ -65,7 +65,7 @@ def teach(exp: Any, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, n
     from puma_lightning.io.bank import PromptBank
     from puma_lightning.models.heads import build_head, load_head
     from puma_lightning.pipeline.distributed import gather_lists
-    from puma_lightning.pipeline.predict import score_rows
+    from puma_lightning.pipeline.scoring import score_rows
 
     start = time.perf_counter()
     table = exp.table

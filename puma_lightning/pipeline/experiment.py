@@ -35,7 +35,7 @@ from puma_lightning.pipeline.placebo import backfill_placebo, load_placebo
 from puma_lightning.pipeline.results import write_results
 from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.stage import run_stage
-from puma_lightning.pipeline.seeds import PREDICTIONS_FILE, load_predictions
+from puma_lightning.pipeline.predictions import PREDICTIONS_FILE, load_predictions
 from puma_lightning.pipeline.training import runs_on_gpu
 from puma_lightning.pipeline.user_stats import build_selection_context
 from puma_lightning.selection import select_users

@@ -1,4 +1,5 @@
-"""The placebo in the pipeline: each bank stage's second test pass, the table columns, and the ``placebo`` command.
+"""The placebo in the pipeline: each bank stage's second test pass and the table columns (the ``placebo`` command is
+:mod:`puma_lightning.pipeline.placebo_cmd`).
 
 Every stage that ends in a bank scores its test rows a second time with the same head, rows and residual
 offsets but its prompts dealt to other users (:func:`placebo_pass`; the derangement is seeded by the run's seed
@@ -14,7 +15,6 @@ per row (:func:`placebo_columns`, :func:`captured_shares`; the statistics are :m
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,7 +22,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from puma_lightning.errors import PumaError
 from puma_lightning.tasks.placebo import NONE_MEASURABLE, captured_share, derangement, personal_gain, retained
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ RIDGE_REFERENCE = "attribute_ridge"
 
 def placebo_seed(seed: int) -> int:
     """The derangement's seed: the run's seed alone (every stage of one run deals the prompts the same way)."""
-    from puma_lightning.pipeline.stage import stage_seed
+    from puma_lightning.pipeline.seeding import stage_seed
 
     return stage_seed(seed, "placebo")
 
@@ -155,57 +154,11 @@ NOTE = ("personal gain: how much better the bank scores with each user's own pro
 """The note every table with these columns carries."""
 
 
-# -- the ``placebo`` command ---------------------------------------------------------------------
-def run_placebo(cfg: Any) -> dict[str, Any]:
-    """``placebo bank=PATH [model=target]``: the bank's test metrics with its own prompts and with them dealt to other
-    users, and the personal gain per metric with its 95 % interval; prints one line per metric, writes
-    ``<run_dir>/placebo.json``."""
-    from puma_lightning.io.atomic import atomic_write_text
-    from puma_lightning.io.bank import PromptBank
-    from puma_lightning.models.heads import load_head
-    from puma_lightning.pipeline.distributed import is_global_zero
-    from puma_lightning.pipeline.experiment import Experiment
-    from puma_lightning.pipeline.sub_runs import metric_names
-    from puma_lightning.pipeline.training import test_metrics
-    from puma_lightning.tasks import PromptTuning
-
-    if not cfg.bank:
-        raise PumaError("placebo needs 'bank=PATH' (a bank folder written by fit, pretrain or migrate)")
-    if not Path(cfg.bank).is_dir():
-        raise PumaError(f"placebo: bank not found: {cfg.bank} (expected a bank folder written by fit, pretrain or migrate)")
-    bank = PromptBank.load(cfg.bank)
-    if bank.head_state is None:
-        raise PumaError(f"{cfg.bank}: bank has no trained head (head.safetensors); it cannot be scored alone")
-    exp = Experiment(cfg)
-    exp.require_test_rows("placebo")
-    table = exp.table
-    if table.n_users < 2:
-        raise PumaError(f"placebo: data {cfg.data.name!r} has {table.n_users} user; dealing prompts needs at least 2")
-    lm = exp.backbone(cfg.model)
-    bank.check_model(lm.hidden_size, lm.fingerprint, where=str(cfg.bank))
-    module = PromptTuning(lm, load_head(table.task, bank.head_state, lm.hidden_size), table.task,
-                          bank.rows_for(table.user_ids).float(), train_prompts=False, train_head=False)
-    dm = exp.datamodule(lm, cfg.prompt.batch_size)
-    test_metrics(module, dm, cfg, exp.run_dir, "placebo_own")
-    own = module.test_predictions()
-    _, dealt, seed = dealt_predictions(module, dm, cfg, exp.run_dir, "placebo", table.n_users)
-    gains = {m: personal_gain(m, own["prediction"], dealt["prediction"], own["label"], own["user"],
-                              int(cfg.placebo.resamples), int(cfg.seed)) for m in metric_names(table.task)}
-    doc = {"bank": str(cfg.bank), "model": lm.name, "derangement_seed": seed, "test_rows": int(len(own["row"])),
-           "personal_gain": gains}
-    if is_global_zero():
-        atomic_write_text(exp.run_dir / "placebo.json", json.dumps(doc, indent=1))
-        for m, g in gains.items():
-            print(f"{m}: own {g['own']:.4f}, other users' prompts {g['placebo']:.4f}, personal gain {g['value']:+.4f} "
-                  f"[{g['low']:+.4f}, {g['high']:+.4f}]: {g['verdict']}")
-    return doc
-
-
 def stage_gains(metric: str, stage_dir: str | Path | None, full_dir: str | Path | None = None,
                 resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """:func:`placebo_columns` of the stage in ``stage_dir`` (and ``retained`` against the stage in ``full_dir``),
     read from their saved per-row predictions; {} where the stage left no placebo."""
-    from puma_lightning.pipeline.seeds import load_predictions
+    from puma_lightning.pipeline.predictions import load_predictions
 
     full = (load_predictions(full_dir), load_placebo(full_dir)) if full_dir is not None else ()
     return placebo_columns(metric, load_predictions(stage_dir), load_placebo(stage_dir), *full, resamples=resamples,
@@ -223,7 +176,7 @@ def backfill_placebo(exp: Any, stage: str, record: Mapping[str, Any]) -> bool:
     from puma_lightning.io.bank import PromptBank
     from puma_lightning.models.heads import load_head
     from puma_lightning.pipeline.distributed import on_rank_zero
-    from puma_lightning.pipeline.seeds import load_predictions
+    from puma_lightning.pipeline.predictions import load_predictions
     from puma_lightning.pipeline.training import test_metrics
     from puma_lightning.tasks import PromptTuning
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,6 +23,7 @@ from puma_lightning.data.table import InteractionTable
 from puma_lightning.errors import PumaError
 from puma_lightning.io.pair_files import read_pairs, write_table
 from puma_lightning.io.bank import PromptBank
+from puma_lightning.pipeline.scoring import score_rows
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         started = time.perf_counter()
         rows = score_rows(cfg, exp.run_dir, lm, head, prompts, table, base, 2 * int(cfg.prompt.batch_size), "predict")
         predict_s = time.perf_counter() - started
-    from puma_lightning.io.ownership import record_output_file
+    from puma_lightning.io.atomic import record_output_file
     from puma_lightning.pipeline.distributed import gather_lists, is_global_zero
 
     rows = dict(gather_lists(list(rows.items())))  # under DDP each rank scored its shard: rank 0 writes them all
@@ -95,23 +95,6 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
               + (f"; skipped: {'; '.join(notes)}" if notes else ""))
     return {"pairs": len(pairs), "scored": len(kept), "skipped": {k: len(v) for k, v in skipped.items()},
             "predict_s": predict_s}
-
-
-def score_rows(cfg: DictConfig, run_dir: Path, lm: Any, head: Any, prompts: torch.Tensor, pairs: InteractionTable,
-               fitted_on: InteractionTable, batch_size: int, stage: str) -> dict[int, tuple[float, list[float]]]:
-    """``{row: (prediction, answer distribution)}`` for this rank's test rows of ``pairs``, scored with fixed ``prompts``
-    (one per user of ``pairs``) and ``head`` on ``lm`` in Lightning's predict loop; a residual base is fitted on
-    ``fitted_on`` (the dataset the prompts were trained on) and read at the pairs."""
-    from puma_lightning.pipeline.builders import build_datamodule
-    from puma_lightning.pipeline.residual import pair_offsets
-    from puma_lightning.pipeline.training import make_trainer
-    from puma_lightning.tasks import PromptTuning
-
-    module = PromptTuning(lm, head, pairs.task, prompts, train_prompts=False, train_head=False)
-    dm = build_datamodule(pairs, lm.tokenizer, cfg, batch_size, row_offset=pair_offsets(cfg, fitted_on, pairs))
-    outputs = make_trainer(cfg, run_dir, stage, max_epochs=1, log=False).predict(module, datamodule=dm) or []
-    return {int(r): (float(p), [float(x) for x in d]) for out in outputs
-            for r, p, d in zip(out["row"].tolist(), out["prediction"].tolist(), out["distribution"].tolist())}
 
 
 def output_rows(pairs: list[tuple[str, str]], kept: list[int], rows: dict[int, tuple[float, list[float]]], task: str,

@@ -32,7 +32,7 @@ def bias_terms(cfg: Any, table: InteractionTable) -> tuple[float, np.ndarray, np
     cached = _FITTED.get((id(table), base))
     if cached is not None and cached[0]() is table:
         return cached[1]
-    from puma_lightning.pipeline.classic import fit_bias_model
+    from puma_lightning.pipeline.bias_models import fit_bias_model
 
     mu, bu, bi, _ = fit_bias_model(table, users=base == "user_item_bias", items=True)
     _FITTED[(id(table), base)] = (weakref.ref(table, lambda _, key=(id(table), base): _FITTED.pop(key, None)), (mu, bu, bi))

@@ -24,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from puma_lightning.io.atomic import atomic_write_text
+from puma_lightning.pipeline.predictions import load_predictions
 from puma_lightning.pipeline.run_dir import RunDir
 from puma_lightning.pipeline.sub_runs import metric_names, sub_config
 from puma_lightning.pipeline.placebo import NOTE as PLACEBO_NOTE, captured_shares, cell, load_placebo, placebo_columns, pooled
@@ -31,22 +32,8 @@ from puma_lightning.tasks.uncertainty import mean_std, metric_on_rows, paired_co
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "test_predictions.npz"
-"""Per-row test predictions a stage leaves in its folder (``row``, ``user``, ``prediction``, ``label``)."""
-
 FIT_REFERENCES = ("full_retrain", "random_init")
 """Methods every other ``fit`` method is compared with, paired on the same rows."""
-
-
-def load_predictions(stage_dir: str | Path | None) -> dict[str, np.ndarray] | None:
-    """The ``test_predictions.npz`` of a stage folder (None when the stage left none)."""
-    if stage_dir is None:
-        return None
-    path = Path(stage_dir) / PREDICTIONS_FILE
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
 
 
 @dataclass

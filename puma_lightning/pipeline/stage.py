@@ -27,6 +27,10 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from puma_lightning.pipeline.distributed import on_rank_zero
+from puma_lightning.pipeline.placebo import placebo_pass
+from puma_lightning.pipeline.seeding import seed_stage
+
 log = logging.getLogger(__name__)
 
 COSMETIC_TRAINER_KEYS = frozenset({"enable_progress_bar", "log_every_n_steps", "checkpoint_every_n_steps", "num_threads"})
@@ -42,18 +46,6 @@ def config_key(*nodes: Any) -> str:
 def trainer_key(tcfg: DictConfig) -> dict[str, Any]:
     """The trainer settings a stage's result depends on: limits, fast_dev_run, precision, devices, clipping..."""
     return {k: v for k, v in OmegaConf.to_container(tcfg, resolve=True).items() if k not in COSMETIC_TRAINER_KEYS}
-
-
-def stage_seed(seed: int, stage: str) -> int:
-    """The seed of one stage's random streams, derived from the run's seed and the stage's name."""
-    return int(hashlib.sha256(f"{int(seed)}:{stage}".encode()).hexdigest()[:8], 16) % (2**31 - 1)
-
-
-def seed_stage(seed: int, stage: str) -> None:
-    """Seed torch, numpy and Python's RNGs for one stage, so its numbers do not depend on what ran before it."""
-    import lightning as L
-
-    L.seed_everything(stage_seed(seed, stage), workers=True, verbose=False)
 
 
 def start_stage_costs(lm: Any) -> tuple[float, int]:
@@ -133,9 +125,6 @@ class Stage(ABC):
 def run_stage(exp: Any, stage: Stage) -> dict[str, Any]:
     """Run ``stage`` in the run context ``exp`` (an :class:`~puma_lightning.pipeline.experiment.Experiment`), or reuse
     its record; returns the record."""
-    from puma_lightning.pipeline.distributed import on_rank_zero
-    from puma_lightning.pipeline.placebo import placebo_pass
-
     key = config_key(*stage.key_parts(exp))
     cached = exp.read_stage(stage.name, key)
     if cached is not None:

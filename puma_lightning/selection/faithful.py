@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .published import group_quotas, group_weights, pandas_sample, pandas_sort_order
+from .published import QCUT_EDGES, group_quotas, group_weights, pandas_sample, pandas_sort_order, quantile_bins
 
 
 def published_variance(label_variance: np.ndarray, train_counts: np.ndarray) -> np.ndarray:
@@ -74,46 +74,6 @@ def context_variance(label_variance: np.ndarray, train_counts: np.ndarray,
     if label_variance_pandas is not None:
         return np.asarray(label_variance_pandas, dtype=np.float64).reshape(-1)
     return published_variance(label_variance, train_counts)
-
-
-QCUT_EDGES = ("pandas2.2", "pandas2.0", "pandas3")
-"""How ``pandas.qcut`` computes its edges, by pandas version (they differ in the last bit, which moves
-users tied at an edge): 2.2-2.3 ``np.percentile`` at ``100 * linspace(0, 1, q + 1)`` (the default:
-the pandas of the published runs, which pin ``pandas>=2.0`` and date from 2025); 2.0-2.1
-``np.quantile`` at ``linspace(0, 1, q + 1)``; 3.x the same with every level that is not exact in
-binary nudged up by one ulp first."""
-
-
-def quantile_bins(values: np.ndarray, q: int, edges: str = "pandas2.2") -> np.ndarray:
-    """``pandas.qcut(values, q, labels=False, duplicates='drop')`` as int64 labels, -1 for NaN.
-
-    Edges are linear quantiles of the non-NaN values (``edges`` picks the pandas version's
-    arithmetic, :data:`QCUT_EDGES`); duplicate edges are dropped unless there are only two;
-    intervals are right-closed with the lowest edge included; a value outside every interval
-    (every value, when all edges coincide) gets no label.
-    """
-    if edges not in QCUT_EDGES:
-        raise ValueError(f"quantile_bins: edges must be one of {QCUT_EDGES}, got {edges!r}")
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    out = np.full(v.size, -1, dtype=np.int64)
-    known = ~np.isnan(v)
-    if not known.any():
-        return out
-    levels = np.linspace(0, 1, q + 1)
-    if edges == "pandas2.2":
-        cuts = np.percentile(v[known], levels * 100.0, method="linear")
-    else:
-        if edges == "pandas3":
-            np.putmask(levels, q * levels != np.arange(q + 1), np.nextafter(levels, 1))
-        cuts = np.quantile(v[known], levels, method="linear")
-    unique = np.unique(cuts)
-    if unique.size < cuts.size and cuts.size != 2:
-        cuts = unique
-    ids = np.searchsorted(cuts, v[known], side="left")
-    ids[v[known] == cuts[0]] = 1
-    labelled = (ids > 0) & (ids < cuts.size)
-    out[np.flatnonzero(known)[labelled]] = ids[labelled] - 1
-    return out
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 
 from puma_lightning.pipeline.classic import REFERENCES, references_for
 from puma_lightning.pipeline.stage import Outcome, Stage, run_stage
-from puma_lightning.pipeline.stages import StageEntry, register_stage
+from puma_lightning.pipeline.stages.registry import StageEntry, register_stage
 from puma_lightning.tasks.uncertainty import metric_on_rows
 
 

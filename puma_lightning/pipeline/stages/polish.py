@@ -9,7 +9,7 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.builders import build_prompt_tuning, prompt_scale
 from puma_lightning.pipeline.stage import Outcome, Stage, trainer_key
-from puma_lightning.pipeline.stages import StageEntry, register_stage, single
+from puma_lightning.pipeline.stages.registry import StageEntry, register_stage, single
 from puma_lightning.pipeline.training import fit_best, test_metrics
 
 

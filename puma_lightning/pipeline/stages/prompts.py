@@ -18,7 +18,7 @@ from puma_lightning.pipeline.builders import build_prompt_tuning, fresh_head, in
 from puma_lightning.pipeline.imported_source import check_imported, imported_source
 from puma_lightning.pipeline.readout_fit import fit_if_configured
 from puma_lightning.pipeline.stage import Outcome, Stage, trainer_key
-from puma_lightning.pipeline.stages import StageEntry, register_stage, single
+from puma_lightning.pipeline.stages.registry import StageEntry, register_stage, single
 from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics
 
 

@@ -24,8 +24,9 @@ from puma_lightning.pipeline.distillation import adapter_training_rows
 from puma_lightning.pipeline.distributed import on_rank_zero
 from puma_lightning.pipeline.readout_fit import adapter_items, fit_if_configured
 from puma_lightning.pipeline.residual import row_offsets
-from puma_lightning.pipeline.stage import Outcome, Stage, stage_seed, trainer_key
-from puma_lightning.pipeline.stages import StageEntry, register_stage, single
+from puma_lightning.pipeline.seeding import stage_seed
+from puma_lightning.pipeline.stage import Outcome, Stage, trainer_key
+from puma_lightning.pipeline.stages.registry import StageEntry, register_stage, single
 from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics
 from puma_lightning.pipeline.vocab_map import adapter_start_map
 from puma_lightning.tasks import Migration, PromptTuning

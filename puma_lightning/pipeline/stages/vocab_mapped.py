@@ -11,7 +11,7 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.builders import attach_item_match
 from puma_lightning.pipeline.stage import Outcome, Stage
-from puma_lightning.pipeline.stages import StageEntry, register_stage, single
+from puma_lightning.pipeline.stages.registry import StageEntry, register_stage, single
 from puma_lightning.pipeline.training import test_metrics
 from puma_lightning.pipeline.vocab_map import VOCAB_RIDGE, experiment_vocab_map
 from puma_lightning.tasks import PromptTuning
