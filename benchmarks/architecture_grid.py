@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from puma_lightning.machine import BackboneDtypes, describe_machine, machine_record
-from puma_lightning.pipeline.chain import gain
+from puma_lightning.commands.chain import gain
 from puma_lightning.pipeline.figures import heatmap, markdown_table, write_text
 from puma_lightning.pipeline.sub_runs import metric_names, primary_metric, safe_name, sub_config
 

@@ -188,7 +188,7 @@ def predict_throughput(config: str, which: str, n_pairs: int, work: Path, overri
     from puma_lightning.io.bank import PromptBank
     from puma_lightning.models.heads import build_head
     from puma_lightning.pipeline.experiment import Experiment
-    from puma_lightning.pipeline.predict import run_predict
+    from puma_lightning.commands.predict import run_predict
 
     out: dict[str, Any] = {}
     for way, cache in (("prefix-cache", 4096.0), ("plain", None)):

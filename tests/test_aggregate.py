@@ -12,7 +12,7 @@ from puma_lightning.cli.main import main
 from puma_lightning.errors import PumaError
 from puma_lightning.io.bank import PromptBank, read_manifest
 from puma_lightning.io.lineage import bank_content_hash
-from puma_lightning.pipeline.aggregate import align_banks
+from puma_lightning.commands.aggregate import align_banks
 
 ROOT = Path(__file__).resolve().parents[1]
 AGG = str(ROOT / "configs" / "aggregate.yaml")

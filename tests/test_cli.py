@@ -60,13 +60,26 @@ def test_no_command_prints_usage(capsys):
 
 
 def test_help_lists_every_command_from_the_one_table_bank_included(capsys):
-    from puma_lightning.cli.main import COMMANDS
+    from puma_lightning.commands import COMMANDS
 
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
     for name in (*COMMANDS, "bank"):
         assert f"    {name}" in out, name
+
+
+def test_every_command_is_one_module_with_a_run_function():
+    import importlib
+    import inspect
+
+    from puma_lightning.commands import COMMANDS
+
+    modules = {command.module for command in COMMANDS.values()}
+    assert len(modules) == len(COMMANDS)  # one module per command
+    for name in modules:
+        run = importlib.import_module(f"puma_lightning.commands.{name}").run
+        assert list(inspect.signature(run).parameters) == ["cfg", "run_dir"], name
 
 
 def test_bank_errors_are_one_line_unless_debugging(tmp_path, capsys, monkeypatch):

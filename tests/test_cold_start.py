@@ -8,7 +8,7 @@ import pytest
 from puma_lightning.cli.main import main
 from puma_lightning.errors import PumaError
 from puma_lightning.io.bank import PromptBank
-from puma_lightning.pipeline.cold_start import split_new_users
+from puma_lightning.commands.cold_start import split_new_users
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "cold_start.yaml")

@@ -39,7 +39,7 @@ def test_offsets_are_the_bias_reference_before_clipping():
 def test_pair_offsets_read_the_bias_model_of_the_training_table():
     cfg = load_config([SMOKE], FAST)
     table = build_table(cfg.data, 0)
-    from puma_lightning.pipeline.predict import pairs_table
+    from puma_lightning.commands.predict import pairs_table
 
     rows = table.rows("test")[:7]
     pairs = [(table.user_ids[table.user[r]], table.item_id_list()[table.item[r]]) for r in rows]

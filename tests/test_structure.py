@@ -52,7 +52,7 @@ def test_no_private_attribute_of_another_object_is_used():
 
 
 LAYERS = {"errors": 0, "config": 0, "machine": 0, "presets": 0, "io": 1, "data": 2, "models": 2, "selection": 2,
-          "tasks": 3, "pipeline": 4, "cli": 5}
+          "tasks": 3, "pipeline": 4, "commands": 5, "cli": 6}
 """Each package may import its own layer and those below it, never one above."""
 
 

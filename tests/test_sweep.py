@@ -90,7 +90,7 @@ def test_markdown_layout_mean_std():
 
 def test_run_select_outputs(sweep, tmp_path):
     _, out, _ = sweep
-    from puma_lightning.pipeline.select_cmd import run_select
+    from puma_lightning.commands.select import run_select
 
     cfg = load_config([SMOKE], [f"run_dir={tmp_path}", f"source_dir={out / 'source'}", *FAST,
                                 "selection=kmeans_fps", "selection.n_clusters=3", "selection.budget=15"])
@@ -104,7 +104,7 @@ def test_run_select_outputs(sweep, tmp_path):
 
 def test_run_select_with_loss_strategy(sweep, tmp_path):
     _, out, _ = sweep
-    from puma_lightning.pipeline.select_cmd import run_select
+    from puma_lightning.commands.select import run_select
 
     cfg = load_config([SMOKE], [f"run_dir={tmp_path}", f"source_dir={out / 'source'}", *FAST,
                                 "selection=ffn_kmeans_loss", "selection.n_clusters=3", "selection.budget=15"])

@@ -11,144 +11,12 @@ import logging
 import os
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from puma_lightning.cli.help import describe_config, describe_strategies
+from puma_lightning.commands import BANK_HELP, COMMANDS
 from puma_lightning.errors import PumaError
-
-
-EXPERIMENT_KEYS = ("run_dir", "seed", "seeds", "plugins", "data", "source", "target", "prompt", "adapter", "selection", "baselines",
-                   "trainer", "cache_dir", "source_dir", "resume", "placebo")
-"""The config keys of a whole experiment (what ``fit`` and the topologies read)."""
-
-
-@dataclass(frozen=True)
-class Command:
-    """One CLI command: its help text, what it runs on the loaded config (inside the run lock), and its keys."""
-
-    help: str
-    run: Callable[..., None]
-    """``(cfg, run_dir)`` -> None."""
-    keys: tuple[str, ...] = EXPERIMENT_KEYS
-    """Top-level config keys this command reads (its ``--help`` lists them)."""
-
-
-def _prepare(cfg, run_dir: Path) -> None:  # noqa: ANN001 - DictConfig
-    from puma_lightning.data.prepare import run_prepare
-
-    run_prepare(cfg)
-
-
-def _fit(cfg, run_dir: Path) -> None:  # noqa: ANN001
-    from puma_lightning.pipeline.experiment import Experiment
-
-    Experiment(cfg).fit()
-
-
-def _pretrain(cfg, run_dir: Path) -> None:  # noqa: ANN001
-    from puma_lightning.pipeline.experiment import Experiment
-
-    stage = "source" if cfg.model == "source" else "full_retrain"
-    record = Experiment(cfg).pretrain(cfg.model, stage)
-    print(f"{stage}: " + ", ".join(f"{k}={v:.4f}" for k, v in record["metrics"].items()) + f" (bank in {run_dir / stage / 'bank'})")
-
-
-def _select(cfg, run_dir: Path) -> None:  # noqa: ANN001
-    from puma_lightning.pipeline.select_cmd import run_select
-
-    run_select(cfg)
-
-
-def _migrate(cfg, run_dir: Path) -> None:  # noqa: ANN001
-    from puma_lightning.pipeline.bank_ops import migrate_bank
-
-    if not cfg.bank and cfg.source.get("bank"):  # the bank you imported, as fit reads it
-        cfg.bank = cfg.source.bank
-    for key in ("bank", "adapter_path", "out"):
-        if not cfg[key]:
-            raise PumaError(f"migrate needs '{key}=PATH'" + (" (or source.bank=PATH)" if key == "bank" else ""))
-    from puma_lightning.pipeline.distributed import is_global_zero
-    from puma_lightning.pipeline.training import make_trainer
-
-    trainer = make_trainer(cfg, run_dir, "migrate", max_epochs=1, log=False)
-    bank = migrate_bank(cfg.bank, cfg.adapter_path, cfg.out, cfg.get("rows_per_shard"), trainer=trainer)
-    if is_global_zero():
-        print(f"migrated {len(bank.user_ids)} prompts to {bank.model_name} (hidden {bank.hidden_size}) -> {cfg.out}")
-
-
-def _test(cfg, run_dir: Path) -> None:  # noqa: ANN001
-    from puma_lightning.pipeline.bank_ops import evaluate_bank
-
-    if not cfg.bank:
-        raise PumaError("test needs 'bank=PATH'")
-    evaluate_bank(cfg, cfg.bank, cfg.model, cfg.split)
-
-
-def _placebo(cfg, run_dir: Path) -> None:  # noqa: ANN001
-    from puma_lightning.pipeline.placebo_cmd import run_placebo
-
-    run_placebo(cfg)
-
-
-def _predict(cfg, run_dir: Path) -> None:  # noqa: ANN001
-    from puma_lightning.pipeline.predict import run_predict
-
-    run_predict(cfg)
-
-
-def _chain(cfg, run_dir: Path) -> None:  # noqa: ANN001
-    from puma_lightning.pipeline.chain import run_chain
-
-    run_chain(cfg)
-
-
-def _aggregate(cfg, run_dir: Path) -> None:  # noqa: ANN001
-    from puma_lightning.pipeline.aggregate import run_aggregate
-
-    run_aggregate(cfg)
-
-
-def _cold_start(cfg, run_dir: Path) -> None:  # noqa: ANN001
-    from puma_lightning.pipeline.cold_start import run_cold_start
-
-    run_cold_start(cfg)
-
-
-COMMANDS: dict[str, Command] = {
-    "prepare": Command("Read the raw files in data.raw_dir and write the processed dataset (reused when unchanged).", _prepare,
-                       ("run_dir", "data", "cache_dir")),
-    "pretrain": Command("Train per-user soft prompts on one model (the source, or the target for the retraining baseline).",
-                        _pretrain, ("run_dir", "seed", "model", "data", "source", "target", "prompt", "trainer", "cache_dir",
-                                    "resume")),
-    "fit": Command("Run the whole PUMA experiment and print the comparison table (reuses finished stages in run_dir).", _fit),
-    "select": Command("Select the adapter's training users only; write selection.json, selection_summary.md, selection.png.",
-                      _select, ("run_dir", "seed", "data", "source", "prompt", "selection", "trainer", "cache_dir", "source_dir")),
-    "migrate": Command("Apply a saved adapter to a prompt bank (bank=, or source.bank=) and write the migrated bank.", _migrate,
-                       ("run_dir", "bank", "adapter_path", "out", "rows_per_shard", "trainer", "source")),
-    "test": Command("Evaluate a prompt bank on a model and split.", _test,
-                    ("run_dir", "bank", "model", "split", "data", "source", "target", "prompt", "trainer", "cache_dir")),
-    "placebo": Command("Score a prompt bank's test rows with each user's own prompt and with its prompts dealt to other "
-                       "users (a derangement seeded by seed; same head and rows); prints, per metric, both values and the "
-                       "personal gain (how much better the own prompts are) with its 95 percent bootstrap interval, and writes "
-                       "run_dir/placebo.json. An interval holding 0: no measurable personalisation.", _placebo,
-                       ("run_dir", "seed", "bank", "model", "placebo", "data", "source", "target", "prompt", "trainer",
-                        "cache_dir")),
-    "predict": Command("Score (user, item) pairs with a prompt bank on a model, or rank each user's candidates (top_k).",
-                       _predict, ("run_dir", "bank", "model", "pairs", "top_k", "out", "overwrite", "data", "source", "target", "prompt",
-                                  "trainer", "cache_dir")),
-    "chain": Command("Chained migration over chain.models [A, B, C, ...]: table and plot of the metric per hop vs full "
-                     "retraining.", _chain, (*EXPERIMENT_KEYS, "chain")),
-    "aggregate": Command("Aggregated migration of aggregate.sources [A, B, ...] to target: single-source vs aggregated table "
-                         "and chart.", _aggregate, (*EXPERIMENT_KEYS, "aggregate")),
-    "cold-start": Command("Users new on the target: source prompt + adapter, adapter init + fine-tuning, vs training from "
-                          "scratch.", _cold_start, (*EXPERIMENT_KEYS, "cold_start")),
-}
-"""Every command that takes a config, in ``--help`` order."""
-
-BANK_HELP = ("Inspect, compare, export and import prompt banks: bank info PATH | bank diff A B | bank export-peft PATH "
-             "(--user ID | --all) --out DIR | bank import (--prompts FILE --users FILE | --peft DIR) --model NAME --out DIR.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="OmegaConf dotlist overrides, e.g. trainer.max_epochs=2; selection=NAME loads strategies/NAME.yaml")
-    sub.add_parser("bank", help=BANK_HELP, description=BANK_HELP, add_help=False)  # parsed by cli.bank_cmd
+    sub.add_parser("bank", help=BANK_HELP, description=BANK_HELP, add_help=False)  # parsed by commands.bank
     return parser
 
 
@@ -224,7 +92,7 @@ def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - Dict
     if is_global_zero():  # DDP re-runs the command on every rank: one writer
         save_config(cfg, run_dir / "config.yaml")
     if cfg.seeds and command != "prepare":
-        from puma_lightning.pipeline.seeds import SEEDED_COMMANDS, run_seeds
+        from puma_lightning.commands.seeds import SEEDED_COMMANDS, run_seeds
 
         if command not in SEEDED_COMMANDS:
             raise PumaError(f"'seeds' applies to {', '.join(SEEDED_COMMANDS)}, not to {command}; use seed=N")
@@ -287,7 +155,7 @@ def setup_runtime(cfg) -> None:  # noqa: ANN001 - DictConfig
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bank":  # bank tools take paths, not a config
-        from puma_lightning.cli.bank_cmd import main as bank_main
+        from puma_lightning.commands.bank import main as bank_main
 
         return one_line_errors(lambda: bank_main(argv[1:]))
     parser = build_parser()

@@ -1,5 +1,5 @@
 """The placebo in the pipeline: each bank stage's second test pass and the table columns (the ``placebo`` command is
-:mod:`puma_lightning.pipeline.placebo_cmd`).
+:mod:`puma_lightning.commands.placebo`).
 
 Every stage that ends in a bank scores its test rows a second time with the same head, rows and residual
 offsets but its prompts dealt to other users (:func:`placebo_pass`; the derangement is seeded by the run's seed

@@ -210,3 +210,8 @@ def write_cold_start(run_dir: Path, task: str, existing: list[str], new: list[st
               "cold-start users")
     print(md)
     return doc
+
+
+def run(cfg: DictConfig, run_dir: Path) -> None:
+    """The command: :func:`run_cold_start` on the loaded config."""
+    run_cold_start(cfg)

@@ -243,3 +243,8 @@ def write_aggregate(run_dir: Path, task: str, target: str, policy: str, aligned:
               main_metric.upper(), f"aggregated migration to {target}")
     print(md)
     return doc
+
+
+def run(cfg: DictConfig, run_dir: Path) -> None:
+    """The command: :func:`run_aggregate` on the loaded config."""
+    run_aggregate(cfg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -113,3 +114,8 @@ def output_rows(pairs: list[tuple[str, str]], kept: list[int], rows: dict[int, t
         ranked = sorted(entries, key=lambda e: -e[2])[:top_k]
         out += [[user, rank, item, prediction, *dist[:len(names)]] for rank, (_, item, prediction, dist) in enumerate(ranked, start=1)]
     return ["user", "rank", "item", "prediction", *names], out
+
+
+def run(cfg: DictConfig, run_dir: Path) -> None:
+    """The command: :func:`run_predict` on the loaded config."""
+    run_predict(cfg)

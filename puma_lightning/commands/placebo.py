@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
 from puma_lightning.errors import PumaError
 from puma_lightning.pipeline.placebo import dealt_predictions
 from puma_lightning.tasks.placebo import personal_gain
@@ -54,3 +56,8 @@ def run_placebo(cfg: Any) -> dict[str, Any]:
             print(f"{m}: own {g['own']:.4f}, other users' prompts {g['placebo']:.4f}, personal gain {g['value']:+.4f} "
                   f"[{g['low']:+.4f}, {g['high']:+.4f}]: {g['verdict']}")
     return doc
+
+
+def run(cfg: DictConfig, run_dir: Path) -> None:
+    """The command: :func:`run_placebo` on the loaded config."""
+    run_placebo(cfg)

@@ -129,3 +129,8 @@ def _cached_names(exp: Any, bank: Any) -> set[str]:
     from puma_lightning.pipeline.user_stats import bank_sha256, data_sha256, read_cache, stats_path
 
     return set(read_cache(stats_path(exp), {"bank_sha256": bank_sha256(bank), "data_sha256": data_sha256(exp)})[0])
+
+
+def run(cfg: DictConfig, run_dir: Path) -> None:
+    """The command: :func:`run_select` on the loaded config."""
+    run_select(cfg)

@@ -125,3 +125,8 @@ def write_chain(run_dir: Path, task: str, hops: list[dict[str, Any]], resamples:
 
 def _secs(value: float | None) -> str | None:
     return None if value is None else f"{float(value):.1f}"
+
+
+def run(cfg: DictConfig, run_dir: Path) -> None:
+    """The command: :func:`run_chain` on the loaded config."""
+    run_chain(cfg)
