@@ -25,44 +25,14 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from puma_lightning.cli.config_loader import load_lever_sets
 from puma_lightning.machine import BackboneDtypes, describe_machine, machine_record
 
 REPO = Path(__file__).resolve().parents[1]
 
-STEPS = ["adapter.steps=600", "adapter.warmup_ratio=0.05", "adapter.lr=0.003", "adapter.batch_size=16",
-         "adapter.head_lr=0.0003", "adapter.validation=heldout", "adapter.early_stopping_patience=3"]
-CHEAP = ["adapter.steps=94", "adapter.batch_size=16", "adapter.lr=0.003", "adapter.warmup_ratio=0.05",
-         "adapter.input_norm=standardize", "adapter.validation=heldout"]
-"""1,504 adapter samples whatever the budget: under 1/8 of full retraining's 15,088 on ml100k (2 epochs x 7,544)."""
-LEVERS: dict[str, list[str]] = {
-    "shipped": [],
-    "epochs2": ["adapter.epochs=2"],
-    "random_selection": ["selection=random"],
-    "steps": STEPS,
-    "norm": ["adapter.input_norm=standardize"],
-    "selected": ["adapter.validation=selected"],
-    "heldout": ["adapter.validation=heldout"],
-    "norm_heldout": ["adapter.input_norm=standardize", "adapter.validation=heldout"],
-    "heldout_all": ["adapter.validation=heldout_all"],
-    "norm_heldout_all": ["adapter.input_norm=standardize", "adapter.validation=heldout_all"],
-    "steps_norm": [*STEPS, "adapter.input_norm=standardize"],
-    "polish": ["adapter.polish_epochs=1"],
-    "steps_norm_polish": [*STEPS, "adapter.input_norm=standardize", "adapter.polish_epochs=1"],
-    "vocab_map": ["baselines.vocab_map=true"],
-    "cheap": CHEAP,
-    "cheap_half": [*CHEAP, "adapter.steps=47"],
-    "distill": ["adapter.distill_items=16", "adapter.distill_weight=0.5"],
-    "cheap_distill": [*CHEAP, "adapter.distill_items=16", "adapter.distill_weight=0.5"],
-    "readout_all": ["adapter.readout_rows=all"],
-    "cheap_readout_all": [*CHEAP, "adapter.readout_rows=all"],
-    "cheap_readout_selected": [*CHEAP, "adapter.readout_rows=selected"],
-    "readout_items": ["adapter.readout_rows=adapter_items"],
-    "cheap_readout_items": [*CHEAP, "adapter.readout_rows=adapter_items"],
-    "cheap_half_readout_items": [*CHEAP, "adapter.steps=47", "adapter.readout_rows=adapter_items"],
-    "cheap_heldout_all": [*CHEAP, "adapter.validation=heldout_all"],
-    "vocab_init": ["adapter.init=vocab_map"],
-    "vocab_init_half": ["adapter.init=vocab_map", "adapter.steps=47"],
-}
+LEVER_FILE = REPO / "configs" / "levers" / "migration_levers.yaml"
+LEVERS: dict[str, list[str]] = load_lever_sets(LEVER_FILE)
+"""Each lever: a named set of config overrides (``configs/levers/migration_levers.yaml``)."""
 """Named override sets (each on top of the config, so ``shipped`` follows the config's defaults; ``selected`` and ``heldout``
 pin the adapter's validation rows either way); ``polish`` levers report the polished row, ``vocab_map`` the training-free row. ``*readout_all`` and
 ``*readout_items`` matter under ``prompt.hidden_readout=ridge`` (shipped by ``ml100k`` and ``demo``): the target's readout is

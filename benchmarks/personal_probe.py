@@ -4,7 +4,7 @@
         [--epochs 12] [--eval-every 1] [--seed 0] [--out DIR] [key=value ...]
 
 On a synthetic table (the generator knows every row's Bayes-optimal prediction), each lever (a named override set of
-``benchmarks/prompt_study.py``'s :data:`LEVERS`, plus this file's :data:`PROBE_LEVERS`) trains the source model's
+``configs/levers/prompt_study.yaml``, plus this file's :data:`PROBE_LEVERS`) trains the source model's
 per-user prompts (no early stopping unless the lever asks for it; no checkpoints: the probe keeps its own curve). After
 every ``--eval-every`` epochs it scores every split's rows and reports, per split:
 
@@ -22,22 +22,21 @@ used). ``probe.json`` / ``probe.md`` hold every lever's curve and row under the 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from puma_lightning.cli.config_loader import load_lever_sets
 from puma_lightning.machine import BackboneDtypes, describe_machine, machine_record
 
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE_LEVERS: dict[str, list[str]] = {}
-"""Levers only the probe runs (none yet: every lever lives in prompt_study's LEVERS)."""
+"""Levers only the probe runs (none yet: every lever lives in configs/levers/prompt_study.yaml)."""
 SPLITS = ("train", "valid", "test")
 
 
@@ -54,14 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@lru_cache(maxsize=1)
 def study_levers() -> dict[str, list[str]]:
-    """``LEVERS`` of the sibling script ``prompt_study.py``, loaded by its path (benchmarks/ holds scripts, not a
-    package, so this works however this script is started or imported)."""
-    spec = importlib.util.spec_from_file_location("prompt_study", Path(__file__).with_name("prompt_study.py"))
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
-    return study.LEVERS
+    """The lever sets of ``prompt_study.py``: ``configs/levers/prompt_study.yaml``."""
+    return load_lever_sets(Path(__file__).resolve().parents[1] / "configs" / "levers" / "prompt_study.yaml")
 
 
 def all_levers() -> dict[str, list[str]]:

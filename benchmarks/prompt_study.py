@@ -22,65 +22,14 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from puma_lightning.cli.config_loader import load_lever_sets
 from puma_lightning.machine import BackboneDtypes, describe_machine, machine_record
 
 REPO = Path(__file__).resolve().parents[1]
 
-LONG = ["prompt.epochs=6", "prompt.early_stopping_patience=2", "prompt.warmup_ratio=0.05"]
-LEVERS: dict[str, list[str]] = {
-    "shipped": [],
-    "long": LONG,
-    "long_lazy": [*LONG, "prompt.optimizer=lazy_adamw"],
-    "long_lazy_bias": [*LONG, "prompt.optimizer=lazy_adamw", "prompt.user_bias=true"],
-    "long_lazy_items": [*LONG, "prompt.optimizer=lazy_adamw", "prompt.init_from=item_text"],
-    "long_lazy_bias_items": [*LONG, "prompt.optimizer=lazy_adamw", "prompt.user_bias=true", "prompt.init_from=item_text"],
-    "long_lazy_l4": [*LONG, "prompt.optimizer=lazy_adamw", "prompt.length=4"],
-    "long_lazy_wd": [*LONG, "prompt.optimizer=lazy_adamw", "prompt.weight_decay=0.01"],
-    "history": ["data.template=item_first_history", "data.rated_history=5"],
-    "residual": ["prompt.residual=user_item_bias"],
-    "residual_long": [*LONG, "prompt.residual=user_item_bias"],
-    "residual_item": ["prompt.residual=item_bias"],
-    "residual_history": ["prompt.residual=user_item_bias", "data.template=item_first_history", "data.rated_history=5"],
-    "readout": ["prompt.hidden_readout=trained"],
-    "ridge": ["prompt.hidden_readout=ridge"],
-    "ridge_history": ["prompt.hidden_readout=ridge", "data.template=item_first_history", "data.rated_history=5"],
-    # issue 32: where the personal signal dies (benchmarks/personal_probe.py, docs/prompt_diagnosis.md)
-    "ridge_own": ["prompt.hidden_readout=ridge_own"],
-    "ridge_own_lazy": ["prompt.hidden_readout=ridge_own", "prompt.optimizer=lazy_adamw"],
-    "ridge_own_small": ["prompt.hidden_readout=ridge_own", "prompt.init=uniform"],
-    "ridge_own_l4": ["prompt.hidden_readout=ridge_own", "prompt.length=4"],
-    "ridge_own_movie": ["prompt.hidden_readout=ridge_own", "data.template=movie"],
-    "ridge_own_lr_low": ["prompt.hidden_readout=ridge_own", "prompt.lr=0.005"],
-    "ridge_own_lr_high": ["prompt.hidden_readout=ridge_own", "prompt.lr=0.08"],
-    "no_readout": ["prompt.hidden_readout=none"],
-    "published": ["prompt.hidden_readout=none", "prompt.residual=none", "prompt.init=uniform", "prompt.lr=0.0008",
-                  "prompt.head_lr=0.0008"],
-    "lazy": ["prompt.optimizer=lazy_adamw"],
-    "lr_high": ["prompt.lr=0.08"],
-    "lr_low": ["prompt.lr=0.005"],
-    "small": ["prompt.init=uniform"],
-    "l4": ["prompt.length=4"],
-    "movie": ["data.template=movie"],
-    "head_fast": ["prompt.head_lr=0.02"],
-    "warmup": ["prompt.warmup_ratio=0.1"],
-    # issue 32: the item-word match term (prompt.item_match, docs/prompt_diagnosis.md section 5)
-    "match": ["prompt.item_match=0.1"],
-    "match_no_readout": ["prompt.item_match=0.1", "prompt.hidden_readout=none"],
-    "match_strong": ["prompt.item_match=0.3", "prompt.weight_decay=1.0"],
-    "match_strong_flat": ["prompt.item_match=0.3", "prompt.weight_decay=1.0", "prompt.head_start=flat"],
-    "match_slow": ["prompt.item_match=0.3", "prompt.weight_decay=1.0", "prompt.lr=0.005"],
-    "shared": LONG,
-    "shared_bias": [*LONG, "prompt.user_bias=true"],
-    "shared_residual": [*LONG, "prompt.residual=user_item_bias"],
-    "shared_readout": ["prompt.hidden_readout=trained"],
-    "shared_ridge": ["prompt.hidden_readout=ridge"],
-}
-"""Named override sets; ``shared*`` train one prompt for all users (``shared_bias`` with a per-user bias: what the frozen
-model adds about the items on top of a per-user average; ``shared_residual`` on top of the user + item bias model).
-``residual*`` add the bias model's prediction to the output (``prompt.residual``), so prompts learn what it misses;
-``history`` puts the user's 5 latest earlier training ratings into each row's text; ``readout`` lets the head read the answer
-position's hidden state as well as the answer logits, trained with it; ``ridge*`` fit that readout in closed form first and
-freeze it (``prompt.hidden_readout``)."""
+LEVER_FILE = REPO / "configs" / "levers" / "prompt_study.yaml"
+LEVERS: dict[str, list[str]] = load_lever_sets(LEVER_FILE)
+"""Each lever: a named set of config overrides (``configs/levers/prompt_study.yaml``)."""
 SHARED = {"shared", "shared_bias", "shared_residual", "shared_readout", "shared_ridge"}
 REFERENCE = "user_item_bias"
 

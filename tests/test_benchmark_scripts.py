@@ -36,7 +36,7 @@ def test_script_imports_without_running(path, monkeypatch, capsys):
 
 
 def test_personal_probe_reads_the_prompt_study_levers():
-    """The one benchmark that uses a sibling's table loads it by path, with no package or sys.path behind it."""
+    """The probe and the study read one lever file (configs/levers/prompt_study.yaml)."""
     spec = importlib.util.spec_from_file_location("benchmark_script_personal_probe_levers",
                                                   ROOT / "benchmarks" / "personal_probe.py")
     probe = importlib.util.module_from_spec(spec)

@@ -126,6 +126,20 @@ def test_random_selection_is_paired_with_the_shipped_selection_and_costs_are_sha
     assert module.cost_shares(results, "full_retrain") == "-"
 
 
+def test_lever_files_expand_groups_and_refuse_what_is_not_an_override(tmp_path):
+    from puma_lightning.cli.config_loader import ConfigError, load_lever_sets
+
+    good = tmp_path / "l.yaml"
+    good.write_text("groups:\n  g: [a.b=1, c.d=2]\nlevers:\n  x: [+g, e.f=3]\n  y: []\n", encoding="utf-8")
+    assert load_lever_sets(good) == {"x": ["a.b=1", "c.d=2", "e.f=3"], "y": []}
+    for body, message in (("levers:\n  x: [+nope]\n", "names group 'nope'"), ("levers:\n  x: [plain]\n", "expected key=value"),
+                          ("groups: {}\n", "expected a mapping with 'levers'")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(body, encoding="utf-8")
+        with pytest.raises(ConfigError, match=message):
+            load_lever_sets(bad)
+
+
 @pytest.mark.parametrize("benchmark", ["prompt_study", "migration_levers"])
 def test_every_lever_is_a_valid_set_of_overrides_on_the_real_data_config(benchmark):
     from puma_lightning.cli.config_loader import load_config

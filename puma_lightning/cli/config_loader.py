@@ -258,6 +258,38 @@ def checked_template(cfg: DictConfig) -> "Template":
     return template
 
 
+def load_lever_sets(path: str | Path) -> dict[str, list[str]]:
+    """Named sets of config overrides from a YAML file (``configs/levers/*.yaml``): ``levers: {name: [override, ...]}``,
+    where ``+GROUP`` stands for the overrides listed under ``groups: {GROUP: [...]}``; one-line errors name the file and
+    the lever."""
+    path = Path(path)
+    try:
+        doc = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except FileNotFoundError:
+        raise ConfigError(f"lever file not found: {path}") from None
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("levers"), dict):
+        raise ConfigError(f"{path}: expected a mapping with 'levers' (and optionally 'groups')")
+    groups = doc.get("groups") or {}
+    out: dict[str, list[str]] = {}
+    for name, items in doc["levers"].items():
+        if not isinstance(items, list):
+            raise ConfigError(f"{path}: lever {name!r} must be a list of key=value overrides, got {items!r}")
+        overrides: list[str] = []
+        for item in items:
+            if isinstance(item, str) and item.startswith("+"):
+                if item[1:] not in groups:
+                    raise ConfigError(f"{path}: lever {name!r} names group {item[1:]!r}; groups: {', '.join(groups) or 'none'}")
+                overrides += [str(x) for x in groups[item[1:]]]
+            elif isinstance(item, str) and "=" in item:
+                overrides.append(item)
+            else:
+                raise ConfigError(f"{path}: lever {name!r} has {item!r}; expected key=value or +GROUP")
+        out[str(name)] = overrides
+    return out
+
+
 def save_config(cfg: DictConfig, path: Path) -> None:
     """Write the resolved config as YAML, atomically."""
     from puma_lightning.io.atomic import atomic_write_text
