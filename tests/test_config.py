@@ -73,3 +73,22 @@ def test_bad_choices_and_files_are_one_line_errors(tmp_path):
         load_config([], ["selection.n_clustres=3"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config([], ["justaword"])
+
+
+def test_a_config_builds_on_its_base_and_overrides_it(tmp_path):
+    (tmp_path / "a.yaml").write_text("run_dir: runs/a\nprompt:\n  lr: 0.01\n  epochs: 3\n", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nprompt:\n  lr: 0.02\n", encoding="utf-8")
+    cfg = load_config([tmp_path / "sub" / "b.yaml"], ["prompt.batch_size=8"])
+    assert (cfg.run_dir, cfg.prompt.lr, cfg.prompt.epochs, cfg.prompt.batch_size) == ("runs/a", 0.02, 3, 8)
+    assert "base" not in cfg
+
+
+def test_a_base_that_is_missing_or_builds_on_itself_is_one_line(tmp_path):
+    (tmp_path / "loop.yaml").write_text("base: loop2.yaml\n", encoding="utf-8")
+    (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="builds on itself"):
+        load_config([tmp_path / "loop.yaml"])
+    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"config file not found: .*nowhere.yaml \(the base of"):
+        load_config([tmp_path / "lost.yaml"])

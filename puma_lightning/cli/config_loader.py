@@ -111,23 +111,40 @@ def strategy_node(name: str) -> DictConfig:
     return node
 
 
+def config_layers(file: str | Path, including: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    """A config file and the files it builds on, in merge order: ``base: other.yaml`` (or a list; paths relative to the
+    file) names configs whose keys this file's override, so a benchmark config says only how it differs."""
+    path = Path(file)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (the base of {including[-1]})" if including else ""))
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    base = loaded.pop("base", None)
+    bases = [base] if isinstance(base, str) else list(base or [])
+    layers: list[tuple[Path, DictConfig]] = []
+    for name in bases:
+        if not isinstance(name, str):
+            raise ConfigError(f"{path}: 'base' must be a config file name or a list of them, got {name!r}")
+        other = path.parent / name
+        if other.resolve() in {p.resolve() for p in (*including, path)}:
+            raise ConfigError(f"{path}: base {name} builds on itself ({' -> '.join(str(p) for p in (*including, path, other))})")
+        layers += config_layers(other, (*including, path))
+    return layers + [(path, loaded)]
+
+
 def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
     """Merge defaults, YAML files and dotlist overrides into a validated config."""
     cfg = OmegaConf.structured(ExperimentConfig)
     for file in config_files:
-        path = Path(file)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as exc:  # yaml.YAMLError and friends
-            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        try:
-            cfg = OmegaConf.merge(cfg, loaded)
-        except OmegaConfBaseException as exc:
-            raise _one_line(exc, str(path)) from None
+        for path, loaded in config_layers(file):
+            try:
+                cfg = OmegaConf.merge(cfg, loaded)
+            except OmegaConfBaseException as exc:
+                raise _one_line(exc, str(path)) from None
 
     dotlist: list[str] = []
     for token in overrides:
