@@ -134,6 +134,8 @@ ADAPTER_VALIDATION = ("selected", "heldout", "heldout_all")
 """``adapter.validation`` choices."""
 READOUT_ROWS = ("selected", "adapter_items", "all")
 """``adapter.readout_rows`` choices."""
+RATING_ONLY = {"prompt.residual": ("item_bias", "user_item_bias"), "prompt.hidden_readout": ("ridge", "ridge_own")}
+"""Option values that fit ratings (a bias model, a ridge on the rating): refused when the config loads for a click task."""
 ADAPTER_INITS = ("random", "vocab_map", "match_map")
 """``adapter.init`` choices (``vocab_map``, ``match_map``: see :mod:`puma_lightning.pipeline.vocab_map`)."""
 

@@ -96,12 +96,15 @@ def test_fit_with_a_residual_base_says_so_and_predict_serves_it(tmp_path, capsys
 def test_residual_needs_a_rating_task_and_a_known_base(tmp_path, capsys):
     assert main(["fit", "--config", SMOKE, f"run_dir={tmp_path / 'a'}", "prompt.residual=mf"]) == 2
     assert "'prompt.residual'" in capsys.readouterr().err
-    cfg = load_config([SMOKE], ["data.task=click", "data.template=item_click", "prompt.residual=user_item_bias"])
-    table = build_table(cfg.data, 0)
+    from puma_lightning.cli.config_loader import ConfigError
     from puma_lightning.errors import PumaError
 
+    with pytest.raises(ConfigError, match="prompt.residual=user_item_bias fits ratings, but data.task=click"):
+        load_config([SMOKE], ["data.task=click", "data.template=item_click", "prompt.residual=user_item_bias"])
+    cfg = load_config([SMOKE], ["data.task=click", "data.template=item_click"])
+    cfg.prompt.residual = "user_item_bias"  # past the config check (the API): the fit still refuses, in one line
     with pytest.raises(PumaError, match="rating tasks"):
-        row_offsets(cfg, table)
+        row_offsets(cfg, build_table(cfg.data, 0))
 
 
 def test_the_bias_model_is_fitted_once_per_table(monkeypatch):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from puma_lightning.config import (ADAPTER_INITS, ADAPTER_VALIDATION, DUPLICATE_POLICIES, HEAD_STARTS, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
+from puma_lightning.config import (ADAPTER_INITS, ADAPTER_VALIDATION, DUPLICATE_POLICIES, HEAD_STARTS, RATING_ONLY, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
                                    READOUT_ROWS, RESIDUAL_BASES, SPLIT_METHODS, ExperimentConfig)
 from puma_lightning.data.datasets import dataset_names
 from puma_lightning.errors import PumaError
@@ -189,6 +189,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"'data.split_by' is {cfg.data.split_by!r}, but dataset {cfg.data.name!r} is built in and always splits "
                           "chronologically; split_by applies to the datasets read from raw files")
     template = checked_template(cfg)
+    if cfg.data.task != "rating":  # what fits ratings has nothing to fit on a click task: say so before any work
+        for key, values in RATING_ONLY.items():
+            if OmegaConf.select(cfg, key) in values:
+                raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} fits ratings, but data.task={cfg.data.task}; "
+                                  f"use {key}=none" + (" or trained" if key == "prompt.hidden_readout" else ""))
+        if cfg.data.get("rated_history"):
+            raise ConfigError(f"'data.rated_history' is {cfg.data.rated_history}: a history of ratings needs data.task=rating")
     history = cfg.data.get("rated_history") or 0
     if history < 0:
         raise ConfigError(f"'data.rated_history' must be >= 0, got {history}")
