@@ -205,9 +205,9 @@ def test_nan_in_a_prompt_bank_stops_training_with_one_line(tmp_path, capsys, mon
     """A NaN injected into the prompts (as from a corrupted bank) ends the run with step and users."""
     import torch
 
-    import puma_lightning.pipeline.experiment as experiment
+    import puma_lightning.pipeline.stages.prompts as prompt_stage  # where the source stage draws its start
 
-    real = experiment.initial_prompts
+    real = prompt_stage.initial_prompts
 
     def poisoned(*args, **kwargs):
         prompts, scale = real(*args, **kwargs)
@@ -215,7 +215,7 @@ def test_nan_in_a_prompt_bank_stops_training_with_one_line(tmp_path, capsys, mon
             prompts[3].fill_(float("nan"))
         return prompts, scale
 
-    monkeypatch.setattr(experiment, "initial_prompts", poisoned)
+    monkeypatch.setattr(prompt_stage, "initial_prompts", poisoned)
     code = main(["pretrain", "--config", str(ROOT / "configs" / "smoke.yaml"), f"run_dir={tmp_path}", "model=source",
                  "data.n_users=8", "data.rows_per_user=8", "prompt.epochs=1", "trainer.num_threads=1"])
     err = capsys.readouterr().err.strip().splitlines()
