@@ -109,7 +109,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         desc = row_descriptions().get(name, name) + (" + a per-user bias" if row.get("user_bias") else "")
         desc += f" + residual on {row['residual']}" if row.get("residual") else ""
         if row.get("imported"):  # source.bank: the user's own prompts, not trained here
-            desc = f"source prompts imported from {Path(row['imported']['path']).name} (source.bank), {row['imported']['head']}"
+            desc = f"source prompts imported from {Path(row['imported']['path']).name} (source.bank), head {row['imported']['head']}"
         if name == "puma":
             desc += f" ({row.get('selected_users')} users by {row.get('selection')}"
             desc += f", allocation {row['allocation']})" if row.get("allocation") else ")"
