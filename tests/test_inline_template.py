@@ -85,3 +85,27 @@ def test_an_answer_that_is_not_one_token_names_the_model_and_its_pieces(tmp_path
     assert "'Absolutely-yes'" in err[0] and "tiny-llama" in err[0] and "not a single token" in err[0]
     assert "pieces" in err[0]
     assert not (tmp_path / "run" / "source" / "stage.json").exists()
+
+
+def test_fit_checks_the_target_tokenizer_before_the_source_model_trains(tmp_path, capsys, monkeypatch):
+    """An answer one token on the source's tokenizer but not on the target's stops fit before any stage runs."""
+    from puma_lightning.models import loading
+
+    real = loading.load_tokenizer
+
+    def target_splits_yes(name, *args, **kwargs):
+        tokenizer = real(name, *args, **kwargs)
+        if name == "tiny-gemma3":  # a target whose vocabulary lacks "Yes" (forms it would be read from included)
+            vocab = {k: v for k, v in tokenizer.get_vocab().items() if k.lstrip("▁Ġ") != "Yes"}
+            tokenizer.get_vocab = lambda: vocab
+            encode = tokenizer.__call__
+            tokenizer.__class__ = type("SplittingTokenizer", (type(tokenizer),), {
+                "__call__": lambda self, text, **kw: {"input_ids": [1, 2]} if text == "Yes" else encode(text, **kw)})
+        return tokenizer
+
+    monkeypatch.setattr(loading, "load_tokenizer", target_splits_yes)
+    code = main(["fit", "--config", SMOKE, f"run_dir={tmp_path / 'run'}", "trainer.num_threads=1", "data.task=click",
+                 "data.template=item_click"])
+    err = errors(capsys.readouterr().err)
+    assert code == 2 and len(err) == 1 and "'Yes'" in err[0] and "tiny-gemma3" in err[0] and "(target)" in err[0], err
+    assert not (tmp_path / "run" / "source").exists()  # nothing trained

@@ -209,6 +209,28 @@ def load_backbone(
     )
 
 
+def load_tokenizer(name_or_path: str, cache_dir: str | Path | None = None, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a model alone (tiny, packaged, local folder, or hub id: from the cache when offline), without
+    its weights: enough to check a template's answers before any model is loaded."""
+    from transformers import AutoTokenizer
+
+    name = str(name_or_path)
+    if is_tiny_model(name):
+        from puma_lightning.models.tiny import build_tiny_tokenizer
+
+        return build_tiny_tokenizer(name)
+    if is_packaged_model(name):
+        source = str(ensure_packaged_model(name, cache_dir))
+    elif Path(name).expanduser().is_dir():
+        source = str(Path(name).expanduser())
+    elif _looks_like_path(name) or Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model folder {name!r} does not exist (or is not a folder)")
+    else:
+        source = name
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                         local_files_only=not is_packaged_model(name) and _offline())
+
+
 def model_identity(name_or_path: str, cache_dir: str | Path | None = None, trust_remote_code: bool = False) -> tuple[int, str]:
     """``(hidden_size, fingerprint)`` of a model found locally, without its tokenizer and without the network.
 

@@ -57,6 +57,22 @@ def load_frozen_lm(mcfg: DictConfig, dcfg: DictConfig, cache_dir: str | None, on
     return lm
 
 
+def check_answer_tokens(cfg: DictConfig, models: tuple[str, ...] = ("source", "target")) -> None:
+    """Refuse, before any model is loaded or trained, a template whose answers are not single tokens of every model's
+    tokenizer the command will use (one line naming the answer, the model and the pieces it splits into)."""
+    from puma_lightning.models.answers import resolve_answer_ids
+    from puma_lightning.models.loading import load_tokenizer
+
+    template = resolve_template(cfg.data.template, str(cfg.data.task))
+    for which in models:
+        mcfg = cfg[which]
+        tokenizer = load_tokenizer(mcfg.name, cfg.cache_dir, bool(mcfg.trust_remote_code))
+        try:
+            resolve_answer_ids(tokenizer, template.answers)
+        except ValueError as exc:
+            raise PumaError(f"data.template {template.name!r} on model {str(mcfg.name)!r} ({which}): {exc}") from None
+
+
 def build_datamodule(table: InteractionTable, tokenizer: Any, cfg: DictConfig, batch_size: int,
                      train_users: np.ndarray | None = None, eval_users: np.ndarray | None = None,
                      row_offset: np.ndarray | None = None) -> Any:

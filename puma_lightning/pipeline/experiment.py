@@ -29,7 +29,7 @@ from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import stage_lineage
 from puma_lightning.io.ownership import claim_run_dir
-from puma_lightning.pipeline.builders import build_datamodule, build_table, load_frozen_lm
+from puma_lightning.pipeline.builders import build_datamodule, build_table, check_answer_tokens, load_frozen_lm
 from puma_lightning.pipeline.distributed import check_same_on_all_ranks, on_rank_zero
 from puma_lightning.pipeline.placebo import backfill_placebo, load_placebo
 from puma_lightning.pipeline.results import write_results
@@ -185,6 +185,7 @@ class Experiment:
         from puma_lightning.pipeline.stages import get_stage, stage_names
 
         cfg = self.cfg
+        check_answer_tokens(cfg)  # both models' tokenizers, before the source model trains for minutes
         rows: dict[str, dict[str, Any]] = {}
         for name in stage_names():
             entry = get_stage(name)
