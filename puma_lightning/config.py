@@ -11,6 +11,20 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 
+TASKS = ("rating", "click")
+"""``data.task`` choices: 1..5 stars read from five answer tokens, or a click read from the "Yes" token."""
+MODEL_DTYPES = ("auto", "float32", "bfloat16")
+"""``source.dtype``/``target.dtype`` choices (``auto``: measured, see :mod:`puma_lightning.models.dtype_choice`)."""
+PROMPT_INITS = ("uniform", "scaled")
+"""``prompt.init`` choices."""
+OUTPUT_SCALES = ("none", "embedding_std")
+"""``adapter.output_scale`` choices."""
+MODEL_SIDES = ("source", "target")
+"""``model`` choices: which model section a one-model command uses."""
+EVAL_SPLITS = ("valid", "test")
+"""``split`` choices of ``test``."""
+MISSING_POLICIES = ("error", "drop", "zero_fill")
+"""``aggregate.missing`` choices."""
 PREPROCESSING_MODES = ("paper", "clean")
 """``data.preprocessing`` choices (see :mod:`puma_lightning.data.prepare`)."""
 SPLIT_METHODS = ("chronological", "official", "paper")

@@ -89,3 +89,10 @@ def test_every_closed_form_adapter_start_is_a_config_choice_and_back():
     from puma_lightning.pipeline.vocab_map import START_MAPS
 
     assert set(ADAPTER_INITS) == {"random", *START_MAPS}
+
+
+def test_the_dtype_choices_are_the_loaders_dtypes_and_auto():
+    from puma_lightning.config import MODEL_DTYPES
+    from puma_lightning.models.dtype_choice import DTYPES
+
+    assert MODEL_DTYPES == ("auto", *DTYPES)

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from puma_lightning.config import (ADAPTER_INITS, ADAPTER_VALIDATION, DUPLICATE_POLICIES, HEAD_STARTS, RATING_ONLY, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
+from puma_lightning.config import (ADAPTER_INITS, ADAPTER_VALIDATION, DUPLICATE_POLICIES, EVAL_SPLITS, HEAD_STARTS, MISSING_POLICIES,
+                                   MODEL_DTYPES, MODEL_SIDES, OUTPUT_SCALES, PROMPT_INITS, RATING_ONLY, TASKS, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
                                    READOUT_ROWS, RESIDUAL_BASES, SPLIT_METHODS, ExperimentConfig)
 from puma_lightning.data.datasets import dataset_names
 from puma_lightning.errors import PumaError
@@ -39,13 +40,13 @@ def adapter_kinds() -> tuple[str, ...]:
 
 CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "data.name": dataset_names,
-    "data.task": ("rating", "click"),
+    "data.task": TASKS,
     "data.preprocessing": PREPROCESSING_MODES,
     "data.split_by": SPLIT_METHODS,
     "data.duplicates": DUPLICATE_POLICIES,
-    "source.dtype": ("auto", "float32", "bfloat16"),
-    "target.dtype": ("auto", "float32", "bfloat16"),
-    "prompt.init": ("uniform", "scaled"),
+    "source.dtype": MODEL_DTYPES,
+    "target.dtype": MODEL_DTYPES,
+    "prompt.init": PROMPT_INITS,
     "prompt.optimizer": PROMPT_OPTIMIZERS,
     "prompt.init_from": PROMPT_STARTS,
     "prompt.hidden_readout": HIDDEN_READOUTS,
@@ -53,13 +54,13 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "adapter.readout_rows": READOUT_ROWS,
     "prompt.residual": RESIDUAL_BASES,
     "adapter.kind": adapter_kinds,
-    "adapter.output_scale": ("none", "embedding_std"),
+    "adapter.output_scale": OUTPUT_SCALES,
     "adapter.input_norm": INPUT_NORMS,
     "adapter.init": ADAPTER_INITS,
     "adapter.validation": ADAPTER_VALIDATION,
-    "model": ("source", "target"),
-    "split": ("valid", "test"),
-    "aggregate.missing": ("error", "drop", "zero_fill"),
+    "model": MODEL_SIDES,
+    "split": EVAL_SPLITS,
+    "aggregate.missing": MISSING_POLICIES,
 }
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from puma_lightning.config import MISSING_POLICIES
 from puma_lightning.errors import PumaError
 from puma_lightning.io.atomic import atomic_write_text
 from puma_lightning.io.bank import PromptBank
@@ -44,7 +45,6 @@ from puma_lightning.pipeline.sub_runs import (experiment_on, metric_names, prima
 from puma_lightning.data.templates import template_label
 
 log = logging.getLogger(__name__)
-POLICIES = ("error", "drop", "zero_fill")
 
 
 @dataclass
@@ -65,8 +65,8 @@ def align_banks(banks: Sequence[Any], user_ids: Sequence[str], policy: str) -> A
 
     See the module docstring for ``policy``. Banks must share the prompt length ``l``.
     """
-    if policy not in POLICIES:
-        raise PumaError(f"aggregate.missing is {policy!r}; expected one of: {', '.join(POLICIES)}")
+    if policy not in MISSING_POLICIES:
+        raise PumaError(f"aggregate.missing is {policy!r}; expected one of: {', '.join(MISSING_POLICIES)}")
     if len({b.prompt_length for b in banks}) > 1:
         raise PumaError(f"source banks have different prompt lengths {[b.prompt_length for b in banks]}; they cannot be concatenated")
     present = np.stack([np.isin(np.asarray(user_ids, dtype=object), np.asarray(b.user_ids, dtype=object)) for b in banks], axis=1) \

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from puma_lightning.config import TASKS
+
 from .splits import chronological_split, keep_latest, limit_users
 from .registry import Dataset, register_dataset
 from .table import InteractionTable
@@ -143,7 +145,7 @@ def make_synthetic_with_truth(
     max_rows_per_user: int | None = None,
 ) -> tuple[InteractionTable, SyntheticTruth]:
     """As :func:`make_synthetic`, also returning the per-row ground truth (for tests and analysis)."""
-    if task not in ("rating", "click"):
+    if task not in TASKS:
         raise ValueError(f"task must be 'rating' or 'click', got {task!r}")
     if n_users < 1 or n_items < 1 or rows_per_user < 1:
         raise ValueError("n_users, n_items and rows_per_user must be >= 1")

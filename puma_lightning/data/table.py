@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from puma_lightning.config import TASKS
+
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
 NO_SPLIT = -1
@@ -55,7 +57,7 @@ class InteractionTable:
             raise ValueError(f"InteractionTable.row_text has {len(self.row_text)} rows, expected {n}")
         if self.item_ids is not None and len(self.item_ids) != len(self.item_texts):
             raise ValueError(f"InteractionTable.item_ids has {len(self.item_ids)} ids for {len(self.item_texts)} items")
-        if self.task not in ("rating", "click"):
+        if self.task not in TASKS:
             raise ValueError(f"InteractionTable.task must be 'rating' or 'click', got {self.task!r}")
 
     @property

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 from omegaconf import DictConfig
 
-from puma_lightning.config import DUPLICATE_POLICIES
+from puma_lightning.config import DUPLICATE_POLICIES, TASKS
 from puma_lightning.errors import PumaError
 
 from ..registry import Dataset, RawFormat, register_dataset
@@ -150,8 +150,8 @@ def _input(dcfg: DictConfig, key: str) -> Path:
 
 
 def _check_config(dcfg: DictConfig) -> None:
-    if dcfg.task not in ("rating", "click"):
-        raise PumaError(f"'data.task' is {dcfg.task!r}; expected one of: rating, click")
+    if dcfg.task not in TASKS:
+        raise PumaError(f"'data.task' is {dcfg.task!r}; expected one of: {', '.join(TASKS)}")
     if dcfg.duplicates not in DUPLICATE_POLICIES:
         raise PumaError(f"'data.duplicates' is {dcfg.duplicates!r}; expected one of: {', '.join(DUPLICATE_POLICIES)}")
 
