@@ -34,6 +34,7 @@ def test_standardized_input_feeds_the_inner_adapter_unit_scale_features():
         with_input_norm(inner, "whiten", prompts)
 
 
+@pytest.mark.slow
 def test_standardized_adapter_is_saved_and_migrate_applies_the_same_map(tmp_path):
     run = tmp_path / "run"
     assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.input_norm=standardize"]) == 0
@@ -61,6 +62,7 @@ def test_an_adapter_file_whose_tensors_do_not_fit_is_a_one_line_error(tmp_path):
         load_adapter(path)
 
 
+@pytest.mark.slow
 def test_adapter_step_budget_head_lr_and_heldout_validation(tmp_path):
     run = tmp_path / "run"
     # 8 selected users x 4 training rows = 32 rows = 4 batches of 8 an epoch: 6 steps cross an epoch boundary
@@ -80,6 +82,7 @@ def validation_steps(run: Path, stage: str = "puma") -> list[int]:
     return [e.step + 1 for e in events.Scalars("val/loss")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("steps", "validations", "expected"), [
     (6, 2, [3, 6]),  # 4 batches a pass: without the spread it validated after step 4 only
     (3, 2, [2, 3]),  # a budget shorter than one pass still validates, the last time after its final step
@@ -95,6 +98,7 @@ def test_step_budget_validates_evenly_and_after_the_final_step(tmp_path, steps, 
     assert record["train_samples"] == steps * 8 and record["best_val_loss"] is not None
 
 
+@pytest.mark.slow
 def test_heldout_all_validation_chooses_the_epoch_on_every_unselected_user(tmp_path):
     run = tmp_path / "run"
     assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.validation=heldout_all"]) == 0
@@ -141,6 +145,7 @@ def test_bad_adapter_levers_name_the_key(override):
         load_config([SMOKE], [override])
 
 
+@pytest.mark.slow
 def test_polish_and_vocab_map_rows(tmp_path):
     run = tmp_path / "run"
     assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.polish_epochs=1", "baselines.vocab_map=true"]) == 0
@@ -214,6 +219,7 @@ def test_only_adapters_with_a_linear_path_accept_the_vocab_map_start():
         load_config([SMOKE], ["adapter.init=zeros"])
 
 
+@pytest.mark.slow
 def test_vocab_map_start_makes_the_untrained_adapter_the_training_free_map(tmp_path):
     """With a learning rate too small to move it, the PUMA bank is the source bank through the vocabulary map; under the
     default start it is not. The map's seconds are recorded with PUMA's wall."""

@@ -63,6 +63,7 @@ def source_banks(tmp_path_factory):
     return paths[0], root / "qwen_minus_one", dropped
 
 
+@pytest.mark.slow
 def test_aggregate_end_to_end_with_a_missing_user(source_banks, tmp_path):
     llama, qwen, dropped = source_banks
     run = tmp_path / "run"

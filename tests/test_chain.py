@@ -46,6 +46,7 @@ def test_later_hops_train_on_the_previous_migrated_bank(chain_run):
     assert (hop1 / "full_retrain" / "bank" / "manifest.json").is_file()
 
 
+@pytest.mark.slow
 def test_rerun_reuses_every_hop(chain_run):
     stamp = (chain_run / "hop2_tiny-gemma3" / "puma" / "bank" / "manifest.json").stat().st_mtime_ns
     before = json.loads((chain_run / "chain.json").read_text())
@@ -54,6 +55,7 @@ def test_rerun_reuses_every_hop(chain_run):
     assert json.loads((chain_run / "chain.json").read_text())["hops"] == before["hops"]
 
 
+@pytest.mark.slow
 def test_chain_needs_two_models(tmp_path, capsys):
     assert main(["chain", "--config", CHAIN, f"run_dir={tmp_path}", "chain.models=[tiny-llama]"]) == 2
     assert "at least two models" in capsys.readouterr().err

@@ -61,6 +61,7 @@ def test_reference_names_are_unique():
         register(Reference("global_mean", "again", REFERENCES["global_mean"].fit))
 
 
+@pytest.mark.slow
 def test_fit_reports_the_references_on_the_same_test_rows(tmp_path):
     assert main(["fit", "--config", SMOKE, f"run_dir={tmp_path}", "baselines.random_init=false",
                  "baselines.full_retrain=false"]) == 0

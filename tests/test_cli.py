@@ -18,6 +18,7 @@ def test_module_help_lists_commands_and_documented_keys():
         assert word in out.stdout
 
 
+@pytest.mark.slow
 def test_command_help_shows_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--help"])
@@ -26,6 +27,7 @@ def test_command_help_shows_options(capsys):
     assert "--config" in out and "--print-config" in out and "prompt.lr" in out
 
 
+@pytest.mark.slow
 def test_print_config_merges_files_and_overrides(capsys, tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text("prompt:\n  epochs: 9\n")

@@ -26,6 +26,7 @@ def test_split_is_seeded_and_disjoint():
         split_new_users(users, 0.2, ["nobody"], 0)
 
 
+@pytest.mark.slow
 def test_cold_start_end_to_end(tmp_path):
     run = tmp_path / "cs"
     assert main(["cold-start", "--config", CONFIG, f"run_dir={run}", *TINY]) == 0

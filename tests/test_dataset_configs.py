@@ -24,6 +24,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_shipped_dataset_config_prepares_and_fits(name, tmp_path):
     make_fixture, sizes, metric = CASES[name]

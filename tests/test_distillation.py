@@ -95,6 +95,7 @@ def test_migration_loss_weights_the_teacher_rows_against_the_real_rows():
     assert torch.allclose(plain.training_loss(batch, logits, output), head.loss(logits, output, batch["label"]))
 
 
+@pytest.mark.slow
 def test_fit_with_distillation_trains_on_teacher_rows_and_pays_for_them(tmp_path):
     run = tmp_path / "run"
     assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.distill_items=3", "prompt.residual=user_item_bias"]) == 0

@@ -119,6 +119,7 @@ def test_migrate_and_test_commands_reproduce_the_fit(smoke_run, tmp_path, capsys
     assert printed["rmse"] == pytest.approx(results["methods"]["puma"]["rmse"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_second_fit_reuses_finished_stages(smoke_run, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(smoke_run, run_dir)
@@ -135,6 +136,7 @@ def test_using_a_bank_on_the_wrong_model_is_a_one_line_error(smoke_run, tmp_path
     assert code == 2 and last.startswith("error:") and "hidden size 32" in last and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_stage_made_with_other_trainer_settings_is_recomputed(smoke_run, tmp_path):
     """Trainer limits change a stage's result, so they are part of its key; cosmetic settings are not."""
     run_dir = tmp_path / "run"
@@ -164,6 +166,7 @@ def test_backbones_are_shared_by_their_whole_load_config(tmp_path):
     assert other.loaded_backbone("target") is not None and other.loaded_backbone("source") is None  # one kept at a time
 
 
+@pytest.mark.slow
 def test_a_stage_gives_the_same_numbers_whatever_ran_before_it(smoke_run, tmp_path):
     """Each stage seeds its own streams: puma without the baselines (random_init ran before it in the
     smoke run, warming the target's prefix cache and drawing from the RNG) gives the same metrics."""
@@ -207,6 +210,7 @@ def test_the_placebo_command_reproduces_the_fit_placebo_of_a_bank(smoke_run, tmp
     assert f"{doc['rmse']['value']:+.4f}" in lines[0] and "personal gain" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_run_cached_before_placebos_gets_them_from_its_banks(smoke_run, tmp_path):
     run_dir = tmp_path / "old"
     shutil.copytree(smoke_run, run_dir)

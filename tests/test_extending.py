@@ -38,6 +38,7 @@ def plugin(tmp_path, monkeypatch):
     sys.modules.pop("my_rows", None)
 
 
+@pytest.mark.slow
 def test_the_pages_row_runs_through_fit_after_the_built_in_rows(tmp_path, plugin, capsys):
     run = tmp_path / "run"
     code = main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, f"plugins=[{plugin}]"])

@@ -87,6 +87,7 @@ def test_answer_hidden_is_what_the_answer_logits_are_projected_from(name):
     assert answer_outputs(lm, RatingHead(), batch, prompts)[1] is None  # a head without a readout: logits only
 
 
+@pytest.mark.slow
 def test_fit_trains_the_readout_serves_it_from_the_bank_and_moves_it_to_the_target(tmp_path):
     run = tmp_path / "run"
     assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST]) == 0
@@ -153,6 +154,7 @@ def test_ridge_readout_stays_zero_where_validation_has_nothing_to_gain():
     assert not weight.any() and bias == 0.0 and record["components"] is None
 
 
+@pytest.mark.slow
 def test_fit_with_a_ridge_readout_records_the_fit_and_does_not_train_it(tmp_path):
     ridge = [*FAST[:-1], "prompt.hidden_readout=ridge", "prompt.residual=user_item_bias"]
     trained = [*FAST, "prompt.residual=user_item_bias"]
@@ -211,6 +213,7 @@ def test_a_neutral_readout_reads_every_row_through_its_own_prompt_once_per_seque
     torch.testing.assert_close(reloaded(logits_a, answer_outputs(lm, reloaded, batch, first)[1]), head(logits_a, hidden_a))
 
 
+@pytest.mark.slow
 def test_puma_fits_the_targets_readout_on_every_users_rows_when_asked(tmp_path):
     ridge = [*FAST[:-1], "prompt.hidden_readout=ridge", "prompt.residual=user_item_bias", "adapter.readout_rows=all"]
     assert main(["fit", "--config", SMOKE, f"run_dir={tmp_path / 'all'}", *ridge]) == 0
@@ -226,6 +229,7 @@ def test_puma_fits_the_targets_readout_on_every_users_rows_when_asked(tmp_path):
     assert puma["train_samples"] == len(table.rows("train", chosen)) < puma["readout"]["train_rows"]
 
 
+@pytest.mark.slow
 def test_puma_can_fit_the_readout_on_every_users_rows_of_the_adapters_items(tmp_path):
     from puma_lightning.pipeline.readout_fit import adapter_items
     from puma_lightning.pipeline.experiment import Experiment

@@ -57,6 +57,7 @@ def test_a_bank_with_its_head_is_tested_as_it_is(tmp_path, trained):
     assert torch.equal(saved.prompts, PromptBank.load(bank_dir).prompts)
 
 
+@pytest.mark.slow
 def test_a_headless_bank_gets_a_head_fitted_on_its_frozen_prompts_and_fit_says_imported(tmp_path, trained, capsys):
     bank_dir, _ = trained
     imported = _headless_copy(bank_dir, tmp_path / "mine")

@@ -114,6 +114,7 @@ def test_a_saved_head_keeps_its_term_on_its_model_and_drops_it_on_another_width(
 ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent H200, see the closing note)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accelerator", ["cpu", pytest.param("gpu", marks=ON_GPU)])
 def test_fit_with_the_term_serves_the_same_predictions_from_its_banks(tmp_path, accelerator):
     run = tmp_path / "run"
@@ -140,6 +141,7 @@ def test_fit_with_the_term_serves_the_same_predictions_from_its_banks(tmp_path, 
     np.testing.assert_allclose(served, stage["prediction"], atol=1e-5 if accelerator == "cpu" else 2e-3)
 
 
+@pytest.mark.slow
 def test_each_hop_of_a_chain_serves_its_own_models_term(tmp_path):
     from conftest import CHAIN, CHAIN_TINY
 

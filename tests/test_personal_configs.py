@@ -60,6 +60,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_shipped_config_fits_with_its_references(name, tmp_path):
     sizes, expected, metric = CASES[name]

@@ -121,6 +121,7 @@ def test_item_text_start_is_the_mean_of_the_users_training_items(tmp_path):
     assert torch.allclose(items[0], lm.embed(torch.tensor(ids)).float().mean(0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fit_with_shared_prompt_user_bias_and_lazy_updates(tmp_path):
     assert main(["fit", "--config", SMOKE, f"run_dir={tmp_path}", *FAST, "baselines.shared_prompt=[source,target]",
                  "prompt.user_bias=true", "prompt.optimizer=lazy_adamw", "prompt.warmup_ratio=0.2"]) == 0
@@ -135,6 +136,7 @@ def test_fit_with_shared_prompt_user_bias_and_lazy_updates(tmp_path):
     assert "+ a per-user bias" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_a_stage_that_stops_improving(tmp_path):
     # learning rates far below fp32 resolution: val/loss is exactly flat, so patience 1 stops after epoch 2 of 6
     assert main(["pretrain", "--config", SMOKE, f"run_dir={tmp_path}", *FAST, "prompt.epochs=6", "prompt.lr=1e-30",

@@ -82,6 +82,7 @@ def test_a_saved_ridge_own_head_keeps_reading_the_own_prompt(tmp_path):
     torch.testing.assert_close(reloaded(logits, hidden), module.head(logits, hidden))
 
 
+@pytest.mark.slow
 def test_fit_runs_with_ridge_own_and_records_what_the_readout_reads(tmp_path):
     import json
 

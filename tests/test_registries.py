@@ -64,6 +64,7 @@ def _write_files(folder: Path) -> None:
     (folder / "ratings.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_custom_dataset_example_from_docs(tmp_path, monkeypatch):
     text = (ROOT / "docs" / "custom_dataset.md").read_text(encoding="utf-8")
     code = re.findall(r"```python\n(.*?)```", text, re.S)[0]

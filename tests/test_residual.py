@@ -93,6 +93,7 @@ def test_fit_with_a_residual_base_says_so_and_predict_serves_it(tmp_path, capsys
     assert np.allclose(served, preds["prediction"], atol=1e-5)  # what `fit` tested, offsets included
 
 
+@pytest.mark.slow
 def test_residual_needs_a_rating_task_and_a_known_base(tmp_path, capsys):
     assert main(["fit", "--config", SMOKE, f"run_dir={tmp_path / 'a'}", "prompt.residual=mf"]) == 2
     assert "'prompt.residual'" in capsys.readouterr().err

@@ -40,6 +40,7 @@ def _check_seeded(doc: dict, seeds: list[int], run_dir: Path) -> None:
         assert (run_dir / f"seed_{s}").is_dir()
 
 
+@pytest.mark.slow
 def test_chain_over_seeds(tmp_path):
     run = tmp_path / "chain"
     assert main(["chain", "--config", CHAIN, f"run_dir={run}", *TINY, "chain.models=[tiny-llama,tiny-qwen2]",
@@ -58,6 +59,7 @@ def test_chain_over_seeds(tmp_path):
     assert "| hop1 tiny-qwen2 migrated | hop1 tiny-qwen2 full_retrain |" in (run / "chain.md").read_text()
 
 
+@pytest.mark.slow
 def test_cold_start_over_seeds_compares_with_scratch(tmp_path):
     run = tmp_path / "cold"
     assert main(["cold-start", "--config", COLD, f"run_dir={run}", *TINY, "cold_start.finetune_epochs=1", "seeds=[0,1]"]) == 0
@@ -74,6 +76,7 @@ def test_cold_start_over_seeds_compares_with_scratch(tmp_path):
     assert new[0] != new[1]
 
 
+@pytest.mark.slow
 def test_aggregate_over_seeds_compares_with_full_retraining(tmp_path):
     run = tmp_path / "agg"
     assert main(["aggregate", "--config", AGG, f"run_dir={run}", *TINY, "seeds=[0,1]"]) == 0
@@ -102,6 +105,7 @@ def test_cost_over_seeds(tmp_path):
     assert "wall-time ratio (full / PUMA) over 2 seeds" in md and "| puma | full_retrain |" in md
 
 
+@pytest.mark.slow
 def test_seeds_on_a_command_without_them_is_a_one_line_error(tmp_path, capsys):
     assert main(["pretrain", "--config", SMOKE, f"run_dir={tmp_path}", "seeds=[0,1]"]) == 2
     err = capsys.readouterr().err.strip()

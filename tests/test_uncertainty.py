@@ -81,6 +81,7 @@ def test_fit_over_seeds_writes_mean_std_and_paired_intervals(seeds_run):
     assert "±" in md and "95 % interval" in md and "| puma | full_retrain |" in md
 
 
+@pytest.mark.slow
 def test_each_seed_is_a_whole_independent_run_equal_to_a_single_fit(seeds_run, tmp_path):
     for seed in (0, 1):
         assert (seeds_run / f"seed_{seed}" / "results.json").is_file()
