@@ -148,6 +148,20 @@ def _from_pretrained(
     return model, tokenizer
 
 
+def model_source(name: str, cache_dir: str | Path | None = None) -> tuple[str, bool]:
+    """Where a model named ``name`` is read from, and whether that is a hub id: a tiny name as itself, a packaged name's
+    converted folder (converted into the cache once), a local folder; a path that does not exist is an error."""
+    if is_tiny_model(name):
+        return name, False
+    if is_packaged_model(name):
+        return str(ensure_packaged_model(name, cache_dir)), False
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser()), False
+    if _looks_like_path(name) or Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model folder {name!r} does not exist (or is not a folder)")
+    return name, True
+
+
 def load_backbone(
     name_or_path: str,
     dtype: str = "auto",
@@ -168,17 +182,7 @@ def load_backbone(
         raise ValueError(f"dtype must be one of 'auto', {', '.join(map(repr, DTYPES))}; got {dtype!r}")
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     tiny = is_tiny_model(name)
-    hub = False
-    if tiny:
-        source = name
-    elif is_packaged_model(name):
-        source = str(ensure_packaged_model(name, cache_dir))
-    elif Path(name).expanduser().is_dir():
-        source = str(Path(name).expanduser())
-    elif _looks_like_path(name) or Path(name).expanduser().exists():
-        raise FileNotFoundError(f"model folder {name!r} does not exist (or is not a folder)")
-    else:
-        source, hub = name, True
+    source, hub = model_source(name, cache_dir)
     local_only = hub and _offline()
     try:
         shape = (0, 0) if tiny or dtype != "auto" else _mlp_shape(source, trust_remote_code, local_only)
@@ -219,16 +223,8 @@ def load_tokenizer(name_or_path: str, cache_dir: str | Path | None = None, trust
         from puma_lightning.models.tiny import build_tiny_tokenizer
 
         return build_tiny_tokenizer(name)
-    if is_packaged_model(name):
-        source = str(ensure_packaged_model(name, cache_dir))
-    elif Path(name).expanduser().is_dir():
-        source = str(Path(name).expanduser())
-    elif _looks_like_path(name) or Path(name).expanduser().exists():
-        raise FileNotFoundError(f"model folder {name!r} does not exist (or is not a folder)")
-    else:
-        source = name
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
-                                         local_files_only=not is_packaged_model(name) and _offline())
+    source, hub = model_source(name, cache_dir)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=hub and _offline())
 
 
 def model_identity(name_or_path: str, cache_dir: str | Path | None = None, trust_remote_code: bool = False) -> tuple[int, str]:
@@ -246,17 +242,10 @@ def model_identity(name_or_path: str, cache_dir: str | Path | None = None, trust
     if is_tiny_model(name):
         model, _ = build_tiny_model(name)
         return hidden_size_of(model), model_fingerprint(model)
-    if is_packaged_model(name):
-        try:
-            source = str(ensure_packaged_model(name, cache_dir))
-        except ModuleNotFoundError as exc:
-            raise PumaError(str(exc)) from None
-    elif Path(name).expanduser().is_dir():
-        source = str(Path(name).expanduser())
-    elif _looks_like_path(name) or Path(name).expanduser().exists():
-        raise FileNotFoundError(f"model folder {name!r} does not exist (or is not a folder)")
-    else:
-        source = name
+    try:
+        source, _ = model_source(name, cache_dir)
+    except ModuleNotFoundError as exc:  # a packaged model whose wheel is not installed
+        raise PumaError(str(exc)) from None
     from transformers import AutoModelForCausalLM
 
     try:
