@@ -6,7 +6,7 @@ same steps on a loss or on FFN clusters) in Kimagure7/Dont-Start-Over at 9d85839
 Given the same cluster labels, the same per-user scores and the same ``random_state``,
 :func:`faithful_allocation` returns the same users in the same order: every ``DataFrame.sample(n,
 random_state=s)`` is a fresh ``RandomState(s).choice`` on the frame in ``sort_values`` order
-(:mod:`.published`). ``tests/test_allocation_faithful.py`` checks this against the published code
+(:mod:`.published`). ``tests/selection/test_allocation_faithful.py`` checks this against the published code
 on the test dependency pandas.
 
 What the published code does, and so what this module does:

@@ -16,7 +16,7 @@ returns the same users, not only the same counts:
   (:func:`pandas_group_variance`), which differs in the last bit from a two-pass variance; those bits
   decide which side of a quantile edge a tied user falls on.
 
-Differences left, on purpose (tests/test_published_presets.py and tests/test_allocation_faithful.py
+Differences left, on purpose (tests/selection/test_published_presets.py and tests/selection/test_allocation_faithful.py
 pin the rest user for user):
 
 * a strategy returns exactly the budget: where a published function returns fewer users (short

@@ -48,7 +48,7 @@ repository's HEAD when this was written; the first-commit notebook ``build_datas
 whitespace-only titles). Recorded as ``rules.follows``; a processed folder made under another is prepared again.
 The rules were read from the copies of this file at glimmeringlight/Dont-Start-Over c93471f and dfc1cf4, which
 differ only in how they cut each user's 85 latest (``nlargest``; a (user, -time) sort then ``head``): both keep
-the same rows, ties going to the earlier line (tests/test_preprocessing_pandas.py runs both)."""
+the same rows, ties going to the earlier line (tests/data/test_preprocessing_pandas.py runs both)."""
 INT64_MAX = 2**63 - 1
 
 

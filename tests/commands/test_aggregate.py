@@ -1,0 +1,109 @@
+"""Aggregated migration: alignment policies, and [tiny-llama 32 + tiny-qwen2 40] -> tiny-gemma3 with a
+user missing from one source, end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from puma_lightning.cli.config_loader import load_config
+from puma_lightning.cli.main import main
+from puma_lightning.errors import PumaError
+from puma_lightning.io.bank import PromptBank, read_manifest
+from puma_lightning.io.lineage import bank_content_hash
+from puma_lightning.commands.aggregate import align_banks
+
+ROOT = Path(__file__).resolve().parents[2]
+AGG = str(ROOT / "configs" / "aggregate.yaml")
+TINY = ["trainer.num_threads=1", "data.n_users=16", "data.rows_per_user=8", "prompt.epochs=1", "adapter.epochs=1",
+        "selection.budget=8"]
+
+
+def _banks():
+    a = PromptBank(torch.ones(3, 1, 2), ["u1", "u2", "u3"], "A", "fa")
+    b = PromptBank(torch.full((2, 1, 3), 2.0), ["u3", "u1"], "B", "fb")  # lacks u2, other order
+    return a, b
+
+
+def test_error_policy_names_the_missing_users():
+    with pytest.raises(PumaError, match=r"source 1 \(B\) lacks 1 .*u2.*aggregate.missing"):
+        align_banks(_banks(), ["u1", "u2", "u3"], "error")
+
+
+def test_drop_policy_keeps_users_in_every_bank():
+    out = align_banks(_banks(), ["u1", "u2", "u3"], "drop")
+    assert out.user_ids == ["u1", "u3"] and out.prompts.shape == (2, 1, 5)
+    assert torch.equal(out.prompts[:, 0, 2:], torch.full((2, 3), 2.0))
+
+
+def test_zero_fill_policy_fills_zeros_and_appends_a_mask():
+    out = align_banks(_banks(), ["u1", "u2", "u3"], "zero_fill")
+    assert out.user_ids == ["u1", "u2", "u3"] and out.prompts.shape == (3, 1, 2 + 3 + 2)
+    assert torch.equal(out.prompts[1, 0], torch.tensor([1.0, 1, 0, 0, 0, 1, 0]))  # B block zero, B indicator 0
+    assert torch.equal(out.prompts[0, 0], torch.tensor([1.0, 1, 2, 2, 2, 1, 1]))
+    assert out.present.tolist() == [[True, True], [True, False], [True, True]]
+
+
+@pytest.fixture(scope="module")
+def source_banks(tmp_path_factory):
+    from puma_lightning.pipeline.experiment import Experiment
+
+    root = tmp_path_factory.mktemp("agg_sources")
+    paths = []
+    for name in ("tiny-llama", "tiny-qwen2"):
+        cfg = load_config([AGG], [*TINY, f"run_dir={root / name}", f"source.name={name}"])
+        exp = Experiment(cfg)
+        exp.pretrain("source", "source")
+        paths.append(exp.stage_dir("source") / "bank")
+    qwen = PromptBank.load(paths[1])
+    dropped = qwen.user_ids[0]
+    keep = qwen.user_ids[1:]
+    PromptBank(qwen.rows_for(keep), keep, qwen.model_name, qwen.model_fingerprint, qwen.info, qwen.head_state).save(root / "qwen_minus_one")
+    return paths[0], root / "qwen_minus_one", dropped
+
+
+@pytest.mark.slow
+def test_aggregate_end_to_end_with_a_missing_user(source_banks, tmp_path):
+    llama, qwen, dropped = source_banks
+    run = tmp_path / "run"
+    assert main(["aggregate", "--config", AGG, f"run_dir={run}", *TINY, f"aggregate.banks=[{llama},{qwen}]",
+                 "aggregate.missing=zero_fill"]) == 0
+    doc = json.loads((run / "aggregate.json").read_text())
+    assert doc["widths"] == [32, 40] and doc["missing_per_source"] == {"tiny-llama": 0, "tiny-qwen2": 1}
+    kinds = {r["kind"]: r for r in doc["rows"]}
+    assert set(kinds) == {"single", "aggregated", "full_retrain"} and len(doc["rows"]) == 4
+    assert kinds["aggregated"]["users"] == 16 and [r["users"] for r in doc["rows"][:2]] == [16, 15]
+    for r in doc["rows"]:
+        assert 0 < r["metrics"]["rmse"] < 4
+        assert r["personal_gain"]["low"] <= r["personal_gain"]["value"] <= r["personal_gain"]["high"]
+    assert "retained" in kinds["aggregated"] and "retained" not in kinds["full_retrain"]
+    assert "retained" not in doc["rows"][1]  # tiny-qwen2 alone is tested on the 15 users it has: other rows
+    agg_bank = PromptBank.load(run / "aggregated_source" / "bank")
+    assert agg_bank.hidden_size == 32 + 40 + 2 and agg_bank.info["aggregate"]["policy"] == "zero_fill"
+    assert float(agg_bank.rows_for([dropped])[0, 0, -1]) == 0.0  # indicator: missing from tiny-qwen2
+    lin = read_manifest(run / "aggregated" / "puma" / "bank")["info"]["lineage"]
+    (src,) = lin["sources"]
+    assert {s["content_hash"] for s in src["lineage"]["sources"]} == {bank_content_hash(llama), bank_content_hash(qwen)}
+    assert PromptBank.load(run / "aggregated" / "puma" / "bank").hidden_size == 48
+    assert (run / "aggregate.png").stat().st_size > 1000 and "tiny-llama + tiny-qwen2" in (run / "aggregate.md").read_text()
+
+
+def test_missing_users_under_the_error_policy_is_a_one_line_error(source_banks, tmp_path, capsys):
+    llama, qwen, dropped = source_banks
+    code = main(["aggregate", "--config", AGG, f"run_dir={tmp_path}", *TINY, f"aggregate.banks=[{llama},{qwen}]",
+                 "aggregate.missing=error"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "lacks 1" in err and dropped in err and "\n" not in err
+
+
+def test_bad_policy_is_rejected_by_the_config():
+    with pytest.raises(PumaError, match="aggregate.missing"):
+        load_config([AGG], ["aggregate.missing=ignore"])
+
+
+def test_distillation_with_an_aggregated_source_is_a_one_line_error(tmp_path, capsys):
+    code = main(["aggregate", "--config", AGG, f"run_dir={tmp_path / 'run'}", *TINY, "adapter.distill_items=4"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "adapter.distill_items" in err and "\n" not in err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
