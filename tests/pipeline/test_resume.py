@@ -63,6 +63,7 @@ def stage_record(run_dir: Path, stage: str) -> dict:
     record = json.loads((run_dir / stage / "stage.json").read_text())
     for clock in ("wall_s", "prefix_s"):  # seconds measured on a shared machine, not results
         record.pop(clock, None)
+    record.get("placebo", {}).pop("wall_s", None)  # the placebo pass's seconds too (its metrics stay compared)
     return record
 
 
