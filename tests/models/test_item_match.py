@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from puma_lightning.cli.config_loader import load_config
-from puma_lightning.cli.main import main, setup_runtime
+from conftest import smoke_prompt_module
+from puma_lightning.cli.main import main
 from puma_lightning.data.encoding import item_text_token_ids
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.heads import build_head, load_head
 from puma_lightning.models.item_match import ITEM_PAD, ItemWordMatch, mean_item_embedding
-from puma_lightning.pipeline.builders import (attach_item_match, build_datamodule, build_prompt_tuning, fresh_head,
-                                              initial_prompts, item_embedding_centre)
+from puma_lightning.pipeline.builders import (attach_item_match, item_embedding_centre)
 from puma_lightning.pipeline.experiment import Experiment
 from puma_lightning.tasks.base import scored_rows
 
@@ -52,15 +52,7 @@ def test_the_mean_item_embedding_ignores_padding():
 
 
 def _module(tmp_path: Path, scale: float):
-    cfg = load_config([SMOKE], [f"run_dir={tmp_path}", *FAST, f"prompt.item_match={scale}"])
-    setup_runtime(cfg)
-    exp = Experiment(cfg)
-    lm, table = exp.backbone("source"), exp.table
-    prompts, unit = initial_prompts(cfg, lm, table)
-    head = fresh_head(cfg, lm, table, 3.0, prompts)  # a stage's head: the term attached where configured
-    module = build_prompt_tuning(cfg, lm, table, head, prompts, unit)
-    dm = build_datamodule(table, lm.tokenizer, cfg, 8)
-    return cfg, lm, table, module, dm
+    return smoke_prompt_module(tmp_path, [*FAST, f"prompt.item_match={scale}"], 3.0)  # the term attached where configured
 
 
 def test_batches_carry_each_rows_own_item_tokens_cut_as_configured(tmp_path):

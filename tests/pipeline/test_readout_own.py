@@ -8,12 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from puma_lightning.cli.config_loader import load_config
-from puma_lightning.cli.main import main, setup_runtime
+from conftest import smoke_prompt_module
+from puma_lightning.cli.main import main
 from puma_lightning.models.heads import load_head
 from puma_lightning.models.templated_rows import TemplatedRows
-from puma_lightning.pipeline.builders import build_datamodule, build_prompt_tuning, fresh_head, initial_prompts
-from puma_lightning.pipeline.experiment import Experiment
 from puma_lightning.pipeline.readout_fit import fit_if_configured
 from puma_lightning.tasks.base import answer_outputs
 
@@ -25,13 +23,7 @@ FAST = ["prompt.epochs=1", "adapter.epochs=1", "data.n_users=12", "data.rows_per
 
 def _fitted(tmp_path: Path, mode: str):
     """A prompt-tuning module on the smoke data with its readout fitted under ``mode``, a batch, and the record."""
-    cfg = load_config([SMOKE], [f"run_dir={tmp_path}", *FAST, f"prompt.hidden_readout={mode}"])
-    setup_runtime(cfg)
-    exp = Experiment(cfg)
-    lm, table = exp.backbone("source"), exp.table
-    prompts, scale = initial_prompts(cfg, lm, table)
-    module = build_prompt_tuning(cfg, lm, table, fresh_head(cfg, lm, table, 0.0, prompts), prompts, scale)
-    dm = build_datamodule(table, lm.tokenizer, cfg, 8)
+    cfg, lm, _, module, dm = smoke_prompt_module(tmp_path, [*FAST, f"prompt.hidden_readout={mode}"], 0.0)
     record = fit_if_configured(cfg, module, dm)
     batch = dm.collate([dm.dataset("train")[i] for i in range(8)])
     with torch.no_grad():  # a readout with weight, whatever the fit chose on this tiny table, so that its channel shows
