@@ -150,8 +150,8 @@ READOUT_ROWS = ("selected", "adapter_items", "all")
 """``adapter.readout_rows`` choices."""
 RATING_ONLY = {"prompt.residual": ("item_bias", "user_item_bias"), "prompt.hidden_readout": ("ridge", "ridge_own")}
 """Option values that fit ratings (a bias model, a ridge on the rating): refused when the config loads for a click task."""
-ADAPTER_INITS = ("random", "vocab_map", "match_map")
-"""``adapter.init`` choices (``vocab_map``, ``match_map``: see :mod:`puma_lightning.pipeline.vocab_map`)."""
+ADAPTER_INITS = ("random", "vocab_map", "match_map", "item_map")
+"""``adapter.init`` choices (``vocab_map``, ``match_map``, ``item_map``: see :mod:`puma_lightning.pipeline.vocab_map`)."""
 
 
 @dataclass
@@ -247,8 +247,9 @@ class AdapterConfig:
     correction to zero), so training starts from the training-free migration instead of from noise; the map's fit,
     loading the source model included, is part of PUMA's cost. ``match_map``: start it instead as the map that carries
     the item-word match term (``prompt.item_match``): the transpose of the least-squares map from the target's token
-    embeddings to the source's, scaled so a migrated prompt scores each item's words as its source prompt did. Both need
-    an adapter with a linear path (``compact``)."""
+    embeddings to the source's, scaled so a migrated prompt scores each item's words as its source prompt did.
+    ``item_map``: ``match_map`` corrected on the catalogue's item texts, so the term is carried on the items the
+    users rate. All need an adapter with a linear path (``compact``)."""
     input_norm: str = "none"
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
     validation: str = "selected"

@@ -228,7 +228,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"'adapter.distill_weight' must be >= 0, got {cfg.adapter.distill_weight}")
     if cfg.adapter.steps is not None and cfg.adapter.steps < 1:
         raise ConfigError(f"'adapter.steps' must be >= 1 or null, got {cfg.adapter.steps}")
-    if cfg.adapter.init in ("vocab_map", "match_map"):
+    if cfg.adapter.init != "random":
         from puma_lightning.models.adapters import linear_path_kinds
 
         if cfg.adapter.kind not in linear_path_kinds():

@@ -13,6 +13,13 @@ so that the adapter's first step already maps every prompt where the two vocabul
 ``<p @ A, e_t> = k <p, e_t @ M> ~ k <p, e_s>``, and ``k`` the ratio of the two terms' normalisations makes the
 scores equal. ``vocab_map``'s ``W`` (``e_s @ W ~ e_t``) does not: ``<p @ W, e_t> ~ <p, e_s @ W W^T>``, equal only
 where ``W W^T`` is a multiple of the identity.
+
+``adapter.init=item_map`` is ``match_map`` corrected on the catalogue: the match term reads items through the *mean*
+embedding of their text's tokens, and a map fitted on some 30k single tokens carries those means only
+approximately. ``item_map`` keeps ``M`` for every direction the catalogue does not use and adds the ridge
+least-squares correction ``D`` that sends the target's centred item embeddings onto the source's
+(``E_t (M + D) ~ E_s``), so the term is carried on the catalogue's own items. It reads item texts, never a user's
+rows, and needs no training.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -129,7 +137,39 @@ def experiment_token_pairs(exp: Any) -> TokenPairs:
                       time.perf_counter() - start - target_load_s)
 
 
-START_MAPS = {"vocab_map": experiment_vocab_map, "match_map": experiment_match_map}
+def experiment_item_map(exp: Any) -> VocabMap:
+    """``match_map`` corrected so it carries the match term on the catalogue's items (module docstring); leaves the
+    target loaded."""
+    from puma_lightning.pipeline.builders import item_text_embeddings
+
+    start = time.perf_counter()
+    texts = [exp.table.item_texts[int(i)] for i in np.unique(exp.table.item)]
+    max_tokens = exp.cfg.data.max_item_tokens
+    source_items = item_text_embeddings(exp.backbone("source"), texts, max_tokens)
+    own_s = time.perf_counter() - start
+    pairs = experiment_token_pairs(exp)  # the source model is still loaded; this loads the target
+    start = time.perf_counter()
+    target_items = item_text_embeddings(exp.backbone("target"), texts, max_tokens)
+    weight = item_map_weight(pairs, source_items, target_items)
+    return VocabMap(weight, pairs.count, pairs.seconds + own_s + time.perf_counter() - start)
+
+
+def item_map_weight(pairs: TokenPairs, source_items: torch.Tensor, target_items: torch.Tensor,
+                    ridge: float = VOCAB_RIDGE) -> torch.Tensor:
+    """``[d_s, d_t]``: ``k * (M + D)^T``, ``M`` the token map of :func:`match_map_weight` and ``D`` the ridge fit of
+    what ``M`` misses on the centred item embeddings ``[n_items, d]`` (``E_s - E_t M`` regressed on ``E_t``)."""
+    import math
+
+    to_source = fit_vocab_map(pairs.target, pairs.source, ridge).double()  # [d_t, d_s]
+    e_t = (target_items - target_items.mean(0)).double()
+    e_s = (source_items - source_items.mean(0)).double()
+    correction = fit_vocab_map(e_t, e_s - e_t @ to_source, ridge).double()
+    d_s, d_t = pairs.source.shape[1], pairs.target.shape[1]
+    k = (pairs.target_std ** 2 * math.sqrt(d_t)) / (pairs.source_std ** 2 * math.sqrt(d_s))
+    return (k * (to_source + correction).T).float().contiguous()
+
+
+START_MAPS = {"vocab_map": experiment_vocab_map, "match_map": experiment_match_map, "item_map": experiment_item_map}
 """``adapter.init`` values that start the adapter's linear path as a closed-form map, and their fits."""
 
 

@@ -187,3 +187,30 @@ def test_a_flat_head_starts_at_its_bias_for_every_row_and_still_learns(task):
     head.loss(logits, out, label).backward()
     last = head.mlp[-1].weight if task == "rating" else head.scale
     assert last.grad is not None and last.grad.abs().sum() > 0  # the zeroed weights are trained
+
+
+def test_the_item_map_carries_the_term_on_the_catalogue_where_the_token_map_only_approximates_it():
+    from puma_lightning.pipeline.vocab_map import TokenPairs, item_map_weight, match_map_weight
+
+    gen = torch.Generator().manual_seed(0)
+    d_s, d_t, n, n_items, s_std, t_std = 12, 16, 4000, 9, 0.2, 1.5
+    source = torch.randn(n, d_s, generator=gen) * s_std
+    mix = torch.randn(d_s, d_t, generator=gen) * (t_std / s_std / math.sqrt(d_s))
+    target = source @ mix + torch.randn(n, d_t, generator=gen) * t_std  # tokens: a noisy linear image
+    # the catalogue's item embeddings follow another relation than single tokens do (means of several tokens)
+    items_s = torch.randn(n_items, d_s, generator=gen) * s_std
+    items_t = items_s @ torch.randn(d_s, d_t, generator=gen) * (t_std / s_std / math.sqrt(d_s))
+    pairs = TokenPairs(source, target, s_std, t_std, 0.0)
+    prompts = torch.randn(5, d_s, generator=gen) * s_std
+    source_match, target_match = ItemWordMatch(d_s), ItemWordMatch(d_t)
+    source_match.set(0.3, torch.zeros(d_s), items_s.mean(0), s_std)
+    target_match.set(0.3, torch.zeros(d_t), items_t.mean(0), t_std)
+
+    def scores(match, p, e):
+        return torch.stack([match(p, e_i.expand(len(p), -1)) for e_i in e], dim=1)
+
+    on_source = scores(source_match, prompts, items_s)
+    by_items = scores(target_match, prompts @ item_map_weight(pairs, items_s, items_t, ridge=1e-8), items_t)
+    by_tokens = scores(target_match, prompts @ match_map_weight(source, target, s_std, t_std, ridge=1e-8), items_t)
+    torch.testing.assert_close(by_items, on_source, atol=1e-3, rtol=1e-3)
+    assert (by_tokens - on_source).abs().max() > 10 * (by_items - on_source).abs().max()
