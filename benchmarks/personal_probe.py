@@ -152,7 +152,7 @@ def probe_lever(config: Sequence[str], overrides: Sequence[str], lever: str, see
     from puma_lightning.pipeline.classic import references_for
     from puma_lightning.pipeline.experiment import Experiment
     from puma_lightning.pipeline.seeding import seed_stage
-    from puma_lightning.pipeline.readout_fit import fit_if_configured
+    from puma_lightning.pipeline.levers.hooks import before_train
     from puma_lightning.pipeline.training import make_trainer
 
     run_dir = out / lever / f"seed_{seed}"
@@ -176,7 +176,7 @@ def probe_lever(config: Sequence[str], overrides: Sequence[str], lever: str, see
     module = build_prompt_tuning(cfg, lm, table, head, prompts, scale).to(lm.device)
     dm = exp.datamodule(lm, cfg.prompt.batch_size)
     start = time.perf_counter()
-    readout = fit_if_configured(cfg, module, dm)
+    readout = before_train(cfg, module, dm).get("readout")
     epochs = int(epochs or cfg.prompt.epochs)
     curve: list[dict[str, Any]] = []
 

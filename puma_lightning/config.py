@@ -8,7 +8,7 @@ Unknown keys and wrong types are rejected with one line naming the key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 
 TASKS = ("rating", "click")
@@ -134,24 +134,12 @@ class ModelConfig:
 
 PROMPT_OPTIMIZERS = ("adamw", "lazy_adamw")
 """``prompt.optimizer`` choices (built by :func:`puma_lightning.tasks.optim.build_optimizer`)."""
-RESIDUAL_BASES = ("none", "item_bias", "user_item_bias")
-"""``prompt.residual`` choices (see :mod:`puma_lightning.pipeline.residual`)."""
 PROMPT_STARTS = ("random", "item_text")
 """``prompt.init_from`` choices (see :func:`puma_lightning.pipeline.builders.initial_prompts`)."""
 HEAD_STARTS = ("random", "flat")
 """``prompt.head_start`` choices (see :meth:`puma_lightning.models.heads.RatingHead.start_flat`)."""
-HIDDEN_READOUTS = ("none", "trained", "ridge", "ridge_own")
-"""``prompt.hidden_readout`` choices (see :mod:`puma_lightning.models.heads` and :mod:`puma_lightning.pipeline.readout_fit`)."""
-INPUT_NORMS = ("none", "standardize")
-"""``adapter.input_norm`` choices (see :mod:`puma_lightning.models.adapters.normalized`)."""
 ADAPTER_VALIDATION = ("selected", "heldout", "heldout_all")
 """``adapter.validation`` choices."""
-READOUT_ROWS = ("selected", "adapter_items", "all")
-"""``adapter.readout_rows`` choices."""
-RATING_ONLY = {"prompt.residual": ("item_bias", "user_item_bias"), "prompt.hidden_readout": ("ridge", "ridge_own")}
-"""Option values that fit ratings (a bias model, a ridge on the rating): refused when the config loads for a click task."""
-ADAPTER_INITS = ("random", "vocab_map", "match_map", "item_map")
-"""``adapter.init`` choices (``vocab_map``, ``match_map``, ``item_map``: see :mod:`puma_lightning.pipeline.vocab_map`)."""
 
 
 @dataclass
@@ -361,7 +349,12 @@ class ExperimentConfig:
     """``fit``, ``chain``, ``aggregate``, ``cold-start``: run the whole command once per seed (each its own data subset, source prompts, selection and adapter) in ``<run_dir>/seed_<s>/``, then write one table of mean ± std over seeds with paired bootstrap intervals on the same test rows (``fit``: against ``full_retrain`` and ``random_init``; ``chain``: each hop against its full retraining; ``aggregate``: against full retraining; ``cold-start``: against ``scratch``), e.g. ``seeds=[0,1,2]``. None: one run with ``seed``."""
     plugins: List[str] = field(default_factory=list)
     """Python modules imported when the config loads, before anything is looked up: yours that register datasets,
-    templates, selection strategies or results rows (``docs/extending.md``), e.g. ``plugins=[my_rows]``."""
+    templates, selection strategies, results rows or levers (``docs/extending.md``), e.g. ``plugins=[my_rows]``."""
+    levers: Dict[str, Any] = field(default_factory=dict)
+    """The settings of levers of your own (``docs/extending.md``), one section per lever: ``levers.NAME.KEY=value``;
+    each is filled with its lever's defaults when the config loads. The built-in levers keep their keys in ``prompt``
+    and ``adapter`` (``prompt.residual``, ``prompt.hidden_readout``, ``prompt.item_match``, ``adapter.init``,
+    ``adapter.input_norm``, ``adapter.distill_items``)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Dataset and template."""
     source: ModelConfig = field(default_factory=ModelConfig)

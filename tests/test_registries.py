@@ -86,10 +86,10 @@ def test_custom_dataset_example_from_docs(tmp_path, monkeypatch):
 
 
 def test_every_closed_form_adapter_start_is_a_config_choice_and_back():
-    from puma_lightning.config import ADAPTER_INITS
-    from puma_lightning.pipeline.vocab_map import START_MAPS
+    from puma_lightning.cli.config_loader import choices
+    from puma_lightning.pipeline.levers.adapter_init import START_MAPS
 
-    assert set(ADAPTER_INITS) == {"random", *START_MAPS}
+    assert set(choices()["adapter.init"]) == {"random", *START_MAPS}
 
 
 def test_the_dtype_choices_are_the_loaders_dtypes_and_auto():

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from puma_lightning.config import (ADAPTER_INITS, ADAPTER_VALIDATION, DUPLICATE_POLICIES, EVAL_SPLITS, HEAD_STARTS, MISSING_POLICIES,
-                                   MODEL_DTYPES, MODEL_SIDES, OUTPUT_SCALES, PROMPT_INITS, RATING_ONLY, TASKS, HIDDEN_READOUTS, INPUT_NORMS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
-                                   READOUT_ROWS, RESIDUAL_BASES, SPLIT_METHODS, ExperimentConfig)
+from puma_lightning.config import (ADAPTER_VALIDATION, DUPLICATE_POLICIES, EVAL_SPLITS, HEAD_STARTS, MISSING_POLICIES, MODEL_DTYPES,
+                                   MODEL_SIDES, OUTPUT_SCALES, PROMPT_INITS, TASKS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
+                                   SPLIT_METHODS, ExperimentConfig)
 from puma_lightning.data.datasets import dataset_names
 from puma_lightning.errors import PumaError
+from puma_lightning.pipeline.levers.registry import check_config, lever_choices
 
 if TYPE_CHECKING:  # importlib.resources.abc from Python 3.11; importlib.abc before
     from importlib.resources.abc import Traversable
@@ -49,19 +50,22 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "prompt.init": PROMPT_INITS,
     "prompt.optimizer": PROMPT_OPTIMIZERS,
     "prompt.init_from": PROMPT_STARTS,
-    "prompt.hidden_readout": HIDDEN_READOUTS,
     "prompt.head_start": HEAD_STARTS,
-    "adapter.readout_rows": READOUT_ROWS,
-    "prompt.residual": RESIDUAL_BASES,
     "adapter.kind": adapter_kinds,
     "adapter.output_scale": OUTPUT_SCALES,
-    "adapter.input_norm": INPUT_NORMS,
-    "adapter.init": ADAPTER_INITS,
     "adapter.validation": ADAPTER_VALIDATION,
     "model": MODEL_SIDES,
     "split": EVAL_SPLITS,
     "aggregate.missing": MISSING_POLICIES,
 }
+"""The choices of the options that are not a lever's (a lever's own are in the lever registry: :func:`choices`)."""
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Every config key with a list of allowed values: :data:`CHOICES`, then every registered lever's options (plugins
+    included, read when called): what validation checks, ``--help`` shows and the errors list."""
+    listed = {key: (values() if callable(values) else values) for key, values in CHOICES.items()}
+    return {**listed, **lever_choices()}
 
 
 class ConfigError(PumaError):
@@ -178,10 +182,14 @@ def validate(cfg: DictConfig) -> None:
         except ImportError as exc:
             raise ConfigError(f"'{key}' is {name!r}, which cannot be imported ({exc})") from None
     for key, listed in CHOICES.items():
-        choices = listed() if callable(listed) else listed  # registries: read when validating, plugins included
+        allowed = listed() if callable(listed) else listed  # registries: read when validating, plugins included
         value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"'{key}' is {value!r}; expected one of: {', '.join(choices)}")
+        if value not in allowed:
+            raise ConfigError(f"'{key}' is {value!r}; expected one of: {', '.join(allowed)}")
+    try:  # the levers' sections filled in, their options among their values, rating-only values refused on a click task
+        check_config(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     from puma_lightning.data.datasets import get_dataset
     from puma_lightning.data.templates import TEMPLATES
 
@@ -190,13 +198,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"'data.split_by' is {cfg.data.split_by!r}, but dataset {cfg.data.name!r} is built in and always splits "
                           "chronologically; split_by applies to the datasets read from raw files")
     template = checked_template(cfg)
-    if cfg.data.task != "rating":  # what fits ratings has nothing to fit on a click task: say so before any work
-        for key, values in RATING_ONLY.items():
-            if OmegaConf.select(cfg, key) in values:
-                raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} fits ratings, but data.task={cfg.data.task}; "
-                                  f"use {key}=none" + (" or trained" if key == "prompt.hidden_readout" else ""))
-        if cfg.data.get("rated_history"):
-            raise ConfigError(f"'data.rated_history' is {cfg.data.rated_history}: a history of ratings needs data.task=rating")
+    if cfg.data.task != "rating" and cfg.data.get("rated_history"):
+        raise ConfigError(f"'data.rated_history' is {cfg.data.rated_history}: a history of ratings needs data.task=rating")
     history = cfg.data.get("rated_history") or 0
     if history < 0:
         raise ConfigError(f"'data.rated_history' must be >= 0, got {history}")
@@ -222,18 +225,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"'{part}.early_stopping_patience' must be >= 1 or null, got {patience}")
     if cfg.adapter.polish_epochs < 0:
         raise ConfigError(f"'adapter.polish_epochs' must be >= 0, got {cfg.adapter.polish_epochs}")
-    if cfg.adapter.distill_items < 0:
-        raise ConfigError(f"'adapter.distill_items' must be >= 0, got {cfg.adapter.distill_items}")
-    if not cfg.adapter.distill_weight >= 0:
-        raise ConfigError(f"'adapter.distill_weight' must be >= 0, got {cfg.adapter.distill_weight}")
     if cfg.adapter.steps is not None and cfg.adapter.steps < 1:
         raise ConfigError(f"'adapter.steps' must be >= 1 or null, got {cfg.adapter.steps}")
-    if cfg.adapter.init != "random":
-        from puma_lightning.models.adapters import linear_path_kinds
-
-        if cfg.adapter.kind not in linear_path_kinds():
-            raise ConfigError(f"'adapter.init' is {cfg.adapter.init!r}, which sets an adapter's linear path, but 'adapter.kind' "
-                              f"{cfg.adapter.kind!r} has none; use one of: {', '.join(linear_path_kinds())}")
     if cfg.target.get("bank"):
         raise ConfigError(f"'target.bank' is {cfg.target.bank!r}, but only the source's prompts can be imported (source.bank); "
                           "the target's bank is what a migration makes")

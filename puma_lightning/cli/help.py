@@ -47,21 +47,39 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def describe_config(cls: type = config_module.ExperimentConfig, prefix: str = "", only: Sequence[str] | None = None) -> str:
-    """One line per config key: ``key (default): docstring``; nested sections are expanded.
+    """One line per config key: ``key (default; one of: choices): docstring``; nested sections are expanded. The
+    choices are the config loader's (:func:`~puma_lightning.cli.config_loader.choices`: the registries').
 
     ``only``: the top-level keys to show (a command's own), in the config's order."""
+    from puma_lightning.cli.config_loader import choices
+
+    listed = choices()
     lines: list[str] = []
     docs = _field_docs().get(cls.__name__, {})
     for f in dataclasses.fields(cls):
-        if only is not None and not prefix and f.name not in only:
-            continue
+        if only is not None and not prefix and f.name not in only and not (f.name == "levers" and "plugins" in only):
+            continue  # (the levers' sections go with the plugins that register them)
         key = f"{prefix}{f.name}"
         default: Any = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
             lines.append(f"  {key}: {docs.get(f.name, '')}")
             lines.append(describe_config(type(default), key + "."))
         else:
-            lines.append(f"  {key} (default {default!r}): {docs.get(f.name, '')}")
+            allowed = f"; one of: {', '.join(listed[key])}" if key in listed else ""
+            lines.append(f"  {key} (default {default!r}{allowed}): {docs.get(f.name, '')}")
+    if not prefix and (only is None or "plugins" in only):
+        lines.append(describe_levers())
+    return "\n".join(lines)
+
+
+def describe_levers() -> str:
+    """Every registered lever: its options, and for a lever of your own its section's settings (``levers.NAME.KEY``)."""
+    from puma_lightning.pipeline.levers.registry import LEVERS
+
+    lines = ["  levers registered (docs/extending.md):"]
+    for name, lever in LEVERS.items():
+        lines.append(f"    {name}: {lever.description or ' '.join((type(lever).__doc__ or '').split())} "
+                     f"[{', '.join(o.key for o in lever.options)}]")
     return "\n".join(lines)
 
 

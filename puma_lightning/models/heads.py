@@ -218,7 +218,7 @@ def load_head(task: str, state: dict[str, torch.Tensor], hidden_size: int | None
     ``hidden_size``: the width of the model the head will run on; where the state's readout reads another
     width (a head moved to another model), everything but the readout is loaded and the readout restarts
     at zero on the new width. An item-word match term of another width is dropped (the stage that moves the
-    head attaches the new model's own, see ``pipeline.builders.attach_item_match``)."""
+    head attaches the new model's own, see ``pipeline.levers.item_match.attach_item_match``)."""
     width = readout_width(state)
     match = saved_item_match_width(state)
     if match is not None and hidden_size is not None and match != hidden_size:

@@ -77,9 +77,9 @@ def build_datamodule(table: InteractionTable, tokenizer: Any, cfg: DictConfig, b
                      train_users: np.ndarray | None = None, eval_users: np.ndarray | None = None,
                      row_offset: np.ndarray | None = None) -> Any:
     """The datamodule rendering ``table`` through the configured template for ``tokenizer``; each row's output
-    offset is ``row_offset``, else the configured residual base fitted on ``table`` (``prompt.residual``)."""
+    offset is ``row_offset``, else the levers' offsets fitted on ``table`` (a residual base, ``prompt.residual``)."""
     from puma_lightning.data.datamodule import PromptDataModule
-    from puma_lightning.pipeline.residual import row_offsets
+    from puma_lightning.pipeline.levers.hooks import row_offsets
 
     return PromptDataModule(table, tokenizer, resolve_template(cfg.data.template, str(cfg.data.task)), prompt_length=cfg.prompt.length,
                             batch_size=batch_size, eval_batch_size=2 * batch_size, train_users=train_users,
@@ -110,37 +110,21 @@ def item_embedding_centre(lm: Any, table: InteractionTable, max_tokens: int | No
     return item_text_embeddings(lm, texts, max_tokens).double().mean(0).float()
 
 
-def attach_item_match(cfg: DictConfig, head: Any, lm: Any, table: InteractionTable, start: "torch.Tensor") -> None:
-    """Give ``head`` the item-word match term of ``prompt.item_match`` on ``lm`` (``models/item_match.py``), anchored
-    at the mean of the prompts ``start`` ``[N, l, d]`` the stage starts from; with ``prompt.item_match`` 0 the head has
-    none. Called where a head starts on a model with a new bank (a stage's own prompts, PUMA's, a mapped bank)."""
-    scale = float(cfg.prompt.get("item_match", 0.0) or 0.0)
-    if scale == 0.0:
-        head.item_match = None
-        return
-    centre = item_embedding_centre(lm, table, cfg.data.max_item_tokens)
-    anchor = start.detach().float().reshape(-1, lm.hidden_size).mean(0)
-    head.attach_item_match(lm.hidden_size).set(scale, anchor, centre, lm.embedding_std())
-
-
-def reads_hidden(cfg: DictConfig) -> bool:
-    """Whether the configured heads read the hidden state (``prompt.hidden_readout`` other than ``none``)."""
-    return str(cfg.prompt.get("hidden_readout", "none")) != "none"
-
-
 def fresh_head(cfg: DictConfig, lm: Any, table: InteractionTable, start: float, prompts: "torch.Tensor | None") -> Any:
     """A new head for ``table``'s task on ``lm``, its output starting at ``start``, for the bank ``prompts``
-    ``[N, l, d]`` (on ``lm``) a stage starts from: it reads ``lm``'s hidden state too unless ``prompt.hidden_readout`` is
-    ``none``, and carries the item-word match term anchored at ``prompts`` where ``prompt.item_match`` is on.
-    ``prompts=None``: the stage has no such bank yet and attaches the term itself (PUMA, where its adapter starts)."""
+    ``[N, l, d]`` (on ``lm``) a stage starts from: it reads ``lm``'s hidden state too where a lever asks
+    (``prompt.hidden_readout``), and the levers set it up for ``prompts`` (the item-word match term anchored there,
+    ``prompt.item_match``). ``prompts=None``: the stage has no such bank yet and sets the head up itself (PUMA, where its
+    adapter starts)."""
     from puma_lightning.models.heads import build_head
+    from puma_lightning.pipeline.levers.hooks import reads_hidden, start_head
 
     head = build_head(table.task, lm.hidden_size if reads_hidden(cfg) else None)
     head.init_bias(start)
     if cfg.prompt.get("head_start", "random") == "flat":
         head.start_flat()
     if prompts is not None:
-        attach_item_match(cfg, head, lm, table, prompts)
+        start_head(cfg, head, lm, table, lambda: prompts)
     return head
 
 

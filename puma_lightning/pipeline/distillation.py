@@ -16,14 +16,12 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from puma_lightning.data.table import SPLIT_NAMES, InteractionTable
-from puma_lightning.tasks import TeacherRows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["adapter_training_rows", "teach", "unrated_pairs", "with_teacher_rows"]
+__all__ = ["teach", "unrated_pairs", "with_teacher_rows"]
 
 
 def unrated_pairs(table: InteractionTable, users: np.ndarray, per_user: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +85,8 @@ def teach(exp: Any, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, n
 def with_teacher_rows(cfg: Any, table: InteractionTable, users: np.ndarray, items: np.ndarray,
                       labels: np.ndarray) -> tuple[InteractionTable, np.ndarray | None]:
     """``table`` with the pairs appended as training rows labelled by the teacher (indices from ``len(table)`` on), and
-    every row's residual offset from the bias model fitted on ``table`` alone (teacher labels never enter that fit)."""
-    from puma_lightning.pipeline.residual import bias_terms, row_offsets
+    every row's offset from the levers fitted on ``table`` alone (teacher labels never enter a residual base's fit)."""
+    from puma_lightning.pipeline.levers.hooks import pair_offsets
 
     history = None if table.row_text is None else [*table.row_text, *_latest_history(table, users)]
     last = int(table.timestamp.max()) + 1 if len(table) else 0
@@ -99,25 +97,4 @@ def with_teacher_rows(cfg: Any, table: InteractionTable, users: np.ndarray, item
         split=np.concatenate([table.split, np.full(len(users), SPLIT_NAMES["train"], np.int8)]),
         user_ids=table.user_ids, item_texts=table.item_texts, task=table.task,
         meta={**table.meta, "teacher_rows": int(len(users))}, row_text=history, item_ids=table.item_ids)
-    base = row_offsets(cfg, table)
-    if base is None:
-        return grown, None
-    mu, bu, bi = bias_terms(cfg, table)
-    return grown, np.concatenate([base, (mu + bu[users] + bi[items]).astype(np.float32)])
-
-
-def adapter_training_rows(exp: Any, users: np.ndarray) -> tuple[TeacherRows | None, InteractionTable, np.ndarray | None]:
-    """The adapter's training table and its rows' residual offsets: the experiment's own, or with
-    ``adapter.distill_items`` the same plus the source model's teacher rows for the selected ``users`` (and what the
-    task needs to weight them)."""
-    from puma_lightning.pipeline.residual import row_offsets
-
-    cfg, table = exp.cfg, exp.table
-    if not cfg.adapter.distill_items:
-        return None, table, row_offsets(cfg, table)
-    pair_users, pair_items = unrated_pairs(table, users, int(cfg.adapter.distill_items), int(cfg.seed))
-    prediction, distribution, seconds = teach(exp, pair_users, pair_items)
-    grown, offsets = with_teacher_rows(cfg, table, pair_users, pair_items, prediction)
-    log.info("distillation: %d teacher rows from %s for %d selected users (%.1f s)", len(pair_users), cfg.source.name,
-             len(users), seconds)
-    return TeacherRows(len(table), torch.from_numpy(distribution), float(cfg.adapter.distill_weight), seconds), grown, offsets
+    return grown, pair_offsets(cfg, table, grown)

@@ -90,7 +90,7 @@ class Experiment:
 
     def mean_label(self) -> float:
         """Where a fresh rating head starts: the mean training label (the mean residual with ``prompt.residual``)."""
-        from puma_lightning.pipeline.residual import start_label
+        from puma_lightning.pipeline.levers.hooks import start_label
 
         return start_label(self.cfg, self.table)
 

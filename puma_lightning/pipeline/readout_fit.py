@@ -133,26 +133,6 @@ def adapter_items(table: InteractionTable, train_users: np.ndarray, eval_users: 
     return np.unique(table.item[rows])
 
 
-RIDGE_READOUTS = ("ridge", "ridge_own")
-"""``prompt.hidden_readout`` choices fitted here before a stage trains."""
-
-
-def fit_if_configured(cfg: Any, module: Any, datamodule: Any) -> dict[str, Any] | None:
-    """:func:`fit_readout` under ``prompt.hidden_readout=ridge`` or ``ridge_own`` (its record), else nothing (None).
-
-    Under ``ridge_own`` the fitted, frozen readout then reads each row through the user's own prompt
-    (:meth:`~puma_lightning.models.heads.HiddenReadout.read_own`): the term a prompt can steer, and the channel its
-    gradient arrives through."""
-    mode = str(cfg.prompt.get("hidden_readout", "none"))
-    if mode not in RIDGE_READOUTS or getattr(module.head, "readout", None) is None:
-        return None
-    record = fit_readout(module, datamodule)
-    if mode == "ridge_own":
-        module.head.readout.read_own()
-        record["reads"] = "own prompt"
-    return record
-
-
 def fit_readout(module: Any, datamodule: Any) -> dict[str, Any]:
     """Fit ``module.head``'s readout by ridge (see the module docstring) on ``datamodule``'s training rows, chosen
     on its validation rows, freeze it, and return the record (chosen components and penalty, validation RMSE

@@ -19,7 +19,7 @@ import numpy as np
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.errors import PumaError
 
-__all__ = ["bias_terms", "pair_offsets", "row_offsets", "start_label"]
+__all__ = ["bias_terms", "pair_offsets", "row_offsets"]
 
 
 def bias_terms(cfg: Any, table: InteractionTable) -> tuple[float, np.ndarray, np.ndarray] | None:
@@ -63,12 +63,3 @@ def pair_offsets(cfg: Any, fitted_on: InteractionTable, pairs: InteractionTable)
     index = {u: k for k, u in enumerate(fitted_on.user_ids)}
     user_bias = np.array([bu[index[u]] if u in index else 0.0 for u in pairs.user_ids])
     return (mu + user_bias[pairs.user] + bi[pairs.item]).astype(np.float32)
-
-
-def start_label(cfg: Any, table: InteractionTable) -> float:
-    """Where a fresh rating head's output starts: the mean training label, or with a residual base the mean
-    training residual (about 0)."""
-    rows = table.rows("train")
-    offsets = row_offsets(cfg, table)
-    target = table.label[rows].astype(np.float64) - (offsets[rows] if offsets is not None else 0.0)
-    return float(target.mean()) if len(rows) else 0.0

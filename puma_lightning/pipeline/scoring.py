@@ -18,7 +18,7 @@ def score_rows(cfg: DictConfig, run_dir: Path, lm: Any, head: Any, prompts: torc
     (one per user of ``pairs``) and ``head`` on ``lm`` in Lightning's predict loop; a residual base is fitted on
     ``fitted_on`` (the dataset the prompts were trained on) and read at the pairs."""
     from puma_lightning.pipeline.builders import build_datamodule
-    from puma_lightning.pipeline.residual import pair_offsets
+    from puma_lightning.pipeline.levers.hooks import pair_offsets
     from puma_lightning.pipeline.training import make_trainer
     from puma_lightning.tasks import PromptTuning
 

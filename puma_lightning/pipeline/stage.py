@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from puma_lightning.pipeline.distributed import on_rank_zero
+from puma_lightning.pipeline.levers.registry import lever_key
 from puma_lightning.pipeline.placebo import placebo_pass
 from puma_lightning.pipeline.seeding import seed_stage
 
@@ -125,7 +126,8 @@ class Stage(ABC):
 def run_stage(exp: Any, stage: Stage) -> dict[str, Any]:
     """Run ``stage`` in the run context ``exp`` (an :class:`~puma_lightning.pipeline.experiment.Experiment`), or reuse
     its record; returns the record."""
-    key = config_key(*stage.key_parts(exp))
+    levers = lever_key(exp.cfg)  # the sections of levers of your own: a change there recomputes every stage
+    key = config_key(*stage.key_parts(exp), *([{"levers": levers}] if levers else []))
     cached = exp.read_stage(stage.name, key)
     if cached is not None:
         log.info("reusing %s from %s", stage.name, exp.stage_dir(stage.name))

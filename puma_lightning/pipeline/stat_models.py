@@ -67,7 +67,7 @@ def user_task_loss(lm: Any, head_state: dict[str, torch.Tensor] | None, prompts:
         head = load_head(table.task, head_state)
     else:
         head = build_head(table.task)
-        from puma_lightning.pipeline.residual import start_label
+        from puma_lightning.pipeline.levers.hooks import start_label
 
         head.init_bias(start_label(cfg, table))
     device = lm.device

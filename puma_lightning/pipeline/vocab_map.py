@@ -167,28 +167,3 @@ def item_map_weight(pairs: TokenPairs, source_items: torch.Tensor, target_items:
     d_s, d_t = pairs.source.shape[1], pairs.target.shape[1]
     k = (pairs.target_std ** 2 * math.sqrt(d_t)) / (pairs.source_std ** 2 * math.sqrt(d_s))
     return (k * (to_source + correction).T).float().contiguous()
-
-
-START_MAPS = {"vocab_map": experiment_vocab_map, "match_map": experiment_match_map, "item_map": experiment_item_map}
-"""``adapter.init`` values that start the adapter's linear path as a closed-form map, and their fits."""
-
-
-def adapter_start_map(exp: Any, source_bank: Any) -> VocabMap | None:
-    """The map ``adapter.init=vocab_map`` (or ``match_map``) starts PUMA's adapter as (None under ``random``).
-
-    The source bank's prompts must live in the source model's input space: an aggregated bank (several models'
-    prompts side by side) has no one vocabulary to map from, and is refused in one line.
-    """
-    from puma_lightning.errors import PumaError
-
-    init = exp.cfg.adapter.init
-    if init not in START_MAPS:
-        return None
-    if "aggregate" in (source_bank.info or {}):
-        raise PumaError(f"'adapter.init' is {init!r}, but the source bank aggregates several models' prompts "
-                        f"({source_bank.model_name}); no one vocabulary maps them: use adapter.init=random")
-    fitted = START_MAPS[init](exp)
-    if fitted.weight.shape[0] != source_bank.hidden_size:
-        raise PumaError(f"'adapter.init' is {init!r}, but source model {exp.cfg.source.name!r} embeds in "
-                        f"{fitted.weight.shape[0]} dimensions and its bank's prompts have {source_bank.hidden_size}")
-    return fitted

@@ -17,7 +17,8 @@ from puma_lightning.data.encoding import item_text_token_ids
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.heads import build_head, load_head
 from puma_lightning.models.item_match import ITEM_PAD, ItemWordMatch, mean_item_embedding
-from puma_lightning.pipeline.builders import (attach_item_match, item_embedding_centre)
+from puma_lightning.pipeline.builders import item_embedding_centre
+from puma_lightning.pipeline.levers.item_match import attach_item_match
 from puma_lightning.pipeline.experiment import Experiment
 from puma_lightning.tasks.base import scored_rows
 

@@ -248,7 +248,7 @@ def test_vocab_map_start_refuses_an_aggregated_source_bank_in_one_line():
     from types import SimpleNamespace
 
     from puma_lightning.errors import PumaError
-    from puma_lightning.pipeline.vocab_map import adapter_start_map
+    from puma_lightning.pipeline.levers.adapter_init import adapter_start_map
 
     exp = SimpleNamespace(cfg=load_config([SMOKE], ["adapter.init=vocab_map"]))
     merged = SimpleNamespace(info={"aggregate": {"sources": ["a", "b"]}}, model_name="a+b", hidden_size=12)

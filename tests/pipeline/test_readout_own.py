@@ -12,7 +12,7 @@ from conftest import smoke_prompt_module
 from puma_lightning.cli.main import main
 from puma_lightning.models.heads import load_head
 from puma_lightning.models.templated_rows import TemplatedRows
-from puma_lightning.pipeline.readout_fit import fit_if_configured
+from puma_lightning.pipeline.levers.hooks import before_train
 from puma_lightning.tasks.base import answer_outputs
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
@@ -24,7 +24,7 @@ FAST = ["prompt.epochs=1", "adapter.epochs=1", "data.n_users=12", "data.rows_per
 def _fitted(tmp_path: Path, mode: str):
     """A prompt-tuning module on the smoke data with its readout fitted under ``mode``, a batch, and the record."""
     cfg, lm, _, module, dm = smoke_prompt_module(tmp_path, [*FAST, f"prompt.hidden_readout={mode}"], 0.0)
-    record = fit_if_configured(cfg, module, dm)
+    record = before_train(cfg, module, dm).get("readout")
     batch = dm.collate([dm.dataset("train")[i] for i in range(8)])
     with torch.no_grad():  # a readout with weight, whatever the fit chose on this tiny table, so that its channel shows
         module.head.readout.linear.weight.copy_(torch.randn(module.head.readout.linear.weight.shape,

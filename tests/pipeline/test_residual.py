@@ -14,7 +14,8 @@ from puma_lightning.cli.config_loader import load_config
 from puma_lightning.cli.main import main
 from puma_lightning.pipeline.builders import build_datamodule, build_table
 from puma_lightning.pipeline.classic import REFERENCES
-from puma_lightning.pipeline.residual import pair_offsets, row_offsets, start_label
+from puma_lightning.pipeline.levers.hooks import start_label
+from puma_lightning.pipeline.residual import pair_offsets, row_offsets
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

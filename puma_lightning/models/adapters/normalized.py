@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from puma_lightning.config import INPUT_NORMS
 from puma_lightning.models.adapters.registry import init_as_linear
+
+INPUT_NORMS = ("none", "standardize")
+"""``adapter.input_norm`` choices: the source prompts as they are, or standardised per feature."""
 
 
 class InputStandardized(nn.Module):

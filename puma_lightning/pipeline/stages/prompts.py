@@ -16,7 +16,7 @@ from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.builders import build_prompt_tuning, fresh_head, initial_prompts, prompt_scale
 from puma_lightning.pipeline.imported_source import check_imported, imported_source
-from puma_lightning.pipeline.readout_fit import fit_if_configured
+from puma_lightning.pipeline.levers.hooks import before_train
 from puma_lightning.pipeline.stage import Outcome, Stage, trainer_key
 from puma_lightning.pipeline.stages.registry import StageEntry, register_stage, single
 from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics
@@ -56,7 +56,7 @@ class PromptStage(Stage):
         module = build_prompt_tuning(cfg, lm, table, head, prompts, scale, train_prompts=self.train_prompts,
                                      shared=self.shared, train_head=train_head)
         dm = exp.datamodule(lm, cfg.prompt.batch_size)
-        readout = fit_if_configured(cfg, module, dm) if train_head else None
+        fitted = before_train(cfg, module, dm) if train_head else {}  # closed-form fits (prompt.hidden_readout=ridge)
         if train_head:
             stats = fit_best(module, dm, cfg, exp.run_dir, self.name, self.epochs, hparams=exp.hparams(self.name),
                              resume_key=key,
@@ -64,8 +64,8 @@ class PromptStage(Stage):
         else:  # an imported bank with its head: nothing to train
             stats = StageStats(wall_s=0.0, train_samples=0, trainable_params=0, epochs=0)
         metrics = test_metrics(module, dm, cfg, exp.run_dir, self.name)
-        if readout is not None:
-            stats.wall_s = round(stats.wall_s + readout["seconds"], 2)
+        if fitted:
+            stats.wall_s = round(stats.wall_s + sum(record["seconds"] for record in fitted.values()), 2)
         bank = None
         if self.save_bank and not self.shared:
             made_by = f"pretrain:{self.name}" if imported is None else "import:source"
@@ -76,7 +76,7 @@ class PromptStage(Stage):
                                   info=exp.bank_info(made_by, metrics, parent=parent), head_state=module.head.state_dict())
         record = {**stats.to_dict(), **({"imported": imported.record()} if imported is not None else {}),
                   "user_bias": module.user_bias is not None, "shared_prompt": self.shared,
-                  **({"readout": readout} if readout is not None else {})}
+                  **fitted}
         return Outcome(metrics, record, evaluator=module, datamodule=dm, bank=bank, placebo=not self.shared)
 
 

@@ -17,18 +17,16 @@ from safetensors.torch import save_file
 from puma_lightning.config import ADAPTER_VALIDATION
 from puma_lightning.io.atomic import atomic_write_with
 from puma_lightning.io.bank import PromptBank
-from puma_lightning.models.adapters import adapter_metadata, build_adapter, init_as_linear, with_input_norm
+from puma_lightning.models.adapters import adapter_metadata, build_adapter, init_as_linear
 from puma_lightning.models.heads import load_head
-from puma_lightning.pipeline.builders import attach_item_match, build_datamodule, fresh_head
-from puma_lightning.pipeline.distillation import adapter_training_rows
+from puma_lightning.pipeline.builders import build_datamodule, fresh_head
 from puma_lightning.pipeline.distributed import on_rank_zero
-from puma_lightning.pipeline.readout_fit import adapter_items, fit_if_configured
-from puma_lightning.pipeline.residual import row_offsets
+from puma_lightning.pipeline.levers.hooks import adapter_init, adapter_rows, before_train, row_offsets, start_head, wrap_adapter
+from puma_lightning.pipeline.readout_fit import adapter_items
 from puma_lightning.pipeline.seeding import stage_seed
 from puma_lightning.pipeline.stage import Outcome, Stage, trainer_key
 from puma_lightning.pipeline.stages.registry import StageEntry, register_stage, single
 from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics
-from puma_lightning.pipeline.vocab_map import adapter_start_map
 from puma_lightning.tasks import Migration, PromptTuning
 
 log = logging.getLogger(__name__)
@@ -63,16 +61,16 @@ class PumaStage(Stage):
 
     def prepare(self, exp: Any) -> Prepared:
         selection = exp.select(self.source_bank)
-        teacher, train_table, train_offsets = adapter_training_rows(exp, selection["users"])  # + teacher rows when distilling
-        start_map = adapter_start_map(exp, self.source_bank)  # adapter.init=vocab_map (loads the source model, then the target)
+        teacher, train_table, train_offsets = adapter_rows(exp, selection["users"])  # + teacher rows when distilling
+        start_map = adapter_init(exp, self.source_bank)  # adapter.init=vocab_map (loads the source model, then the target)
         return Prepared(selection, teacher, train_table, train_offsets, start_map)
 
     def compute(self, exp: Any, lm: Any, key: str, prepared: Prepared) -> Outcome:
         cfg, table, source_bank = exp.cfg, exp.table, self.source_bank
         users, teacher, start_map = prepared.selection["users"], prepared.teacher, prepared.start_map
         source = source_bank.rows_for(table.user_ids)
-        adapter = with_input_norm(build_adapter(cfg.adapter.kind, source_bank.hidden_size, lm.hidden_size, cfg.adapter.hidden,
-                                                cfg.adapter.dropout), cfg.adapter.input_norm, source)
+        adapter = wrap_adapter(cfg, build_adapter(cfg.adapter.kind, source_bank.hidden_size, lm.hidden_size, cfg.adapter.hidden,
+                                                  cfg.adapter.dropout), source)  # adapter.input_norm
         output_scale = lm.embedding_std() if cfg.adapter.output_scale == "embedding_std" else 1.0
         if start_map is not None:  # the module multiplies the adapter's output by output_scale
             init_as_linear(adapter, start_map.weight / output_scale)
@@ -84,16 +82,13 @@ class PumaStage(Stage):
                            weight_decay=cfg.adapter.weight_decay, train_head=not cfg.adapter.freeze_head,
                            output_scale=output_scale, warmup_ratio=cfg.adapter.warmup_ratio, teacher=teacher)
         # the target's own match term (or none), anchored where the adapter starts mapping, never the source's
-        if cfg.prompt.get("item_match"):
-            attach_item_match(cfg, module.head, lm, table, module.migrate_all())
-        else:
-            module.head.item_match = None
+        start_head(cfg, module.head, lm, table, module.migrate_all)
         eval_users = adapter_validation_users(cfg.adapter.validation, table.n_users, users, cfg.seed,
                                               cfg.adapter.validation_max_users)
         log.info("adapter validation: %d users (%s)", len(eval_users), cfg.adapter.validation)
         dm = build_datamodule(prepared.train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users,
                               eval_users=eval_users, row_offset=prepared.train_offsets)
-        readout = fit_if_configured(cfg, module, readout_datamodule(exp, lm, dm, users, eval_users))  # the target's own readout
+        fitted = before_train(cfg, module, readout_datamodule(exp, lm, dm, users, eval_users))  # the target's own readout
         stats = fit_best(module, dm, cfg, exp.run_dir, self.name, cfg.adapter.epochs, hparams=exp.hparams(self.name),
                          resume_key=key, patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps,
                          validations=cfg.adapter.validations)
@@ -109,7 +104,7 @@ class PumaStage(Stage):
         metrics = test_metrics(evaluator, test_dm, cfg, exp.run_dir, "puma_test")
         selection = prepared.selection
         teacher_s = teacher.seconds if teacher is not None else 0.0
-        readout_s = readout["seconds"] if readout is not None else 0.0
+        readout_s = sum(record["seconds"] for record in fitted.values())
         init_s = start_map.seconds if start_map is not None else 0.0
         total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s + teacher_s + readout_s + init_s, 2),
                            train_samples=stats.train_samples, trainable_params=stats.trainable_params, epochs=stats.epochs,
@@ -124,7 +119,7 @@ class PumaStage(Stage):
                   "validation_users": int(len(eval_users)), "allocation": selection["record"]["params"].get("allocation"),
                   "teacher_rows": int(len(prepared.train_table) - len(table)), "teacher_s": round(teacher_s, 2),
                   "init": str(cfg.adapter.init), "init_s": round(init_s, 2),
-                  **({"readout": readout} if readout is not None else {})}
+                  **fitted}
         return Outcome(metrics, record, evaluator=evaluator, datamodule=test_dm, bank=bank)
 
 
@@ -137,7 +132,7 @@ def readout_datamodule(exp: Any, lm: Any, adapter_dm: Any, users: np.ndarray, ev
     if cfg.adapter.readout_rows == "all":
         return exp.datamodule(lm, cfg.adapter.batch_size)
     table = exp.table
-    offsets = row_offsets(cfg, table)  # the residual base fitted on every training row, as everywhere else
+    offsets = row_offsets(cfg, table)  # the levers' offsets fitted on every training row, as everywhere else
     return build_datamodule(table.only_items(adapter_items(table, users, eval_users)), lm.tokenizer, cfg,
                             cfg.adapter.batch_size, row_offset=offsets)
 

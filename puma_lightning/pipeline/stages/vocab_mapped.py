@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.heads import load_head
-from puma_lightning.pipeline.builders import attach_item_match
+from puma_lightning.pipeline.levers.hooks import start_head
 from puma_lightning.pipeline.stage import Outcome, Stage
 from puma_lightning.pipeline.stages.registry import StageEntry, register_stage, single
 from puma_lightning.pipeline.training import test_metrics
@@ -40,7 +40,7 @@ class VocabMapStage(Stage):
         cfg, table, bank = exp.cfg, exp.table, self.bank
         mapped = bank.rows_for(table.user_ids).float() @ fitted.weight
         head = load_head(table.task, bank.head_state, lm.hidden_size)  # a readout restarts at zero: nothing trains here
-        attach_item_match(cfg, head, lm, table, mapped)  # the target's own term, anchored at the mapped bank
+        start_head(cfg, head, lm, table, lambda: mapped)  # the target's own match term, anchored at the mapped bank
         evaluator = PromptTuning(lm, head, table.task, mapped, train_prompts=False, train_head=False)
         dm = exp.datamodule(lm, cfg.prompt.batch_size)
         metrics = test_metrics(evaluator, dm, cfg, exp.run_dir, self.name)

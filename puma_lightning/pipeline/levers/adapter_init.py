@@ -1,0 +1,63 @@
+"""``adapter.init``: start PUMA's adapter as a closed-form map between the two models instead of from noise.
+
+The maps' fits are :mod:`puma_lightning.pipeline.vocab_map`; this lever owns the option (its values are
+``random`` and the maps of :data:`START_MAPS`), checks the adapter has a linear path to start, and gives the start
+through the ``adapter_init`` hook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from puma_lightning.pipeline.levers.lever import Lever, Option
+from puma_lightning.pipeline.levers.registry import register_lever
+from puma_lightning.pipeline.vocab_map import VocabMap, experiment_item_map, experiment_match_map, experiment_vocab_map
+
+START_MAPS = {"vocab_map": experiment_vocab_map, "match_map": experiment_match_map, "item_map": experiment_item_map}
+"""``adapter.init`` values that start the adapter's linear path as a closed-form map, and their fits."""
+ADAPTER_INITS = ("random", *START_MAPS)
+"""``adapter.init`` choices: each layer's own initialisation, or a closed-form map."""
+
+
+def adapter_start_map(exp: Any, source_bank: Any) -> VocabMap | None:
+    """The map ``adapter.init`` starts PUMA's adapter as (None under ``random``).
+
+    The source bank's prompts must live in the source model's input space: an aggregated bank (several models'
+    prompts side by side) has no one vocabulary to map from, and is refused in one line.
+    """
+    from puma_lightning.errors import PumaError
+
+    init = exp.cfg.adapter.init
+    if init not in START_MAPS:
+        return None
+    if "aggregate" in (source_bank.info or {}):
+        raise PumaError(f"'adapter.init' is {init!r}, but the source bank aggregates several models' prompts "
+                        f"({source_bank.model_name}); no one vocabulary maps them: use adapter.init=random")
+    fitted = START_MAPS[init](exp)
+    if fitted.weight.shape[0] != source_bank.hidden_size:
+        raise PumaError(f"'adapter.init' is {init!r}, but source model {exp.cfg.source.name!r} embeds in "
+                        f"{fitted.weight.shape[0]} dimensions and its bank's prompts have {source_bank.hidden_size}")
+    return fitted
+
+
+class AdapterInit(Lever):
+    """The adapter's linear path starts as a closed-form map (its nonlinear correction at zero)."""
+
+    name = "adapter_init"
+    options = (Option("adapter.init", ADAPTER_INITS),)
+    description = "PUMA's adapter starts as a closed-form map between the models' embeddings"
+
+    def validate(self, cfg: Any) -> None:
+        if cfg.adapter.init == "random":
+            return
+        from puma_lightning.models.adapters import linear_path_kinds
+
+        if cfg.adapter.kind not in linear_path_kinds():
+            raise ValueError(f"'adapter.init' is {cfg.adapter.init!r}, which sets an adapter's linear path, but 'adapter.kind' "
+                             f"{cfg.adapter.kind!r} has none; use one of: {', '.join(linear_path_kinds())}")
+
+    def adapter_init(self, exp: Any, source_bank: Any) -> VocabMap | None:
+        return adapter_start_map(exp, source_bank)
+
+
+register_lever(AdapterInit())

@@ -1,0 +1,36 @@
+"""``prompt.residual``: prompts learn what a no-LLM bias model misses (its prediction is every row's offset).
+
+The bias model's fit is :mod:`puma_lightning.pipeline.residual`; this lever owns the option and adds the offset
+through the ``row_offset`` and ``pair_offset`` hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from puma_lightning.pipeline.levers.lever import Lever, Option
+from puma_lightning.pipeline.levers.registry import register_lever
+
+RESIDUAL_BASES = ("none", "item_bias", "user_item_bias")
+"""``prompt.residual`` choices: no base, or the bias model of that name (rating tasks)."""
+
+
+class ResidualBase(Lever):
+    """A bias model's prediction added to every row's output, so the prompts and head learn the residual."""
+
+    name = "residual"
+    options = (Option("prompt.residual", RESIDUAL_BASES, rating_only=("item_bias", "user_item_bias")),)
+    description = "a no-LLM bias model's prediction added to every row's output"
+
+    def row_offset(self, cfg: Any, table: Any) -> Any:
+        from puma_lightning.pipeline.residual import row_offsets
+
+        return row_offsets(cfg, table)
+
+    def pair_offset(self, cfg: Any, fitted_on: Any, pairs: Any) -> Any:
+        from puma_lightning.pipeline.residual import pair_offsets
+
+        return pair_offsets(cfg, fitted_on, pairs)
+
+
+register_lever(ResidualBase())
