@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  captured_valid=round((bias["valid"] - r["valid"]) / (bias["valid"] - ridge["valid"]), 3),
                  captured_test=round((bias["test"] - r["test"]) / (bias["test"] - ridge["test"]), 3))
         rows.append(r)
-    for name in ("hidden_state", "attributes"):
+    for name in ("hidden_state", "item_text_embedding", "attributes"):
         for rank, penalty, init, lr in SHARED_BASIS:
             r = shared_basis_fit(table, feats[name], base, rank, penalty, init, lr)
             bias, ridge = ref_rmse["user_item_bias"], ref_rmse["attribute_ridge"]
