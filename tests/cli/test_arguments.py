@@ -162,3 +162,10 @@ def test_parsing_the_command_line_loads_no_torch():
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+def test_the_seeded_commands_take_no_arguments():
+    """``seeds=[...]`` runs a command through :mod:`puma_lightning.commands.seeds` on the config alone."""
+    from puma_lightning.commands.seeds import SEEDED_COMMANDS
+
+    assert all(not dataclasses.fields(COMMANDS[name].arguments) for name in SEEDED_COMMANDS)
