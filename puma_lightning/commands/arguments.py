@@ -3,7 +3,7 @@
 What only one command reads (the bank it scores, the file it writes) is a field of a small dataclass in that command's
 module, built from the shared fields here, so a field several commands take is written once. A field's docstring is
 its ``--help`` text, its type hint what its value parses to, its metadata what the value must also be (``choices``, a
-``minimum``, or ``input``: a path that ``out`` may never replace). Arguments never enter the config: they are not in
+``minimum``; ``path``, or ``input``: a path that ``out`` may never replace). Arguments never enter the config: they are not in
 ``run_dir/config.yaml`` and no stage's key can depend on them.
 """
 
@@ -22,7 +22,9 @@ MODEL_SIDES = ("source", "target")
 """``model`` choices: the section of the config whose model a one-model command uses."""
 EVAL_SPLITS = ("valid", "test")
 """``split`` choices of ``test``."""
-INPUT = {"input": True}
+PATH = {"path": True}
+"""Field metadata of an argument naming a path (``--help`` and the errors say so)."""
+INPUT = {**PATH, "input": True}
 """Field metadata of an argument naming an input path: ``out`` may not be it, lie inside it or hold it."""
 POSITIVE = {"minimum": 1}
 """Field metadata of a count that must be at least 1 (or null where the type allows it)."""
@@ -94,7 +96,7 @@ def expected(cls: type, name: str) -> str:
     elif base is int:
         what = "an integer" + (f" >= {meta['minimum']}" if "minimum" in meta else "")
     else:
-        what = "a path" if meta.get("input") or name == "out" else "a string"
+        what = "a path" if meta.get("path") else "a string"
     return what + (" or null" if optional else "")
 
 

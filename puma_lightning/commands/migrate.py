@@ -9,7 +9,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from puma_lightning.commands.arguments import INPUT, POSITIVE, BankArgument, WritesOutput
+from puma_lightning.commands.arguments import INPUT, PATH, POSITIVE, BankArgument, WritesOutput
 from puma_lightning.errors import PumaError
 
 
@@ -17,7 +17,7 @@ from puma_lightning.errors import PumaError
 class MigrateArguments(WritesOutput, BankArgument):
     adapter_path: Optional[str] = field(default=None, metadata=INPUT)
     """Path of the adapter checkpoint to apply (a run's ``puma/adapter.safetensors``)."""
-    out: Optional[str] = None
+    out: Optional[str] = field(default=None, metadata=PATH)
     """Path of the migrated bank to write (never one of the inputs)."""
     rows_per_shard: Optional[int] = field(default=None, metadata=POSITIVE)
     """Rows per output shard, which is also the block one process maps at a time and so bounds its memory (None: the

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from puma_lightning.commands.arguments import INPUT, POSITIVE, BankArgument, ModelArgument, WritesOutput
+from puma_lightning.commands.arguments import INPUT, PATH, POSITIVE, BankArgument, ModelArgument, WritesOutput
 from puma_lightning.errors import PumaError
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class PredictArguments(WritesOutput, ModelArgument, BankArgument):
     ``top_k`` they are each user's candidates."""
     top_k: Optional[int] = field(default=None, metadata=POSITIVE)
     """Keep each user's ``top_k`` best-scored candidates, ranked (None: every pair, in file order)."""
-    out: Optional[str] = None
+    out: Optional[str] = field(default=None, metadata=PATH)
     """The predictions to write (``.csv``, or ``.parquet`` with pyarrow; never one of the inputs)."""
     overwrite: bool = False
     """Replace an existing ``out`` file that puma_lightning did not write (or that changed since it did); without it
