@@ -182,13 +182,12 @@ def run_phase(name: str, work: Path, n: int, d: int, rows_per_shard: int) -> dic
 def predict_throughput(config: str, which: str, n_pairs: int, work: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """Seconds per 1,000 ``predict`` pairs on the ``which`` model, with the prefix cache and without."""
     import torch
-    from omegaconf import OmegaConf
 
     from puma_lightning.cli.config_loader import load_config
     from puma_lightning.io.bank import PromptBank
     from puma_lightning.models.heads import build_head
     from puma_lightning.pipeline.experiment import Experiment
-    from puma_lightning.commands.predict import run_predict
+    from puma_lightning.commands.predict import PredictArguments, run_predict
 
     out: dict[str, Any] = {}
     for way, cache in (("prefix-cache", 4096.0), ("plain", None)):
@@ -208,9 +207,9 @@ def predict_throughput(config: str, which: str, n_pairs: int, work: Path, overri
             users = rng.choice(table.n_users, size=-(-n_pairs // candidates.size), replace=table.n_users * candidates.size < n_pairs)
             pairs = [(table.user_ids[u], items[i]) for u in users for i in candidates][:n_pairs]
             (work / "pairs.csv").write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in pairs), encoding="utf-8")
-        run_cfg = OmegaConf.merge(cfg, {"bank": str(bank_dir), "pairs": str(work / "pairs.csv"), "model": which,
-                                        "out": str(work / f"pred_{which}_{way}.csv")})
-        out[way] = run_predict(run_cfg)["predict_s"] * 1000.0 / n_pairs  # the predict loop only, not model loading
+        args = PredictArguments(bank=str(bank_dir), pairs=str(work / "pairs.csv"), model=which,
+                                out=str(work / f"pred_{which}_{way}.csv"))
+        out[way] = run_predict(cfg, args)["predict_s"] * 1000.0 / n_pairs  # the predict loop only, not model loading
         out["dtype"] = str(lm.dtype).replace("torch.", "")
     out["speedup"] = out["plain"] / out["prefix-cache"]
     return out

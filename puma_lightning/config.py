@@ -2,7 +2,8 @@
 
 Every field carries a docstring (shown by ``--help``). A YAML file in ``configs/`` is merged onto
 these defaults, then bare ``key=value`` command-line tokens are merged as an OmegaConf dotlist.
-Unknown keys and wrong types are rejected with one line naming the key.
+Unknown keys and wrong types are rejected with one line naming the key. What only one command reads (``bank=``,
+``out=``, ...) is not here: it is that command's argument (:mod:`puma_lightning.commands.arguments`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ PROMPT_INITS = ("uniform", "scaled")
 """``prompt.init`` choices."""
 OUTPUT_SCALES = ("none", "embedding_std")
 """``adapter.output_scale`` choices."""
-MODEL_SIDES = ("source", "target")
-"""``model`` choices: which model section a one-model command uses."""
-EVAL_SPLITS = ("valid", "test")
-"""``split`` choices of ``test``."""
 MISSING_POLICIES = ("error", "drop", "zero_fill")
 """``aggregate.missing`` choices."""
 PREPROCESSING_MODES = ("paper", "clean")
@@ -375,27 +372,6 @@ class ExperimentConfig:
     """Where converted packaged models live (default ``$PUMA_CACHE`` or ``~/.cache/puma_lightning``)."""
     source_dir: Optional[str] = None
     """Reuse the finished source stage (``<dir>/bank``, ``<dir>/stage.json``) of another run instead of ``<run_dir>/source`` (sweeps share one)."""
-    bank: Optional[str] = None
-    """``migrate``/``test``/``predict``/``placebo``: path of the prompt bank to read."""
-    adapter_path: Optional[str] = None
-    """``migrate``: path of the adapter checkpoint to apply."""
-    out: Optional[str] = None
-    """``migrate``: path of the bank to write; ``predict``: the predictions to write (``.csv``, or ``.parquet`` with pyarrow)."""
-    overwrite: bool = False
-    """``predict``: replace an existing ``out`` file that puma_lightning did not write (or that changed since it did);
-    without it such a file stops the command. ``out`` is never allowed to be one of the inputs."""
-    rows_per_shard: Optional[int] = None
-    """``migrate``: rows per output shard, which is also the block one process maps at a time and so bounds its memory
-    (None: the source bank's shard size)."""
-    pairs: Optional[str] = None
-    """``predict``: table with columns ``user,item`` (the dataset's own ids; ``.csv``, or ``.parquet`` with pyarrow) to score;
-    with ``top_k`` they are each user's candidates."""
-    top_k: Optional[int] = None
-    """``predict``: keep each user's ``top_k`` best-scored candidates, ranked (None: every pair, in file order)."""
-    model: str = "target"
-    """``pretrain``/``test``/``predict``/``placebo``: which model section to use, ``source`` or ``target``."""
-    split: str = "test"
-    """``test``: which split to evaluate (``valid`` or ``test``)."""
     chain: ChainConfig = field(default_factory=ChainConfig)
     """Chained migration A -> B -> C (``chain`` command)."""
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)

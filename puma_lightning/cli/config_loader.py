@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from puma_lightning.config import (ADAPTER_VALIDATION, DUPLICATE_POLICIES, EVAL_SPLITS, HEAD_STARTS, MISSING_POLICIES, MODEL_DTYPES,
-                                   MODEL_SIDES, OUTPUT_SCALES, PROMPT_INITS, TASKS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
+from puma_lightning.config import (ADAPTER_VALIDATION, DUPLICATE_POLICIES, HEAD_STARTS, MISSING_POLICIES, MODEL_DTYPES,
+                                   OUTPUT_SCALES, PROMPT_INITS, TASKS, PREPROCESSING_MODES, PROMPT_OPTIMIZERS, PROMPT_STARTS,
                                    SPLIT_METHODS, ExperimentConfig)
+from puma_lightning.commands import argument_defaults, argument_owners, not_a_config_key
 from puma_lightning.data.datasets import dataset_names
 from puma_lightning.errors import PumaError
 from puma_lightning.pipeline.levers.registry import check_config, lever_choices
@@ -54,8 +55,6 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
     "adapter.kind": adapter_kinds,
     "adapter.output_scale": OUTPUT_SCALES,
     "adapter.validation": ADAPTER_VALIDATION,
-    "model": MODEL_SIDES,
-    "split": EVAL_SPLITS,
     "aggregate.missing": MISSING_POLICIES,
 }
 """The choices of the options that are not a lever's (a lever's own are in the lever registry: :func:`choices`)."""
@@ -147,7 +146,7 @@ def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str
     for file in config_files:
         for path, loaded in config_layers(file):
             try:
-                cfg = OmegaConf.merge(cfg, loaded)
+                cfg = OmegaConf.merge(cfg, without_command_arguments(loaded, path))
             except OmegaConfBaseException as exc:
                 raise _one_line(exc, str(path)) from None
 
@@ -156,6 +155,8 @@ def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str
         if "=" not in token:
             raise ConfigError(f"override {token!r} is not of the form key=value")
         key, value = token.split("=", 1)
+        if key in argument_owners():  # the CLI takes these out first; a caller of load_config may not have
+            raise not_a_config_key(key)
         if key == "selection":
             budget = cfg.selection.get("budget")
             node = strategy_node(value)
@@ -168,6 +169,25 @@ def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str
         raise _one_line(exc, "command line") from None
     validate(cfg)
     return cfg
+
+
+def without_command_arguments(loaded: DictConfig, path: Path) -> DictConfig:
+    """A config file's keys less the commands' arguments it carries at the top level at their defaults.
+
+    Versions that kept ``bank``, ``model``, ``out``, ... in the config wrote every one of them into each saved
+    ``run_dir/config.yaml``, at its default unless the command line set it, so such a file still loads (the defaults
+    are dropped). A value other than the default would now be ignored without a word: it is one line instead, saying
+    to pass it on the command line."""
+    defaults = argument_defaults()
+    values = OmegaConf.to_container(loaded, resolve=False)
+    for key in [k for k in values if k in defaults]:
+        value = values[key]
+        if value != defaults[key]:
+            owners = ", ".join(argument_owners()[key])
+            raise ConfigError(f"{path}: '{key}' is {value!r}, but '{key}' is no config key any more: it is an argument of "
+                              f"{owners}; remove it from the file and pass it on the command line as {key}={value}")
+        loaded.pop(key)
+    return loaded
 
 
 def validate(cfg: DictConfig) -> None:
@@ -210,7 +230,7 @@ def validate(cfg: DictConfig) -> None:
                 "adapter.validations"):
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"'{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
-    for key in ("data.max_users", "rows_per_shard", "top_k", "adapter.validation_max_users"):
+    for key in ("data.max_users", "adapter.validation_max_users"):
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"'{key}' must be >= 1 or null, got {value}")

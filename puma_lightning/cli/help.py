@@ -1,5 +1,6 @@
-"""Config documentation for ``--help``: the field docstrings of the config dataclasses, read
-from the source (so the docstrings in ``config.py`` are the single place they are written)."""
+"""Config and argument documentation for ``--help``: the field docstrings of the config dataclasses and of the
+commands' argument dataclasses, read from the source (so the docstrings in ``config.py`` and in each command's module
+are the single place they are written)."""
 
 from __future__ import annotations
 
@@ -97,3 +98,13 @@ def describe_strategies() -> str:
             default: Any = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             lines.append(f"    selection.{f.name} (default {default!r}): {docs.get(f.name, '')}")
     return "\n".join(lines)
+
+
+def describe_arguments(cls: type) -> str:
+    """One line per argument of a command (an arguments dataclass of :mod:`puma_lightning.commands`):
+    ``key (what it takes, default ...): docstring``."""
+    from puma_lightning.commands.arguments import expected
+
+    docs = field_docs(cls)
+    return "\n".join(f"  {f.name} ({expected(cls, f.name)}; default {f.default!r}): {docs.get(f.name, '')}"
+                     for f in dataclasses.fields(cls))

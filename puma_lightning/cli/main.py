@@ -7,6 +7,7 @@ them); ``bank`` takes paths instead of a config (``bank --help``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -14,8 +15,9 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from puma_lightning.cli.help import describe_config, describe_strategies
-from puma_lightning.commands import BANK_HELP, COMMANDS
+from puma_lightning.cli.help import describe_arguments, describe_config, describe_strategies
+from puma_lightning.commands import BANK_HELP, COMMANDS, split_arguments
+from puma_lightning.commands.arguments import Arguments
 from puma_lightning.errors import PumaError
 
 
@@ -24,12 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m puma_lightning",
         description="Migrate per-user soft prompts between foundation LLMs with a PUMA adapter.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Config keys (override any with key=value; COMMAND --help lists that command's own, and each selection "
-               "strategy's parameters):\n" + describe_config(),
+        epilog="Config keys (override any with key=value; COMMAND --help lists that command's own arguments and keys, "
+               "and each selection strategy's parameters):\n" + describe_config(),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
-        epilog = "Config keys of this command (override any with key=value):\n" + describe_config(only=command.keys)
+        epilog = ""
+        if dataclasses.fields(command.arguments):
+            epilog = ("Arguments of this command (key=value; they are not config keys and are not saved in "
+                      "run_dir/config.yaml):\n" + describe_arguments(command.arguments) + "\n\n")
+        epilog += "Config keys of this command (override any with key=value):\n" + describe_config(only=command.keys)
         if "selection" in command.keys:
             epilog += "\n\nSelection strategies (selection=NAME) and their parameters:\n" + describe_strategies()
         p = sub.add_parser(name, help=command.help, description=command.help, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,18 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="YAML config file; repeat to merge several (later files win)")
         p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
         p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="OmegaConf dotlist overrides, e.g. trainer.max_epochs=2; selection=NAME loads strategies/NAME.yaml")
+                       help="this command's arguments (listed below), or OmegaConf dotlist overrides of the config, e.g. "
+                            "trainer.max_epochs=2; selection=NAME loads strategies/NAME.yaml")
     sub.add_parser("bank", help=BANK_HELP, description=BANK_HELP, add_help=False)  # parsed by commands.bank
     return parser
 
 
 def run(command: str, config_files: Sequence[str], overrides: Sequence[str], print_config: bool = False) -> int:
-    """Load the config and run one command; returns the process exit code."""
+    """Load the config and run one command; returns the process exit code. The ``key=value`` tokens naming the command's
+    own arguments go to it (:func:`puma_lightning.commands.split_arguments`), the others override the config."""
     from omegaconf import OmegaConf
 
     from puma_lightning.cli.config_loader import load_config
 
-    cfg = load_config(config_files, overrides)
+    args, config_overrides = split_arguments(command, overrides)
+    cfg = load_config(config_files, config_overrides)
     if print_config:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
@@ -60,31 +69,14 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
 
     run_dir = RunDir.of(cfg).path
     check_run_dir_path(run_dir)
-    check_outputs(cfg, config_files)
+    args.check(cfg, config_files)  # e.g. an out= that is one of the inputs: refused before the run dir is claimed
     with as_it_was_on_failure(run_dir, ("config.yaml", RECORD_FILE)):
         claim_run_dir(run_dir)  # a folder we did not make is refused before anything is written into it
         with RunLock(run_dir, command=" ".join([command, *overrides])):
-            return _run_locked(command, cfg, run_dir)
+            return _run_locked(command, cfg, run_dir, args)
 
 
-OUTPUT_INPUTS = ("bank", "pairs", "adapter_path", "source_dir")
-"""Config keys naming inputs that ``out`` may never replace (with the config files themselves)."""
-
-
-def check_outputs(cfg, config_files: Sequence[str]) -> None:  # noqa: ANN001 - DictConfig
-    """Refuse, before any work, an ``out`` that is one of the command's inputs (or inside one, or holding one)."""
-    from puma_lightning.io.ownership import check_not_an_input
-
-    out = cfg.get("out")
-    if not out:
-        return
-    inputs = {key: cfg.get(key) for key in OUTPUT_INPUTS}
-    inputs["source.bank"] = cfg.source.get("bank")
-    inputs.update({f"--config #{i + 1}": path for i, path in enumerate(config_files)})
-    check_not_an_input(out, inputs)
-
-
-def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - DictConfig
+def _run_locked(command: str, cfg, run_dir: Path, args: Arguments) -> int:  # noqa: ANN001 - DictConfig
     """Run one command while holding ``<run_dir>/.lock``."""
     from puma_lightning.cli.config_loader import save_config
     from puma_lightning.pipeline.distributed import is_global_zero
@@ -96,9 +88,9 @@ def _run_locked(command: str, cfg, run_dir: Path) -> int:  # noqa: ANN001 - Dict
 
         if command not in SEEDED_COMMANDS:
             raise PumaError(f"'seeds' applies to {', '.join(SEEDED_COMMANDS)}, not to {command}; use seed=N")
-        run_seeds(cfg, command)
+        run_seeds(cfg, command)  # the seeded commands take no arguments of their own
     else:
-        COMMANDS[command].run(cfg, run_dir)
+        COMMANDS[command].run(cfg, run_dir, args)
     return 0
 
 

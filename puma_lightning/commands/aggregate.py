@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from puma_lightning.commands.arguments import Arguments
 from puma_lightning.config import MISSING_POLICIES
 from puma_lightning.errors import PumaError
 from puma_lightning.io.atomic import atomic_write_text
@@ -245,6 +246,6 @@ def write_aggregate(run_dir: Path, task: str, target: str, policy: str, aligned:
     return doc
 
 
-def run(cfg: DictConfig, run_dir: Path) -> None:
+def run(cfg: DictConfig, run_dir: Path, args: Arguments) -> None:
     """The command: :func:`run_aggregate` on the loaded config."""
     run_aggregate(cfg)

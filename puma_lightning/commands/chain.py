@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from puma_lightning.commands.arguments import Arguments
 from puma_lightning.errors import PumaError
 from puma_lightning.pipeline.figures import line_plot, markdown_table, write_text
 from puma_lightning.pipeline.run_dir import RunDir
@@ -127,6 +128,6 @@ def _secs(value: float | None) -> str | None:
     return None if value is None else f"{float(value):.1f}"
 
 
-def run(cfg: DictConfig, run_dir: Path) -> None:
+def run(cfg: DictConfig, run_dir: Path, args: Arguments) -> None:
     """The command: :func:`run_chain` on the loaded config."""
     run_chain(cfg)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from puma_lightning.commands.arguments import Arguments
 from puma_lightning.errors import PumaError
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.io.lineage import adapter_ref, make_lineage, source_ref
@@ -212,6 +213,6 @@ def write_cold_start(run_dir: Path, task: str, existing: list[str], new: list[st
     return doc
 
 
-def run(cfg: DictConfig, run_dir: Path) -> None:
+def run(cfg: DictConfig, run_dir: Path, args: Arguments) -> None:
     """The command: :func:`run_cold_start` on the loaded config."""
     run_cold_start(cfg)

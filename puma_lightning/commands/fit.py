@@ -6,9 +6,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from puma_lightning.commands.arguments import Arguments
 from puma_lightning.pipeline.experiment import Experiment
 
 
-def run(cfg: DictConfig, run_dir: Path) -> None:
+def run(cfg: DictConfig, run_dir: Path, args: Arguments) -> None:
     """Run (or reuse) every stage ``cfg`` enables and write ``results.json`` / ``results.md``."""
     Experiment(cfg).fit()

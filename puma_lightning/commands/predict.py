@@ -13,20 +13,34 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
-from puma_lightning.data.table import InteractionTable
+from puma_lightning.commands.arguments import INPUT, PATH, POSITIVE, BankArgument, ModelArgument, WritesOutput
 from puma_lightning.errors import PumaError
-from puma_lightning.io.pair_files import read_pairs, write_table
-from puma_lightning.io.bank import PromptBank
-from puma_lightning.pipeline.scoring import score_rows
+
+if TYPE_CHECKING:
+    from puma_lightning.data.table import InteractionTable
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictArguments(WritesOutput, ModelArgument, BankArgument):
+    pairs: Optional[str] = field(default=None, metadata=INPUT)
+    """Table with columns ``user,item`` (the dataset's own ids; ``.csv``, or ``.parquet`` with pyarrow) to score; with
+    ``top_k`` they are each user's candidates."""
+    top_k: Optional[int] = field(default=None, metadata=POSITIVE)
+    """Keep each user's ``top_k`` best-scored candidates, ranked (None: every pair, in file order)."""
+    out: Optional[str] = field(default=None, metadata=PATH)
+    """The predictions to write (``.csv``, or ``.parquet`` with pyarrow; never one of the inputs)."""
+    overwrite: bool = False
+    """Replace an existing ``out`` file that puma_lightning did not write (or that changed since it did); without it
+    such a file stops the command."""
 
 
 def pairs_table(pairs: list[tuple[str, str]], bank_users: Sequence[str], table: InteractionTable) -> tuple[InteractionTable, list[int], dict]:
@@ -48,22 +62,27 @@ def pairs_table(pairs: list[tuple[str, str]], bank_users: Sequence[str], table: 
     return out, kept, skipped
 
 
-def run_predict(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``cfg.pairs`` with ``cfg.bank`` on ``cfg.model`` and write ``cfg.out``; returns a summary (counts, and
+def run_predict(cfg: DictConfig, args: PredictArguments) -> dict[str, Any]:
+    """Score ``args.pairs`` with ``args.bank`` on ``args.model`` and write ``args.out``; returns a summary (counts, and
     ``predict_s``: seconds spent in the predict loop itself, without loading the model or the data)."""
+    import torch
+
+    from puma_lightning.io.bank import PromptBank
+    from puma_lightning.io.pair_files import read_pairs, write_table
     from puma_lightning.models.heads import load_head
     from puma_lightning.pipeline.experiment import Experiment
+    from puma_lightning.pipeline.scoring import score_rows
 
     for key in ("bank", "pairs", "out"):
-        if not cfg[key]:
+        if not getattr(args, key):
             raise PumaError(f"predict needs '{key}=PATH'")
     from puma_lightning.io.ownership import check_output_file
 
-    check_output_file(cfg.out, bool(cfg.get("overwrite", False)))  # before any work
-    pairs = read_pairs(cfg.pairs)
-    bank = PromptBank.open(cfg.bank)  # lazily: only the shards of the users the pairs name are read
+    check_output_file(args.out, args.overwrite)  # before any work
+    pairs = read_pairs(args.pairs)
+    bank = PromptBank.open(args.bank)  # lazily: only the shards of the users the pairs name are read
     if bank.head_state is None:
-        raise PumaError(f"{cfg.bank}: bank has no trained head; it cannot score pairs alone")
+        raise PumaError(f"{args.bank}: bank has no trained head; it cannot score pairs alone")
     exp = Experiment(cfg)
     base = exp.table
     table, kept, skipped = pairs_table(pairs, bank.user_ids, base)
@@ -72,8 +91,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     template = resolve_template(cfg.data.template, str(cfg.data.task))
     if template.uses_history:
         raise PumaError(f"predict: template {template.name!r} needs each row's history, which a pairs file does not carry")
-    lm = exp.backbone(cfg.model)
-    bank.check_model(lm.hidden_size, lm.fingerprint, where=str(cfg.bank))
+    lm = exp.backbone(args.model)
+    bank.check_model(lm.hidden_size, lm.fingerprint, where=str(args.bank))
     head = load_head(table.task, bank.head_state)
     prompts = bank.rows_for(table.user_ids).float() if table.n_users else torch.zeros(0, bank.prompt_length, bank.hidden_size)
     rows: dict[int, tuple[float, list[float]]] = {}
@@ -86,13 +105,13 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     from puma_lightning.pipeline.distributed import gather_lists, is_global_zero
 
     rows = dict(gather_lists(list(rows.items())))  # under DDP each rank scored its shard: rank 0 writes them all
-    header, out_rows = output_rows(pairs, kept, rows, table.task, cfg.top_k)
+    header, out_rows = output_rows(pairs, kept, rows, table.task, args.top_k)
 
     if is_global_zero():
-        write_table(cfg.out, header, out_rows)
-        record_output_file(cfg.out)  # ours to replace on the next run, while nobody changes it
+        write_table(args.out, header, out_rows)
+        record_output_file(args.out)  # ours to replace on the next run, while nobody changes it
         notes = [f"{name.replace('_', ' ')} {len(ids)} (first: {ids[:3]})" for name, ids in skipped.items() if ids]
-        print(f"predicted {len(kept)} of {len(pairs)} pairs with {bank.model_name} -> {cfg.out}"
+        print(f"predicted {len(kept)} of {len(pairs)} pairs with {bank.model_name} -> {args.out}"
               + (f"; skipped: {'; '.join(notes)}" if notes else ""))
     return {"pairs": len(pairs), "scored": len(kept), "skipped": {k: len(v) for k, v in skipped.items()},
             "predict_s": predict_s}
@@ -116,6 +135,6 @@ def output_rows(pairs: list[tuple[str, str]], kept: list[int], rows: dict[int, t
     return ["user", "rank", "item", "prediction", *names], out
 
 
-def run(cfg: DictConfig, run_dir: Path) -> None:
+def run(cfg: DictConfig, run_dir: Path, args: PredictArguments) -> None:
     """The command: :func:`run_predict` on the loaded config."""
-    run_predict(cfg)
+    run_predict(cfg, args)

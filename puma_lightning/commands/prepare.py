@@ -6,9 +6,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from puma_lightning.commands.arguments import Arguments
 from puma_lightning.data.prepare import run_prepare
 
 
-def run(cfg: DictConfig, run_dir: Path) -> None:
+def run(cfg: DictConfig, run_dir: Path, args: Arguments) -> None:
     """Prepare (or reuse) ``cfg.data``'s processed dataset and print what it holds."""
     run_prepare(cfg)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from puma_lightning.pipeline.experiment import Experiment
+from puma_lightning.commands.arguments import ModelArgument
 
 
-def run(cfg: DictConfig, run_dir: Path) -> None:
+@dataclass
+class PretrainArguments(ModelArgument):
+    """``model``: which stage to train (``source``, or ``full_retrain`` on the target)."""
+
+
+def run(cfg: DictConfig, run_dir: Path, args: PretrainArguments) -> None:
     """Train (or reuse) the ``source`` or ``full_retrain`` stage and print its metrics and bank."""
-    stage = "source" if cfg.model == "source" else "full_retrain"
+    from puma_lightning.pipeline.experiment import Experiment
+
+    stage = "source" if args.model == "source" else "full_retrain"
     record = Experiment(cfg).run_stage(stage)
     print(f"{stage}: " + ", ".join(f"{k}={v:.4f}" for k, v in record["metrics"].items()) + f" (bank in {run_dir / stage / 'bank'})")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from puma_lightning.commands.arguments import Arguments
 from puma_lightning.io.atomic import atomic_write_text, atomic_write_with
 from puma_lightning.pipeline.distributed import on_rank_zero
 from puma_lightning.pipeline.run_dir import RunDir
@@ -131,6 +132,6 @@ def _cached_names(exp: Any, bank: Any) -> set[str]:
     return set(read_cache(stats_path(exp), {"bank_sha256": bank_sha256(bank), "data_sha256": data_sha256(exp)})[0])
 
 
-def run(cfg: DictConfig, run_dir: Path) -> None:
+def run(cfg: DictConfig, run_dir: Path, args: Arguments) -> None:
     """The command: :func:`run_select` on the loaded config."""
     run_select(cfg)

@@ -81,7 +81,7 @@ def test_every_command_is_one_module_with_a_run_function():
     assert len(modules) == len(COMMANDS)  # one module per command
     for name in modules:
         run = importlib.import_module(f"puma_lightning.commands.{name}").run
-        assert list(inspect.signature(run).parameters) == ["cfg", "run_dir"], name
+        assert list(inspect.signature(run).parameters) == ["cfg", "run_dir", "args"], name
 
 
 def test_bank_errors_are_one_line_unless_debugging(tmp_path, capsys, monkeypatch):

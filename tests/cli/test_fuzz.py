@@ -223,10 +223,11 @@ def test_nan_in_a_prompt_bank_stops_training_with_one_line(tmp_path, capsys, mon
     assert not (tmp_path / "source" / "stage.json").exists() and not (tmp_path / "source" / "bank").exists()
 
 
-@pytest.mark.parametrize("override,key", [("data.max_users=-5", "data.max_users"), ("data.max_users=0", "data.max_users"),
-                                          ("top_k=0", "top_k"), ("rows_per_shard=0", "rows_per_shard")])
-def test_bad_values_are_one_line_errors_before_anything_is_written(override, key, tmp_path, capsys):
-    code = main(["fit", "--config", str(ROOT / "configs" / "smoke.yaml"), f"run_dir={tmp_path / 'run'}", override])
+@pytest.mark.parametrize("command,override,key", [("fit", "data.max_users=-5", "data.max_users"),
+                                                  ("fit", "data.max_users=0", "data.max_users"),
+                                                  ("predict", "top_k=0", "top_k"), ("migrate", "rows_per_shard=0", "rows_per_shard")])
+def test_bad_values_are_one_line_errors_before_anything_is_written(command, override, key, tmp_path, capsys):
+    code = main([command, "--config", str(ROOT / "configs" / "smoke.yaml"), f"run_dir={tmp_path / 'run'}", override])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and f"'{key}'" in lines[0], lines
     assert not (tmp_path / "run").exists()

@@ -7,9 +7,9 @@ the registry. To add your own, write a module with ``@register_adapter("name")``
 # self-registration; the import order is the order choice lists show (the published adapter first)
 from puma_lightning.models.adapters import puma  # noqa: F401  isort: skip
 from puma_lightning.models.adapters import compact  # noqa: F401  isort: skip
-from puma_lightning.models.adapters.normalized import INPUT_NORMS, InputStandardized, with_input_norm
+from puma_lightning.models.adapters.normalized import InputStandardized, with_input_norm
 from puma_lightning.models.adapters.registry import (ADAPTERS, adapter_metadata, build_adapter, init_as_linear, linear_path_kinds,
                                                      register_adapter)
 
-__all__ = ["ADAPTERS", "INPUT_NORMS", "InputStandardized", "adapter_metadata", "build_adapter", "init_as_linear",
+__all__ = ["ADAPTERS", "InputStandardized", "adapter_metadata", "build_adapter", "init_as_linear",
            "linear_path_kinds", "register_adapter", "with_input_norm"]

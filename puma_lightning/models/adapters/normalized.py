@@ -14,9 +14,6 @@ from torch import nn
 
 from puma_lightning.models.adapters.registry import init_as_linear
 
-INPUT_NORMS = ("none", "standardize")
-"""``adapter.input_norm`` choices: the source prompts as they are, or standardised per feature."""
-
 
 class InputStandardized(nn.Module):
     """``inner((x - mean) / std)`` with per-feature ``mean`` and ``std`` ``[d_s]`` held as buffers."""
@@ -54,4 +51,4 @@ def with_input_norm(adapter: nn.Module, kind: str, prompts: torch.Tensor) -> nn.
         return adapter
     if kind == "standardize":
         return InputStandardized.fitted(adapter, prompts)
-    raise ValueError(f"unknown adapter.input_norm {kind!r}; expected one of {', '.join(INPUT_NORMS)}")
+    raise ValueError(f"unknown adapter.input_norm {kind!r} (the lever pipeline/levers/input_norm.py lists the values)")

@@ -7,14 +7,19 @@ through the ``adapter_init`` hook.
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
-from puma_lightning.pipeline.vocab_map import VocabMap, experiment_item_map, experiment_match_map, experiment_vocab_map
 
-START_MAPS = {"vocab_map": experiment_vocab_map, "match_map": experiment_match_map, "item_map": experiment_item_map}
-"""``adapter.init`` values that start the adapter's linear path as a closed-form map, and their fits."""
+if TYPE_CHECKING:
+    from puma_lightning.pipeline.vocab_map import VocabMap
+
+START_MAPS = {"vocab_map": "experiment_vocab_map", "match_map": "experiment_match_map", "item_map": "experiment_item_map"}
+"""``adapter.init`` values that start the adapter's linear path as a closed-form map, and the function of
+:mod:`puma_lightning.pipeline.vocab_map` that fits each (named, so that reading the options loads no torch: the
+config loader and ``--help`` import every lever)."""
 ADAPTER_INITS = ("random", *START_MAPS)
 """``adapter.init`` choices: each layer's own initialisation, or a closed-form map."""
 
@@ -33,7 +38,7 @@ def adapter_start_map(exp: Any, source_bank: Any) -> VocabMap | None:
     if "aggregate" in (source_bank.info or {}):
         raise PumaError(f"'adapter.init' is {init!r}, but the source bank aggregates several models' prompts "
                         f"({source_bank.model_name}); no one vocabulary maps them: use adapter.init=random")
-    fitted = START_MAPS[init](exp)
+    fitted = getattr(import_module("puma_lightning.pipeline.vocab_map"), START_MAPS[init])(exp)
     if fitted.weight.shape[0] != source_bank.hidden_size:
         raise PumaError(f"'adapter.init' is {init!r}, but source model {exp.cfg.source.name!r} embeds in "
                         f"{fitted.weight.shape[0]} dimensions and its bank's prompts have {source_bank.hidden_size}")

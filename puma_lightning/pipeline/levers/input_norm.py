@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from puma_lightning.models.adapters import INPUT_NORMS
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
+
+INPUT_NORMS = ("none", "standardize")
+"""``adapter.input_norm`` choices: the source prompts as they are, or standardised per feature (here, not beside the
+module, so that reading the options loads no torch)."""
 
 
 class InputNorm(Lever):
