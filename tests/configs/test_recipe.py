@@ -90,3 +90,10 @@ def test_naming_another_strategy_starts_from_its_own_parameters_keeping_the_budg
     assert OmegaConf.to_container(cfg.selection) == {**RECIPE["selection"], "budget": 40}
     with pytest.raises(ConfigError, match="n_clusters"):  # a parameter the new strategy lacks is still refused
         load_config([], ["selection.name=random", "selection.n_clusters=3"])
+
+
+@pytest.mark.parametrize("name", ["demo_chain", "demo_aggregate", "demo_cold_start"])
+def test_a_demo_overlay_alone_is_the_overlay_on_the_demo(name):
+    alone = load_config([CONFIGS / f"{name}.yaml"])
+    assert alone == load_config([CONFIGS / "demo.yaml", CONFIGS / f"{name}.yaml"])
+    assert alone.data.name == "movielens-100k"
