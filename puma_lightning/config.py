@@ -4,6 +4,13 @@ Every field carries a docstring (shown by ``--help``). A YAML file in ``configs/
 these defaults, then bare ``key=value`` command-line tokens are merged as an OmegaConf dotlist.
 Unknown keys and wrong types are rejected with one line naming the key. What only one command reads (``bank=``,
 ``out=``, ...) is not here: it is that command's argument (:mod:`puma_lightning.commands.arguments`).
+
+The defaults of ``prompt``, ``adapter``, ``selection`` and ``baselines`` are the recipe this project chose on
+validation (docs/results/demo.md, docs/results/prompt_learning_ml100k.md, docs/results/migration_levers_ml100k.md),
+not the published method's settings; ``configs/paper.yaml`` restores those
+(``--config configs/paper.yaml``, or ``base: paper.yaml`` in a config). The recipe's rating-only parts
+(``prompt.residual``, ``prompt.hidden_readout``, with ``adapter.readout_rows``) default to ``auto``: the tuned value on
+a rating task and ``none`` (``selected``) on a click task, resolved by the lever registry when the config loads.
 """
 
 from __future__ import annotations
@@ -143,12 +150,12 @@ ADAPTER_VALIDATION = ("selected", "heldout", "heldout_all")
 class PromptConfig:
     length: int = 1
     """Soft-prompt rows per user (``l``)."""
-    init: str = "uniform"
-    """``uniform`` (U(-0.1, 0.1) in embedding units, as published) or ``scaled`` (the same, parametrised in units of the model's embedding std, so init and ``lr`` mean the same on every model)."""
-    lr: float = 8e-4
-    """Learning rate of the prompts (AdamW)."""
-    head_lr: Optional[float] = None
-    """Learning rate of the rating/click head (None: same as ``lr``)."""
+    init: str = "scaled"
+    """``uniform`` (U(-0.1, 0.1) in embedding units, as published) or ``scaled`` (default: the same, parametrised in units of the model's embedding std, so init and ``lr`` mean the same on every model, e.g. SmolLM2 and Gemma-3; docs/results/demo.md)."""
+    lr: float = 0.02
+    """Learning rate of the prompts (AdamW); default 0.02 in ``scaled`` units (published: 8e-4, 5e-4 on Amazon, in embedding units; docs/results/prompt_learning_ml100k.md)."""
+    head_lr: Optional[float] = 0.003
+    """Learning rate of the rating/click head; default 0.003 (None: same as ``lr``, as published; docs/results/prompt_learning_ml100k.md)."""
     epochs: int = 15
     """Training epochs; the best epoch by ``val/loss`` is kept."""
     batch_size: int = 32
@@ -165,8 +172,9 @@ class PromptConfig:
     """``random`` (U(-0.1, 0.1), see ``init``) or ``item_text``: every prompt row starts at the mean input embedding of the text of the user's training items, plus the random draw (a start that already says what the user watched)."""
     user_bias: bool = False
     """Add a trainable per-user scalar to the head's output (trained at ``head_lr``), so that a user's average rating needs no prompt; rows trained with it say so (``user_bias`` in results.json). The bias stays with the run's stage; banks hold the prompts only."""
-    hidden_readout: str = "none"
-    """``none``: the head reads the answer tokens' logits only (as published). ``trained``: it also reads the last hidden state
+    hidden_readout: str = "auto"
+    """``auto`` (default): ``ridge`` on a rating task, chosen on validation (docs/results/prompt_learning_ml100k.md), and
+    ``none`` on a click task (resolved when the config loads). ``none``: the head reads the answer tokens' logits only (as published). ``trained``: it also reads the last hidden state
     at the answer position through a linear readout (zero at the start) trained with the head. ``ridge``: that readout is
     fitted in closed form before the stage trains (on its training rows, read through one neutral prompt; penalty and
     components chosen on its validation rows; see :mod:`puma_lightning.pipeline.readout_fit`) and then frozen. ``ridge_own``: the
@@ -185,31 +193,33 @@ class PromptConfig:
     model's embedding space (``models/item_match.py``). It gives each prompt a short path from the words that name an item's
     genre or mood to the rating, where the answer position alone buries them (docs/prompt_diagnosis.md). The term is part of
     the head, saved in every bank; a stage that moves prompts to another model (PUMA, ``vocab_map``) starts the target's own."""
-    residual: str = "none"
-    """``none``, or a no-LLM bias model (``item_bias``, ``user_item_bias``) whose prediction is added to the head's output, so the
-    prompts and head learn only what it misses (rating tasks). The bias model is refitted from the dataset's training rows
+    residual: str = "auto"
+    """``auto`` (default): ``user_item_bias`` on a rating task, chosen on validation (docs/results/prompt_learning_ml100k.md),
+    and ``none`` on a click task (resolved when the config loads). ``none`` (as published), or a no-LLM bias model
+    (``item_bias``, ``user_item_bias``) whose prediction is added to the head's output, so the prompts and head learn only
+    what it misses (rating tasks). The bias model is refitted from the dataset's training rows
     wherever the prompts are used (regularisation chosen on valid, as the reference of that name), so it needs no storage and is
     the same on every model: source, target, migrated and served banks share it."""
 
 
 @dataclass
 class AdapterConfig:
-    kind: str = "puma"
-    """``puma`` (4-block residual SiLU MLP, as published) or ``compact`` (2-layer GELU with residual projection)."""
-    hidden: int = 4096
-    """Hidden width of the adapter's MLPs."""
+    kind: str = "compact"
+    """``puma`` (4-block residual SiLU MLP, as published) or ``compact`` (default: 2-layer GELU with residual projection, a linear path the ``adapter.init`` maps can start; docs/results/demo.md)."""
+    hidden: int = 256
+    """Hidden width of the adapter's MLPs; default 256 (published: 4096 in the ``puma`` adapter)."""
     dropout: float = 0.1
     """Dropout inside the adapter's MLPs."""
-    lr: float = 1e-4
-    """Learning rate of the adapter (AdamW)."""
+    lr: float = 1e-3
+    """Learning rate of the adapter (AdamW); default 1e-3 (published: 1e-4)."""
     epochs: int = 4
     """Adapter training epochs; the best epoch by ``val/loss`` is kept."""
     batch_size: int = 32
     """Adapter training batch size."""
     weight_decay: float = 0.01
     """AdamW weight decay on the adapter."""
-    output_scale: str = "none"
-    """``none`` (as published) or ``embedding_std``: multiply the adapter output by the target model's embedding std."""
+    output_scale: str = "embedding_std"
+    """``none`` (as published) or ``embedding_std`` (default): multiply the adapter output by the target model's embedding std, the units ``prompt.init=scaled`` trains in."""
     freeze_head: bool = False
     """Keep the rating head copied from the source run frozen (True) or train it with the adapter."""
     head_lr: Optional[float] = None
@@ -237,14 +247,16 @@ class AdapterConfig:
     users rate. All need an adapter with a linear path (``compact``)."""
     input_norm: str = "none"
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
-    validation: str = "selected"
-    """Rows the adapter's best epoch is chosen on: ``selected`` (the selected users' own validation rows), ``heldout`` (the validation rows of as many other, seeded, unselected users as the budget) or ``heldout_all`` (the validation rows of every unselected user, up to ``validation_max_users``: a steadier choice for one forward pass per row and epoch, no gradient)."""
+    validation: str = "heldout"
+    """Rows the adapter's best epoch is chosen on: ``selected`` (the selected users' own validation rows, as published), ``heldout`` (default, chosen on validation, docs/results/demo.md: the validation rows of as many other, seeded, unselected users as the budget) or ``heldout_all`` (the validation rows of every unselected user, up to ``validation_max_users``: a steadier choice for one forward pass per row and epoch, no gradient)."""
     validation_max_users: Optional[int] = 2000
     """Under ``validation=heldout_all``, at most this many unselected users (a seeded draw) validate the adapter, so that
     each validation's cost stays bounded on millions of users; None: every unselected user."""
-    readout_rows: str = "selected"
+    readout_rows: str = "auto"
     """Under ``prompt.hidden_readout=ridge``, the rows the target's readout is fitted on (closed form, no gradient step:
-    one neutral forward per distinct item text): ``selected`` (the adapter's own training and validation rows),
+    one neutral forward per distinct item text): ``auto`` (default: ``all`` on a rating task, chosen on validation,
+    docs/results/migration_levers_ml100k.md; ``selected`` on a click task, where no readout is fitted),
+    ``selected`` (the adapter's own training and validation rows, as published),
     ``adapter_items`` (every user's training and validation rows of the items those rows name: more rows for the fit
     from items the adapter reads anyway; with prefixes computed in fixed groups its prefix cost is close to ``all``'s,
     docs/results/migration_levers_ml100k.md) or ``all`` (every user's training and validation rows, as full
@@ -362,8 +374,11 @@ class ExperimentConfig:
     """Per-user prompt tuning (source prompts and the full-retraining baseline)."""
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     """The PUMA migration adapter."""
-    selection: Any = field(default_factory=lambda: {"name": "puma", "budget": 100})
-    """User-selection strategy: ``name``, ``budget`` and that strategy's parameters (``strategies/NAME.yaml``)."""
+    selection: Any = field(default_factory=lambda: {"name": "puma", "budget": 100, "n_clusters": 8, "min_per_cluster": 2})
+    """User-selection strategy: ``name``, ``budget`` and that strategy's parameters (``strategies/NAME.yaml``). Default:
+    ``puma`` with 8 clusters of at least 2 users (published: 15 clusters of 50, sized for budgets of 2,000;
+    docs/results/demo.md); a config or ``selection.name=`` naming another strategy starts from that strategy's own
+    parameters (keeping the budget)."""
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     """Which comparison rows ``fit`` computes."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

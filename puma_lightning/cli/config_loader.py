@@ -140,11 +140,24 @@ def config_layers(file: str | Path, including: tuple[Path, ...] = ()) -> list[tu
     return layers + [(path, loaded)]
 
 
+def switch_strategy(cfg: DictConfig, name: Any) -> None:
+    """Before a config file or ``selection.name=`` names the selection strategy ``name``: where it is another strategy
+    than ``cfg``'s, drop the parameters of the one before (the default's ``n_clusters``, ``min_per_cluster`` are
+    ``puma``'s), keeping the budget, so the new strategy starts from its own parameters."""
+    if not isinstance(cfg.selection, DictConfig) or cfg.selection.get("name") == name:
+        return
+    budget = cfg.selection.get("budget")
+    cfg.selection = {"budget": budget} if budget is not None else {}
+
+
 def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
     """Merge defaults, YAML files and dotlist overrides into a validated config."""
     cfg = OmegaConf.structured(ExperimentConfig)
     for file in config_files:
         for path, loaded in config_layers(file):
+            named = loaded.get("selection")
+            if isinstance(named, DictConfig) and "name" in named:
+                switch_strategy(cfg, named.name)
             try:
                 cfg = OmegaConf.merge(cfg, without_command_arguments(loaded, path))
             except OmegaConfBaseException as exc:
@@ -162,6 +175,8 @@ def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str
             node = strategy_node(value)
             cfg.selection = OmegaConf.merge(node, {"budget": budget} if budget is not None else {})
         else:
+            if key == "selection.name":
+                switch_strategy(cfg, value)
             dotlist.append(token)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))

@@ -183,6 +183,7 @@ def mutate_config(text: str, rng: random.Random) -> bytes:
 def test_fuzz_configs(tmp_path, capsys):
     rng = random.Random(f"{SEED}-config")
     base = (ROOT / "configs" / "smoke.yaml").read_text()
+    (tmp_path / "paper.yaml").write_text((ROOT / "configs" / "paper.yaml").read_text())  # smoke's base, beside it
     for case in range(CONFIG_CASES):
         path = tmp_path / f"c{case}.yaml"
         path.write_bytes(mutate_config(base, rng))

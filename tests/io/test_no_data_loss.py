@@ -296,6 +296,7 @@ def test_predict_out_equal_to_the_pairs_file_is_refused(tmp_path, capsys):
 def test_predict_out_equal_to_a_config_file_is_refused(tmp_path, capsys):
     config = tmp_path / "mine.yaml"
     config.write_text((ROOT / "configs" / "smoke.yaml").read_text())
+    (tmp_path / "paper.yaml").write_text((ROOT / "configs" / "paper.yaml").read_text())  # smoke's base, beside it
     pairs = _pairs(tmp_path)
     before = checksums(tmp_path)
     assert main(["predict", "--config", str(config), f"run_dir={tmp_path / 'run'}", f"bank={tmp_path / 'bank'}",

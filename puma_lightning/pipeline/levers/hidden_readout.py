@@ -14,20 +14,33 @@ from typing import Any
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
 
-HIDDEN_READOUTS = ("none", "trained", "ridge", "ridge_own")
-"""``prompt.hidden_readout`` choices."""
+HIDDEN_READOUTS = ("auto", "none", "trained", "ridge", "ridge_own")
+"""``prompt.hidden_readout`` choices (``auto``: :func:`task_readout`)."""
 RIDGE_READOUTS = ("ridge", "ridge_own")
 """The choices fitted in closed form on the ratings before a stage trains (rating tasks only)."""
-READOUT_ROWS = ("selected", "adapter_items", "all")
-"""``adapter.readout_rows`` choices."""
+READOUT_ROWS = ("auto", "selected", "adapter_items", "all")
+"""``adapter.readout_rows`` choices (``auto``: :func:`task_readout_rows`)."""
+
+
+def task_readout(cfg: Any) -> str:
+    """What ``prompt.hidden_readout=auto`` (the default) stands for: ``ridge`` on a rating task, chosen on validation
+    (docs/results/prompt_learning_ml100k.md); ``none`` on a click task, where the ridge fit has no ratings to fit."""
+    return "ridge" if cfg.data.task == "rating" else "none"
+
+
+def task_readout_rows(cfg: Any) -> str:
+    """What ``adapter.readout_rows=auto`` (the default) stands for: ``all`` on a rating task, chosen on validation over
+    the selected users' rows (docs/results/migration_levers_ml100k.md); ``selected`` on a click task, where no readout
+    is fitted and the value changes nothing (the published one, so a click run's stage keys stay as they were)."""
+    return "all" if cfg.data.task == "rating" else "selected"
 
 
 class HiddenReadout(Lever):
     """The head reads the hidden state too; under ``ridge``/``ridge_own`` its readout is fitted before training."""
 
     name = "hidden_readout"
-    options = (Option("prompt.hidden_readout", HIDDEN_READOUTS, rating_only=RIDGE_READOUTS),
-               Option("adapter.readout_rows", READOUT_ROWS))
+    options = (Option("prompt.hidden_readout", HIDDEN_READOUTS, rating_only=RIDGE_READOUTS, auto=task_readout),
+               Option("adapter.readout_rows", READOUT_ROWS, auto=task_readout_rows))
     record_name = "readout"
     description = "the head also reads the hidden state at the answer position"
 

@@ -4,8 +4,9 @@ A lever is one file of :mod:`puma_lightning.pipeline.levers` (or of a plugin) th
 registers an instance (:func:`~puma_lightning.pipeline.levers.registry.register_lever`). It declares
 
 - ``options``: the config keys it owns, each with its allowed values (one list per key: ``--help``, the config
-  errors and the loader's choice check all read it) and the values that fit ratings only (refused when the config
-  loads for a click task);
+  errors and the loader's choice check all read it), the values that fit ratings only (refused when the config
+  loads for a click task) and, for an option whose best value depends on the task, what its value ``auto`` stands
+  for (resolved when the config loads, before anything reads or hashes it);
 - ``section``: for a lever of your own, a dataclass of its settings, read from ``levers.<name>`` in the config
   (the built-in levers keep their historical keys under ``prompt.*`` and ``adapter.*``);
 - ``validate``: any further check of its settings when the config loads;
@@ -33,17 +34,31 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Option:
-    """A config key a lever owns: ``key`` (a dotted path), its allowed ``values`` (empty: any value of the key's type)
-    and those of them that fit ratings only (``rating_only``)."""
+    """A config key a lever owns: ``key`` (a dotted path), its allowed ``values`` (empty: any value of the key's type),
+    those of them that fit ratings only (``rating_only``) and, where ``values`` has ``auto``, the function ``auto``
+    that names the value ``auto`` stands for in a config (by its ``data.task``: a rating-only value cannot be a
+    default on a click task)."""
 
     key: str
     values: tuple[str, ...] = ()
     rating_only: tuple[str, ...] = ()
+    auto: Callable[[Any], str] | None = None
 
     def __post_init__(self) -> None:
         stray = [v for v in self.rating_only if v not in self.values]
         if stray:
             raise ValueError(f"option {self.key!r}: rating-only values {stray} are not among its values {list(self.values)}")
+        if ("auto" in self.values) != (self.auto is not None):
+            raise ValueError(f"option {self.key!r}: the value 'auto' and the function 'auto' that resolves it go together")
+
+    def resolved(self, cfg: Any, value: Any) -> Any:
+        """``value``, or where it is ``auto`` the value it stands for in ``cfg`` (one of ``values``, never ``auto``)."""
+        if value != "auto" or self.auto is None:
+            return value
+        chosen = self.auto(cfg)
+        if chosen == "auto" or chosen not in self.values:
+            raise ValueError(f"option {self.key!r}: 'auto' resolved to {chosen!r}, not one of {list(self.values)}")
+        return chosen
 
 
 class Lever:

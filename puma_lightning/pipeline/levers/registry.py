@@ -70,10 +70,23 @@ def fill_sections(cfg: DictConfig) -> None:
         cfg.levers[name] = merged
 
 
+def resolve_auto(cfg: DictConfig) -> None:
+    """Replace every lever option set to ``auto`` by the value it stands for in ``cfg`` (in registration order, so an
+    option's ``auto`` may read an earlier one's resolved value). The loader calls it before anything reads or hashes
+    the config, so a stage's key holds the value, never ``auto``."""
+    for key, option in lever_options().items():
+        value = OmegaConf.select(cfg, key)
+        resolved = option.resolved(cfg, value)
+        if resolved != value:
+            OmegaConf.update(cfg, key, resolved, merge=False)
+
+
 def check_config(cfg: DictConfig) -> None:
-    """What the registry says of a loaded config: each lever's section filled in, every lever option among its values,
-    no rating-only value on a click task, each lever's own validation (``ValueError``, one line naming the key)."""
+    """What the registry says of a loaded config: each lever's section filled in, every ``auto`` resolved (by the task),
+    every lever option among its values, no rating-only value on a click task, each lever's own validation
+    (``ValueError``, one line naming the key)."""
     fill_sections(cfg)
+    resolve_auto(cfg)
     for key, values in lever_choices().items():
         value = OmegaConf.select(cfg, key)
         if value not in values:

@@ -11,15 +11,21 @@ from typing import Any
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
 
-RESIDUAL_BASES = ("none", "item_bias", "user_item_bias")
-"""``prompt.residual`` choices: no base, or the bias model of that name (rating tasks)."""
+RESIDUAL_BASES = ("auto", "none", "item_bias", "user_item_bias")
+"""``prompt.residual`` choices: ``auto`` (:func:`task_residual`), no base, or the bias model of that name (rating tasks)."""
+
+
+def task_residual(cfg: Any) -> str:
+    """What ``prompt.residual=auto`` (the default) stands for: ``user_item_bias`` on a rating task, the base chosen on
+    validation (docs/results/prompt_learning_ml100k.md); ``none`` on a click task, where no bias model is fitted."""
+    return "user_item_bias" if cfg.data.task == "rating" else "none"
 
 
 class ResidualBase(Lever):
     """A bias model's prediction added to every row's output, so the prompts and head learn the residual."""
 
     name = "residual"
-    options = (Option("prompt.residual", RESIDUAL_BASES, rating_only=("item_bias", "user_item_bias")),)
+    options = (Option("prompt.residual", RESIDUAL_BASES, rating_only=("item_bias", "user_item_bias"), auto=task_residual),)
     description = "a no-LLM bias model's prediction added to every row's output"
 
     def row_offset(self, cfg: Any, table: Any) -> Any:
