@@ -51,4 +51,4 @@ def with_input_norm(adapter: nn.Module, kind: str, prompts: torch.Tensor) -> nn.
         return adapter
     if kind == "standardize":
         return InputStandardized.fitted(adapter, prompts)
-    raise ValueError(f"unknown adapter.input_norm {kind!r} (the lever pipeline/levers/input_norm.py lists the values)")
+    raise ValueError(f"unknown adapter.input_norm {kind!r}; this module builds 'none' and 'standardize'")
