@@ -153,3 +153,19 @@ def test_no_import_runs_in_a_circle():
 def test_the_cycle_finder_finds_a_cycle():
     assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+INNER_LAYERS = {"puma_lightning.pipeline.levers": 0, "puma_lightning.pipeline.stages": 1, "puma_lightning.pipeline.experiment": 2}
+"""Inside ``pipeline``: a lever acts through hooks and never imports the rows that call it (stages) or the run context
+(experiment); a stage is handed the experiment and never imports it."""
+
+
+def test_levers_import_no_stage_and_stages_import_no_experiment():
+    def layer(module: str) -> int | None:
+        return next((rank for prefix, rank in INNER_LAYERS.items()
+                     if module == prefix or module.startswith(prefix + ".")), None)
+
+    found = [f"{me} imports {target}" for me, targets in package_imports().items() for target in targets
+             if layer(me) is not None and layer(target) is not None and layer(target) > layer(me)]
+    assert not found, found
+    assert any(layer(m) == 0 for m in package_imports()) and any(layer(m) == 1 for m in package_imports())
