@@ -18,6 +18,9 @@ validation rows. Computed here (in dual form: each user has a handful of rows) f
 - ``*_topK``: a channel's top-K principal directions, whitened; ``*_kmeansC``: one-hot k-means clusters of its whitened
   top-64 view (item structure found without ratings); ``*_shared_rank8``: a basis shared by all users (see
   :func:`shared_basis_fit`);
+- ``item_text_embedding_<weighting>``: the same mean with each token weighted by the share of the catalogue's items whose
+  text holds it (``df``, ``sqrt_df``), or only the tokens that at least 3 items share (``shared3``): does stressing
+  the words items have in common (genre, mood) over their titles' words help a per-user learner?
 - ``attributes``: the one-hot item attributes (the ``attribute_ridge`` reference, as a check of the fit).
 
 Every row reports train/valid/test RMSE and the captured share ``(bias - rmse) / (bias - attribute_ridge)`` on test.
@@ -107,6 +110,36 @@ def item_features(lm: Any, dm: Any, table: Any, p0: Any, directions: int, batch:
 
 
 SHARED_RANKS = (8, 16, 32, 64)
+
+ITEM_WORD_WEIGHTS = {"df": lambda share, count: share, "sqrt_df": lambda share, count: share ** 0.5,
+                     "shared3": lambda share, count: float(count >= 3)}
+"""Token weightings of ``item_text_embedding_<name>``: a token's weight from the share (and count) of the catalogue's
+rated items whose text holds it."""
+
+
+def weighted_item_embeddings(lm: Any, table: Any, max_tokens: int, weight: Any) -> np.ndarray:
+    """``[n_items, d]``: each item text's token embeddings averaged with ``weight(share, count)`` per token, where
+    ``share``/``count`` are the share/number of rated items whose (cut) text holds the token; zeros where all weigh 0."""
+    import torch
+
+    from puma_lightning.data.encoding import item_text_token_ids
+
+    ids = [item_text_token_ids(lm.tokenizer, text, max_tokens) for text in table.item_texts]
+    rated = np.unique(table.item)
+    counts: dict[int, int] = {}
+    for i in rated:
+        for token in set(ids[i]):
+            counts[token] = counts.get(token, 0) + 1
+    tokens = sorted({t for item in ids for t in item})
+    with torch.no_grad():
+        table_rows = lm.embed(torch.as_tensor(tokens, device=lm.device)).float().cpu().numpy()
+    row = {t: k for k, t in enumerate(tokens)}
+    out = np.zeros((len(ids), table_rows.shape[1]))
+    for i, item in enumerate(ids):
+        w = np.array([weight(counts.get(t, 0) / len(rated), counts.get(t, 0)) for t in item], dtype=np.float64)
+        if len(item) and w.sum() > 0:
+            out[i] = (w[:, None] * table_rows[[row[t] for t in item]]).sum(0) / w.sum()
+    return out
 """Ranks of the shared principal-direction views of each channel."""
 
 
@@ -256,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from puma_lightning.pipeline.builders import item_text_embeddings
 
     feats["item_text_embedding"] = item_text_embeddings(lm, table.item_texts, int(cfg.data.max_item_tokens or 32)).numpy()
+    for name, weight in ITEM_WORD_WEIGHTS.items():
+        feats[f"item_text_embedding_{name}"] = weighted_item_embeddings(lm, table, int(cfg.data.max_item_tokens or 32), weight)
     cols, width = attribute_columns(table)
     onehot = np.zeros((table.n_items, width))
     onehot[np.arange(table.n_items)[:, None], cols] = 1.0
