@@ -88,12 +88,17 @@ def match_map_weight(source_rows: torch.Tensor, target_rows: torch.Tensor, sourc
     """``[d_s, d_t]``: ``k * M^T``, ``M`` the ridge least-squares map from ``target_rows`` to ``source_rows`` (paired
     embeddings ``[n, d]``), ``k`` the ratio of the match term's normalisations ``sigma^2 sqrt(d)`` (target over
     source), so that ``<p @ A, e_t>`` normalised on the target equals ``<p, e_s>`` normalised on the source."""
+    to_source = fit_vocab_map(target_rows, source_rows, ridge)  # [d_t, d_s]
+    k = term_ratio(source_std, target_std, source_rows.shape[1], target_rows.shape[1])
+    return (k * to_source.T).contiguous()
+
+
+def term_ratio(source_std: float, target_std: float, d_s: int, d_t: int) -> float:
+    """``k``: the target's match-term normalisation ``sigma^2 sqrt(d)`` over the source's, so a map scaled by it
+    gives a migrated prompt the source's item scores."""
     import math
 
-    to_source = fit_vocab_map(target_rows, source_rows, ridge)  # [d_t, d_s]
-    d_s, d_t = source_rows.shape[1], target_rows.shape[1]
-    k = (target_std ** 2 * math.sqrt(d_t)) / (source_std ** 2 * math.sqrt(d_s))
-    return (k * to_source.T).contiguous()
+    return (target_std ** 2 * math.sqrt(d_t)) / (source_std ** 2 * math.sqrt(d_s))
 
 
 @dataclass
@@ -158,12 +163,9 @@ def item_map_weight(pairs: TokenPairs, source_items: torch.Tensor, target_items:
                     ridge: float = VOCAB_RIDGE) -> torch.Tensor:
     """``[d_s, d_t]``: ``k * (M + D)^T``, ``M`` the token map of :func:`match_map_weight` and ``D`` the ridge fit of
     what ``M`` misses on the centred item embeddings ``[n_items, d]`` (``E_s - E_t M`` regressed on ``E_t``)."""
-    import math
-
     to_source = fit_vocab_map(pairs.target, pairs.source, ridge).double()  # [d_t, d_s]
     e_t = (target_items - target_items.mean(0)).double()
     e_s = (source_items - source_items.mean(0)).double()
     correction = fit_vocab_map(e_t, e_s - e_t @ to_source, ridge).double()
-    d_s, d_t = pairs.source.shape[1], pairs.target.shape[1]
-    k = (pairs.target_std ** 2 * math.sqrt(d_t)) / (pairs.source_std ** 2 * math.sqrt(d_s))
+    k = term_ratio(pairs.source_std, pairs.target_std, pairs.source.shape[1], pairs.target.shape[1])
     return (k * (to_source + correction).T).float().contiguous()
