@@ -15,6 +15,14 @@ import puma_lightning.models.dtype_choice as dc
 from puma_lightning.models.loading import load_backbone
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process():
+    """Each test starts as a new process would: nothing measured yet."""
+    dc.forget_process_measurements()
+    yield
+    dc.forget_process_measurements()
+
+
 def _fixed_speedup(monkeypatch, speedup: float) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
 
@@ -66,21 +74,60 @@ def test_cpu_auto_follows_the_measured_ratio(monkeypatch, tmp_path, speedup, exp
     assert f"{speedup:.3g}x" in choice.reason and "measured now" in choice.reason
 
 
-def test_measurement_is_cached_per_machine_and_shape(monkeypatch, tmp_path):
+def test_one_measurement_a_process_merged_per_machine_and_shape(monkeypatch, tmp_path):
     calls = _fixed_speedup(monkeypatch, 0.05)
     first = dc.choose_dtype("auto", tiny=False, device="cpu", hidden=576, intermediate=1536, cache_dir=tmp_path)
     again = dc.choose_dtype("auto", tiny=False, device="cpu", hidden=576, intermediate=1536, cache_dir=tmp_path)
-    assert calls == [(576, 1536)] and first.dtype == again.dtype == torch.float32
-    assert "cached measurement" in again.reason
+    assert calls == [(576, 1536)] and first.dtype == again.dtype == torch.float32  # once a process
     record = next(iter(json.loads((tmp_path / dc.CACHE_FILE).read_text()).values()))
     assert record["bf16_speedup"] == pytest.approx(0.05) and record["capability"] and record["torch"] == torch.__version__
+    assert record["measurements"] == 1
+    dc.forget_process_measurements()  # the next process measures again and merges
+    later = dc.choose_dtype("auto", tiny=False, device="cpu", hidden=576, intermediate=1536, cache_dir=tmp_path)
+    assert "earlier measurements" in later.reason
+    assert next(iter(json.loads((tmp_path / dc.CACHE_FILE).read_text()).values()))["measurements"] == 2
     dc.choose_dtype("auto", tiny=False, device="cpu", hidden=640, intermediate=2048, cache_dir=tmp_path)  # other shape
     threads = torch.get_num_threads()
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)  # another thread count: measured again
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)  # another thread count: its own record
     dc.choose_dtype("auto", tiny=False, device="cpu", hidden=576, intermediate=1536, cache_dir=tmp_path)
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an ISA cap changes speed: measured again
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an ISA cap changes speed: its own record
     dc.choose_dtype("auto", tiny=False, device="cpu", hidden=576, intermediate=1536, cache_dir=tmp_path)
-    assert calls == [(576, 1536), (640, 2048), (576, 1536), (576, 1536)]
+    assert len(calls) == 5 and len(json.loads((tmp_path / dc.CACHE_FILE).read_text())) == 4
+
+
+def _measures(monkeypatch, fp32_s: float, bf16_s: float) -> None:
+    monkeypatch.setattr(dc, "measure_bf16_speedup", lambda *a, **k: {
+        "fp32_s": fp32_s, "bf16_s": bf16_s, "bf16_speedup": fp32_s / bf16_s})
+
+
+def test_a_figure_taken_under_load_is_corrected_by_a_quiet_one(monkeypatch, tmp_path):
+    """Under load both products ran ~6x slower and bf16 looked 0.82x; the quiet run's fastest times give ~4x."""
+    _measures(monkeypatch, fp32_s=0.023, bf16_s=0.028)
+    assert dc.choose_dtype("auto", tiny=False, device="cpu", hidden=640, intermediate=2048,
+                           cache_dir=tmp_path).dtype == torch.float32
+    dc.forget_process_measurements()
+    _measures(monkeypatch, fp32_s=0.0041, bf16_s=0.00098)
+    quiet = dc.choose_dtype("auto", tiny=False, device="cpu", hidden=640, intermediate=2048, cache_dir=tmp_path)
+    assert quiet.dtype == torch.bfloat16 and quiet.bf16_speedup == pytest.approx(0.0041 / 0.00098)
+
+
+def test_a_quiet_figure_is_not_overturned_by_a_noisy_one(monkeypatch, tmp_path):
+    _measures(monkeypatch, fp32_s=0.0041, bf16_s=0.00098)
+    dc.choose_dtype("auto", tiny=False, device="cpu", hidden=640, intermediate=2048, cache_dir=tmp_path)
+    dc.forget_process_measurements()
+    _measures(monkeypatch, fp32_s=0.023, bf16_s=0.028)  # the next run measured under load
+    noisy = dc.choose_dtype("auto", tiny=False, device="cpu", hidden=640, intermediate=2048, cache_dir=tmp_path)
+    assert noisy.dtype == torch.bfloat16 and noisy.bf16_speedup == pytest.approx(0.0041 / 0.00098)
+
+
+def test_a_cached_record_without_times_is_replaced(monkeypatch, tmp_path):
+    """A record from before the times were kept (only a ratio, here a noisy 0.5x) takes no part in the merge."""
+    _measures(monkeypatch, fp32_s=2.0, bf16_s=1.0)
+    dc.choose_dtype("auto", tiny=False, device="cpu", hidden=8, intermediate=8, cache_dir=tmp_path)
+    path = tmp_path / dc.CACHE_FILE
+    path.write_text(json.dumps({key: {"bf16_speedup": 0.5} for key in json.loads(path.read_text())}))
+    dc.forget_process_measurements()
+    assert dc.choose_dtype("auto", tiny=False, device="cpu", hidden=8, intermediate=8, cache_dir=tmp_path).dtype == torch.bfloat16
 
 
 def test_unreadable_cache_is_measured_again(monkeypatch, tmp_path):
