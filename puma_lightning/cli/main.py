@@ -61,6 +61,7 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
     cfg = load_config(config_files, config_overrides)
     if print_config:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        print(arguments_as_comments(command, args), end="")
         return 0
     setup_runtime(cfg)
     from puma_lightning.io.lock import RunLock
@@ -74,6 +75,18 @@ def run(command: str, config_files: Sequence[str], overrides: Sequence[str], pri
         claim_run_dir(run_dir)  # a folder we did not make is refused before anything is written into it
         with RunLock(run_dir, command=" ".join([command, *overrides])):
             return _run_locked(command, cfg, run_dir, args)
+
+
+def arguments_as_comments(command: str, args: Arguments) -> str:
+    """The command's own arguments with their values, as YAML comments under the printed config: shown, but a saved
+    ``--print-config`` stays a config file (arguments are refused there)."""
+    if not dataclasses.fields(args):
+        return ""
+    from omegaconf import OmegaConf
+
+    lines = OmegaConf.to_yaml(OmegaConf.structured(args)).splitlines()
+    return "".join(f"# {line}\n" for line in
+                   [f"arguments of {command} (key=value; not config keys, not saved in run_dir/config.yaml):", *lines])
 
 
 def _run_locked(command: str, cfg, run_dir: Path, args: Arguments) -> int:  # noqa: ANN001 - DictConfig

@@ -170,3 +170,17 @@ def test_the_seeded_commands_take_no_arguments():
     from puma_lightning.commands.seeds import SEEDED_COMMANDS
 
     assert all(not dataclasses.fields(COMMANDS[name].arguments) for name in SEEDED_COMMANDS)
+
+
+def test_print_config_shows_the_commands_arguments_as_comments_and_stays_a_config(tmp_path, capsys):
+    assert main(["test", "--config", SMOKE, f"run_dir={tmp_path}", "bank=runs/x/bank", "split=valid",
+                 "--print-config"]) == 0
+    out = capsys.readouterr().out
+    comments = [line for line in out.splitlines() if line.startswith("# ")]
+    assert comments[1:] == ["# bank: runs/x/bank", "# model: target", "# split: valid"], comments
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(out)
+    assert OmegaConf.to_container(load_config([printed], [])) == OmegaConf.to_container(
+        load_config([SMOKE], [f"run_dir={tmp_path}"]))  # the comments are no keys: it loads as the same config
+    assert main(["fit", "--config", SMOKE, f"run_dir={tmp_path}", "--print-config"]) == 0
+    assert "# arguments" not in capsys.readouterr().out  # fit takes none
