@@ -150,8 +150,8 @@ class Experiment:
         from puma_lightning.pipeline.stages.prompts import PromptStage
 
         stage = stage or ("source" if which == "source" else "full_retrain")
-        return run_stage(self, PromptStage(stage, which, train_prompts=train_prompts, epochs=epochs, save_bank=save_bank,
-                                           shared=shared))
+        return run_stage(self, PromptStage(self.cfg, stage, which, train_prompts=train_prompts, epochs=epochs,
+                                           save_bank=save_bank, shared=shared))
 
     def migrate_stage(self) -> dict[str, Any]:
         """PUMA's row (:mod:`puma_lightning.pipeline.stages.puma`)."""

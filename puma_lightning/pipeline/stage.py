@@ -112,7 +112,9 @@ class Stage(ABC):
 
     @abstractmethod
     def key_parts(self, exp: Any) -> Sequence[Any]:
-        """Everything the stage's result depends on (config sections, seeds, the fingerprints of its inputs)."""
+        """Everything the stage's result depends on (config sections, seeds, the fingerprints of its inputs). It may
+        load an input whose fingerprint the key needs (kept for :meth:`compute`), but never changes what the stage
+        will do: that is settled when the stage is made."""
 
     def prepare(self, exp: Any) -> Any:
         """Work done before the stage's model is loaded and its streams seeded (choosing users, loading another model)."""

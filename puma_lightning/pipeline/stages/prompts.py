@@ -25,19 +25,17 @@ from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics
 class PromptStage(Stage):
     """Per-user prompts and a head trained on ``model`` (``train_prompts=False``: the head only; ``shared``: one prompt)."""
 
-    def __init__(self, name: str, model: str, *, train_prompts: bool = True, epochs: int | None = None,
+    def __init__(self, cfg: Any, name: str, model: str, *, train_prompts: bool = True, epochs: int | None = None,
                  save_bank: bool = True, shared: bool = False) -> None:
-        self.name, self.model = name, model
-        self.train_prompts, self.epochs, self.save_bank, self.shared = train_prompts, epochs, save_bank, shared
-        self.imported: Any = None
+        """Everything the stage will do is settled here, from ``cfg``: its key and its computation only read it."""
+        self.name, self.model, self.save_bank, self.shared = name, model, save_bank, shared
+        self.epochs = epochs or cfg.prompt.epochs
+        self.imported = imported_source(cfg) if name == "source" else None  # source.bank: the user's own prompts
+        self.train_prompts = train_prompts and self.imported is None  # imported prompts stay as they are
 
     def key_parts(self, exp: Any) -> Sequence[Any]:
         cfg = exp.cfg
         exp.require_test_rows(self.name)
-        self.epochs = self.epochs or cfg.prompt.epochs
-        self.imported = imported_source(cfg) if self.name == "source" else None  # source.bank: the user's own prompts
-        if self.imported is not None:
-            self.train_prompts = False
         return (cfg.data, cfg[self.model], cfg.prompt, cfg.seed, self.train_prompts, self.epochs, trainer_key(cfg.trainer),
                 *(["shared"] if self.shared else []), *(["imported", self.imported.content_hash] if self.imported else []))
 
@@ -81,20 +79,20 @@ class PromptStage(Stage):
 
 
 def source_stage(exp: Any) -> PromptStage:
-    return PromptStage("source", "source")
+    return PromptStage(exp.cfg, "source", "source")
 
 
 def random_init_stage(exp: Any) -> PromptStage:
-    return PromptStage("random_init", "target", train_prompts=False, epochs=exp.cfg.baselines.random_init_epochs,
+    return PromptStage(exp.cfg, "random_init", "target", train_prompts=False, epochs=exp.cfg.baselines.random_init_epochs,
                        save_bank=False)
 
 
 def full_retrain_stage(exp: Any) -> PromptStage:
-    return PromptStage("full_retrain", "target")
+    return PromptStage(exp.cfg, "full_retrain", "target")
 
 
 def shared_prompt_stage(model: str) -> Any:
-    return lambda exp: PromptStage(f"shared_prompt_{model}", model, shared=True)
+    return lambda exp: PromptStage(exp.cfg, f"shared_prompt_{model}", model, shared=True)
 
 
 register_stage(StageEntry("source", single(source_stage), shown=lambda cfg: bool(cfg.baselines.source),
