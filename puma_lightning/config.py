@@ -193,6 +193,10 @@ class PromptConfig:
     model's embedding space (``models/item_match.py``). It gives each prompt a short path from the words that name an item's
     genre or mood to the rating, where the answer position alone buries them (docs/prompt_diagnosis.md). The term is part of
     the head, saved in every bank; a stage that moves prompts to another model (PUMA, ``vocab_map``) starts the target's own."""
+    taste_prior: int = 0
+    """With ``item_match``, on ratings: before the prompts train, fit a prior over the users' match-term tastes shared by
+    all users (a hierarchical linear model, EM for up to this many iterations, the iteration chosen on validation rows) and
+    start each prompt at its posterior mean (``pipeline/taste_prior.py``, docs/prompt_diagnosis.md section 8). 0: off."""
     residual: str = "auto"
     """``auto`` (default): ``user_item_bias`` on a rating task, chosen on validation (docs/results/prompt_learning_ml100k.md),
     and ``none`` on a click task (resolved when the config loads). ``none`` (as published), or a no-LLM bias model

@@ -6,6 +6,7 @@ this order (the order hooks run and ``--help`` lists them); a lever of your own 
 from puma_lightning.pipeline.levers import residual  # noqa: F401  isort: skip  (they register)
 from puma_lightning.pipeline.levers import hidden_readout  # noqa: F401  isort: skip
 from puma_lightning.pipeline.levers import item_match  # noqa: F401  isort: skip
+from puma_lightning.pipeline.levers import taste_prior  # noqa: F401  isort: skip
 from puma_lightning.pipeline.levers import adapter_init  # noqa: F401  isort: skip
 from puma_lightning.pipeline.levers import input_norm  # noqa: F401  isort: skip
 from puma_lightning.pipeline.levers import distillation  # noqa: F401  isort: skip
