@@ -73,3 +73,13 @@ def test_pretrain_records_the_prior_only_when_it_is_on(tmp_path, iterations):
         assert prior["rank"] > 0 and prior["seconds"] >= 0
     else:
         assert "taste_prior" not in record
+
+
+def test_fit_applies_the_prior_where_prompts_train_and_nowhere_else(tmp_path):
+    assert main(["fit", "--config", PERSONAL, "seeds=null", "source.name=tiny-llama", "target.name=tiny-qwen2",
+                 "data.n_users=40", "selection.budget=4", "prompt.epochs=1", "adapter.epochs=1", "prompt.taste_prior=5",
+                 "trainer.num_threads=1", f"run_dir={tmp_path}"]) == 0
+    records = {name: json.loads((tmp_path / name / "stage.json").read_text())
+               for name in ("source", "full_retrain", "random_init", "puma")}
+    assert "taste_prior" in records["source"] and "taste_prior" in records["full_retrain"]
+    assert "taste_prior" not in records["random_init"] and "taste_prior" not in records["puma"]  # no prompts of their own train

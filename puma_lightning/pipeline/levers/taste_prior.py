@@ -37,8 +37,10 @@ class TastePrior(Lever):
 
     def before_train(self, cfg: Any, module: Any, datamodule: Any) -> dict[str, Any] | None:
         iterations = taste_prior_iterations(cfg)
-        if not iterations or getattr(module.head, "item_match", None) is None or not module.prompts.requires_grad:
-            return None  # off, or a stage whose prompts do not train (random_init, an imported bank)
+        prompts = getattr(module, "prompts", None)  # PUMA's module maps prompts; it has none of its own
+        if (not iterations or getattr(module.head, "item_match", None) is None or prompts is None
+                or not prompts.requires_grad or getattr(module, "shared", False)):
+            return None  # off, or a stage whose per-user prompts do not train (random_init, an imported bank, PUMA)
         from puma_lightning.pipeline.taste_prior import fit_taste_prior
 
         return fit_taste_prior(module, datamodule, iterations, int(cfg.seed))
