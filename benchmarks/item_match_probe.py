@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from puma_lightning.machine import BackboneDtypes, describe_machine
+from puma_lightning.machine import describe_machine
 
 GRID = tuple((lr, scale, decay, epochs) for lr in (0.002, 0.005, 0.02) for scale in (0.1, 0.3, 1.0) for decay in (0.0, 1.0)
              for epochs in (2, 4, 8))
@@ -80,21 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
 
-    from puma_lightning.cli.config_loader import load_config
-    from puma_lightning.cli.main import setup_runtime
+    from puma_lightning.cli.probe import load_probe
     from puma_lightning.pipeline.builders import item_text_embeddings
-    from puma_lightning.pipeline.bias_models import fit_bias_model
     from puma_lightning.pipeline.classic import references_for
-    from puma_lightning.pipeline.experiment import Experiment
 
-    cfg = load_config(list(args.config), [*args.overrides, "seeds=null", "source_dir=null", "run_dir=/tmp/item_match_probe"])
-    setup_runtime(cfg)
-    dtypes = BackboneDtypes()
-    exp = dtypes.watch(Experiment(cfg))
+    probe = load_probe(args.config, args.overrides, "item_match_probe")
+    cfg, exp, dtypes = probe.cfg, probe.exp, probe.dtypes
     table, lm = exp.table, exp.backbone(args.which)
     emb = item_text_embeddings(lm, table.item_texts, int(cfg.data.max_item_tokens or 32)).numpy().astype(np.float64)
-    mu, bu, bi, _ = fit_bias_model(table)
-    base = mu + bu[table.user] + bi[table.item]
+    base = probe.bias_base()
     label = table.label.astype(np.float64)
     refs = {}
     for name in ("user_item_bias", "attribute_ridge"):

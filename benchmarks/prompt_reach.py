@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from puma_lightning.machine import BackboneDtypes, describe_machine, machine_record
+from puma_lightning.machine import describe_machine, machine_record
 
 PENALTIES = tuple(10.0 ** k for k in np.arange(-3, 4.01, 0.5))
 """Ridge penalties, relative to the mean diagonal of each channel's item kernel."""
@@ -255,18 +255,13 @@ def per_user_ridge(table: Any, features: np.ndarray, base: np.ndarray) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from puma_lightning.cli.config_loader import load_config
-    from puma_lightning.cli.main import setup_runtime
+    from puma_lightning.cli.probe import load_probe
     from puma_lightning.pipeline.builders import initial_prompts
-    from puma_lightning.pipeline.bias_models import fit_bias_model
     from puma_lightning.pipeline.classic import references_for
     from puma_lightning.pipeline.classic_attributes import attribute_columns
-    from puma_lightning.pipeline.experiment import Experiment
 
-    cfg = load_config(list(args.config), [*args.overrides, "seeds=null", "source_dir=null", "run_dir=/tmp/prompt_reach"])
-    setup_runtime(cfg)
-    dtypes = BackboneDtypes()
-    exp = dtypes.watch(Experiment(cfg))
+    probe = load_probe(args.config, args.overrides, "prompt_reach")
+    cfg, exp, dtypes = probe.cfg, probe.exp, probe.dtypes
     table = exp.table
     lm = exp.backbone(args.model)
     start = time.perf_counter()
@@ -295,8 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     onehot = np.zeros((table.n_items, width))
     onehot[np.arange(table.n_items)[:, None], cols] = 1.0
     feats["attributes"] = onehot
-    mu, bu, bi, _ = fit_bias_model(table)
-    base = mu + bu[table.user] + bi[table.item]
+    base = probe.bias_base()
     label = table.label.astype(np.float64)
     refs = {name: references_for(table)[name].fit(table, int(cfg.seed))[0] for name in ("user_item_bias", "attribute_ridge")}
     ref_rmse = {name: {s: round(float(np.sqrt(np.mean((p[table.rows(s)] - label[table.rows(s)]) ** 2))), 5)

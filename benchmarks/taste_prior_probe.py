@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from puma_lightning.machine import BackboneDtypes, describe_machine
+from puma_lightning.machine import describe_machine
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -33,18 +33,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from puma_lightning.cli.config_loader import load_config
-    from puma_lightning.cli.main import setup_runtime
-    from puma_lightning.pipeline.bias_models import fit_bias_model
+    from puma_lightning.cli.probe import load_probe
     from puma_lightning.pipeline.builders import item_text_embeddings
     from puma_lightning.pipeline.classic import references_for
-    from puma_lightning.pipeline.experiment import Experiment
     from puma_lightning.pipeline.taste_prior import Rows, fit_prior
 
-    cfg = load_config(list(args.config), [*args.overrides, "seeds=null", "source_dir=null", "run_dir=/tmp/taste_prior_probe"])
-    setup_runtime(cfg)
-    dtypes = BackboneDtypes()
-    exp = dtypes.watch(Experiment(cfg))
+    probe = load_probe(args.config, args.overrides, "taste_prior_probe")
+    cfg, exp, dtypes = probe.cfg, probe.exp, probe.dtypes
     table = exp.table
     lm = exp.backbone(args.model)
     start = time.perf_counter()
@@ -54,8 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, singular, vt = np.linalg.svd(x[np.unique(table.item[train_rows])], full_matrices=False)
     z = x @ vt[singular > 1e-6 * singular[0]].T
     z /= np.sqrt((z[table.item[train_rows]] ** 2).sum(1).mean())
-    mu, bu, bi, _ = fit_bias_model(table)
-    base = mu + bu[table.user] + bi[table.item]
+    base = probe.bias_base()
     label = table.label.astype(np.float64)
     split = {s: Rows(table.user[r], table.item[r], label[r] - base[r]) for s in ("train", "valid", "test")
              for r in [table.rows(s)]}
