@@ -33,6 +33,8 @@ PRIOR_USERS = 2000
 """Users (seeded sample) whose training rows fit the prior; every user's posterior is computed under it."""
 START_PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0)
 """Isotropic penalties (``s2 / Sigma``, on unit-mean-square features) the EM may start from, chosen on validation."""
+SHIFT_CHUNK = 65536
+"""Users whose prompts are moved at once."""
 RANK_TOLERANCE = 1e-6
 """Directions of the catalogue's features below this share of the largest singular value are dropped."""
 
@@ -118,17 +120,22 @@ def fit_taste_prior(module: Any, datamodule: Any, iterations: int, seed: int) ->
     z = z / rms  # unit mean-square rows, so START_PENALTIES mean the same everywhere
     k = z.shape[1]
     n_users = int(module.prompts.shape[0])
+    current = np.zeros((n_users, k))  # each user's (prompt - anchor) in the span's coordinates
     with torch.no_grad():
-        current = (module.prompts_for(torch.arange(n_users, device=module.prompts.device)).float().mean(1)
-                   - module.head.item_match.anchor).double().cpu().numpy()
-    start_means = (current @ basis.T) * rms  # each user's term today, in the same coordinates
+        for lo in range(0, n_users, SHIFT_CHUNK):
+            users = torch.arange(lo, min(lo + SHIFT_CHUNK, n_users), device=module.prompts.device)
+            offset = module.prompts_for(users).float().mean(1) - module.head.item_match.anchor
+            current[lo:lo + len(users)] = offset.double().cpu().numpy() @ basis.T
+    start_means = current * rms  # each user's term today, in the features' coordinates
     fitted = fit_prior(z, train, valid, start_means, iterations, seed)
     record = {**fitted.record, "rank": k}
     if fitted.means is not None:
-        shift = (fitted.means / rms - current @ basis.T) @ basis  # [N, d]: inside the span only
-        with torch.no_grad():
-            module.prompts.add_(torch.as_tensor(shift, dtype=module.prompts.dtype, device=module.prompts.device)[:, None, :]
-                                / module.scale)
+        for lo in range(0, n_users, SHIFT_CHUNK):  # [chunk, d] at a time: a million users never hold [N, d] in float64
+            hi = min(lo + SHIFT_CHUNK, n_users)
+            shift = (fitted.means[lo:hi] / rms - current[lo:hi]) @ basis  # inside the span only
+            with torch.no_grad():
+                module.prompts[lo:hi].add_(torch.as_tensor(shift, dtype=module.prompts.dtype,
+                                                           device=module.prompts.device)[:, None, :] / module.scale)
     record["seconds"] = round(time.perf_counter() - start, 2)
     return record
 
