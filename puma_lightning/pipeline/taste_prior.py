@@ -166,15 +166,19 @@ def fit_prior(z: np.ndarray, train: Rows, valid: Rows, start_means: np.ndarray, 
     penalty = min(starts, key=starts.get)
     sigma, noise = np.eye(k) * (s2 / penalty), s2
     best: tuple[float, int | None, np.ndarray | None] = (baseline, None, None)
+    every_user = len(fit_users) == n_users  # then one pass gives both the means to score and the EM statistics
     for iteration in range(iterations + 1):
-        if iteration:  # one EM step
-            _, (acc, res) = _posterior_means(z, train, fit_users, sigma, noise, covariances=True)
-            sigma = acc / len(fit_users) + 1e-9 * np.eye(k)
-            noise = max(res / fit_rows, 1e-6)
-        means, _ = _posterior_means(z, train, all_users, sigma, noise)
+        last = iteration == iterations
+        means, stats = _posterior_means(z, train, all_users, sigma, noise, covariances=every_user and not last)
         score = _valid_rmse(z, valid, means)
         if score < best[0]:
             best = (score, iteration, means)
+        if not last:  # one EM step: the posterior moments under this prior give the next one
+            if not every_user:
+                _, stats = _posterior_means(z, train, fit_users, sigma, noise, covariances=True)
+            acc, res = stats
+            sigma = acc / len(fit_users) + 1e-9 * np.eye(k)
+            noise = max(res / fit_rows, 1e-6)
     record = {"valid_rmse_start": round(baseline, 5), "valid_rmse_isotropic": round(starts[penalty], 5),
               "valid_rmse": round(best[0], 5), "start_penalty": penalty, "iteration": best[1], "iterations": iterations,
               "prior_users": len(fit_users), "used": best[2] is not None}

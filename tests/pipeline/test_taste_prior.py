@@ -42,13 +42,12 @@ def test_a_shared_prior_beats_the_isotropic_ridge_on_low_rank_tastes():
     assert np.corrcoef(fitted.means.ravel(), tastes.ravel())[0, 1] > 0.9
 
 
-def test_no_tastes_means_the_start_is_kept():
+def test_no_tastes_means_no_large_move():
+    """Pure noise: whatever validation picks (the start, or a chance win), no user's term moves far."""
     z, train, valid, tastes = _hierarchical(1, signal=0.0)
-    true = np.zeros_like(tastes)  # the start already is the truth: nothing can beat it on validation but by chance
-    fitted = fit_prior(z, train, valid, true, iterations=10, seed=0)
-    assert fitted.record["valid_rmse"] <= fitted.record["valid_rmse_start"]
-    if fitted.means is not None:  # a chance win on validation rows stays a tiny move
-        assert np.abs(fitted.means).max() < 0.2
+    fitted = fit_prior(z, train, valid, np.zeros_like(tastes), iterations=10, seed=0)
+    means = fitted.means if fitted.means is not None else np.zeros_like(tastes)
+    assert np.abs(means).max() < 0.2, np.abs(means).max()
 
 
 def test_the_option_is_refused_where_it_cannot_act():
@@ -69,8 +68,8 @@ def test_pretrain_records_the_prior_only_when_it_is_on(tmp_path, iterations):
     record = json.loads((run / "source" / "stage.json").read_text())
     if iterations:
         prior = record["taste_prior"]
-        assert prior["iterations"] == iterations and prior["valid_rmse"] <= prior["valid_rmse_start"]
-        assert prior["rank"] > 0 and prior["seconds"] >= 0
+        assert prior["iterations"] == iterations and prior["rank"] > 0 and prior["seconds"] >= 0
+        assert prior["prior_users"] == 40 and isinstance(prior["used"], bool)
     else:
         assert "taste_prior" not in record
 
