@@ -7,6 +7,11 @@ and the head then only have to learn the residual. The bias model is in rating u
 the same on every LLM: it is refitted from the table wherever prompts are trained, migrated,
 tested or served, and needs no storage in banks. ``item_bias`` keeps only the item side (the
 user part is then entirely the prompt's).
+
+On a click task the bases are logistic (``item_logodds``, ``user_item_logodds``): the log-odds
+``b(u, i)`` of a regularised logistic bias model, added to the head's click logit, so the prompts
+learn which items a user picks beyond how often each item is picked (an item's popularity) and how
+often the user clicks.
 """
 
 from __future__ import annotations
@@ -19,7 +24,12 @@ import numpy as np
 from puma_lightning.data.table import InteractionTable
 from puma_lightning.errors import PumaError
 
-__all__ = ["bias_terms", "pair_offsets", "row_offsets"]
+__all__ = ["CLICK_BASES", "RATING_BASES", "bias_terms", "pair_offsets", "row_offsets"]
+
+RATING_BASES = ("item_bias", "user_item_bias")
+"""Residual bases in rating units (least squares)."""
+CLICK_BASES = ("item_logodds", "user_item_logodds")
+"""Residual bases in log-odds units (logistic), for click tasks."""
 
 
 def bias_terms(cfg: Any, table: InteractionTable) -> tuple[float, np.ndarray, np.ndarray] | None:
@@ -27,14 +37,16 @@ def bias_terms(cfg: Any, table: InteractionTable) -> tuple[float, np.ndarray, np
     base = str(cfg.prompt.get("residual", "none"))
     if base == "none":
         return None
-    if table.task != "rating":
-        raise PumaError(f"prompt.residual={base!r} is for rating tasks; dataset {table.meta.get('name')!r} is a {table.task} task")
+    wanted = "click" if base in CLICK_BASES else "rating"
+    if table.task != wanted:
+        raise PumaError(f"prompt.residual={base!r} is for {wanted} tasks; dataset {table.meta.get('name')!r} is a {table.task} task")
     cached = _FITTED.get((id(table), base))
     if cached is not None and cached[0]() is table:
         return cached[1]
-    from puma_lightning.pipeline.bias_models import fit_bias_model
+    from puma_lightning.pipeline.bias_models import fit_bias_model, fit_click_bias_model
 
-    mu, bu, bi, _ = fit_bias_model(table, users=base == "user_item_bias", items=True)
+    fit = fit_click_bias_model if base in CLICK_BASES else fit_bias_model
+    mu, bu, bi, _ = fit(table, users=base.startswith("user_item"), items=True)
     _FITTED[(id(table), base)] = (weakref.ref(table, lambda _, key=(id(table), base): _FITTED.pop(key, None)), (mu, bu, bi))
     return mu, bu, bi
 

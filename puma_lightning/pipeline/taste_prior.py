@@ -15,6 +15,12 @@ is not used at all where no iteration beats the prompts' own start there. Each u
 inside that span, its term equals the posterior mean ``m_u``; the prompts then train through the frozen model as
 usual. The per-user state stays the prompt in the model's embedding space: the bank, migration and serving see
 nothing new. Measured in ``docs/prompt_diagnosis.md`` (section 8).
+
+On a click task the same linear model is fitted to the click logit's first-order residual: each row's target is
+``(click - sigmoid(offset)) / 0.25``, the residual of the offset's click probability (a logistic residual base,
+``prompt.residual=user_item_logodds``) divided by the logistic curve's slope at its centre, so that the posterior
+means are in the click logit's units (the linear-probability approximation of a logistic model; exact at
+probability one half, shrunk towards zero away from it).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ PRIOR_USERS = 2000
 """Users (seeded sample) whose training rows fit the prior; every user's posterior is computed under it."""
 START_PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0)
 """Isotropic penalties (``s2 / Sigma``, on unit-mean-square features) the EM may start from, chosen on validation."""
+CLICK_SLOPE = 0.25
+"""The logistic curve's slope at its centre: a click row's probability residual over it is in logit units."""
 SHIFT_CHUNK = 65536
 """Users whose prompts are moved at once."""
 RANK_TOLERANCE = 1e-6
@@ -51,8 +59,10 @@ class Rows:
 @torch.no_grad()
 def _split_rows(module: Any, datamodule: Any, split: str, item_index: dict[tuple, int],
                 item_features: list[np.ndarray]) -> Rows:
-    """Each row's user, its item's match features (computed once per distinct item text) and ``label - offset``."""
+    """Each row's user, its item's match features (computed once per distinct item text) and its target: ``label -
+    offset`` (ratings) or ``(label - sigmoid(offset)) / CLICK_SLOPE`` (clicks)."""
     match = module.head.item_match
+    click = getattr(module, "task", "rating") == "click"
     data = datamodule.dataset(split)
     users, items, target = np.empty(len(data), np.int64), np.empty(len(data), np.int64), np.empty(len(data))
     new: list[dict] = []
@@ -63,7 +73,11 @@ def _split_rows(module: Any, datamodule: Any, split: str, item_index: dict[tuple
             item_index[key] = len(item_index)
             new.append(sample)
         users[r], items[r] = int(sample["user"]), item_index[key]
-        target[r] = float(sample["label"]) - float(sample.get("offset", 0.0))
+        offset = float(sample.get("offset", 0.0))
+        if click:
+            target[r] = (float(sample["label"]) - 1.0 / (1.0 + np.exp(-offset))) / CLICK_SLOPE
+        else:
+            target[r] = float(sample["label"]) - offset
     device = match.anchor.device
     for batch in DataLoader(new, batch_size=256, collate_fn=datamodule.collate):
         e = mean_item_embedding(module.backbone.embed, batch["item_ids"].to(device))
@@ -81,24 +95,24 @@ def _posterior_means(z: np.ndarray, rows: Rows, users: np.ndarray, sigma: np.nda
     starts = np.searchsorted(rows.user[order], users)
     ends = np.searchsorted(rows.user[order], users, side="right")
     means = np.zeros((len(users), k))
-    acc = np.zeros((k, k)) if covariances else None
+    acc = np.zeros((k, k)) if covariances else None  # sum_u (sigma - S_u): the posterior covariances, less the means
     res = 0.0
     for j, (lo, hi) in enumerate(zip(starts, ends)):
         if hi == lo:
-            if covariances:
-                acc += sigma
             continue
         idx = order[lo:hi]
         x, y = z[rows.item[idx]], rows.target[idx]
         xs = x @ sigma  # [n, k]
-        gram = xs @ x.T + s2 * np.eye(len(idx))  # [n, n]
-        solve = np.linalg.solve(gram, np.concatenate([y[:, None], xs], 1))
+        prior_gram = xs @ x.T  # [n, n]: x sigma x^T
+        solve = np.linalg.solve(prior_gram + s2 * np.eye(len(idx)), np.concatenate([y[:, None], xs], 1))
         means[j] = xs.T @ solve[:, 0]
-        if covariances:
-            cov = sigma - xs.T @ solve[:, 1:]
-            acc += np.outer(means[j], means[j]) + cov
+        if covariances:  # S_u = sigma - xs^T gram^-1 xs, never formed user by user (k x k each)
+            acc -= xs.T @ solve[:, 1:]
             r = y - x @ means[j]
-            res += float(r @ r + np.einsum("ij,jk,ik->", x, cov, x))
+            # sum over the user's rows of x S_u x^T = tr(x sigma x^T) - tr(x sigma x^T gram^-1 x sigma x^T)
+            res += float(r @ r + np.trace(prior_gram) - np.sum(prior_gram * (solve[:, 1:] @ x.T)))
+    if covariances:
+        acc += len(users) * sigma + means.T @ means
     return means, (acc, res) if covariances else None
 
 

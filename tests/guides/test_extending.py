@@ -169,3 +169,17 @@ def test_a_rating_only_value_is_refused_for_a_click_task_when_the_config_loads(k
         with pytest.raises(ConfigError, match=rf"^{re.escape(key)}={value} fits ratings, but data.task=click; use {re.escape(key)}={others}$"):
             load_config([SMOKE], ["data.task=click", f"{key}={value}"])
         load_config([SMOKE], [f"{key}={value}"])  # a rating task takes it
+
+
+def test_a_click_only_value_is_refused_for_a_rating_task_when_the_config_loads():
+    option = lever_options()["prompt.residual"]
+    assert option.click_only and not set(option.click_only) & set(option.rating_only)
+    for value in option.click_only:
+        others = " or ".join(v for v in option.values if v not in option.click_only)
+        with pytest.raises(ConfigError, match=rf"^prompt.residual={value} fits clicks, but data.task=rating; use prompt.residual={re.escape(others)}$"):
+            load_config([SMOKE], [f"prompt.residual={value}"])
+        load_config([SMOKE], ["data.task=click", "data.template=item_click", f"prompt.residual={value}"])  # a click task takes it
+    with pytest.raises(ValueError, match="both rating-only and click-only"):
+        Option("x.y", ("a", "b"), rating_only=("a",), click_only=("a",))
+    with pytest.raises(ValueError, match="click-only values"):
+        Option("x.y", ("a",), click_only=("b",))

@@ -122,3 +122,41 @@ def test_the_bias_model_is_fitted_once_per_table(monkeypatch):
     assert len(calls) == 1
     row_offsets(cfg, build_table(cfg.data, 0))  # another table: fitted again
     assert len(calls) == 2
+
+
+def _click_table(users: int = 300, items: int = 60, per_user: int = 30, seed: int = 0):
+    """A click table whose clicks follow known user and item log-odds biases (valid: each user's last 5 rows)."""
+    from puma_lightning.data.table import InteractionTable
+
+    rng = np.random.default_rng(seed)
+    bu, bi = rng.normal(scale=0.5, size=users), rng.normal(scale=1.5, size=items)
+    user = np.repeat(np.arange(users), per_user)
+    item = rng.integers(0, items, size=len(user))
+    label = (rng.random(len(user)) < 1 / (1 + np.exp(-(0.3 + bu[user] + bi[item])))).astype(np.float32)
+    split = np.tile(np.r_[np.zeros(per_user - 5), np.ones(5)].astype(np.int8), users)
+    table = InteractionTable(user=user, item=item, label=label, timestamp=np.arange(len(user)), split=split, user_ids=[f"u{k}" for k in range(users)],
+                             item_texts=[f"item {k}" for k in range(items)], task="click", meta={"name": "generated"})
+    return table, bu, bi
+
+
+def test_a_logistic_base_recovers_the_click_biases_and_reaches_the_output_in_logit_units():
+    from puma_lightning.pipeline.bias_models import fit_click_bias_model, log_loss
+
+    table, bu, bi = _click_table()
+    mu, fu, fi, chosen = fit_click_bias_model(table)
+    assert np.corrcoef(fi, bi)[0, 1] > 0.9 and np.corrcoef(fu, bu)[0, 1] > 0.5, chosen
+    items_only = fit_click_bias_model(table, users=False)
+    assert not items_only[1].any() and np.corrcoef(items_only[2], bi)[0, 1] > 0.9
+    valid = table.rows("valid")
+    y = table.label[valid].astype(float)
+    rate = float(table.label[table.rows("train")].mean())
+    constant = log_loss(np.full(len(valid), np.log(rate / (1 - rate))), y)
+    assert chosen["valid_log_loss"] < constant - 0.05  # the biases predict clicks
+    cfg = load_config([SMOKE], ["data.task=click", "data.template=item_click", "prompt.residual=user_item_logodds"])
+    offsets = row_offsets(cfg, table)
+    assert offsets.dtype == np.float32 and np.allclose(offsets, mu + fu[table.user] + fi[table.item], atol=1e-5)
+    cfg.prompt.residual = "user_item_bias"  # a least-squares base on a click table is one clear error
+    from puma_lightning.errors import PumaError
+
+    with pytest.raises(PumaError, match="is for rating tasks"):
+        row_offsets(cfg, table)

@@ -53,8 +53,6 @@ def test_no_tastes_means_no_large_move():
 def test_the_option_is_refused_where_it_cannot_act():
     with pytest.raises(ValueError, match="prompt.item_match > 0"):
         load_config([PERSONAL], ["prompt.item_match=0", "prompt.taste_prior=5"])
-    with pytest.raises(ValueError, match="click task"):
-        load_config([str(ROOT / "configs" / "personal_click.yaml")], ["prompt.taste_prior=5"])
     with pytest.raises(ValueError, match=">= 0"):
         load_config([PERSONAL], ["prompt.taste_prior=-1"])
 
@@ -82,3 +80,17 @@ def test_fit_applies_the_prior_where_prompts_train_and_nowhere_else(tmp_path):
                for name in ("source", "full_retrain", "random_init", "puma")}
     assert "taste_prior" in records["source"] and "taste_prior" in records["full_retrain"]
     assert "taste_prior" not in records["random_init"] and "taste_prior" not in records["puma"]  # no prompts of their own train
+
+
+def test_on_clicks_the_prior_fits_the_logit_residual_of_a_logistic_base(tmp_path):
+    """A click stage with a logistic residual base and the match term: the prior is fitted (targets in logit units,
+    the residual of the base's click probability) and recorded; it moves nothing it cannot beat on validation."""
+    click = str(ROOT / "configs" / "personal_click.yaml")
+    assert main(["pretrain", "--config", PERSONAL, "--config", click, "seeds=null", "model=source",
+                 "source.name=tiny-llama", "data.n_users=40", "prompt.epochs=1", "prompt.taste_prior=5",
+                 "prompt.residual=user_item_logodds", "trainer.num_threads=1", f"run_dir={tmp_path}"]) == 0
+    record = json.loads((tmp_path / "source" / "stage.json").read_text())
+    prior = record["taste_prior"]
+    assert prior["iterations"] == 5 and prior["rank"] > 0 and prior["prior_users"] == 40
+    # targets are (click - p) / 0.25 with p in (0, 1): their RMS under a zero term lies within (0, 4]
+    assert 0.0 < prior["valid_rmse_start"] <= 4.0 and prior["valid_rmse"] <= prior["valid_rmse_start"]

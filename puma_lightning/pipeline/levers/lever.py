@@ -5,7 +5,7 @@ registers an instance (:func:`~puma_lightning.pipeline.levers.registry.register_
 
 - ``options``: the config keys it owns, each with its allowed values (one list per key: ``--help``, the config
   errors and the loader's choice check all read it), the values that fit ratings only (refused when the config
-  loads for a click task) and, for an option whose best value depends on the task, what its value ``auto`` stands
+  loads for a click task) or clicks only (refused for a rating task) and, for an option whose best value depends on the task, what its value ``auto`` stands
   for (resolved when the config loads, before anything reads or hashes it);
 - ``section``: for a lever of your own, a dataclass of its settings, read from ``levers.<name>`` in the config
   (the built-in levers keep their historical keys under ``prompt.*`` and ``adapter.*``);
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Option:
     """A config key a lever owns: ``key`` (a dotted path), its allowed ``values`` (empty: any value of the key's type),
-    those of them that fit ratings only (``rating_only``) and, where ``values`` has ``auto``, the function ``auto``
+    those of them that fit ratings only (``rating_only``) or clicks only (``click_only``) and, where ``values`` has ``auto``, the function ``auto``
     that names the value ``auto`` stands for in a config (by its ``data.task``: a rating-only value cannot be a
     default on a click task)."""
 
@@ -43,11 +43,16 @@ class Option:
     values: tuple[str, ...] = ()
     rating_only: tuple[str, ...] = ()
     auto: Callable[[Any], str] | None = None
+    click_only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        stray = [v for v in self.rating_only if v not in self.values]
-        if stray:
-            raise ValueError(f"option {self.key!r}: rating-only values {stray} are not among its values {list(self.values)}")
+        for kind, listed in (("rating-only", self.rating_only), ("click-only", self.click_only)):
+            stray = [v for v in listed if v not in self.values]
+            if stray:
+                raise ValueError(f"option {self.key!r}: {kind} values {stray} are not among its values {list(self.values)}")
+        both = sorted(set(self.rating_only) & set(self.click_only))
+        if both:
+            raise ValueError(f"option {self.key!r}: values {both} cannot be both rating-only and click-only")
         if ("auto" in self.values) != (self.auto is not None):
             raise ValueError(f"option {self.key!r}: the value 'auto' and the function 'auto' that resolves it go together")
 

@@ -53,6 +53,12 @@ def rating_only() -> dict[str, tuple[str, ...]]:
     return {key: o.rating_only for key, o in lever_options().items() if o.rating_only}
 
 
+def task_only(option: Option, task: str) -> tuple[str, ...]:
+    """The values of ``option`` that do not fit ``task``: its rating-only ones on a click task, its click-only ones on
+    a rating task."""
+    return option.click_only if task == "rating" else option.rating_only
+
+
 def fill_sections(cfg: DictConfig) -> None:
     """Give every registered lever with a ``section`` its settings under ``levers.<name>`` (its defaults merged with
     what the config says); a section no lever owns, an unknown setting or a wrong type is one line (``ValueError``)."""
@@ -83,7 +89,8 @@ def resolve_auto(cfg: DictConfig) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """What the registry says of a loaded config: each lever's section filled in, every ``auto`` resolved (by the task),
-    every lever option among its values, no rating-only value on a click task, each lever's own validation
+    every lever option among its values, no rating-only value on a click task nor click-only one on a rating task, each
+    lever's own validation
     (``ValueError``, one line naming the key)."""
     fill_sections(cfg)
     resolve_auto(cfg)
@@ -91,12 +98,14 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in values:
             raise ValueError(f"'{key}' is {value!r}; expected one of: {', '.join(values)}")
-    if cfg.data.task != "rating":  # what fits ratings has nothing to fit on a click task: say so before any work
-        for key, o in lever_options().items():
-            value = OmegaConf.select(cfg, key)
-            if value in o.rating_only:
-                others = [v for v in o.values if v not in o.rating_only]
-                raise ValueError(f"{key}={value} fits ratings, but data.task={cfg.data.task}; use {key}={' or '.join(others)}")
+    task = str(cfg.data.task)  # what fits one task has nothing to fit on the other: say so before any work
+    for key, o in lever_options().items():
+        value = OmegaConf.select(cfg, key)
+        misfit = task_only(o, task)
+        if value in misfit:
+            fits = "clicks" if task == "rating" else "ratings"
+            others = [v for v in o.values if v not in misfit]
+            raise ValueError(f"{key}={value} fits {fits}, but data.task={task}; use {key}={' or '.join(others)}")
     for lever in LEVERS.values():
         lever.validate(cfg)
 

@@ -10,9 +10,11 @@ from typing import Any
 
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
+from puma_lightning.pipeline.residual import CLICK_BASES, RATING_BASES
 
-RESIDUAL_BASES = ("auto", "none", "item_bias", "user_item_bias")
-"""``prompt.residual`` choices: ``auto`` (:func:`task_residual`), no base, or the bias model of that name (rating tasks)."""
+RESIDUAL_BASES = ("auto", "none", *RATING_BASES, *CLICK_BASES)
+"""``prompt.residual`` choices: ``auto`` (:func:`task_residual`), no base, or the bias model of that name (least squares
+on rating tasks, logistic on click tasks)."""
 
 
 def task_residual(cfg: Any) -> str:
@@ -25,7 +27,7 @@ class ResidualBase(Lever):
     """A bias model's prediction added to every row's output, so the prompts and head learn the residual."""
 
     name = "residual"
-    options = (Option("prompt.residual", RESIDUAL_BASES, rating_only=("item_bias", "user_item_bias"), auto=task_residual),)
+    options = (Option("prompt.residual", RESIDUAL_BASES, rating_only=RATING_BASES, click_only=CLICK_BASES, auto=task_residual),)
     description = "a no-LLM bias model's prediction added to every row's output"
 
     def row_offset(self, cfg: Any, table: Any) -> Any:

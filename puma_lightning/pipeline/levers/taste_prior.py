@@ -1,5 +1,5 @@
-"""``prompt.taste_prior``: prompts start at the posterior of a taste prior that all users share (rating tasks, with
-``prompt.item_match``).
+"""``prompt.taste_prior``: prompts start at the posterior of a taste prior that all users share (with
+``prompt.item_match``; on clicks, fitted to the logit's first-order residual).
 
 The fit is :mod:`puma_lightning.pipeline.taste_prior`; this lever owns the option and acts through ``before_train``
 (recorded as ``taste_prior``).
@@ -30,8 +30,6 @@ class TastePrior(Lever):
         iterations = taste_prior_iterations(cfg)
         if iterations < 0:
             raise ValueError(f"'prompt.taste_prior' must be >= 0 (EM iterations; 0: off), got {iterations}")
-        if iterations and cfg.data.task != "rating":
-            raise ValueError("'prompt.taste_prior' fits ratings; set it to 0 on a click task")
         if iterations and not float(cfg.prompt.get("item_match", 0.0) or 0.0):
             raise ValueError("'prompt.taste_prior' moves the prompts of the item-word match term: set prompt.item_match > 0")
 
