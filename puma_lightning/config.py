@@ -194,14 +194,17 @@ class PromptConfig:
     genre or mood to the rating, where the answer position alone buries them (docs/prompt_diagnosis.md). The term is part of
     the head, saved in every bank; a stage that moves prompts to another model (PUMA, ``vocab_map``) starts the target's own."""
     taste_prior: int = 0
-    """With ``item_match``, on ratings: before the prompts train, fit a prior over the users' match-term tastes shared by
-    all users (a hierarchical linear model, EM for up to this many iterations, the iteration chosen on validation rows) and
-    start each prompt at its posterior mean (``pipeline/taste_prior.py``, docs/prompt_diagnosis.md section 8). 0: off."""
+    """With ``item_match``: before the prompts train, fit a prior over the users' match-term tastes shared by all users (a
+    hierarchical linear model, EM for up to this many iterations, the iteration chosen on validation rows) and start each
+    prompt at its posterior mean (``pipeline/taste_prior.py``, docs/prompt_diagnosis.md section 8). On clicks it fits the
+    click logit's first-order residual over the offset (``residual``: a logistic base). 0: off."""
     residual: str = "auto"
     """``auto`` (default): ``user_item_bias`` on a rating task, chosen on validation (docs/results/prompt_learning_ml100k.md),
-    and ``none`` on a click task (resolved when the config loads). ``none`` (as published), or a no-LLM bias model
-    (``item_bias``, ``user_item_bias``) whose prediction is added to the head's output, so the prompts and head learn only
-    what it misses (rating tasks). The bias model is refitted from the dataset's training rows
+    and ``user_item_logodds`` on a click task (docs/prompt_diagnosis.md, section 9; resolved when the config loads).
+    ``none`` (as published), or a no-LLM bias model whose
+    prediction is added to the head's output, so the prompts and head learn only what it misses: ``item_bias``,
+    ``user_item_bias`` (least squares, rating tasks) or ``item_logodds``, ``user_item_logodds`` (logistic, in the click
+    logit's units: an item's popularity and a user's click rate, click tasks). The bias model is refitted from the dataset's training rows
     wherever the prompts are used (regularisation chosen on valid, as the reference of that name), so it needs no storage and is
     the same on every model: source, target, migrated and served banks share it."""
 

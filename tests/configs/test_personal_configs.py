@@ -47,7 +47,8 @@ def test_ml100k_full_keeps_up_to_64_latest_ratings_of_every_user():
 
 def test_ml100k_click_is_every_user_as_implicit_feedback():
     cfg = config("ml100k_click")
-    assert cfg.data.template == "item_first_click" and cfg.prompt.residual == "none"
+    assert cfg.data.template == "item_first_click" and cfg.prompt.residual == "user_item_logodds"
+    assert cfg.prompt.item_match > 0 and cfg.prompt.taste_prior > 0 and cfg.adapter.init == "item_map"
     table = build_table(cfg.data, 0)
     assert table.task == "click" and table.n_users == 943 and table.label.mean() == 0.5  # one negative a positive
     assert np.bincount(table.user[table.label == 1]).max() == 64

@@ -70,7 +70,7 @@ def test_the_configs_that_run_the_published_method_build_on_paper_yaml(name):
 
 def test_the_recipes_rating_only_parts_are_off_on_a_click_task_and_say_what_they_resolved_to():
     click = load_config([], ["data.task=click", "data.template=item_click"])
-    assert (click.prompt.residual, click.prompt.hidden_readout, click.adapter.readout_rows) == ("none", "none", "selected")
+    assert (click.prompt.residual, click.prompt.hidden_readout, click.adapter.readout_rows) == ("user_item_logodds", "none", "selected")
     assert click.adapter.validation == "heldout" and click.prompt.init == "scaled"  # the rest of the recipe holds
     # an explicit value wins over auto; a rating-only one is still refused on clicks
     assert load_config([], ["prompt.hidden_readout=trained"]).prompt.hidden_readout == "trained"
@@ -78,7 +78,7 @@ def test_the_recipes_rating_only_parts_are_off_on_a_click_task_and_say_what_they
         load_config([], ["data.task=click", "data.template=item_click", "prompt.residual=user_item_bias"])
     # the layered pair (rating config, then a click one) now resolves
     cfg = load_config([CONFIGS / "personal.yaml", CONFIGS / "personal_click.yaml"])
-    assert (cfg.data.task, cfg.prompt.residual, cfg.prompt.hidden_readout) == ("click", "none", "none")
+    assert (cfg.data.task, cfg.prompt.residual, cfg.prompt.hidden_readout) == ("click", "user_item_logodds", "none")
 
 
 def test_naming_another_strategy_starts_from_its_own_parameters_keeping_the_budget(tmp_path):
