@@ -8,9 +8,10 @@ Unknown keys and wrong types are rejected with one line naming the key. What onl
 The defaults of ``prompt``, ``adapter``, ``selection`` and ``baselines`` are the recipe this project chose on
 validation (docs/results/demo.md, docs/results/prompt_learning_ml100k.md, docs/results/migration_levers_ml100k.md),
 not the published method's settings; ``configs/paper.yaml`` restores those
-(``--config configs/paper.yaml``, or ``base: paper.yaml`` in a config). The recipe's rating-only parts
-(``prompt.residual``, ``prompt.hidden_readout``, with ``adapter.readout_rows``) default to ``auto``: the tuned value on
-a rating task and ``none`` (``selected``) on a click task, resolved by the lever registry when the config loads.
+(``--config configs/paper.yaml``, or ``base: paper.yaml`` in a config). The recipe's task-dependent parts
+(``prompt.residual``, ``prompt.hidden_readout``, with ``adapter.readout_rows``) default to ``auto``: the tuned value of
+each task (on a click task a logistic residual base, and no readout: ``none``, ``selected``), resolved by the lever
+registry when the config loads.
 """
 
 from __future__ import annotations
