@@ -3,6 +3,8 @@ references of that name, the base of the attribute ridge, and the residual base 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from puma_lightning.data.table import InteractionTable
@@ -45,15 +47,24 @@ def fit_biases(table: InteractionTable, reg: float, iterations: int = 15, users:
 def fit_bias_model(table: InteractionTable, users: bool = True, items: bool = True) -> tuple[float, np.ndarray, np.ndarray, dict]:
     """``(mu, b_u, b_i, chosen)`` of the bias model (user, item or both) whose regularisation scores best on the
     validation split (the first of :data:`BIAS_REGS` without validation rows)."""
+    return _chosen_on_valid(table, BIAS_REGS, lambda reg: fit_biases(table, reg, users=users, items=items),
+                            lambda out, y: rmse(np.clip(out, *RATING_RANGE), y), "valid_rmse")
+
+
+def _chosen_on_valid(table: InteractionTable, regs: tuple[float, ...],
+                     fit: Callable[[float], tuple[float, np.ndarray, np.ndarray]],
+                     score: Callable[[np.ndarray, np.ndarray], float], name: str) -> tuple[float, np.ndarray, np.ndarray, dict]:
+    """``(mu, b_u, b_i, {"reg", name})``: the fit of the regularisation in ``regs`` whose validation ``score`` (of
+    ``mu + b_u + b_i`` against the labels) is lowest; the first where the table has no validation rows."""
     uv, iv, yv = split_rows(table, "valid")
     best = None
-    for reg in BIAS_REGS:
-        mu, bu, bi = fit_biases(table, reg, users=users, items=items)
-        score = rmse(np.clip(mu + bu[uv] + bi[iv], *RATING_RANGE), yv) if len(yv) else 0.0
-        if best is None or score < best[0]:
-            best = (score, reg, mu, bu, bi)
-    score, reg, mu, bu, bi = best
-    return mu, bu, bi, {"reg": reg, "valid_rmse": score}
+    for reg in regs:
+        mu, bu, bi = fit(reg)
+        value = score(mu + bu[uv] + bi[iv], yv) if len(yv) else 0.0
+        if best is None or value < best[0]:
+            best = (value, reg, mu, bu, bi)
+    value, reg, mu, bu, bi = best
+    return mu, bu, bi, {"reg": reg, name: value}
 
 
 CLICK_REGS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0)
@@ -91,12 +102,5 @@ def fit_logistic_biases(table: InteractionTable, reg: float, iterations: int = 2
 def fit_click_bias_model(table: InteractionTable, users: bool = True, items: bool = True) -> tuple[float, np.ndarray, np.ndarray, dict]:
     """``(mu, b_u, b_i, chosen)`` in log-odds: the logistic bias model whose regularisation scores the lowest log loss
     on the validation split (the first of :data:`CLICK_REGS` without validation rows)."""
-    uv, iv, yv = split_rows(table, "valid")
-    best = None
-    for reg in CLICK_REGS:
-        mu, bu, bi = fit_logistic_biases(table, reg, users=users, items=items)
-        score = log_loss(mu + bu[uv] + bi[iv], yv) if len(yv) else 0.0
-        if best is None or score < best[0]:
-            best = (score, reg, mu, bu, bi)
-    score, reg, mu, bu, bi = best
-    return mu, bu, bi, {"reg": reg, "valid_log_loss": score}
+    return _chosen_on_valid(table, CLICK_REGS, lambda reg: fit_logistic_biases(table, reg, users=users, items=items),
+                            log_loss, "valid_log_loss")
