@@ -6,9 +6,10 @@ The match term is linear in the prompt, so a user's best term is a per-user regr
 on the items' mean word embeddings. Fitted user by user with an isotropic penalty (what gradient descent with weight
 decay converges to) it is the ceiling the prompts met in docs/prompt_diagnosis.md (section 7); ``prompt.taste_prior``
 instead fits the penalty's shape from all users (:func:`puma_lightning.pipeline.taste_prior.fit_prior`, the function
-the lever runs). Both are printed with the references and the captured share ``(bias - rmse) / (bias -
-attribute_ridge)``, on validation (where the EM iteration is chosen) and test. Seconds on a CPU, plus loading the
-model; printed under a ``machine: ...`` line.
+the lever runs). Both are printed with the references and the captured share ``(bias - rmse) / (bias - ceiling)``,
+the ceiling being ``attribute_ridge`` where the data has attributes and ``biased_mf`` elsewhere (left out when the
+ceiling does not beat the bias model on validation), on validation (where the EM iteration is chosen) and test.
+Seconds on a CPU, plus loading the model; printed under a ``machine: ...`` line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from typing import Sequence
 import numpy as np
 
 from puma_lightning.machine import describe_machine
+
+
+PERSONAL_CEILINGS = ("attribute_ridge", "biased_mf")
+"""The no-LLM personal reference the captured share is measured against, the first the data has: the ridge on the
+generator's attributes where they exist (synthetic), biased MF elsewhere."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -62,18 +68,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         rmse[name] = {s: float(np.sqrt(np.mean((np.clip(base[table.rows(s)] + np.einsum(
             "rk,rk->r", z[split[s].item], means[split[s].user]), 1, 5) - label[table.rows(s)]) ** 2))) for s in ("valid", "test")}
         rmse[name]["note"] = f"EM iteration {fitted.record['iteration']}" if iterations else f"penalty {fitted.record['start_penalty']}"
-    refs = {n: references_for(table)[n].fit(table, int(cfg.seed))[0] for n in ("user_item_bias", "attribute_ridge")}
+    available = references_for(table)
+    ceiling = next(n for n in PERSONAL_CEILINGS if n in available)
+    refs = {n: available[n].fit(table, int(cfg.seed))[0] for n in ("user_item_bias", ceiling)}
     ref = {n: {s: float(np.sqrt(np.mean((p[table.rows(s)] - label[table.rows(s)]) ** 2))) for s in ("valid", "test")}
            for n, p in refs.items()}
     seconds = time.perf_counter() - start
     print(describe_machine(dtypes.text()))
     print(f"config {args.config} {' '.join(args.overrides)}; model {lm.name}; {z.shape[1]} directions; {seconds:.1f} s\n")
+    bias, ridge = ref["user_item_bias"], ref[ceiling]
+    learnable = ridge["valid"] < bias["valid"]
+    print(f"captured share: (user_item_bias - row) / (user_item_bias - {ceiling})" + (
+        "" if learnable else f"; not shown: {ceiling} does not beat user_item_bias on validation, so it measures no "
+        "learnable personal signal") + "\n")
     print("| row | valid RMSE | test RMSE | captured valid / test | chosen |")
     print("|---|---|---|---|---|")
-    bias, ridge = ref["user_item_bias"], ref["attribute_ridge"]
     for name, r in {**{n: {**v, "note": "reference"} for n, v in ref.items()}, **rmse}.items():
-        cap = [(bias[s] - r[s]) / (bias[s] - ridge[s]) for s in ("valid", "test")]
-        print(f"| {name} | {r['valid']:.4f} | {r['test']:.4f} | {cap[0]:+.2f} / {cap[1]:+.2f} | {r['note']} |")
+        cap = " / ".join(f"{(bias[s] - r[s]) / (bias[s] - ridge[s]):+.2f}" for s in ("valid", "test")) if learnable else "–"
+        print(f"| {name} | {r['valid']:.4f} | {r['test']:.4f} | {cap} | {r['note']} |")
     return 0
 
 
