@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from puma_lightning.pipeline.bias_models import fit_click_bias_model
     from puma_lightning.pipeline.builders import item_text_embeddings
     from puma_lightning.pipeline.classic import references_for
-    from puma_lightning.pipeline.taste_prior import CLICK_SLOPE, Rows, fit_prior
+    from puma_lightning.pipeline.taste_prior import CLICK_SLOPE, Rows, catalogue_coordinates, fit_prior
     from puma_lightning.tasks.uncertainty import metric_on_rows
 
     probe = load_probe(args.config, args.overrides, "click_probe")
@@ -111,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if best is None or s["valid uauc"] > best[0]["valid uauc"]:
                 best = (s, f"{k} directions, penalty {penalty}")
     results["per-user match term over user_item_logodds"] = best
-    z = x @ vt[singular > 1e-6 * singular[0]].T
-    z /= np.sqrt((z[table.item[rows["train"]]] ** 2).sum(1).mean())
+    z = catalogue_coordinates(x, table.item[rows["train"]])[0]  # the lever's coordinates
     target = (label - 1.0 / (1.0 + np.exp(-base))) / CLICK_SLOPE
     split = {s: Rows(table.user[r], table.item[r], target[r]) for s, r in rows.items()}
     fitted = fit_prior(z, split["train"], split["valid"], np.zeros((table.n_users, z.shape[1])), args.iterations,

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from puma_lightning.cli.probe import load_probe
     from puma_lightning.pipeline.builders import item_text_embeddings
     from puma_lightning.pipeline.classic import references_for
-    from puma_lightning.pipeline.taste_prior import Rows, fit_prior
+    from puma_lightning.pipeline.taste_prior import Rows, catalogue_coordinates, fit_prior
 
     probe = load_probe(args.config, args.overrides, "taste_prior_probe")
     cfg, exp, dtypes = probe.cfg, probe.exp, probe.dtypes
@@ -52,9 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = item_text_embeddings(lm, table.item_texts, cfg.data.max_item_tokens).double().numpy()
     train_rows = table.rows("train")
     x = x - x[np.unique(table.item[train_rows])].mean(0)
-    _, singular, vt = np.linalg.svd(x[np.unique(table.item[train_rows])], full_matrices=False)
-    z = x @ vt[singular > 1e-6 * singular[0]].T
-    z /= np.sqrt((z[table.item[train_rows]] ** 2).sum(1).mean())
+    z = catalogue_coordinates(x, table.item[train_rows])[0]  # the lever's coordinates
     base = probe.bias_base()
     label = table.label.astype(np.float64)
     split = {s: Rows(table.user[r], table.item[r], label[r] - base[r]) for s in ("train", "valid", "test")

@@ -59,31 +59,46 @@ class Rows:
 @torch.no_grad()
 def _split_rows(module: Any, datamodule: Any, split: str, item_index: dict[tuple, int],
                 item_features: list[np.ndarray]) -> Rows:
-    """Each row's user, its item's match features (computed once per distinct item text) and its target: ``label -
-    offset`` (ratings) or ``(label - sigmoid(offset)) / CLICK_SLOPE`` (clicks)."""
+    """Each row's user, its item's match features (computed once per distinct item text, in order of first
+    appearance) and its target: ``label - offset`` (ratings) or ``(label - sigmoid(offset)) / CLICK_SLOPE`` (clicks).
+    Read from the table's arrays: one encoded sample per distinct item, none per row."""
     match = module.head.item_match
-    click = getattr(module, "task", "rating") == "click"
     data = datamodule.dataset(split)
-    users, items, target = np.empty(len(data), np.int64), np.empty(len(data), np.int64), np.empty(len(data))
+    table, rows = data.table, data.rows
+    items = table.item[rows]
+    distinct, first = np.unique(items, return_index=True)
+    code = np.empty(len(distinct), np.int64)
     new: list[dict] = []
-    for r in range(len(data)):
-        sample = data[r]
+    for j in np.argsort(first, kind="stable"):
+        sample = data[int(first[j])]
         key = tuple(int(t) for t in sample["item_ids"])
         if key not in item_index:
             item_index[key] = len(item_index)
             new.append(sample)
-        users[r], items[r] = int(sample["user"]), item_index[key]
-        offset = float(sample.get("offset", 0.0))
-        if click:
-            target[r] = (float(sample["label"]) - 1.0 / (1.0 + np.exp(-offset))) / CLICK_SLOPE
-        else:
-            target[r] = float(sample["label"]) - offset
+        code[j] = item_index[key]
+    offset = data.row_offset[rows].astype(np.float64) if data.row_offset is not None else np.zeros(len(rows))
+    label = table.label[rows].astype(np.float64)
+    if getattr(module, "task", "rating") == "click":
+        target = (label - 1.0 / (1.0 + np.exp(-offset))) / CLICK_SLOPE
+    else:
+        target = label - offset
     device = match.anchor.device
     for batch in DataLoader(new, batch_size=256, collate_fn=datamodule.collate):
         e = mean_item_embedding(module.backbone.embed, batch["item_ids"].to(device))
         x = match.scale * (e.float() - match.centre) / match.norm
         item_features.append(x.double().cpu().numpy())
-    return Rows(users, items, target)
+    return Rows(table.user[rows].astype(np.int64), code[np.searchsorted(distinct, items)], target)
+
+
+def catalogue_coordinates(x: np.ndarray, train_items: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The items' features ``x`` ``[items, d]`` in the span of the training catalogue's (``train_items``: each
+    training row's item), scaled to unit mean square over the training rows so that :data:`START_PENALTIES` mean the
+    same everywhere. Returns ``(z [items, k], basis [k, d], rms)`` with ``z = x @ basis.T / rms``."""
+    _, singular, vt = np.linalg.svd(x[np.unique(train_items)], full_matrices=False)
+    basis = vt[singular > RANK_TOLERANCE * singular[0]]
+    z = x @ basis.T
+    rms = float(np.sqrt((z[train_items] ** 2).sum(1).mean())) or 1.0
+    return z / rms, basis, rms
 
 
 def _posterior_means(z: np.ndarray, rows: Rows, users: np.ndarray, sigma: np.ndarray, s2: float,
@@ -126,12 +141,7 @@ def fit_taste_prior(module: Any, datamodule: Any, iterations: int, seed: int) ->
     pieces: list[np.ndarray] = []
     train = _split_rows(module, datamodule, "train", item_index, pieces)
     valid = _split_rows(module, datamodule, "valid", item_index, pieces)
-    x = np.concatenate(pieces)
-    _, singular, vt = np.linalg.svd(x[np.unique(train.item)], full_matrices=False)
-    basis = vt[singular > RANK_TOLERANCE * singular[0]]  # [k, d]: the span of the catalogue's features
-    z = x @ basis.T
-    rms = float(np.sqrt((z[train.item] ** 2).sum(1).mean())) or 1.0
-    z = z / rms  # unit mean-square rows, so START_PENALTIES mean the same everywhere
+    z, basis, rms = catalogue_coordinates(np.concatenate(pieces), train.item)  # basis [k, d]: the catalogue's span
     k = z.shape[1]
     n_users = int(module.prompts.shape[0])
     current = np.zeros((n_users, k))  # each user's (prompt - anchor) in the span's coordinates
