@@ -48,11 +48,6 @@ def lever_choices() -> dict[str, tuple[str, ...]]:
     return {key: o.values for key, o in lever_options().items() if o.values}
 
 
-def rating_only() -> dict[str, tuple[str, ...]]:
-    """``{key: values}`` of the lever option values that fit ratings: refused for a click task."""
-    return {key: o.rating_only for key, o in lever_options().items() if o.rating_only}
-
-
 def task_only(option: Option, task: str) -> tuple[str, ...]:
     """The values of ``option`` that do not fit ``task``: its rating-only ones on a click task, its click-only ones on
     a rating task."""
