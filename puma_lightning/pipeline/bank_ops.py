@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from puma_lightning.errors import PumaError
 from puma_lightning.io.bank import PromptBank
-from puma_lightning.models.adapters import InputStandardized, build_adapter
+from puma_lightning.models.adapters import InputStandardized, OutputShrunk, build_adapter
 from puma_lightning.models.heads import load_head
 
 
@@ -39,6 +39,10 @@ def load_adapter(path: str | Path) -> tuple[torch.nn.Module, dict[str, torch.Ten
         adapter = InputStandardized.empty(adapter, int(meta["source_dim"]))
     elif norm != "none":
         raise PumaError(f"{path}: unknown input_norm {norm!r} in the adapter's metadata")
+    if meta.get("shrink", "none") != "none":  # adapter.shrink: the centre and alpha it chose are in the file
+        if "adapter.centre" not in tensors or "adapter.alpha" not in tensors:
+            raise PumaError(f"{path}: the adapter's metadata says shrink={meta['shrink']!r} but it holds no centre and alpha")
+        adapter = OutputShrunk(adapter, tensors["adapter.centre"], tensors["adapter.alpha"])
     try:
         adapter.load_state_dict({k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")})
     except RuntimeError as exc:

@@ -172,3 +172,10 @@ def test_metrics(module: PromptTask, datamodule: L.LightningDataModule, cfg: Dic
     out = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = out[0] if out else {}
     return {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("test/")}
+
+
+def validation_loss(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path, stage: str) -> float:
+    """``val/loss`` of ``module`` on the datamodule's validation split (the loss its training is chosen by)."""
+    trainer = make_trainer(cfg, run_dir, stage, max_epochs=1)
+    out = trainer.validate(module, datamodule=datamodule, verbose=False)
+    return float(out[0]["val/loss"])

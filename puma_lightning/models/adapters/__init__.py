@@ -8,8 +8,9 @@ the registry. To add your own, write a module with ``@register_adapter("name")``
 from puma_lightning.models.adapters import puma  # noqa: F401  isort: skip
 from puma_lightning.models.adapters import compact  # noqa: F401  isort: skip
 from puma_lightning.models.adapters.normalized import InputStandardized, with_input_norm
+from puma_lightning.models.adapters.shrunk import OutputShrunk
 from puma_lightning.models.adapters.registry import (ADAPTERS, adapter_metadata, build_adapter, init_as_linear, linear_path_kinds,
                                                      register_adapter)
 
 __all__ = ["ADAPTERS", "InputStandardized", "adapter_metadata", "build_adapter", "init_as_linear",
-           "linear_path_kinds", "register_adapter", "with_input_norm"]
+           "linear_path_kinds", "OutputShrunk", "register_adapter", "with_input_norm"]

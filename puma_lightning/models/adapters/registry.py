@@ -58,6 +58,7 @@ def adapter_metadata(acfg: Any, source_bank: Any, target_lm: Any, output_scale: 
         "dropout": str(acfg.dropout),
         "output_scale": repr(float(output_scale)),
         "input_norm": str(acfg.get("input_norm", "none")),
+        "shrink": str(acfg.get("shrink", "none")),
         "source_model": str(source_bank.model_name),
         "source_fingerprint": str(source_bank.model_fingerprint),
         "target_model": str(target_lm.name),

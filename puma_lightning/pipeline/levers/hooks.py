@@ -82,6 +82,17 @@ def wrap_adapter(cfg: Any, adapter: Any, source: "torch.Tensor") -> Any:
     return adapter
 
 
+def after_adapter_fit(cfg: Any, module: Any, validation_loss: Callable[[Any], float]) -> dict[str, dict[str, Any]]:
+    """Every lever's work on PUMA's trained ``module`` before it maps the prompts: ``{lever name: record}`` of those
+    that acted (``validation_loss(module)``: its loss on the adapter's validation rows)."""
+    records: dict[str, dict[str, Any]] = {}
+    for lever in LEVERS.values():
+        record = lever.after_adapter_fit(cfg, module, validation_loss)
+        if record is not None:
+            records[lever.name] = record
+    return records
+
+
 def adapter_rows(exp: Any, users: "np.ndarray") -> tuple[Any, "InteractionTable", "np.ndarray | None"]:
     """The adapter's training table for the selected ``users``: ``(teacher, table, offsets)``, grown by the one lever that
     adds rows (distillation), else the experiment's own table, no teacher, and its rows' offsets."""

@@ -16,8 +16,8 @@ registers an instance (:func:`~puma_lightning.pipeline.levers.registry.register_
 Hooks: ``row_offset`` (an offset added to every row's output), ``pair_offset`` (the same for scored pairs),
 ``reads_hidden`` (whether a new head reads the hidden state), ``start_head`` (set up a head where a stage starts it
 on a model), ``before_train`` (work on the module before it trains; returns a record), ``adapter_init`` (a
-closed-form start of PUMA's adapter), ``wrap_adapter`` (wrap the adapter before it trains), ``extra_rows`` (extra
-training rows for the adapter).
+closed-form start of PUMA's adapter), ``wrap_adapter`` (wrap the adapter before it trains), ``after_adapter_fit``
+(change the trained adapter before it maps every prompt), ``extra_rows`` (extra training rows for the adapter).
 """
 
 from __future__ import annotations
@@ -115,6 +115,12 @@ class Lever:
     def wrap_adapter(self, cfg: Any, adapter: Any, source: "torch.Tensor") -> Any:
         """``adapter`` as PUMA trains it, given every user's source prompts ``source`` (default: unchanged)."""
         return adapter
+
+    def after_adapter_fit(self, cfg: Any, module: Any, validation_loss: Callable[[Any], float]) -> dict[str, Any] | None:
+        """Work on PUMA's trained ``module`` before it maps every prompt (replace ``module.adapter`` with a wrapper that
+        is saved with it); ``validation_loss(module)`` scores it on the adapter's validation rows. Its record (with
+        ``seconds``, counted in PUMA's cost), keyed by the lever's name in the stage's record, or None."""
+        return None
 
     def extra_rows(self, exp: Any, users: "np.ndarray") -> tuple[Any, "InteractionTable", "np.ndarray | None"] | None:
         """The adapter's training table grown by extra rows for the selected ``users``: ``(teacher, table, offsets)``

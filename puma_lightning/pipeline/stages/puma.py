@@ -21,12 +21,13 @@ from puma_lightning.models.adapters import adapter_metadata, build_adapter, init
 from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.builders import build_datamodule, fresh_head
 from puma_lightning.pipeline.distributed import on_rank_zero
-from puma_lightning.pipeline.levers.hooks import adapter_init, adapter_rows, before_train, row_offsets, start_head, wrap_adapter
+from puma_lightning.pipeline.levers.hooks import (adapter_init, adapter_rows, after_adapter_fit, before_train, row_offsets,
+                                                  start_head, wrap_adapter)
 from puma_lightning.pipeline.readout_fit import adapter_items
 from puma_lightning.pipeline.seeding import stage_seed
 from puma_lightning.pipeline.stage import Outcome, Stage, trainer_key
 from puma_lightning.pipeline.stages.registry import StageEntry, register_stage, single
-from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics
+from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics, validation_loss
 from puma_lightning.tasks import Migration, PromptTuning
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class PumaStage(Stage):
         stats = fit_best(module, dm, cfg, exp.run_dir, self.name, cfg.adapter.epochs, hparams=exp.hparams(self.name),
                          resume_key=key, patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps,
                          validations=cfg.adapter.validations)
+        adjusted = after_adapter_fit(cfg, module, lambda m: validation_loss(m, dm, cfg, exp.run_dir, "puma_shrink"))
         start = time.perf_counter()
         migrated = module.migrate_all()
         migrate_s = time.perf_counter() - start
@@ -104,9 +106,9 @@ class PumaStage(Stage):
         metrics = test_metrics(evaluator, test_dm, cfg, exp.run_dir, "puma_test")
         selection = prepared.selection
         teacher_s = teacher.seconds if teacher is not None else 0.0
-        readout_s = sum(record["seconds"] for record in fitted.values())
+        levers_s = sum(record["seconds"] for record in (*fitted.values(), *adjusted.values()))
         init_s = start_map.seconds if start_map is not None else 0.0
-        total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s + teacher_s + readout_s + init_s, 2),
+        total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s + teacher_s + levers_s + init_s, 2),
                            train_samples=stats.train_samples, trainable_params=stats.trainable_params, epochs=stats.epochs,
                            best_val_loss=stats.best_val_loss)
 
@@ -119,7 +121,7 @@ class PumaStage(Stage):
                   "validation_users": int(len(eval_users)), "allocation": selection["record"]["params"].get("allocation"),
                   "teacher_rows": int(len(prepared.train_table) - len(table)), "teacher_s": round(teacher_s, 2),
                   "init": str(cfg.adapter.init), "init_s": round(init_s, 2),
-                  **fitted}
+                  **fitted, **adjusted}
         return Outcome(metrics, record, evaluator=evaluator, datamodule=test_dm, bank=bank)
 
 
