@@ -174,8 +174,13 @@ def test_metrics(module: PromptTask, datamodule: L.LightningDataModule, cfg: Dic
     return {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("test/")}
 
 
-def validation_loss(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path, stage: str) -> float:
-    """``val/loss`` of ``module`` on the datamodule's validation split (the loss its training is chosen by)."""
+def validation_rows(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path,
+                    stage: str) -> dict[str, Any]:
+    """``module``'s ``row``, ``user``, ``prediction`` and ``label`` per row of the datamodule's validation split."""
     trainer = make_trainer(cfg, run_dir, stage, max_epochs=1)
-    out = trainer.validate(module, datamodule=datamodule, verbose=False)
-    return float(out[0]["val/loss"])
+    module.keep_validation_rows = True
+    try:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    finally:
+        module.keep_validation_rows = False
+    return module.validation_predictions()

@@ -127,6 +127,9 @@ class PromptTask(L.LightningModule):
         self.test_uauc = UserAUC() if task == "click" else None
         self.strict_loading = False  # checkpoints leave the frozen backbone out
         self._test_rows: list[torch.Tensor] = []
+        self._val_rows: list[torch.Tensor] = []
+        self.keep_validation_rows = False
+        """Keep each validation row's prediction too (:meth:`validation_predictions`; off while training)."""
 
     # -- what subclasses provide -------------------------------------------------------------
     def prompts_for(self, users: torch.Tensor) -> torch.Tensor:
@@ -175,9 +178,9 @@ class PromptTask(L.LightningModule):
         update_metrics(metrics, self.task, prediction, batch["label"])
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(output), sync_dist=True)
         self.log_dict(metrics, on_epoch=True, batch_size=len(output))
-        if stage == "test":  # kept per row, for paired comparisons between methods on the same rows
-            self._test_rows.append(torch.stack([batch["row"].double(), batch["user"].double(), prediction.detach().double(),
-                                                batch["label"].double()]).cpu())
+        if stage == "test" or self.keep_validation_rows:  # kept per row, for paired comparisons on the same rows
+            (self._test_rows if stage == "test" else self._val_rows).append(torch.stack(
+                [batch["row"].double(), batch["user"].double(), prediction.detach().double(), batch["label"].double()]).cpu())
         uauc = self.val_uauc if stage == "val" else self.test_uauc
         if uauc is not None:
             uauc.update(prediction, batch["label"], batch["user"])
@@ -207,12 +210,23 @@ class PromptTask(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._test_rows = []
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_rows = []
+
     def test_predictions(self) -> dict[str, np.ndarray]:
         """The last test run's ``row``, ``user``, ``prediction`` and ``label`` per test row, sorted by row
         (every rank's rows under DDP)."""
+        return self._gathered(self._test_rows)
+
+    def validation_predictions(self) -> dict[str, np.ndarray]:
+        """:meth:`test_predictions` for the last validation run made with :attr:`keep_validation_rows` on."""
+        return self._gathered(self._val_rows)
+
+    @staticmethod
+    def _gathered(rows: list[torch.Tensor]) -> dict[str, np.ndarray]:
         import numpy as np
 
-        parts = [t.numpy() for t in self._test_rows]
+        parts = [t.numpy() for t in rows]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, parts)

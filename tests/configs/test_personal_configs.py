@@ -1,6 +1,7 @@
 """The shipped configs of issue 31 build the data they promise, and ``fit`` runs the new kinds end to end with the right
 references and floor (tiny models and a few users: only the models and sizes are overridden). ``ml100k_full`` is
-``ml100k``'s recipe on more rows a user: its data is checked here, its recipe where ``ml100k`` is."""
+``ml100k``'s data on more rows a user with ``personal``'s prompt recipe and PUMA's shrink; ``ml100k_click`` inherits
+it."""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ def test_personal_is_the_issues_synthetic_setup():
 def test_ml100k_full_keeps_up_to_64_latest_ratings_of_every_user():
     cfg = config("ml100k_full")
     assert list(cfg.seeds) == [0, 1, 2] and cfg.baselines.classic
+    # personal.yaml's prompt recipe, chosen on validation (docs/prompt_diagnosis.md, section 10), and the shrink
+    assert cfg.prompt.item_match > 0 and cfg.prompt.taste_prior > 0 and cfg.adapter.init == "item_map"
+    assert cfg.adapter.shrink == "valid" and cfg.prompt.residual == "user_item_bias"
     table = build_table(cfg.data, 0)
     per_user = np.bincount(table.user)
     assert table.n_users == 943 and per_user.max() == 64 and per_user.min() == 20  # ML-100k users rated >= 20

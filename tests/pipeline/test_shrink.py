@@ -4,6 +4,7 @@ adapter so that ``migrate`` applies the same map."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ from puma_lightning.cli.main import main
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.adapters import OutputShrunk
 from puma_lightning.pipeline.bank_ops import load_adapter
-from puma_lightning.pipeline.levers.shrink import SHRINK_GRID, chosen_alpha, shrink_migrated
+from puma_lightning.pipeline.levers.shrink import SHRINK_GRID, chosen_alpha, row_losses, shrink_migrated
 from puma_lightning.tasks import Migration
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
@@ -29,22 +30,41 @@ def test_the_wrapper_scales_each_prompt_s_distance_from_the_centre():
     assert torch.allclose(OutputShrunk(torch.nn.Identity(), centre, 1.0)(x), x)
 
 
-def test_the_choice_keeps_one_unless_a_smaller_factor_is_strictly_better():
-    assert chosen_alpha({1.0: 0.5, 0.8: 0.5, 0.6: 0.5}) == 1.0  # ties: no change
-    assert chosen_alpha({1.0: 0.5, 0.8: 0.4, 0.6: 0.45}) == 0.8
-    assert chosen_alpha({1.0: 0.5, 0.8: 0.6, 0.0: 0.3}) == 0.0
+def test_the_choice_keeps_one_unless_a_smaller_factor_is_better_beyond_noise():
+    rng = np.random.default_rng(0)
+    base = rng.exponential(size=400)
+    same = {1.0: base, 0.8: base.copy(), 0.6: base.copy()}
+    assert chosen_alpha(same)[0] == 1.0  # ties: no change
+    clear = {1.0: base, 0.8: base - 0.2, 0.6: base - 0.1}
+    assert chosen_alpha(clear)[0] == 0.8
+    # lower on average but by less than two standard errors of the paired difference: no change
+    noisy = {1.0: base, 0.4: base + rng.normal(size=400) - 0.05}
+    alpha, z = chosen_alpha(noisy)
+    assert alpha == 1.0 and -2.0 < z[0.4] < 0, z
+    assert chosen_alpha(noisy, margin_se=0.0)[0] == 0.4  # a bare minimum would have taken it
+
+
+def test_row_losses_are_the_task_metric_per_row():
+    assert np.allclose(row_losses("rating", np.array([3.0, 4.5]), np.array([4.0, 4.0])), [1.0, 0.25])
+    assert np.allclose(row_losses("click", np.array([0.5, 0.9]), np.array([1.0, 0.0])), [np.log(2), -np.log(0.1)])
 
 
 def test_the_lever_picks_the_factor_validation_prefers_and_leaves_the_adapter_wrapped():
-    """A stand-in validation loss that is lowest at 0.4 of the spread: that factor is chosen, and the migrated prompts
-    are the centre plus 0.4 of each one's distance from it."""
+    """A stand-in validation whose error is smallest at 0.4 of the spread, clearly: that factor is chosen, and the
+    migrated prompts are the centre plus 0.4 of each one's distance from it."""
     torch.manual_seed(0)
     source = torch.randn(12, 1, 4)
     adapter = torch.nn.Linear(4, 6)
     module = Migration(torch.nn.Identity(), torch.nn.Identity(), "rating", source, adapter, output_scale=2.0)
     before = module.migrate_all()
-    record = shrink_migrated(module, lambda m: abs(float(m.adapter.alpha) - 0.4))
+
+    def rows(m):
+        noise = np.random.default_rng(1).normal(scale=0.05, size=300)  # the same rows for every factor
+        return {"prediction": abs(float(m.adapter.alpha) - 0.4) + noise, "label": np.zeros(300)}
+
+    record = shrink_migrated(module, rows)
     assert record["alpha"] == 0.4 and set(record["valid_loss"]) == {str(a) for a in SHRINK_GRID}
+    assert record["valid_rows"] == 300 and record["valid_z"]["0.4"] < -2
     centre = before.mean(0)
     assert torch.allclose(module.migrate_all(), centre + 0.4 * (before - centre), atol=1e-5)
 
@@ -55,7 +75,7 @@ def test_a_shrunk_adapter_is_saved_and_migrate_applies_the_same_map(tmp_path):
     assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.shrink=valid"]) == 0
     record = json.loads((run / "puma" / "stage.json").read_text())["shrink"]
     assert record["alpha"] in SHRINK_GRID and len(record["valid_loss"]) == len(SHRINK_GRID)
-    assert record["alpha"] == chosen_alpha({float(a): v for a, v in record["valid_loss"].items()})
+    assert record["valid_rows"] > 0 and set(record["valid_z"]) == {str(a) for a in SHRINK_GRID if a != 1.0}
     adapter, _, meta = load_adapter(run / "puma" / "adapter.safetensors")
     assert meta["shrink"] == "valid" and isinstance(adapter, OutputShrunk) and float(adapter.alpha) == record["alpha"]
     out = tmp_path / "migrated"

@@ -82,12 +82,12 @@ def wrap_adapter(cfg: Any, adapter: Any, source: "torch.Tensor") -> Any:
     return adapter
 
 
-def after_adapter_fit(cfg: Any, module: Any, validation_loss: Callable[[Any], float]) -> dict[str, dict[str, Any]]:
+def after_adapter_fit(cfg: Any, module: Any, validation_rows: Callable[[Any], dict]) -> dict[str, dict[str, Any]]:
     """Every lever's work on PUMA's trained ``module`` before it maps the prompts: ``{lever name: record}`` of those
-    that acted (``validation_loss(module)``: its loss on the adapter's validation rows)."""
+    that acted (``validation_rows(module)``: its prediction and label per row of the adapter's validation rows)."""
     records: dict[str, dict[str, Any]] = {}
     for lever in LEVERS.values():
-        record = lever.after_adapter_fit(cfg, module, validation_loss)
+        record = lever.after_adapter_fit(cfg, module, validation_rows)
         if record is not None:
             records[lever.name] = record
     return records

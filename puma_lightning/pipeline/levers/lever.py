@@ -116,10 +116,11 @@ class Lever:
         """``adapter`` as PUMA trains it, given every user's source prompts ``source`` (default: unchanged)."""
         return adapter
 
-    def after_adapter_fit(self, cfg: Any, module: Any, validation_loss: Callable[[Any], float]) -> dict[str, Any] | None:
+    def after_adapter_fit(self, cfg: Any, module: Any, validation_rows: Callable[[Any], dict]) -> dict[str, Any] | None:
         """Work on PUMA's trained ``module`` before it maps every prompt (replace ``module.adapter`` with a wrapper that
-        is saved with it); ``validation_loss(module)`` scores it on the adapter's validation rows. Its record (with
-        ``seconds``, counted in PUMA's cost), keyed by the lever's name in the stage's record, or None."""
+        is saved with it); ``validation_rows(module)``: its ``prediction`` and ``label`` (arrays) per row of the
+        adapter's validation rows. Its record (with ``seconds``, counted in PUMA's cost), keyed by the lever's name in
+        the stage's record, or None."""
         return None
 
     def extra_rows(self, exp: Any, users: "np.ndarray") -> tuple[Any, "InteractionTable", "np.ndarray | None"] | None:

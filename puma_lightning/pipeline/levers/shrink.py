@@ -2,7 +2,9 @@
 
 After the adapter has trained, every user's migrated prompt becomes ``centre + alpha * (prompt - centre)`` (``centre``:
 the mean migrated prompt), ``alpha`` the value of :data:`SHRINK_GRID` with the lowest loss on the adapter's validation
-rows (the same rows that chose its best epoch), 1 (no change) unless a smaller one is strictly better there. The module
+rows (the same rows that chose its best epoch), 1 (no change) unless a smaller one is better there by more than
+:data:`MARGIN_SE` standard errors of the paired per-row difference (on ``configs/personal.yaml``'s 120 validation
+rows a bare minimum chose 0.2 where the test rows, and the prompts' placebo gain, said 1). The module
 is :class:`puma_lightning.models.adapters.OutputShrunk`, wrapped around the trained adapter, so the saved adapter,
 ``migrate`` and cold start apply the same map. Cost: one validation pass per grid value, counted in PUMA's.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
 
@@ -19,21 +23,42 @@ SHRINKS = ("none", "valid")
 """``adapter.shrink`` choices."""
 SHRINK_GRID = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
 """The factors tried, from no change to every user at the mean prompt."""
+MARGIN_SE = 2.0
+"""A factor below 1 is kept only if its mean validation loss per row is below no change's by this many standard errors
+of the paired difference: with a few hundred validation rows a smaller spread can look better by chance."""
 
 
-def chosen_alpha(losses: Mapping[float, float]) -> float:
-    """The factor with the lowest validation loss; 1 (no change) unless another is strictly lower."""
-    best = 1.0 if 1.0 in losses else max(losses)
+def row_losses(task: str, prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Each row's loss under the task's metric: squared error (ratings), log loss (clicks)."""
+    if task == "click":
+        p = np.clip(prediction, 1e-6, 1 - 1e-6)
+        return -(label * np.log(p) + (1 - label) * np.log1p(-p))
+    return (prediction - label) ** 2
+
+
+def chosen_alpha(losses: Mapping[float, np.ndarray], margin_se: float = MARGIN_SE) -> tuple[float, dict[float, float]]:
+    """The factor with the lowest mean validation loss among those better than 1 (no change) by ``margin_se`` standard
+    errors of the paired per-row difference; 1 if none is. Returns ``(alpha, {alpha: z})``, ``z`` each factor's
+    paired difference from 1 in standard errors (negative: better)."""
+    base = losses[1.0]
+    z: dict[float, float] = {}
+    best, best_loss = 1.0, float(np.mean(base))
     for alpha, loss in losses.items():
-        if loss < losses[best]:
-            best = alpha
-    return float(best)
+        if alpha == 1.0:
+            continue
+        diff = loss - base
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        z[alpha] = float(diff.mean() / se) if se > 0 else (0.0 if diff.mean() == 0 else float(np.sign(diff.mean())) * np.inf)
+        if z[alpha] < -margin_se and float(np.mean(loss)) < best_loss:
+            best, best_loss = float(alpha), float(np.mean(loss))
+    return best, z
 
 
-def shrink_migrated(module: Any, validation_loss: Callable[[Any], float]) -> dict[str, Any]:
+def shrink_migrated(module: Any, validation_rows: Callable[[Any], dict]) -> dict[str, Any]:
     """Wrap ``module.adapter`` (a :class:`~puma_lightning.tasks.Migration`'s) in an
     :class:`~puma_lightning.models.adapters.OutputShrunk` around its mean migrated prompt, with the factor of
-    :data:`SHRINK_GRID` whose ``validation_loss(module)`` is lowest; returns the record (losses, chosen, seconds)."""
+    :data:`SHRINK_GRID` chosen by :func:`chosen_alpha` on ``validation_rows(module)``; returns the record (each
+    factor's mean validation loss and z, the chosen one, seconds)."""
     import torch
 
     from puma_lightning.models.adapters import OutputShrunk
@@ -43,13 +68,15 @@ def shrink_migrated(module: Any, validation_loss: Callable[[Any], float]) -> dic
         centre = module.migrate_all().mean(0) / module.output_scale  # [l, d_t] in the adapter's own output units
     inner = module.adapter
     centre = centre.to(module.source_prompts.device)
-    losses: dict[float, float] = {}
+    losses: dict[float, np.ndarray] = {}
     for alpha in SHRINK_GRID:
         module.adapter = OutputShrunk(inner, centre, alpha)
-        losses[alpha] = float(validation_loss(module))
-    alpha = chosen_alpha(losses)
+        rows = validation_rows(module)
+        losses[alpha] = row_losses(module.task, rows["prediction"], rows["label"])
+    alpha, z = chosen_alpha(losses)
     module.adapter = OutputShrunk(inner, centre, alpha)
-    return {"alpha": alpha, "valid_loss": {str(a): round(v, 6) for a, v in losses.items()},
+    return {"alpha": alpha, "valid_loss": {str(a): round(float(np.mean(v)), 6) for a, v in losses.items()},
+            "valid_z": {str(a): round(v, 2) for a, v in z.items()}, "valid_rows": int(len(losses[1.0])),
             "seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -60,10 +87,10 @@ class Shrink(Lever):
     options = (Option("adapter.shrink", SHRINKS),)
     description = "PUMA's migrated prompts pulled towards their mean by a factor chosen on validation"
 
-    def after_adapter_fit(self, cfg: Any, module: Any, validation_loss: Callable[[Any], float]) -> dict[str, Any] | None:
+    def after_adapter_fit(self, cfg: Any, module: Any, validation_rows: Callable[[Any], dict]) -> dict[str, Any] | None:
         if str(cfg.adapter.shrink) == "none":
             return None
-        return shrink_migrated(module, validation_loss)
+        return shrink_migrated(module, validation_rows)
 
 
 register_lever(Shrink())

@@ -27,7 +27,7 @@ from puma_lightning.pipeline.readout_fit import adapter_items
 from puma_lightning.pipeline.seeding import stage_seed
 from puma_lightning.pipeline.stage import Outcome, Stage, trainer_key
 from puma_lightning.pipeline.stages.registry import StageEntry, register_stage, single
-from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics, validation_loss
+from puma_lightning.pipeline.training import StageStats, fit_best, test_metrics, validation_rows
 from puma_lightning.tasks import Migration, PromptTuning
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class PumaStage(Stage):
         stats = fit_best(module, dm, cfg, exp.run_dir, self.name, cfg.adapter.epochs, hparams=exp.hparams(self.name),
                          resume_key=key, patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps,
                          validations=cfg.adapter.validations)
-        adjusted = after_adapter_fit(cfg, module, lambda m: validation_loss(m, dm, cfg, exp.run_dir, "puma_shrink"))
+        adjusted = after_adapter_fit(cfg, module, lambda m: validation_rows(m, dm, cfg, exp.run_dir, "puma_shrink"))
         start = time.perf_counter()
         migrated = module.migrate_all()
         migrate_s = time.perf_counter() - start
