@@ -12,7 +12,7 @@ from puma_lightning.cli.main import main
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.adapters import OutputShrunk
 from puma_lightning.pipeline.bank_ops import load_adapter
-from puma_lightning.pipeline.levers.shrink import SHRINK_GRID, chosen_alpha, row_losses, shrink_migrated
+from puma_lightning.pipeline.levers.shrink import SHRINK_GRID, chosen_alpha, paired_z, row_losses, shrink_migrated
 from puma_lightning.tasks import Migration
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
@@ -44,6 +44,17 @@ def test_the_choice_keeps_one_unless_a_smaller_factor_is_better_beyond_noise():
     assert chosen_alpha(noisy, margin_se=0.0)[0] == 0.4  # a bare minimum would have taken it
 
 
+def test_rows_of_one_user_count_as_one_cluster():
+    """A difference carried by a few users' many rows is less certain than the same rows from many users."""
+    rng = np.random.default_rng(2)
+    per_user = rng.normal(-0.1, 0.3, size=8)  # 8 users, each with its own shift
+    diff = np.repeat(per_user, 50) + rng.normal(scale=0.05, size=400)
+    users = np.repeat(np.arange(8), 50)
+    independent, clustered = paired_z(diff), paired_z(diff, users)
+    assert abs(clustered) < abs(independent) / 3, (independent, clustered)
+    assert paired_z(np.zeros(10), np.arange(10)) == 0.0
+
+
 def test_row_losses_are_the_task_metric_per_row():
     assert np.allclose(row_losses("rating", np.array([3.0, 4.5]), np.array([4.0, 4.0])), [1.0, 0.25])
     assert np.allclose(row_losses("click", np.array([0.5, 0.9]), np.array([1.0, 0.0])), [np.log(2), -np.log(0.1)])
@@ -60,7 +71,7 @@ def test_the_lever_picks_the_factor_validation_prefers_and_leaves_the_adapter_wr
 
     def rows(m):
         noise = np.random.default_rng(1).normal(scale=0.05, size=300)  # the same rows for every factor
-        return {"prediction": abs(float(m.adapter.alpha) - 0.4) + noise, "label": np.zeros(300)}
+        return {"prediction": abs(float(m.adapter.alpha) - 0.4) + noise, "label": np.zeros(300), "user": np.arange(300)}
 
     record = shrink_migrated(module, rows)
     assert record["alpha"] == 0.4 and set(record["valid_loss"]) == {str(a) for a in SHRINK_GRID}
