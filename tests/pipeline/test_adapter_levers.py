@@ -1,5 +1,5 @@
-"""Adapter levers: input standardisation saved with the adapter, a step budget, a separate head
-learning rate, and validation on held-out users."""
+"""Adapter levers: input standardisation and the migrated prompts' shrink saved with the adapter, a step budget, a
+separate head learning rate, and validation on held-out users."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import torch
 from puma_lightning.cli.config_loader import ConfigError, load_config
 from puma_lightning.cli.main import main
 from puma_lightning.io.bank import PromptBank
-from puma_lightning.models.adapters import InputStandardized, build_adapter, with_input_norm
+from puma_lightning.models.adapters import InputStandardized, OutputShrunk, build_adapter, with_input_norm
 from puma_lightning.pipeline.bank_ops import load_adapter
+from puma_lightning.pipeline.levers.shrink import SHRINK_GRID
 from puma_lightning.pipeline.stages.puma import adapter_validation_users, heldout_users
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
@@ -43,13 +44,31 @@ def test_standardized_adapter_is_saved_and_migrate_applies_the_same_map(tmp_path
     source = PromptBank.load(run / "source" / "bank")
     flat = source.prompts.float().reshape(-1, source.hidden_size)
     assert torch.allclose(adapter.mean, flat.mean(0), atol=1e-5)  # statistics over all users, not the selected ones
-    out = tmp_path / "migrated"
+    assert_migrate_reproduces_the_bank(run, tmp_path / "migrated")
+
+
+@pytest.mark.slow
+def test_a_shrunk_adapter_is_saved_and_migrate_applies_the_same_map(tmp_path):
+    run = tmp_path / "run"
+    assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.shrink=valid"]) == 0
+    record = json.loads((run / "puma" / "stage.json").read_text())["shrink"]
+    assert record["alpha"] in SHRINK_GRID and len(record["valid_loss"]) == len(SHRINK_GRID)
+    assert record["valid_rows"] > 0 and set(record["valid_z"]) == {str(a) for a in SHRINK_GRID if a != 1.0}
+    adapter, _, meta = load_adapter(run / "puma" / "adapter.safetensors")
+    assert meta["shrink"] == "valid" and isinstance(adapter, OutputShrunk) and float(adapter.alpha) == record["alpha"]
+    assert_migrate_reproduces_the_bank(run, tmp_path / "migrated")
+
+
+def assert_migrate_reproduces_the_bank(run: Path, out: Path) -> None:
+    """``migrate`` with the run's saved adapter maps its source bank to the ``puma`` stage's bank."""
     assert main(["migrate", "--config", SMOKE, f"run_dir={run}", f"bank={run / 'source' / 'bank'}",
                  f"adapter_path={run / 'puma' / 'adapter.safetensors'}", f"out={out}"]) == 0
     assert torch.allclose(PromptBank.load(out).prompts, PromptBank.load(run / "puma" / "bank").prompts, atol=1e-5)
 
 
-def test_an_adapter_file_whose_tensors_do_not_fit_is_a_one_line_error(tmp_path):
+@pytest.mark.parametrize(("metadata", "message"), [({"input_norm": "standardize"}, "do not fit its metadata"),
+                                                   ({"shrink": "valid"}, "holds no centre and alpha")])
+def test_an_adapter_file_whose_tensors_do_not_fit_is_a_one_line_error(tmp_path, metadata, message):
     from safetensors.torch import save_file
 
     from puma_lightning.errors import PumaError
@@ -57,8 +76,8 @@ def test_an_adapter_file_whose_tensors_do_not_fit_is_a_one_line_error(tmp_path):
     plain = build_adapter("compact", 4, 6, hidden=8, dropout=0.0)
     path = tmp_path / "a.safetensors"
     save_file({f"adapter.{k}": v.contiguous() for k, v in plain.state_dict().items()}, str(path),
-              metadata={"kind": "compact", "source_dim": "4", "target_dim": "6", "hidden": "8", "input_norm": "standardize"})
-    with pytest.raises(PumaError, match="do not fit its metadata"):
+              metadata={"kind": "compact", "source_dim": "4", "target_dim": "6", "hidden": "8", **metadata})
+    with pytest.raises(PumaError, match=message):
         load_adapter(path)
 
 

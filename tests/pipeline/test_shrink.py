@@ -1,23 +1,12 @@
-"""``adapter.shrink``: PUMA's migrated prompts pulled towards their mean by a factor chosen on validation, saved with the
-adapter so that ``migrate`` applies the same map."""
-
-import json
-from pathlib import Path
+"""``adapter.shrink``: PUMA's migrated prompts pulled towards their mean by a factor chosen on validation (the saved
+adapter and ``migrate``: ``test_adapter_levers.py``)."""
 
 import numpy as np
-import pytest
 import torch
 
-from puma_lightning.cli.main import main
-from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.adapters import OutputShrunk
-from puma_lightning.pipeline.bank_ops import load_adapter
 from puma_lightning.pipeline.levers.shrink import SHRINK_GRID, chosen_alpha, paired_z, row_losses, shrink_migrated
 from puma_lightning.tasks import Migration
-
-SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
-FAST = ["prompt.epochs=1", "adapter.epochs=1", "data.n_users=20", "data.rows_per_user=8", "selection.budget=8",
-        "baselines.random_init=false", "baselines.full_retrain=false", "baselines.classic=false", "trainer.num_threads=1"]
 
 
 def test_the_wrapper_scales_each_prompt_s_distance_from_the_centre():
@@ -78,32 +67,3 @@ def test_the_lever_picks_the_factor_validation_prefers_and_leaves_the_adapter_wr
     assert record["valid_rows"] == 300 and record["valid_z"]["0.4"] < -2
     centre = before.mean(0)
     assert torch.allclose(module.migrate_all(), centre + 0.4 * (before - centre), atol=1e-5)
-
-
-@pytest.mark.slow
-def test_a_shrunk_adapter_is_saved_and_migrate_applies_the_same_map(tmp_path):
-    run = tmp_path / "run"
-    assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.shrink=valid"]) == 0
-    record = json.loads((run / "puma" / "stage.json").read_text())["shrink"]
-    assert record["alpha"] in SHRINK_GRID and len(record["valid_loss"]) == len(SHRINK_GRID)
-    assert record["valid_rows"] > 0 and set(record["valid_z"]) == {str(a) for a in SHRINK_GRID if a != 1.0}
-    adapter, _, meta = load_adapter(run / "puma" / "adapter.safetensors")
-    assert meta["shrink"] == "valid" and isinstance(adapter, OutputShrunk) and float(adapter.alpha) == record["alpha"]
-    out = tmp_path / "migrated"
-    assert main(["migrate", "--config", SMOKE, f"run_dir={run}", f"bank={run / 'source' / 'bank'}",
-                 f"adapter_path={run / 'puma' / 'adapter.safetensors'}", f"out={out}"]) == 0
-    assert torch.allclose(PromptBank.load(out).prompts, PromptBank.load(run / "puma" / "bank").prompts, atol=1e-5)
-
-
-def test_an_adapter_that_says_shrink_but_holds_no_centre_is_a_one_line_error(tmp_path):
-    from safetensors.torch import save_file
-
-    from puma_lightning.errors import PumaError
-    from puma_lightning.models.adapters import build_adapter
-
-    plain = build_adapter("compact", 4, 6, hidden=8, dropout=0.0)
-    path = tmp_path / "a.safetensors"
-    save_file({f"adapter.{k}": v.contiguous() for k, v in plain.state_dict().items()}, str(path),
-              metadata={"kind": "compact", "source_dim": "4", "target_dim": "6", "hidden": "8", "shrink": "valid"})
-    with pytest.raises(PumaError, match="holds no centre and alpha"):
-        load_adapter(path)
