@@ -257,9 +257,10 @@ class AdapterConfig:
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
     shrink: str = "none"
     """``none`` or ``valid``: after training, pull every migrated prompt towards the mean migrated prompt, ``centre +
-    alpha * (prompt - centre)``, with ``alpha`` from ``levers.shrink.SHRINK_GRID`` (0 to 1) chosen on the adapter's validation rows
-    (``validation``; 1, no change, unless a smaller one is better there). Saved with the adapter; ``migrate``
-    applies the same. For an adapter trained on a few users that spreads the prompts further than their data supports."""
+    alpha * (prompt - centre)``, with ``alpha`` from ``levers.shrink.SHRINK_GRID`` (0 to 1) chosen on the validation
+    rows of every unselected user (up to ``validation_max_users``; 1, no change, unless a smaller one is better there by
+    two standard errors). Saved with the adapter; ``migrate`` applies the same. For an adapter trained on a few users
+    that spreads the prompts further apart than their data supports."""
     validation: str = "heldout"
     """Rows the adapter's best epoch is chosen on: ``selected`` (the selected users' own validation rows, as published), ``heldout`` (default, chosen on validation, docs/results/demo.md: the validation rows of as many other, seeded, unselected users as the budget) or ``heldout_all`` (the validation rows of every unselected user, up to ``validation_max_users``: a steadier choice for one forward pass per row and epoch, no gradient)."""
     validation_max_users: Optional[int] = 2000

@@ -15,6 +15,7 @@ from puma_lightning.cli.main import main
 from puma_lightning.io.bank import PromptBank
 from puma_lightning.models.adapters import InputStandardized, OutputShrunk, build_adapter, with_input_norm
 from puma_lightning.pipeline.bank_ops import load_adapter
+from puma_lightning.pipeline.builders import build_table
 from puma_lightning.pipeline.levers.shrink import SHRINK_GRID
 from puma_lightning.pipeline.stages.puma import adapter_validation_users, heldout_users
 
@@ -53,7 +54,12 @@ def test_a_shrunk_adapter_is_saved_and_migrate_applies_the_same_map(tmp_path):
     assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.shrink=valid"]) == 0
     record = json.loads((run / "puma" / "stage.json").read_text())["shrink"]
     assert record["alpha"] in SHRINK_GRID and len(record["valid_loss"]) == len(SHRINK_GRID)
-    assert record["valid_rows"] > 0 and set(record["valid_z"]) == {str(a) for a in SHRINK_GRID if a != 1.0}
+    assert set(record["valid_z"]) == {str(a) for a in SHRINK_GRID if a != 1.0}
+    # judged on every unselected user's validation rows, not the heldout ones that chose the adapter's epoch
+    table = build_table(load_config([SMOKE], [*FAST]).data, 0)
+    selected = json.loads((run / "selection.json").read_text())["user_ids"]
+    unselected = np.flatnonzero(~np.isin(np.asarray(table.user_ids), selected))
+    assert len(selected) == 8 and record["valid_rows"] == len(table.rows("valid", unselected))
     adapter, _, meta = load_adapter(run / "puma" / "adapter.safetensors")
     assert meta["shrink"] == "valid" and isinstance(adapter, OutputShrunk) and float(adapter.alpha) == record["alpha"]
     assert_migrate_reproduces_the_bank(run, tmp_path / "migrated")

@@ -84,7 +84,7 @@ def wrap_adapter(cfg: Any, adapter: Any, source: "torch.Tensor") -> Any:
 
 def after_adapter_fit(cfg: Any, module: Any, validation_rows: Callable[[Any], dict]) -> dict[str, dict[str, Any]]:
     """Every lever's work on PUMA's trained ``module`` before it maps the prompts: ``{lever name: record}`` of those
-    that acted (``validation_rows(module)``: its prediction and label per row of the adapter's validation rows)."""
+    that acted (``validation_rows(module)``: its prediction and label per validation row of the unselected users)."""
     records: dict[str, dict[str, Any]] = {}
     for lever in LEVERS.values():
         record = lever.after_adapter_fit(cfg, module, validation_rows)

@@ -118,8 +118,8 @@ class Lever:
 
     def after_adapter_fit(self, cfg: Any, module: Any, validation_rows: Callable[[Any], dict]) -> dict[str, Any] | None:
         """Work on PUMA's trained ``module`` before it maps every prompt (replace ``module.adapter`` with a wrapper that
-        is saved with it); ``validation_rows(module)``: its ``prediction`` and ``label`` (arrays) per row of the
-        adapter's validation rows. Its record (with ``seconds``, counted in PUMA's cost), keyed by the lever's name in
+        is saved with it); ``validation_rows(module)``: its ``user``, ``prediction`` and ``label`` (arrays) per
+        validation row of every unselected user (up to ``adapter.validation_max_users``). Its record (with ``seconds``, counted in PUMA's cost), keyed by the lever's name in
         the stage's record, or None."""
         return None
 

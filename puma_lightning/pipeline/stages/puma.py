@@ -93,7 +93,13 @@ class PumaStage(Stage):
         stats = fit_best(module, dm, cfg, exp.run_dir, self.name, cfg.adapter.epochs, hparams=exp.hparams(self.name),
                          resume_key=key, patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps,
                          validations=cfg.adapter.validations)
-        adjusted = after_adapter_fit(cfg, module, lambda m: validation_rows(m, dm, cfg, exp.run_dir, "puma_shrink"))
+        # levers that adjust the trained adapter judge it on every unselected user's validation rows (up to
+        # adapter.validation_max_users), whatever rows chose its epoch: a few dozen users cannot tell a shrink apart
+        judged = adapter_validation_users("heldout_all", table.n_users, users, cfg.seed, cfg.adapter.validation_max_users)
+        judge_dm = dm if np.array_equal(judged, eval_users) else build_datamodule(
+            prepared.train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users, eval_users=judged,
+            row_offset=prepared.train_offsets)
+        adjusted = after_adapter_fit(cfg, module, lambda m: validation_rows(m, judge_dm, cfg, exp.run_dir, "puma_shrink"))
         start = time.perf_counter()
         migrated = module.migrate_all()
         migrate_s = time.perf_counter() - start
