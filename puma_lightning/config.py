@@ -252,7 +252,8 @@ class AdapterConfig:
     the item-word match term (``prompt.item_match``): the transpose of the least-squares map from the target's token
     embeddings to the source's, scaled so a migrated prompt scores each item's words as its source prompt did.
     ``item_map``: ``match_map`` corrected on the catalogue's item texts, so the term is carried on the items the
-    users rate. All need an adapter with a linear path (``compact``)."""
+    users rate. An aggregated source bank (``aggregate``) starts from each source model's own map, block by block,
+    averaged over the sources. All need an adapter with a linear path (``compact``)."""
     input_norm: str = "none"
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
     shrink: str = "none"

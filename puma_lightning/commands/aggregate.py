@@ -14,7 +14,9 @@ Users missing from a source follow ``aggregate.missing``:
 The aggregated bank is written as a source stage (``<run_dir>/aggregated_source/bank`` +
 ``stage.json``) and migrated by an ordinary Experiment (``<run_dir>/aggregated``); each source alone
 is migrated the same way (``<run_dir>/single_<i>_<model>``, on the users that source has), and
-full retraining on the target is the reference. Writes ``aggregate.json``, ``aggregate.md`` and
+full retraining on the target is the reference. Under ``adapter.init`` other than ``random``, the aggregated
+adapter starts as the mean of the single-source maps, each source's block mapped by its own model's
+(:func:`puma_lightning.pipeline.levers.adapter_init.aggregated_start_map`). Writes ``aggregate.json``, ``aggregate.md`` and
 ``aggregate.png`` (the paper's Figure 6). The rating head starts from the first source's head.
 """
 
@@ -102,7 +104,8 @@ def aggregated_bank(aligned: Aligned, banks: Sequence[Any], paths: Sequence[Path
     fingerprint = "agg-" + hashlib.sha256(identity.encode()).hexdigest()[:12]
     name = "aggregate:" + "+".join(b.model_name for b in banks)
     missing = {str(i): int((~aligned.present[:, i]).sum()) for i in range(len(banks))}
-    summary = {"policy": aligned.policy, "widths": aligned.widths, "indicator_features": len(banks) if aligned.policy == "zero_fill" else 0,
+    summary = {"policy": aligned.policy, "sources": [b.model_name for b in banks], "widths": aligned.widths,
+               "indicator_features": len(banks) if aligned.policy == "zero_fill" else 0,
                "missing_per_source": missing, "head_from": banks[0].model_name}
     lineage = make_lineage("aggregate", model={"name": name, "fingerprint": fingerprint, "hidden_size": int(aligned.prompts.shape[2])},
                            dataset=dataset, sources=refs, extra={"aggregate": summary})

@@ -107,3 +107,33 @@ def test_distillation_with_an_aggregated_source_is_a_one_line_error(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert code == 2 and "adapter.distill_items" in err and "\n" not in err
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.slow
+def test_a_map_start_maps_each_source_block_with_its_own_model(source_banks, tmp_path):
+    """``adapter.init=vocab_map`` on an aggregated bank: the adapter starts as the mean of the single-source maps,
+    block by block (the indicator features at zero weight), so an adapter that cannot move (lr 1e-12) migrates every
+    user's prompts to ``(p_llama W_llama + p_qwen W_qwen) / 2``; from a random start it does not."""
+    from puma_lightning.pipeline.experiment import Experiment
+    from puma_lightning.pipeline.vocab_map import experiment_vocab_map
+
+    llama, qwen, _ = source_banks
+    still = ["adapter.steps=2", "adapter.lr=1e-12", "adapter.freeze_head=true", "adapter.input_norm=none",
+             "adapter.output_scale=embedding_std", "baselines.full_retrain=false", "aggregate.missing=zero_fill",
+             f"aggregate.banks=[{llama},{qwen}]"]
+    migrated = {}
+    for init in ("vocab_map", "random"):
+        run = tmp_path / init
+        assert main(["aggregate", "--config", AGG, f"run_dir={run}", *TINY, *still, f"adapter.init={init}"]) == 0
+        assert json.loads((run / "aggregated" / "puma" / "stage.json").read_text())["init"] == init
+        migrated[init] = PromptBank.load(run / "aggregated" / "puma" / "bank")
+    agg = PromptBank.load(tmp_path / "vocab_map" / "aggregated_source" / "bank")
+    assert agg.info["aggregate"]["sources"] == ["tiny-llama", "tiny-qwen2"]
+    weights = [experiment_vocab_map(Experiment(load_config([AGG], [*TINY, f"run_dir={tmp_path / name}",
+                                                                   f"source.name={name}"]))).weight
+               for name in ("tiny-llama", "tiny-qwen2")]
+    start = torch.cat([weights[0] / 2, weights[1] / 2, torch.zeros(2, weights[0].shape[1])])
+    users = migrated["vocab_map"].user_ids
+    expected = agg.rows_for(users).float() @ start
+    assert torch.allclose(migrated["vocab_map"].rows_for(users).float(), expected, atol=1e-4)
+    assert not torch.allclose(migrated["random"].rows_for(users).float(), expected, atol=1e-2)

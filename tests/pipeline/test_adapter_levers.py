@@ -269,15 +269,15 @@ def test_vocab_map_start_makes_the_untrained_adapter_the_training_free_map(tmp_p
     assert not torch.allclose(banks["random"].rows_for(banks["random"].user_ids).float(), expected, atol=1e-2)
 
 
-def test_vocab_map_start_refuses_an_aggregated_source_bank_in_one_line():
+def test_map_start_for_an_aggregated_bank_that_does_not_name_its_sources_is_a_one_line_error():
     from types import SimpleNamespace
 
     from puma_lightning.errors import PumaError
     from puma_lightning.pipeline.levers.adapter_init import adapter_start_map
 
     exp = SimpleNamespace(cfg=load_config([SMOKE], ["adapter.init=vocab_map"]))
-    merged = SimpleNamespace(info={"aggregate": {"sources": ["a", "b"]}}, model_name="a+b", hidden_size=12)
-    with pytest.raises(PumaError, match=r"aggregates several models' prompts \(a\+b\).*adapter\.init=random"):
+    merged = SimpleNamespace(info={"aggregate": {"widths": [4, 8]}}, model_name="a+b", hidden_size=12)
+    with pytest.raises(PumaError, match=r"aggregated bank \(a\+b\) does not name its source models.*adapter\.init=random"):
         adapter_start_map(exp, merged)
     exp.cfg.adapter.init = "random"
     assert adapter_start_map(exp, merged) is None

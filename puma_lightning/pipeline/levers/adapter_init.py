@@ -27,8 +27,8 @@ ADAPTER_INITS = ("random", *START_MAPS)
 def adapter_start_map(exp: Any, source_bank: Any) -> VocabMap | None:
     """The map ``adapter.init`` starts PUMA's adapter as (None under ``random``).
 
-    The source bank's prompts must live in the source model's input space: an aggregated bank (several models'
-    prompts side by side) has no one vocabulary to map from, and is refused in one line.
+    The source bank's prompts live in the source model's input space, or, for an aggregated bank (several models'
+    prompts side by side), in each source model's space block by block: :func:`aggregated_start_map`.
     """
     from puma_lightning.errors import PumaError
 
@@ -36,13 +36,49 @@ def adapter_start_map(exp: Any, source_bank: Any) -> VocabMap | None:
     if init not in START_MAPS:
         return None
     if "aggregate" in (source_bank.info or {}):
-        raise PumaError(f"'adapter.init' is {init!r}, but the source bank aggregates several models' prompts "
-                        f"({source_bank.model_name}); no one vocabulary maps them: use adapter.init=random")
+        return aggregated_start_map(exp, source_bank)
     fitted = getattr(import_module("puma_lightning.pipeline.vocab_map"), START_MAPS[init])(exp)
     if fitted.weight.shape[0] != source_bank.hidden_size:
         raise PumaError(f"'adapter.init' is {init!r}, but source model {exp.cfg.source.name!r} embeds in "
                         f"{fitted.weight.shape[0]} dimensions and its bank's prompts have {source_bank.hidden_size}")
     return fitted
+
+
+def aggregated_start_map(exp: Any, source_bank: Any) -> VocabMap:
+    """The start for an aggregated bank ``[p_1, ..., p_S (, indicators)]``: each source's own map ``W_s`` (fitted
+    between that source model and the target as for a single source), stacked block by block and divided by ``S``,
+    so a user's migrated prompt starts as the mean of the S single-source starts, ``(p_1 W_1 + ... + p_S W_S) / S``;
+    the indicator features of ``aggregate.missing=zero_fill`` start with zero weight. The source models are loaded
+    one at a time (named in the bank's ``aggregate.sources``)."""
+    import torch
+
+    from puma_lightning.errors import PumaError
+    from puma_lightning.pipeline.sub_runs import experiment_on, sub_config
+    from puma_lightning.pipeline.vocab_map import VocabMap
+
+    init = exp.cfg.adapter.init
+    summary = source_bank.info["aggregate"]
+    names, widths = list(summary.get("sources") or []), [int(w) for w in summary["widths"]]
+    if len(names) != len(widths):
+        raise PumaError(f"'adapter.init' is {init!r}, but the aggregated bank ({source_bank.model_name}) does not name "
+                        "its source models (made before they were recorded): run aggregate again in a new run_dir, "
+                        "or use adapter.init=random")
+    fit = getattr(import_module("puma_lightning.pipeline.vocab_map"), START_MAPS[init])
+    blocks, shared, seconds = [], [], 0.0
+    for name, width in zip(names, widths):
+        single = experiment_on(sub_config(exp.cfg, exp.cfg.run_dir, **{"source.name": name, "source.bank": None,
+                                                                         "source_dir": None}), exp.table)
+        fitted = fit(single)
+        del single  # its models; only one is kept loaded at a time
+        if fitted.weight.shape[0] != width:
+            raise PumaError(f"'adapter.init' is {init!r}, but source model {name!r} embeds in {fitted.weight.shape[0]} "
+                            f"dimensions and its block of the aggregated bank has {width}")
+        blocks.append(fitted.weight / len(names))
+        shared.append(fitted.shared_tokens)
+        seconds += fitted.seconds
+    extra = source_bank.hidden_size - sum(widths)
+    weight = torch.cat([*blocks, blocks[0].new_zeros(extra, blocks[0].shape[1])])
+    return VocabMap(weight, min(shared), seconds)
 
 
 class AdapterInit(Lever):
