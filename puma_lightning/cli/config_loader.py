@@ -153,8 +153,11 @@ def switch_strategy(cfg: DictConfig, name: Any) -> None:
 def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
     """Merge defaults, YAML files and dotlist overrides into a validated config."""
     cfg = OmegaConf.structured(ExperimentConfig)
+    set_by: dict[str, str] = {}  # dotted key -> the --config file (counting its bases) that set it
     for file in config_files:
-        for path, loaded in config_layers(file):
+        layers = config_layers(file)
+        before = cfg
+        for index, (path, loaded) in enumerate(layers):
             named = loaded.get("selection")
             if isinstance(named, DictConfig) and "name" in named:
                 switch_strategy(cfg, named.name)
@@ -162,6 +165,11 @@ def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str
                 cfg = OmegaConf.merge(cfg, without_command_arguments(loaded, path))
             except OmegaConfBaseException as exc:
                 raise _one_line(exc, str(path)) from None
+            if index == len(layers) - 2:  # the file's bases are in: they must not undo what an earlier file set
+                own = set(leaf_keys(layers[-1][1]))  # the file's own keys win over earlier files, as intended
+                check_bases_keep_earlier_files(file, [p for p, _ in layers[:-1]], before, cfg,
+                                               {k: v for k, v in set_by.items() if k not in own})
+        set_by.update({key: str(file) for _, loaded in layers for key in leaf_keys(loaded)})
 
     dotlist: list[str] = []
     for token in overrides:
@@ -184,6 +192,32 @@ def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str
         raise _one_line(exc, "command line") from None
     validate(cfg)
     return cfg
+
+
+def leaf_keys(node: DictConfig) -> list[str]:
+    """The dotted keys of a config's leaves (a list is one leaf)."""
+    def walk(value: Any, prefix: str) -> list[str]:
+        if isinstance(value, dict):
+            return [k for key, sub in value.items() for k in walk(sub, f"{prefix}{key}.")]
+        return [prefix[:-1]]
+
+    return walk(OmegaConf.to_container(node, resolve=False), "")
+
+
+def check_bases_keep_earlier_files(file: str | Path, bases: Sequence[Path], before: DictConfig, after: DictConfig,
+                                   set_by: dict[str, str]) -> None:
+    """One line when a later ``--config`` file's ``base`` changes keys an earlier ``--config`` file set:
+    ``--config personal.yaml --config demo_chain.yaml`` would otherwise run the chain on demo.yaml's data, since
+    demo_chain.yaml builds on demo.yaml. Layered after its own base (``--config demo.yaml --config demo_chain.yaml``)
+    nothing changes, and it loads."""
+    undone = [key for key in set_by
+              if OmegaConf.select(before, key, throw_on_missing=False) != OmegaConf.select(after, key, throw_on_missing=False)]
+    if undone:
+        shown = ", ".join(undone[:5]) + (f" and {len(undone) - 5} more" if len(undone) > 5 else "")
+        earlier = sorted({set_by[key] for key in undone})
+        raise ConfigError(f"{file} builds on {', '.join(str(b) for b in bases)}, which would change {shown} set by "
+                          f"{', '.join(earlier)}; give {file}'s own keys as key=value overrides after "
+                          f"{earlier[0]} instead (or {file} alone)")
 
 
 def without_command_arguments(loaded: DictConfig, path: Path) -> DictConfig:

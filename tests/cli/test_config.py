@@ -92,3 +92,29 @@ def test_a_base_that_is_missing_or_builds_on_itself_is_one_line(tmp_path):
     (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"config file not found: .*nowhere.yaml \(the base of"):
         load_config([tmp_path / "lost.yaml"])
+
+
+def test_a_later_files_base_may_not_undo_what_an_earlier_file_set(tmp_path):
+    """``--config mine.yaml --config overlay.yaml`` where overlay.yaml builds on another config: its base would silently
+    put back that config's data and sizes; it is one line naming the keys. The overlay's own keys still win, and after
+    its own base (or on keys the earlier file left alone) it loads."""
+    (tmp_path / "demo.yaml").write_text("data:\n  name: movielens-100k\nprompt:\n  epochs: 2\n", encoding="utf-8")
+    (tmp_path / "overlay.yaml").write_text("base: demo.yaml\nprompt:\n  epochs: 5\nchain:\n  models: [a, b]\n",
+                                           encoding="utf-8")
+    (tmp_path / "mine.yaml").write_text("data:\n  name: synthetic\nprompt:\n  epochs: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config([tmp_path / "mine.yaml", tmp_path / "overlay.yaml"])
+    message = str(info.value)
+    assert "\n" not in message and "overlay.yaml builds on" in message and "data.name" in message
+    assert "prompt.epochs" not in message and "mine.yaml" in message
+    cfg = load_config([tmp_path / "demo.yaml", tmp_path / "overlay.yaml"])
+    assert (cfg.data.name, cfg.prompt.epochs, list(cfg.chain.models)) == ("movielens-100k", 5, ["a", "b"])
+    (tmp_path / "epochs.yaml").write_text("prompt:\n  epochs: 4\n", encoding="utf-8")
+    cfg = load_config([tmp_path / "epochs.yaml", tmp_path / "overlay.yaml"])  # the overlay's own key: it wins
+    assert (cfg.data.name, cfg.prompt.epochs) == ("movielens-100k", 5)
+
+
+@pytest.mark.parametrize("overlay", ["demo_chain", "demo_aggregate", "demo_cold_start"])
+def test_the_demo_topology_overlays_refuse_to_undo_another_benchmark(overlay):
+    with pytest.raises(ConfigError, match=rf"{overlay}.yaml builds on .*demo.yaml, which would change .*data.name"):
+        load_config([ROOT / "configs" / "personal.yaml", ROOT / "configs" / f"{overlay}.yaml"])
