@@ -10,6 +10,7 @@ finds them (the repository's top-level ``strategies/`` is a symlink to that fold
 
 from __future__ import annotations
 
+import copy
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -156,7 +157,7 @@ def load_config(config_files: Sequence[str | Path] = (), overrides: Sequence[str
     set_by: dict[str, str] = {}  # dotted key -> the --config file (counting its bases) that set it
     for file in config_files:
         layers = config_layers(file)
-        before = cfg
+        before = copy.deepcopy(cfg)  # switch_strategy below edits cfg in place
         for index, (path, loaded) in enumerate(layers):
             named = loaded.get("selection")
             if isinstance(named, DictConfig) and "name" in named:
