@@ -256,6 +256,12 @@ class AdapterConfig:
     averaged over the sources. All need an adapter with a linear path (``compact``)."""
     input_norm: str = "none"
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
+    keep_start: str = "none"
+    """``none`` or ``valid``: after training, keep the adapter and head at their state before training (the
+    ``adapter.init`` map) where that scores better on the validation rows of every unselected user (up to
+    ``validation_max_users``) by two standard errors of the paired per-row loss, rows clustered by user. The trained
+    checkpoints are chosen on the training loss and never include the start; on all of ``ml100k_full``'s users the
+    untrained ``item_map`` kept the users where training spread them apart. Runs before ``shrink``."""
     shrink: str = "none"
     """``none`` or ``valid``: after training, pull every migrated prompt towards the mean migrated prompt, ``centre +
     alpha * (prompt - centre)``, with ``alpha`` from ``levers.shrink.SHRINK_GRID`` (0 to 1) chosen on the validation

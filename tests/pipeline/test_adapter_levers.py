@@ -281,3 +281,29 @@ def test_map_start_for_an_aggregated_bank_that_does_not_name_its_sources_is_a_on
         adapter_start_map(exp, merged)
     exp.cfg.adapter.init = "random"
     assert adapter_start_map(exp, merged) is None
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("lr", "kept"), [("30", "start"), ("1e-12", "trained")])
+def test_keep_start_restores_the_map_when_training_wrecks_it_on_validation(tmp_path, lr, kept):
+    """``adapter.keep_start=valid`` with the vocabulary-map start: an adapter trained at an absurd lr scores far worse
+    on the unselected users' validation rows, so the start is kept and the bank is the map's image of the source bank
+    (and ``migrate`` reproduces it from the saved adapter); an adapter that cannot move is no better than its start by
+    any margin, so the trained one is kept."""
+    from puma_lightning.pipeline.experiment import Experiment
+    from puma_lightning.pipeline.vocab_map import experiment_vocab_map
+
+    run = tmp_path / "run"
+    settings = [*FAST, "adapter.init=vocab_map", "adapter.input_norm=none", "adapter.output_scale=embedding_std",
+                "adapter.keep_start=valid", f"adapter.lr={lr}", f"adapter.head_lr={lr}",
+                "data.n_users=48", "data.rows_per_user=12"]  # validation rows enough to tell the two apart
+    assert main(["fit", "--config", SMOKE, f"run_dir={run}", *settings]) == 0
+    record = json.loads((run / "puma" / "stage.json").read_text())["keep_start"]
+    assert record["kept"] == kept and record["valid_rows"] > 0
+    if kept == "start":
+        assert record["valid_loss"]["start"] < record["valid_loss"]["trained"] and record["valid_z"] < -2
+    bank = PromptBank.load(run / "puma" / "bank")
+    source = PromptBank.load(run / "source" / "bank")
+    start = source.rows_for(bank.user_ids).float() @ experiment_vocab_map(
+        Experiment(load_config([SMOKE], [f"run_dir={run}", *settings]))).weight
+    assert torch.allclose(bank.rows_for(bank.user_ids).float(), start, atol=1e-4) == (kept == "start" or lr == "1e-12")
+    assert_migrate_reproduces_the_bank(run, tmp_path / "migrated")
