@@ -307,3 +307,23 @@ def test_keep_start_restores_the_map_when_training_wrecks_it_on_validation(tmp_p
         Experiment(load_config([SMOKE], [f"run_dir={run}", *settings]))).weight
     assert torch.allclose(bank.rows_for(bank.user_ids).float(), start, atol=1e-4) == (kept == "start" or lr == "1e-12")
     assert_migrate_reproduces_the_bank(run, tmp_path / "migrated")
+
+
+def test_keep_start_runs_before_the_shrink_that_judges_what_it_kept():
+    from puma_lightning.pipeline.levers import LEVERS
+
+    names = list(LEVERS)
+    assert names.index("keep_start") < names.index("shrink")
+
+
+@pytest.mark.slow
+def test_keep_start_and_shrink_together_save_one_adapter_migrate_reproduces(tmp_path):
+    run = tmp_path / "run"
+    assert main(["fit", "--config", SMOKE, f"run_dir={run}", *FAST, "adapter.init=vocab_map", "adapter.input_norm=none",
+                 "adapter.keep_start=valid", "adapter.shrink=valid", "adapter.lr=30", "adapter.head_lr=30",
+                 "data.n_users=48", "data.rows_per_user=12"]) == 0
+    record = json.loads((run / "puma" / "stage.json").read_text())
+    assert record["keep_start"]["kept"] == "start" and record["shrink"]["alpha"] in SHRINK_GRID
+    adapter, _, meta = load_adapter(run / "puma" / "adapter.safetensors")
+    assert meta["shrink"] == "valid" and isinstance(adapter, OutputShrunk)
+    assert_migrate_reproduces_the_bank(run, tmp_path / "migrated")

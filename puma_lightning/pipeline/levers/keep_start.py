@@ -7,7 +7,7 @@ the prompts (183 % retained, 0.030 RMSE worse); the training loss still preferre
 predictions' squared error on the unselected users' validation rows preferred the start (1.0146 against 1.0703;
 docs/prompt_diagnosis.md, section 10). Under ``valid`` the module's adapter and head are saved before training and
 restored after it when their validation loss per row, on every unselected user's rows (as :mod:`.shrink` judges), is
-lower than the trained module's by :data:`~puma_lightning.pipeline.levers.shrink.MARGIN_SE` standard errors of the
+lower than the trained module's by :data:`~puma_lightning.pipeline.judging.MARGIN_SE` standard errors of the
 paired difference, rows clustered by user. It runs before the shrink, which then judges whichever was kept. Cost: two
 validation passes, counted in PUMA's.
 """
@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from puma_lightning.pipeline.judging import MARGIN_SE, paired_z, row_losses
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
-from puma_lightning.pipeline.levers.shrink import MARGIN_SE, paired_z, row_losses
 
 KEEP_STARTS = ("none", "valid")
 """``adapter.keep_start`` choices."""

@@ -19,43 +19,16 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from puma_lightning.pipeline.judging import MARGIN_SE, paired_z, row_losses
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
+
+__all__ = ["MARGIN_SE", "SHRINKS", "SHRINK_GRID", "Shrink", "chosen_alpha", "paired_z", "row_losses", "shrink_migrated"]
 
 SHRINKS = ("none", "valid")
 """``adapter.shrink`` choices."""
 SHRINK_GRID = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
 """The factors tried, from no change to every user at the mean prompt."""
-MARGIN_SE = 2.0
-"""A factor below 1 is kept only if its mean validation loss per row is below no change's by this many standard errors
-of the paired difference, the rows clustered by user: with a few dozen validation users a smaller spread can look
-better by chance."""
-
-
-def row_losses(task: str, prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Each row's loss under the task's metric: squared error (ratings), log loss (clicks)."""
-    if task == "click":
-        p = np.clip(prediction, 1e-6, 1 - 1e-6)
-        return -(label * np.log(p) + (1 - label) * np.log1p(-p))
-    return (prediction - label) ** 2
-
-
-def paired_z(diff: np.ndarray, users: np.ndarray | None = None) -> float:
-    """The mean of the per-row differences ``diff`` in standard errors, the rows clustered by ``users`` (a user's rows
-    share their prompt, so they are not independent; None: rows independent). 0 for no difference, +-inf for a
-    difference without spread."""
-    mean = float(diff.mean())
-    if users is None:
-        users = np.arange(len(diff))
-    _, cluster = np.unique(users, return_inverse=True)
-    groups = int(cluster.max()) + 1 if len(cluster) else 0
-    if groups < 2:
-        return 0.0
-    totals = np.bincount(cluster, weights=diff - mean, minlength=groups)
-    se = float(np.sqrt((totals ** 2).sum() * groups / (groups - 1)) / len(diff))
-    if se > 0:
-        return mean / se
-    return 0.0 if mean == 0 else float(np.sign(mean)) * np.inf
 
 
 def chosen_alpha(losses: Mapping[float, np.ndarray], users: np.ndarray | None = None,
