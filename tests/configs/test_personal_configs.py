@@ -42,6 +42,7 @@ def test_ml100k_full_keeps_up_to_64_latest_ratings_of_every_user():
     # personal.yaml's prompt recipe, chosen on validation (docs/prompt_diagnosis.md, section 10), and the shrink
     assert cfg.prompt.item_match > 0 and cfg.prompt.taste_prior > 0 and cfg.adapter.init == "item_map"
     assert cfg.adapter.shrink == "valid" and cfg.prompt.residual == "user_item_bias"
+    assert cfg.adapter.keep_start == "valid"  # chosen by validation per seed; all 943 users: the start kept the users
     table = build_table(cfg.data, 0)
     per_user = np.bincount(table.user)
     assert table.n_users == 943 and per_user.max() == 64 and per_user.min() == 20  # ML-100k users rated >= 20
@@ -53,6 +54,7 @@ def test_ml100k_click_is_every_user_as_implicit_feedback():
     cfg = config("ml100k_click")
     assert cfg.data.template == "item_first_click" and cfg.prompt.residual == "user_item_logodds"
     assert cfg.prompt.item_match > 0 and cfg.prompt.taste_prior > 0 and cfg.adapter.init == "item_map"
+    assert cfg.adapter.keep_start == "none"  # as its 3-seed table was measured
     table = build_table(cfg.data, 0)
     assert table.task == "click" and table.n_users == 943 and table.label.mean() == 0.5  # one negative a positive
     assert np.bincount(table.user[table.label == 1]).max() == 64
