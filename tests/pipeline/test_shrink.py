@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from puma_lightning.models.adapters import OutputShrunk
-from puma_lightning.pipeline.levers.shrink import SHRINK_GRID, chosen_alpha, paired_z, row_losses, shrink_migrated
+from puma_lightning.pipeline.judging import paired_z, row_losses
+from puma_lightning.pipeline.levers.shrink import SHRINK_GRID, chosen_alpha, shrink_migrated
 from puma_lightning.tasks import Migration
 
 

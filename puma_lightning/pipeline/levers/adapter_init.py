@@ -30,17 +30,23 @@ def adapter_start_map(exp: Any, source_bank: Any) -> VocabMap | None:
     The source bank's prompts live in the source model's input space, or, for an aggregated bank (several models'
     prompts side by side), in each source model's space block by block: :func:`aggregated_start_map`.
     """
-    from puma_lightning.errors import PumaError
-
-    init = exp.cfg.adapter.init
-    if init not in START_MAPS:
+    if exp.cfg.adapter.init not in START_MAPS:
         return None
     if "aggregate" in (source_bank.info or {}):
         return aggregated_start_map(exp, source_bank)
+    return fitted_map(exp, str(exp.cfg.source.name), source_bank.hidden_size, "its bank's prompts have")
+
+
+def fitted_map(exp: Any, source_name: str, width: int, what: str) -> VocabMap:
+    """``adapter.init``'s map fitted between ``exp``'s source and target models, checked to take ``width`` source
+    features (one line naming ``source_name`` and ``what`` has that width otherwise)."""
+    from puma_lightning.errors import PumaError
+
+    init = exp.cfg.adapter.init
     fitted = getattr(import_module("puma_lightning.pipeline.vocab_map"), START_MAPS[init])(exp)
-    if fitted.weight.shape[0] != source_bank.hidden_size:
-        raise PumaError(f"'adapter.init' is {init!r}, but source model {exp.cfg.source.name!r} embeds in "
-                        f"{fitted.weight.shape[0]} dimensions and its bank's prompts have {source_bank.hidden_size}")
+    if fitted.weight.shape[0] != width:
+        raise PumaError(f"'adapter.init' is {init!r}, but source model {source_name!r} embeds in "
+                        f"{fitted.weight.shape[0]} dimensions and {what} {width}")
     return fitted
 
 
@@ -63,16 +69,12 @@ def aggregated_start_map(exp: Any, source_bank: Any) -> VocabMap:
         raise PumaError(f"'adapter.init' is {init!r}, but the aggregated bank ({source_bank.model_name}) does not name "
                         "its source models (made before they were recorded): run aggregate again in a new run_dir, "
                         "or use adapter.init=random")
-    fit = getattr(import_module("puma_lightning.pipeline.vocab_map"), START_MAPS[init])
     blocks, shared, seconds = [], [], 0.0
     for name, width in zip(names, widths):
         single = experiment_on(sub_config(exp.cfg, exp.cfg.run_dir, **{"source.name": name, "source.bank": None,
                                                                          "source_dir": None}), exp.table)
-        fitted = fit(single)
+        fitted = fitted_map(single, name, width, "its block of the aggregated bank has")
         del single  # its models; only one is kept loaded at a time
-        if fitted.weight.shape[0] != width:
-            raise PumaError(f"'adapter.init' is {init!r}, but source model {name!r} embeds in {fitted.weight.shape[0]} "
-                            f"dimensions and its block of the aggregated bank has {width}")
         blocks.append(fitted.weight / len(names))
         shared.append(fitted.shared_tokens)
         seconds += fitted.seconds

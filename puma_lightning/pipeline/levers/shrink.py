@@ -23,8 +23,6 @@ from puma_lightning.pipeline.judging import MARGIN_SE, paired_z, row_losses
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
 
-__all__ = ["MARGIN_SE", "SHRINKS", "SHRINK_GRID", "Shrink", "chosen_alpha", "paired_z", "row_losses", "shrink_migrated"]
-
 SHRINKS = ("none", "valid")
 """``adapter.shrink`` choices."""
 SHRINK_GRID = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
