@@ -254,6 +254,11 @@ class AdapterConfig:
     ``item_map``: ``match_map`` corrected on the catalogue's item texts, so the term is carried on the items the
     users rate. An aggregated source bank (``aggregate``) starts from each source model's own map, block by block,
     averaged over the sources. All need an adapter with a linear path (``compact``)."""
+    aggregate_start: str = "mean"
+    """For an aggregated source bank under a map ``init``: ``mean`` (each source's block of the map at ``1/S``) or
+    ``valid``: before training, start instead from one source's block alone where the validation rows of every
+    unselected user prefer it to the mean by two standard errors of the paired per-row loss (one validation pass per
+    source, plus the mean's). The mean halves a good source's part where the other's prompts know little."""
     input_norm: str = "none"
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
     keep_start: str = "none"

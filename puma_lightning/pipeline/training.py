@@ -68,13 +68,16 @@ def default_precision(tcfg: DictConfig) -> str:
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int, callbacks: list[Callback] | None = None,
-                 log: bool = True, max_steps: int | None = None, val_every_steps: int | None = None) -> L.Trainer:
+                 log: bool = True, max_steps: int | None = None, val_every_steps: int | None = None,
+                 inference_mode: bool = True) -> L.Trainer:
     """A Trainer configured from ``cfg.trainer`` that logs to ``<run_dir>/tb/<stage>`` (``max_steps``: stop after
     that many optimiser steps, however many epochs that takes; ``val_every_steps``: validate every that many steps,
-    across epochs, instead of after every epoch)."""
+    across epochs, instead of after every epoch; ``inference_mode``: evaluate under ``torch.inference_mode``, else
+    under ``no_grad``)."""
     t = cfg.trainer
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version=stage, default_hp_metric=False) if log else False
     kwargs: dict[str, Any] = dict(
+        inference_mode=inference_mode,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
@@ -176,8 +179,11 @@ def test_metrics(module: PromptTask, datamodule: L.LightningDataModule, cfg: Dic
 
 def validation_rows(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictConfig, run_dir: Path,
                     stage: str) -> dict[str, Any]:
-    """``module``'s ``row``, ``user``, ``prediction`` and ``label`` per row of the datamodule's validation split."""
-    trainer = make_trainer(cfg, run_dir, stage, max_epochs=1)
+    """``module``'s ``row``, ``user``, ``prediction`` and ``label`` per row of the datamodule's validation split.
+
+    Runs under ``no_grad``, not inference mode: a module judged before it trains (``adapter.aggregate_start``) would
+    otherwise keep inference tensors in its metrics, which its training's validation cannot update."""
+    trainer = make_trainer(cfg, run_dir, stage, max_epochs=1, inference_mode=False)
     module.keep_validation_rows = True
     try:
         trainer.validate(module, datamodule=datamodule, verbose=False)

@@ -49,6 +49,9 @@ class VocabMap:
     seconds: float
     """Wall seconds of the fit, loading the source model for its embedding table included (loading the target is not:
     every method on the target pays that, and no stage counts it)."""
+    blocks: tuple[tuple[str, int], ...] = ()
+    """For an aggregated source bank: ``(source model, width)`` of each source's block of rows of ``weight``, in order
+    (rows past them, the missing-source indicators, are not a block); empty for a single source."""
 
 
 def single_token_pairs(source_tokenizer: Any, target_tokenizer: Any) -> tuple[list[int], list[int]]:

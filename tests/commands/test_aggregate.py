@@ -137,3 +137,33 @@ def test_a_map_start_maps_each_source_block_with_its_own_model(source_banks, tmp
     expected = agg.rows_for(users).float() @ start
     assert torch.allclose(migrated["vocab_map"].rows_for(users).float(), expected, atol=1e-4)
     assert not torch.allclose(migrated["random"].rows_for(users).float(), expected, atol=1e-2)
+
+
+@pytest.mark.slow
+def test_a_validation_chosen_start_is_the_one_the_adapter_starts_from(source_banks, tmp_path):
+    """``adapter.aggregate_start=valid``: the mean map and each source's block alone are judged on the unselected users'
+    validation rows before training; an adapter that cannot move (lr 1e-12) migrates every prompt with the chosen
+    start, and a source replaces the mean only with the lowest validation loss."""
+    from puma_lightning.pipeline.experiment import Experiment
+    from puma_lightning.pipeline.vocab_map import experiment_vocab_map
+
+    llama, qwen, _ = source_banks
+    run = tmp_path / "valid"
+    assert main(["aggregate", "--config", AGG, f"run_dir={run}", *TINY, "adapter.steps=2", "adapter.lr=1e-12",
+                 "adapter.freeze_head=true", "adapter.input_norm=none", "baselines.full_retrain=false",
+                 "aggregate.missing=zero_fill", f"aggregate.banks=[{llama},{qwen}]", "adapter.init=vocab_map",
+                 "adapter.aggregate_start=valid"]) == 0
+    record = json.loads((run / "aggregated" / "puma" / "stage.json").read_text())["aggregate_start"]
+    losses = record["valid_loss"]
+    assert set(losses) == {"mean", "tiny-llama", "tiny-qwen2"} and record["valid_rows"] > 0
+    if record["chosen"] != "mean":
+        assert losses[record["chosen"]] == min(losses.values()) and record["valid_z"][record["chosen"]] < -2
+    weights = [experiment_vocab_map(Experiment(load_config([AGG], [*TINY, f"run_dir={tmp_path / name}",
+                                                                   f"source.name={name}"]))).weight
+               for name in ("tiny-llama", "tiny-qwen2")]
+    scale = {"mean": (0.5, 0.5), "tiny-llama": (1.0, 0.0), "tiny-qwen2": (0.0, 1.0)}[record["chosen"]]
+    start = torch.cat([weights[0] * scale[0], weights[1] * scale[1], torch.zeros(2, weights[0].shape[1])])
+    agg = PromptBank.load(run / "aggregated_source" / "bank")
+    migrated = PromptBank.load(run / "aggregated" / "puma" / "bank")
+    users = migrated.user_ids
+    assert torch.allclose(migrated.rows_for(users).float(), agg.rows_for(users).float() @ start, atol=1e-4)

@@ -327,3 +327,20 @@ def test_keep_start_and_shrink_together_save_one_adapter_migrate_reproduces(tmp_
     adapter, _, meta = load_adapter(run / "puma" / "adapter.safetensors")
     assert meta["shrink"] == "valid" and isinstance(adapter, OutputShrunk)
     assert_migrate_reproduces_the_bank(run, tmp_path / "migrated")
+
+
+def test_a_start_map_whose_width_does_not_fit_the_bank_is_a_one_line_error(monkeypatch):
+    from types import SimpleNamespace
+
+    from puma_lightning.errors import PumaError
+    from puma_lightning.pipeline import vocab_map
+    from puma_lightning.pipeline.levers.adapter_init import adapter_start_map, fitted_map
+
+    monkeypatch.setattr(vocab_map, "experiment_vocab_map", lambda exp: vocab_map.VocabMap(torch.zeros(5, 3), 1, 0.0))
+    exp = SimpleNamespace(cfg=load_config([SMOKE], ["adapter.init=vocab_map"]))
+    bank = SimpleNamespace(info={}, model_name="m", hidden_size=7)
+    with pytest.raises(PumaError, match=r"'adapter.init' is 'vocab_map', but source model .* embeds in 5 dimensions "
+                                        r"and its bank's prompts have 7") as raised:
+        adapter_start_map(exp, bank)
+    assert "\n" not in str(raised.value)
+    assert fitted_map(exp, "m", 5, "it").weight.shape == (5, 3)  # the same map at the width it fits

@@ -8,6 +8,7 @@ from puma_lightning.pipeline.levers import hidden_readout  # noqa: F401  isort: 
 from puma_lightning.pipeline.levers import item_match  # noqa: F401  isort: skip
 from puma_lightning.pipeline.levers import taste_prior  # noqa: F401  isort: skip
 from puma_lightning.pipeline.levers import adapter_init  # noqa: F401  isort: skip
+from puma_lightning.pipeline.levers import aggregate_start  # noqa: F401  isort: skip
 from puma_lightning.pipeline.levers import input_norm  # noqa: F401  isort: skip
 from puma_lightning.pipeline.levers import keep_start  # noqa: F401  isort: skip  (before the shrink: it judges what is kept)
 from puma_lightning.pipeline.levers import shrink  # noqa: F401  isort: skip

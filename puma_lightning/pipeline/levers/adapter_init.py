@@ -55,7 +55,8 @@ def aggregated_start_map(exp: Any, source_bank: Any) -> VocabMap:
     between that source model and the target as for a single source), stacked block by block and divided by ``S``,
     so a user's migrated prompt starts as the mean of the S single-source starts, ``(p_1 W_1 + ... + p_S W_S) / S``;
     the indicator features of ``aggregate.missing=zero_fill`` start with zero weight. The source models are loaded
-    one at a time (named in the bank's ``aggregate.sources``)."""
+    one at a time (named in the bank's ``aggregate.sources``); the map names its blocks, so that
+    ``adapter.aggregate_start`` can weight them (:mod:`.aggregate_start`)."""
     import torch
 
     from puma_lightning.errors import PumaError
@@ -80,7 +81,7 @@ def aggregated_start_map(exp: Any, source_bank: Any) -> VocabMap:
         seconds += fitted.seconds
     extra = source_bank.hidden_size - sum(widths)
     weight = torch.cat([*blocks, blocks[0].new_zeros(extra, blocks[0].shape[1])])
-    return VocabMap(weight, min(shared), seconds)
+    return VocabMap(weight, min(shared), seconds, tuple(zip(names, widths)))
 
 
 class AdapterInit(Lever):

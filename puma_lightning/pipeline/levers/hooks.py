@@ -75,6 +75,17 @@ def adapter_init(exp: Any, source_bank: Any) -> Any:
     return starts[0][1] if starts else None
 
 
+def choose_start(cfg: Any, start_map: Any, judge: Callable[[Any], dict]) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """PUMA's adapter start after every lever that chooses one on validation (``judge(map)``: the validation rows of
+    every unselected user when the adapter starts at ``map``), and ``{lever name: record}`` of those that acted."""
+    records: dict[str, dict[str, Any]] = {}
+    for lever in LEVERS.values():
+        chosen = lever.choose_start(cfg, start_map, judge)
+        if chosen is not None:
+            start_map, records[lever.name] = chosen
+    return start_map, records
+
+
 def wrap_adapter(cfg: Any, adapter: Any, source: "torch.Tensor") -> Any:
     """``adapter`` wrapped by every lever in turn (input standardisation), given the source prompts ``source``."""
     for lever in LEVERS.values():

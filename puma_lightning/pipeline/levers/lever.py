@@ -16,7 +16,8 @@ registers an instance (:func:`~puma_lightning.pipeline.levers.registry.register_
 Hooks: ``row_offset`` (an offset added to every row's output), ``pair_offset`` (the same for scored pairs),
 ``reads_hidden`` (whether a new head reads the hidden state), ``start_head`` (set up a head where a stage starts it
 on a model), ``before_train`` (work on the module before it trains; returns a record), ``adapter_init`` (a
-closed-form start of PUMA's adapter), ``wrap_adapter`` (wrap the adapter before it trains), ``after_adapter_fit``
+closed-form start of PUMA's adapter), ``choose_start`` (replace that start by one chosen on validation),
+``wrap_adapter`` (wrap the adapter before it trains), ``after_adapter_fit``
 (change the trained adapter before it maps every prompt), ``extra_rows`` (extra training rows for the adapter).
 """
 
@@ -110,6 +111,12 @@ class Lever:
 
     def adapter_init(self, exp: Any, source_bank: Any) -> Any:
         """A closed-form start of PUMA's adapter (with ``weight`` ``[d_s, d_t]`` and ``seconds``), or None."""
+        return None
+
+    def choose_start(self, cfg: Any, start_map: Any, judge: Callable[[Any], dict]) -> tuple[Any, dict[str, Any]] | None:
+        """Before PUMA's adapter trains, replace ``start_map`` (``adapter_init``'s, or None) by one chosen on validation:
+        ``judge(map)`` gives the ``user``, ``prediction`` and ``label`` per validation row of every unselected user when
+        the adapter starts at ``map``. ``(map, record)`` (with ``seconds``, counted in PUMA's cost), or None."""
         return None
 
     def wrap_adapter(self, cfg: Any, adapter: Any, source: "torch.Tensor") -> Any:

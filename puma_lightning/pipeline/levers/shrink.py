@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from puma_lightning.pipeline.judging import MARGIN_SE, paired_z, row_losses
+from puma_lightning.pipeline.judging import MARGIN_SE, best_against, row_losses
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
 
@@ -34,16 +34,8 @@ def chosen_alpha(losses: Mapping[float, np.ndarray], users: np.ndarray | None = 
     """The factor with the lowest mean validation loss among those better than 1 (no change) by ``margin_se`` standard
     errors of the paired per-row difference (rows clustered by ``users``); 1 if none is. Returns ``(alpha, {alpha:
     z})``, ``z`` each factor's paired difference from 1 in standard errors (negative: better)."""
-    base = losses[1.0]
-    z: dict[float, float] = {}
-    best, best_loss = 1.0, float(np.mean(base))
-    for alpha, loss in losses.items():
-        if alpha == 1.0:
-            continue
-        z[alpha] = paired_z(loss - base, users)
-        if z[alpha] < -margin_se and float(np.mean(loss)) < best_loss:
-            best, best_loss = float(alpha), float(np.mean(loss))
-    return best, z
+    alpha, z = best_against(losses, 1.0, users, margin_se)
+    return float(alpha), z
 
 
 def shrink_migrated(module: Any, validation_rows: Callable[[Any], dict]) -> dict[str, Any]:

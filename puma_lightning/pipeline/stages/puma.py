@@ -21,8 +21,8 @@ from puma_lightning.models.adapters import adapter_metadata, build_adapter, init
 from puma_lightning.models.heads import load_head
 from puma_lightning.pipeline.builders import build_datamodule, fresh_head
 from puma_lightning.pipeline.distributed import on_rank_zero
-from puma_lightning.pipeline.levers.hooks import (adapter_init, adapter_rows, after_adapter_fit, before_train, row_offsets,
-                                                  start_head, wrap_adapter)
+from puma_lightning.pipeline.levers.hooks import (adapter_init, adapter_rows, after_adapter_fit, before_train, choose_start,
+                                                  row_offsets, start_head, wrap_adapter)
 from puma_lightning.pipeline.readout_fit import adapter_items
 from puma_lightning.pipeline.seeding import stage_seed
 from puma_lightning.pipeline.stage import Outcome, Stage, trainer_key
@@ -89,17 +89,33 @@ class PumaStage(Stage):
         log.info("adapter validation: %d users (%s)", len(eval_users), cfg.adapter.validation)
         dm = build_datamodule(prepared.train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users,
                               eval_users=eval_users, row_offset=prepared.train_offsets)
+        # levers that choose the adapter's start or adjust the trained adapter judge it on every unselected user's
+        # validation rows (up to adapter.validation_max_users), whatever rows choose its epoch: a few dozen users
+        # cannot tell a shrink apart. Built only when a lever asks.
+        judge_dms: list[Any] = []
+
+        def judge_rows(m: Any, stage: str) -> dict:
+            if not judge_dms:
+                judged = adapter_validation_users("heldout_all", table.n_users, users, cfg.seed,
+                                                  cfg.adapter.validation_max_users)
+                judge_dms.append(dm if np.array_equal(judged, eval_users) else build_datamodule(
+                    prepared.train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users,
+                    eval_users=judged, row_offset=prepared.train_offsets))
+            return validation_rows(m, judge_dms[0], cfg, exp.run_dir, stage)
+
+        def start_at(start: Any) -> dict:  # the adapter at the map ``start``, the match term anchored where it maps
+            init_as_linear(adapter, start.weight / output_scale)
+            start_head(cfg, module.head, lm, table, module.migrate_all)
+            return judge_rows(module, "puma_start")
+
+        start_map, chosen = choose_start(cfg, start_map, start_at)  # adapter.aggregate_start
+        if chosen:
+            start_at(start_map)
         fitted = before_train(cfg, module, readout_datamodule(exp, lm, dm, users, eval_users))  # the target's own readout
         stats = fit_best(module, dm, cfg, exp.run_dir, self.name, cfg.adapter.epochs, hparams=exp.hparams(self.name),
                          resume_key=key, patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps,
                          validations=cfg.adapter.validations)
-        # levers that adjust the trained adapter judge it on every unselected user's validation rows (up to
-        # adapter.validation_max_users), whatever rows chose its epoch: a few dozen users cannot tell a shrink apart
-        judged = adapter_validation_users("heldout_all", table.n_users, users, cfg.seed, cfg.adapter.validation_max_users)
-        judge_dm = dm if np.array_equal(judged, eval_users) else build_datamodule(
-            prepared.train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users, eval_users=judged,
-            row_offset=prepared.train_offsets)
-        adjusted = after_adapter_fit(cfg, module, lambda m: validation_rows(m, judge_dm, cfg, exp.run_dir, "puma_shrink"))
+        adjusted = after_adapter_fit(cfg, module, lambda m: judge_rows(m, "puma_shrink"))
         start = time.perf_counter()
         migrated = module.migrate_all()
         migrate_s = time.perf_counter() - start
@@ -112,7 +128,7 @@ class PumaStage(Stage):
         metrics = test_metrics(evaluator, test_dm, cfg, exp.run_dir, "puma_test")
         selection = prepared.selection
         teacher_s = teacher.seconds if teacher is not None else 0.0
-        levers_s = sum(record["seconds"] for record in (*fitted.values(), *adjusted.values()))
+        levers_s = sum(record["seconds"] for record in (*chosen.values(), *fitted.values(), *adjusted.values()))
         init_s = start_map.seconds if start_map is not None else 0.0
         total = StageStats(wall_s=round(stats.wall_s + selection["seconds"] + migrate_s + teacher_s + levers_s + init_s, 2),
                            train_samples=stats.train_samples, trainable_params=stats.trainable_params, epochs=stats.epochs,
@@ -127,7 +143,7 @@ class PumaStage(Stage):
                   "validation_users": int(len(eval_users)), "allocation": selection["record"]["params"].get("allocation"),
                   "teacher_rows": int(len(prepared.train_table) - len(table)), "teacher_s": round(teacher_s, 2),
                   "init": str(cfg.adapter.init), "init_s": round(init_s, 2),
-                  **fitted, **adjusted}
+                  **chosen, **fitted, **adjusted}
         return Outcome(metrics, record, evaluator=evaluator, datamodule=test_dm, bank=bank)
 
 
