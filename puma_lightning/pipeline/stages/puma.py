@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -92,30 +93,30 @@ class PumaStage(Stage):
         # levers that choose the adapter's start or adjust the trained adapter judge it on every unselected user's
         # validation rows (up to adapter.validation_max_users), whatever rows choose its epoch: a few dozen users
         # cannot tell a shrink apart. Built only when a lever asks.
-        judge_dms: list[Any] = []
+        @cache
+        def judge_datamodule() -> Any:
+            judged = adapter_validation_users("heldout_all", table.n_users, users, cfg.seed, cfg.adapter.validation_max_users)
+            return dm if np.array_equal(judged, eval_users) else build_datamodule(
+                prepared.train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users, eval_users=judged,
+                row_offset=prepared.train_offsets)
 
-        def judge_rows(m: Any, stage: str) -> dict:
-            if not judge_dms:
-                judged = adapter_validation_users("heldout_all", table.n_users, users, cfg.seed,
-                                                  cfg.adapter.validation_max_users)
-                judge_dms.append(dm if np.array_equal(judged, eval_users) else build_datamodule(
-                    prepared.train_table, lm.tokenizer, cfg, cfg.adapter.batch_size, train_users=users,
-                    eval_users=judged, row_offset=prepared.train_offsets))
-            return validation_rows(m, judge_dms[0], cfg, exp.run_dir, stage)
-
-        def start_at(start: Any) -> dict:  # the adapter at the map ``start``, the match term anchored where it maps
+        def place_start(start: Any) -> None:  # the adapter at the map ``start``, the match term anchored where it maps
             init_as_linear(adapter, start.weight / output_scale)
             start_head(cfg, module.head, lm, table, module.migrate_all)
-            return judge_rows(module, "puma_start")
 
-        start_map, chosen = choose_start(cfg, start_map, start_at)  # adapter.aggregate_start
+        def judge_start(start: Any) -> dict:
+            place_start(start)
+            return validation_rows(module, judge_datamodule(), cfg, exp.run_dir, "puma_start")
+
+        start_map, chosen = choose_start(cfg, start_map, judge_start)  # adapter.aggregate_start
         if chosen:
-            start_at(start_map)
+            place_start(start_map)
         fitted = before_train(cfg, module, readout_datamodule(exp, lm, dm, users, eval_users))  # the target's own readout
         stats = fit_best(module, dm, cfg, exp.run_dir, self.name, cfg.adapter.epochs, hparams=exp.hparams(self.name),
                          resume_key=key, patience=cfg.adapter.early_stopping_patience, max_steps=cfg.adapter.steps,
                          validations=cfg.adapter.validations)
-        adjusted = after_adapter_fit(cfg, module, lambda m: judge_rows(m, "puma_shrink"))
+        adjusted = after_adapter_fit(cfg, module, lambda m: validation_rows(m, judge_datamodule(), cfg, exp.run_dir,
+                                                                            "puma_shrink"))
         start = time.perf_counter()
         migrated = module.migrate_all()
         migrate_s = time.perf_counter() - start
