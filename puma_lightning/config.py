@@ -258,7 +258,8 @@ class AdapterConfig:
     """For an aggregated source bank under a map ``init``: ``mean`` (each source's block of the map at ``1/S``) or
     ``valid``: before training, start instead from one source's block alone where the validation rows of every
     unselected user prefer it to the mean by two standard errors of the paired per-row loss (one validation pass per
-    source, plus the mean's). The mean halves a good source's part where the other's prompts know little."""
+    source, plus the mean's). The mean halves a good source's part where the other's prompts know little; measured
+    on personal.yaml, validation could not tell the two apart and kept the mean (docs/prompt_diagnosis.md, section 8)."""
     input_norm: str = "none"
     """``none`` or ``standardize``: standardise every feature of the source prompts with its mean and std over all users before the adapter (saved with the adapter; ``migrate`` applies the same)."""
     keep_start: str = "none"

@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from puma_lightning.pipeline.judging import best_against, row_losses
+from puma_lightning.pipeline.levers.adapter_init import START_MAPS
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
 
@@ -80,7 +81,7 @@ class AggregateStart(Lever):
     def validate(self, cfg: Any) -> None:
         if str(cfg.adapter.get("aggregate_start", MEAN)) == "valid" and cfg.adapter.init == "random":
             raise ValueError("'adapter.aggregate_start' is 'valid', which weights the blocks of adapter.init's map, but "
-                             "'adapter.init' is 'random'; set adapter.init to a map (item_map, match_map, vocab_map)")
+                             f"'adapter.init' is 'random'; set adapter.init to a map ({', '.join(START_MAPS)})")
 
     def choose_start(self, cfg: Any, start_map: Any, judge: Callable[[Any], dict]) -> tuple[Any, dict[str, Any]] | None:
         if str(cfg.adapter.get("aggregate_start", MEAN)) == MEAN or start_map is None or len(start_map.blocks) < 2:
