@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from puma_lightning.pipeline.judging import MARGIN_SE, paired_z, row_losses
+from puma_lightning.pipeline.judging import MARGIN_SE, best_against, row_losses
 from puma_lightning.pipeline.levers.lever import Lever, Option
 from puma_lightning.pipeline.levers.registry import register_lever
 
@@ -49,13 +49,12 @@ def keep_better(module: Any, start: dict, validation_rows: Callable[[Any], dict]
     loss_start = row_losses(module.task, started["prediction"], started["label"])
     if len(loss_trained) != len(loss_start) or not np.array_equal(trained["user"], started["user"]):
         raise RuntimeError("keep_start: the start and the trained adapter were validated on different rows")
-    z = paired_z(loss_start - loss_trained, trained["user"])
-    kept = "start" if z < -margin_se else "trained"
+    kept, z = best_against({"trained": loss_trained, "start": loss_start}, "trained", trained["user"], margin_se)
     if kept == "trained":
         module.load_trainable_state_dict(trained_state)
     return {"kept": kept, "valid_loss": {"start": round(float(loss_start.mean()), 6),
                                          "trained": round(float(loss_trained.mean()), 6)},
-            "valid_z": round(z, 2), "valid_rows": int(len(loss_trained)), "seconds": round(time.perf_counter() - begin, 2)}
+            "valid_z": round(z["start"], 2), "valid_rows": int(len(loss_trained)), "seconds": round(time.perf_counter() - begin, 2)}
 
 
 class KeepStart(Lever):
