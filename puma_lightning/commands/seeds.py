@@ -51,9 +51,17 @@ def _aggregate_one(cfg: DictConfig) -> SeedRun:
 
     doc = run_aggregate(cfg)
     full = next((r["method"] for r in doc["rows"] if r["kind"] == "full_retrain"), None)
+    singles = [r["method"] for r in doc["rows"] if r["kind"] == "single"]
+
+    def references(row: dict[str, Any]) -> list[str]:
+        """Every row against full retraining; the aggregated one also against each source alone (does merging beat
+        the best single source?), paired where that source was tested on the same rows."""
+        if row["method"] == full:
+            return []
+        return ([full] if full else []) + (singles if row["kind"] == "aggregated" else [])
+
     rows = {r["method"]: SeedRow({**r["metrics"], "wall_s": r["wall_s"], "train_samples": r["train_samples"]}, r.get("stage_dir"),
-                                 [full] if full and r["method"] != full else [],
-                                 full if full and r["method"] != full else None)
+                                 references(r), full if full and r["method"] != full else None)
             for r in doc["rows"]}
     return SeedRun(doc["task"], rows)
 

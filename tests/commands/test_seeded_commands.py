@@ -85,8 +85,21 @@ def test_aggregate_over_seeds_compares_with_full_retraining(tmp_path):
     rows = doc["methods"]
     assert "full retraining" in rows and rows["full retraining"]["vs"] == {}
     aggregated = next(name for name in rows if "+" in name)
-    assert set(rows[aggregated]["vs"]) == {"full retraining"}
+    singles = sorted(name for name in rows if name.endswith(" alone"))
+    assert len(singles) == 2
+    assert set(rows[aggregated]["vs"]) == {"full retraining", *singles}  # merging against each source alone
+    for single in singles:
+        assert set(rows[single]["vs"]) == {"full retraining"}
     assert "retained" in rows[aggregated] and "personal_gain" in rows["full retraining"]
+    # the difference to a single source is the pooled RMSE difference of the two stages' own predictions
+    own = {name: [load_predictions(run / f"seed_{s}" / folder / "puma") for s in (0, 1)]
+           for name, folder in ((aggregated, "aggregated"), (singles[0], f"single_0_{singles[0].split()[0]}"))}
+
+    def pooled_rmse(parts: list) -> float:
+        return float(np.sqrt(np.mean(np.concatenate([(p["prediction"] - p["label"]) ** 2 for p in parts]))))
+
+    expected = pooled_rmse(own[aggregated]) - pooled_rmse(own[singles[0]])
+    assert rows[aggregated]["vs"][singles[0]]["rmse"]["diff"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_cost_over_seeds(tmp_path):
