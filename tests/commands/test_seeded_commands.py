@@ -77,7 +77,7 @@ def test_cold_start_over_seeds_compares_with_scratch(tmp_path):
 
 
 @pytest.mark.slow
-def test_aggregate_over_seeds_compares_with_full_retraining(tmp_path):
+def test_aggregate_over_seeds_compares_with_full_retraining_and_each_source_alone(tmp_path):
     run = tmp_path / "agg"
     assert main(["aggregate", "--config", AGG, f"run_dir={run}", *TINY, "seeds=[0,1]"]) == 0
     doc = json.loads((run / "aggregate.json").read_text())
