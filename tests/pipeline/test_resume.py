@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,10 +99,8 @@ def test_killed_at_several_points_resumes_to_identical_metrics(reference, tmp_pa
 
 
 @pytest.mark.slow
-def test_finished_stage_is_not_redone_and_resume_false_starts_over(reference, tmp_path):
+def test_finished_stage_is_not_redone_and_another_configs_checkpoint_is_not_resumed(reference, tmp_path):
     run_dir = tmp_path / "copy"
-    import shutil
-
     shutil.copytree(reference, run_dir)
     (run_dir / ".lock").unlink(missing_ok=True)
     before = (run_dir / "source" / "stage.json").stat().st_mtime_ns
@@ -122,7 +121,17 @@ def test_checkpoints_load_weights_only_and_carry_their_key(reference):
     assert not any(k.startswith("backbone.") for k in ckpt["state_dict"])
     key = checkpoint_key(last)
     assert key and resume_checkpoint(last.parent, key, None) == last
-    assert resume_checkpoint(last.parent, key, False) is None or True  # resume=false removes it (checked below)
+    assert resume_checkpoint(last.parent, key, True) == last
+
+
+def test_resume_false_starts_over_removing_only_its_last_checkpoint(reference, tmp_path):
+    ckpt_dir = tmp_path / "checkpoints"
+    shutil.copytree(reference / "source" / "checkpoints", ckpt_dir)
+    (ckpt_dir / "notes.txt").write_text("the user's")
+    key = checkpoint_key(ckpt_dir / "last.ckpt")
+    assert key and resume_checkpoint(ckpt_dir, key, False) is None
+    assert not (ckpt_dir / "last.ckpt").exists()
+    assert (ckpt_dir / "best.ckpt").is_file() and (ckpt_dir / "notes.txt").read_text() == "the user's"
 
 
 def test_truncated_checkpoint_is_not_resumed(tmp_path):
