@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,15 @@ LAST_NAME = "last.ckpt"
 
 class AtomicModelCheckpoint(ModelCheckpoint):
     """A :class:`ModelCheckpoint` whose files appear atomically (temporary name, fsync, rename)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Lightning's setup, without its "directory exists and is not empty" warning for this callback's own
+        directory: a stage's checkpoints live there on purpose, and a resume reads its ``last.ckpt``."""
+        with warnings.catch_warnings():
+            if self.dirpath:  # already the real path Lightning prints
+                message = rf"Checkpoint directory {re.escape(str(self.dirpath))} exists and is not empty"
+                warnings.filterwarnings("ignore", message=message)
+            super().setup(trainer, pl_module, stage)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"

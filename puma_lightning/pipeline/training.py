@@ -8,8 +8,6 @@ import hashlib
 import json
 import logging
 import math
-import re
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -142,11 +140,7 @@ def fit_best(module: PromptTask, datamodule: L.LightningDataModule, cfg: DictCon
         trainer.logger.log_hyperparams(hparams)
     if ckpt_path is not None:
         log.info("resuming %s from %s", stage, ckpt_path)
-    with warnings.catch_warnings():
-        # the stage owns this directory: a resume reads its last.ckpt, and best.ckpt is replaced atomically
-        ours = "|".join(re.escape(str(path)) for path in (ckpt_dir, ckpt_dir.resolve()))  # Lightning prints the real path
-        warnings.filterwarnings("ignore", message=rf"Checkpoint directory ({ours}) exists and is not empty")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     _check_finished(trainer, stage)
     best = checkpoint.best_model_path
     if best:
